@@ -1,0 +1,11 @@
+//! mirrorfs: the replicating FUSE overlay of mirrorfarm.
+//!
+//! Owns: the primary's passthrough overlay of a backing directory (`fs`), the
+//! ordered, pipelined operation stream to the secondary (`proto`, sans-IO), the
+//! secondary's application of that stream beneath its replica root (`replica`), the
+//! QUIC/mutual-TLS transport between the two (`net`), and the tree comparison
+//! (`verify`).
+//!
+//! Must not: touch any path outside the backing directory (primary) or the replica
+//! root (secondary); acknowledge to an application a mutation the secondary has not
+//! applied; accept a peer whose certificate is not the pinned one.
