@@ -1,0 +1,326 @@
+//! The ordered operation stream, sans-IO: [`Replicator`] on the primary and
+//! [`Receiver`] on the secondary.
+//!
+//! The primary gives every mutating operation the next sequence number and sends
+//! it at once: many operations are in flight together (pipelined), so independent
+//! writers do not wait for each other's round trips. The secondary applies them in
+//! sequence order and answers with one cumulative [`Frame::Ack`] per batch, a
+//! [`Frame::Failed`] before it for each op that failed, and a [`Frame::Synced`] for
+//! each durability op (fsync) once it is durable, which may come later than the
+//! ack covering its position. The primary completes an op, and so releases the
+//! application's call, only from those frames; if the oldest op in flight waits
+//! longer than the peer timeout, or the transport reports the peer gone, every op
+//! in flight completes with `EIO` and the stream stays lost.
+//!
+//! No I/O: time comes in as `now`, frames come in and go out as values.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::wire::{Frame, Op, Seq};
+
+/// The outcome of one op as the application sees it: `Ok`, or the errno to return.
+pub type Outcome = Result<(), i32>;
+
+/// The peer broke the protocol; the connection must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// An ack for an operation that was never sent.
+    #[error("ack up to {upto} but only {sent} operations were sent")]
+    AckBeyondSent {
+        /// The acked position.
+        upto: u64,
+        /// The last sequence number sent.
+        sent: u64,
+    },
+    /// A cumulative ack went backwards.
+    #[error("ack went back from {prev} to {upto}")]
+    AckBackwards {
+        /// The previous ack.
+        prev: u64,
+        /// The new, lower ack.
+        upto: u64,
+    },
+    /// A result for an op that is not in flight (or not of that kind).
+    #[error("{what} for operation {seq}, which is not awaiting one")]
+    Unexpected {
+        /// Which frame.
+        what: &'static str,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// An op out of sequence.
+    #[error("operation {got} arrived where {expected} was expected")]
+    OutOfOrder {
+        /// The expected sequence number.
+        expected: u64,
+        /// The one received.
+        got: u64,
+    },
+    /// A frame that has no place at this point of the conversation.
+    #[error("unexpected {0} frame on an established stream")]
+    UnexpectedFrame(&'static str),
+    /// A failure report with errno 0.
+    #[error("failure report for operation {0} carries no error number")]
+    ZeroErrno(u64),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    /// Completed by `Synced` rather than by the cumulative ack.
+    durable: bool,
+    /// When it was sent, for the peer timeout.
+    sent: Instant,
+    /// Set by a `Failed` frame before the ack that covers it.
+    failed: Option<i32>,
+}
+
+/// The primary's end of the stream.
+#[derive(Debug)]
+pub struct Replicator {
+    /// Last sequence number handed out.
+    last: Seq,
+    /// Highest cumulative ack received.
+    acked: Seq,
+    in_flight: BTreeMap<Seq, InFlight>,
+    completions: VecDeque<(Seq, Outcome)>,
+    peer_timeout: Duration,
+    lost: Option<String>,
+}
+
+impl Replicator {
+    /// A stream whose ops fail once the oldest waits longer than `peer_timeout`.
+    pub fn new(peer_timeout: Duration) -> Self {
+        Self {
+            last: Seq(0),
+            acked: Seq(0),
+            in_flight: BTreeMap::new(),
+            completions: VecDeque::new(),
+            peer_timeout,
+            lost: None,
+        }
+    }
+
+    /// Assigns the next sequence number to `op`, to be sent as
+    /// `Frame::Op { seq, op }`. Fails with the reason once the stream is lost.
+    pub fn submit(&mut self, now: Instant, op: &Op) -> Result<Seq, String> {
+        if let Some(reason) = &self.lost {
+            return Err(reason.clone());
+        }
+        self.last = Seq(self.last.0 + 1);
+        self.in_flight.insert(
+            self.last,
+            InFlight {
+                durable: op.is_durability(),
+                sent: now,
+                failed: None,
+            },
+        );
+        Ok(self.last)
+    }
+
+    /// Feeds a frame from the secondary.
+    pub fn handle_frame(&mut self, frame: &Frame) -> Result<(), Violation> {
+        match *frame {
+            Frame::Ack { upto } => self.handle_ack(upto),
+            Frame::Failed { seq, errno } => {
+                if errno == 0 {
+                    return Err(Violation::ZeroErrno(seq.0));
+                }
+                match self.in_flight.get_mut(&seq) {
+                    Some(f) if seq > self.acked && f.failed.is_none() => {
+                        f.failed = Some(errno);
+                        Ok(())
+                    }
+                    _ => Err(Violation::Unexpected {
+                        what: "failure report",
+                        seq: seq.0,
+                    }),
+                }
+            }
+            Frame::Synced { seq, errno } => match self.in_flight.get(&seq) {
+                Some(f) if f.durable => {
+                    let failed = f.failed;
+                    self.in_flight.remove(&seq);
+                    let outcome = match (failed, errno) {
+                        (Some(e), _) => Err(e),
+                        (None, 0) => Ok(()),
+                        (None, e) => Err(e),
+                    };
+                    self.completions.push_back((seq, outcome));
+                    Ok(())
+                }
+                _ => Err(Violation::Unexpected {
+                    what: "sync report",
+                    seq: seq.0,
+                }),
+            },
+            Frame::Hello(_) => Err(Violation::UnexpectedFrame("hello")),
+            Frame::Refused { .. } => Err(Violation::UnexpectedFrame("refused")),
+            Frame::Op { .. } => Err(Violation::UnexpectedFrame("operation")),
+        }
+    }
+
+    fn handle_ack(&mut self, upto: Seq) -> Result<(), Violation> {
+        if upto > self.last {
+            return Err(Violation::AckBeyondSent {
+                upto: upto.0,
+                sent: self.last.0,
+            });
+        }
+        if upto < self.acked {
+            return Err(Violation::AckBackwards {
+                prev: self.acked.0,
+                upto: upto.0,
+            });
+        }
+        let from = Seq(self.acked.0 + 1);
+        self.acked = upto;
+        let covered: Vec<Seq> = self.in_flight.range(from..=upto).map(|(s, _)| *s).collect();
+        for seq in covered {
+            let f = &self.in_flight[&seq];
+            if f.durable && f.failed.is_none() {
+                continue; // completed by its Synced frame
+            }
+            let outcome = f.failed.map_or(Ok(()), Err);
+            self.in_flight.remove(&seq);
+            self.completions.push_back((seq, outcome));
+        }
+        Ok(())
+    }
+
+    /// The next completed op, in the order results arrived.
+    pub fn poll_completion(&mut self) -> Option<(Seq, Outcome)> {
+        self.completions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.lost.is_some() {
+            return None;
+        }
+        self.in_flight
+            .values()
+            .map(|f| f.sent)
+            .min()
+            .map(|t| t + self.peer_timeout)
+    }
+
+    /// Declares the peer lost if an op has waited longer than the peer timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.poll_timeout() {
+            if now >= deadline {
+                self.handle_lost(format!(
+                    "the peer acknowledged nothing for {:.1} s (--peer-timeout)",
+                    self.peer_timeout.as_secs_f64()
+                ));
+            }
+        }
+    }
+
+    /// The transport is gone: every op in flight fails with `EIO`, and so does
+    /// every later submit.
+    pub fn handle_lost(&mut self, reason: String) {
+        if self.lost.is_some() {
+            return;
+        }
+        for (seq, _) in std::mem::take(&mut self.in_flight) {
+            self.completions.push_back((seq, Err(libc::EIO)));
+        }
+        self.lost = Some(reason);
+    }
+
+    /// Why the stream is lost, if it is.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    /// Operations sent and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> Seq {
+        self.last
+    }
+}
+
+/// The secondary's end of the stream: checks the order and decides what to send
+/// back.
+#[derive(Debug, Default)]
+pub struct Receiver {
+    /// Last op received (and handed to the applier).
+    received: Seq,
+    /// Last op applied.
+    applied: Seq,
+    /// `applied` moved since the last ack was queued.
+    ack_due: bool,
+    /// Durability ops applied but not yet durable.
+    syncing: BTreeSet<Seq>,
+    outbox: VecDeque<Frame>,
+}
+
+impl Receiver {
+    /// A receiver expecting sequence number 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks that `seq` is the next op; the caller applies it only if so.
+    pub fn handle_op(&mut self, seq: Seq) -> Result<(), Violation> {
+        if seq.0 != self.received.0 + 1 {
+            return Err(Violation::OutOfOrder {
+                expected: self.received.0 + 1,
+                got: seq.0,
+            });
+        }
+        self.received = seq;
+        Ok(())
+    }
+
+    /// The op `seq` was applied with `outcome`. For a durability op an `Ok`
+    /// means "dispatched": its [`handle_synced`](Self::handle_synced) follows.
+    pub fn handle_applied(&mut self, seq: Seq, durable: bool, outcome: Outcome) {
+        debug_assert_eq!(seq, Seq(self.applied.0 + 1), "ops are applied in order");
+        match (durable, outcome) {
+            (true, Ok(())) => {
+                self.syncing.insert(seq);
+            }
+            (true, Err(errno)) => self.outbox.push_back(Frame::Synced { seq, errno }),
+            (false, Ok(())) => {}
+            (false, Err(errno)) => self.outbox.push_back(Frame::Failed { seq, errno }),
+        }
+        self.applied = seq;
+        self.ack_due = true;
+    }
+
+    /// The durability op `seq` finished (`errno` 0: durable).
+    pub fn handle_synced(&mut self, seq: Seq, errno: i32) {
+        if self.syncing.remove(&seq) {
+            self.outbox.push_back(Frame::Synced { seq, errno });
+        }
+    }
+
+    /// No more ops are waiting to be applied right now: queue the cumulative ack.
+    pub fn handle_idle(&mut self) {
+        if self.ack_due {
+            self.outbox.push_back(Frame::Ack { upto: self.applied });
+            self.ack_due = false;
+        }
+    }
+
+    /// The next frame to send to the primary.
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        self.outbox.pop_front()
+    }
+
+    /// Durability ops still waiting for their fsync.
+    pub fn syncing(&self) -> usize {
+        self.syncing.len()
+    }
+}
+
+#[cfg(test)]
+#[path = "stream_test.rs"]
+mod tests;

@@ -1,0 +1,959 @@
+//! The mirrorfs wire format: frames exchanged on the replication stream.
+//!
+//! Owns the types both ends share ([`Frame`], [`Op`], [`Hello`]) and their codec.
+//! A frame is a big-endian `u32` body length followed by the body (a one-byte tag,
+//! then fields). [`Frame::decode`] checks the length against [`MAX_FRAME`] before
+//! it allocates anything, reports [`Decoded::Incomplete`] apart from a malformed
+//! frame, and validates every path with [`RelPath::new`], so a hostile peer cannot
+//! name anything outside the root. No I/O.
+
+use super::path::{PathError, RelPath};
+
+/// Protocol version carried by [`Hello`]; both sides must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
+pub const MAX_DATA: usize = 4 << 20;
+/// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE: usize = 64 << 10;
+/// Largest frame body; anything longer is refused before reading it.
+pub const MAX_FRAME: usize = MAX_DATA + (64 << 10);
+/// Largest free-text field (node names, refusal reasons).
+const MAX_TEXT: usize = 4096;
+
+/// Sequence number of an operation on the stream; the first is 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+/// Identifies a writable open on both sides; chosen by the primary, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HandleId(pub u64);
+
+/// What an operation acts on: a path, or an open handle (so that writes follow
+/// the inode across rename and unlink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A path beneath the root.
+    Path(RelPath),
+    /// A handle opened earlier by [`Op::Open`] or [`Op::Create`].
+    Handle(HandleId),
+}
+
+/// A point in time for [`Op::SetTimes`] (always explicit: the primary resolves
+/// "now" to the value it applied, so both sides hold the same time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds, `< 1_000_000_000`.
+    pub nsec: u32,
+}
+
+/// One mutating operation, as the primary applied it locally.
+///
+/// Ownership and modes are the final values on the primary: the secondary sets
+/// exactly those, whatever its own umask or defaults would give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create a regular file; with `handle`, also open it for writing.
+    Create {
+        /// The new file.
+        path: RelPath,
+        /// Permission bits (incl. setuid/setgid/sticky).
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// The writable handle to open on it, if the application opened it.
+        handle: Option<HandleId>,
+        /// Open flags that matter on the secondary (`O_SYNC`, `O_DSYNC`).
+        flags: u32,
+    },
+    /// Create a device node, FIFO or socket.
+    Mknod {
+        /// The new node.
+        path: RelPath,
+        /// File type and permission bits.
+        mode: u32,
+        /// Device number for block and character devices.
+        rdev: u64,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// The new directory.
+        path: RelPath,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Create a symbolic link (the target is stored as is, never followed).
+    Symlink {
+        /// The new link.
+        path: RelPath,
+        /// The link's content.
+        target: Vec<u8>,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Create a hard link `new` to `existing`.
+    Link {
+        /// An existing non-directory.
+        existing: RelPath,
+        /// The new name.
+        new: RelPath,
+    },
+    /// Remove a non-directory.
+    Unlink {
+        /// The name to remove.
+        path: RelPath,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// The directory to remove.
+        path: RelPath,
+    },
+    /// `renameat2(from, to, flags)` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    Rename {
+        /// The old name.
+        from: RelPath,
+        /// The new name.
+        to: RelPath,
+        /// renameat2 flags.
+        flags: u32,
+    },
+    /// Open an existing file for writing under `handle`.
+    Open {
+        /// The file.
+        path: RelPath,
+        /// The handle the primary gave this open.
+        handle: HandleId,
+        /// Open flags that matter on the secondary (`O_SYNC`, `O_DSYNC`, `O_TRUNC`).
+        flags: u32,
+    },
+    /// Close a handle opened by `Open` or `Create`.
+    Close {
+        /// The handle.
+        handle: HandleId,
+    },
+    /// `pwrite(data, offset)`.
+    Write {
+        /// The file written.
+        target: Target,
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Set the size.
+    Truncate {
+        /// The file.
+        target: Target,
+        /// The new size.
+        size: u64,
+    },
+    /// Set the permission bits.
+    Chmod {
+        /// The file.
+        target: Target,
+        /// Permission bits (incl. setuid/setgid/sticky).
+        mode: u32,
+    },
+    /// Change owner and/or group (`None` leaves it).
+    Chown {
+        /// The file (symlinks themselves, never followed).
+        target: Target,
+        /// New owner.
+        uid: Option<u32>,
+        /// New group.
+        gid: Option<u32>,
+        /// The mode to restore afterwards: chown clears setuid/setgid, and the
+        /// primary sends what it ended with.
+        mode: Option<u32>,
+    },
+    /// Set access and/or modification time (`None` leaves it).
+    SetTimes {
+        /// The file (symlinks themselves, never followed).
+        target: Target,
+        /// New access time.
+        atime: Option<Timestamp>,
+        /// New modification time.
+        mtime: Option<Timestamp>,
+    },
+    /// `setxattr(name, value, flags)`.
+    SetXattr {
+        /// The file.
+        target: Target,
+        /// Attribute name (with its namespace, e.g. `user.color`).
+        name: Vec<u8>,
+        /// Attribute value.
+        value: Vec<u8>,
+        /// `XATTR_CREATE` / `XATTR_REPLACE`.
+        flags: u32,
+    },
+    /// `removexattr(name)`.
+    RemoveXattr {
+        /// The file.
+        target: Target,
+        /// Attribute name.
+        name: Vec<u8>,
+    },
+    /// `fallocate(mode, offset, len)`.
+    Fallocate {
+        /// The file.
+        target: Target,
+        /// fallocate mode flags.
+        mode: u32,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// `copy_file_range` between two files the secondary holds identically.
+    CopyRange {
+        /// Source file.
+        src: Target,
+        /// Source offset.
+        src_offset: u64,
+        /// Destination file.
+        dst: Target,
+        /// Destination offset.
+        dst_offset: u64,
+        /// Bytes to copy (the count the primary actually copied).
+        len: u64,
+    },
+    /// Make a file or directory durable; answered by [`Frame::Synced`], not by
+    /// the cumulative [`Frame::Ack`].
+    Fsync {
+        /// The file or directory.
+        target: Target,
+        /// `fdatasync` rather than `fsync`.
+        datasync: bool,
+    },
+}
+
+impl Op {
+    /// True for operations answered only once durable ([`Frame::Synced`]).
+    pub fn is_durability(&self) -> bool {
+        matches!(self, Self::Fsync { .. })
+    }
+
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Mknod { .. } => "mknod",
+            Self::Mkdir { .. } => "mkdir",
+            Self::Symlink { .. } => "symlink",
+            Self::Link { .. } => "link",
+            Self::Unlink { .. } => "unlink",
+            Self::Rmdir { .. } => "rmdir",
+            Self::Rename { .. } => "rename",
+            Self::Open { .. } => "open",
+            Self::Close { .. } => "close",
+            Self::Write { .. } => "write",
+            Self::Truncate { .. } => "truncate",
+            Self::Chmod { .. } => "chmod",
+            Self::Chown { .. } => "chown",
+            Self::SetTimes { .. } => "settimes",
+            Self::SetXattr { .. } => "setxattr",
+            Self::RemoveXattr { .. } => "removexattr",
+            Self::Fallocate { .. } => "fallocate",
+            Self::CopyRange { .. } => "copy_file_range",
+            Self::Fsync { .. } => "fsync",
+        }
+    }
+
+    /// Bytes of payload carried (for flow accounting and logs).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Self::Write { data, .. } => data.len(),
+            Self::SetXattr { value, .. } => value.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The first frame each side sends: who it is and which protocol it speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The sender's node name (the CN of its certificate).
+    pub node: String,
+    /// The node name the sender expects the other side to be.
+    pub peer: String,
+}
+
+/// Everything that travels on the replication stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Opens the conversation (both directions).
+    Hello(Hello),
+    /// The sender refuses the conversation; the connection closes after it.
+    Refused {
+        /// Operator-readable reason (names both sides' values).
+        reason: String,
+    },
+    /// One operation, primary → secondary.
+    Op {
+        /// Its position in the stream.
+        seq: Seq,
+        /// The operation.
+        op: Op,
+    },
+    /// Secondary → primary: every non-durability op up to `upto` is applied
+    /// (those that failed were reported by [`Frame::Failed`] before this).
+    Ack {
+        /// Highest applied sequence number.
+        upto: Seq,
+    },
+    /// Secondary → primary: the op `seq` failed with `errno`.
+    Failed {
+        /// The op.
+        seq: Seq,
+        /// The OS error the secondary got.
+        errno: i32,
+    },
+    /// Secondary → primary: the durability op `seq` finished (`errno` 0 = durable).
+    Synced {
+        /// The op.
+        seq: Seq,
+        /// 0, or the OS error of the fsync.
+        errno: i32,
+    },
+}
+
+/// What [`Frame::decode`] found at the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame, and how many bytes it took.
+    Frame(Frame, usize),
+    /// Not enough bytes yet; read more.
+    Incomplete,
+}
+
+/// A frame that must not be accepted; the connection is closed after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The declared length exceeds [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
+    Oversized(usize),
+    /// An unknown frame tag.
+    #[error("unknown frame type {0}")]
+    UnknownFrame(u8),
+    /// An unknown operation code.
+    #[error("unknown operation code {0}")]
+    UnknownOp(u8),
+    /// The body ends early, has bytes left over, or a field is out of range.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// A path that must never be applied.
+    #[error("rejected path: {0}")]
+    Path(#[from] PathError),
+}
+
+mod tag {
+    pub(super) const HELLO: u8 = 1;
+    pub(super) const REFUSED: u8 = 2;
+    pub(super) const OP: u8 = 3;
+    pub(super) const ACK: u8 = 4;
+    pub(super) const FAILED: u8 = 5;
+    pub(super) const SYNCED: u8 = 6;
+}
+
+mod opcode {
+    pub(super) const CREATE: u8 = 1;
+    pub(super) const MKNOD: u8 = 2;
+    pub(super) const MKDIR: u8 = 3;
+    pub(super) const SYMLINK: u8 = 4;
+    pub(super) const LINK: u8 = 5;
+    pub(super) const UNLINK: u8 = 6;
+    pub(super) const RMDIR: u8 = 7;
+    pub(super) const RENAME: u8 = 8;
+    pub(super) const OPEN: u8 = 9;
+    pub(super) const CLOSE: u8 = 10;
+    pub(super) const WRITE: u8 = 11;
+    pub(super) const TRUNCATE: u8 = 12;
+    pub(super) const CHMOD: u8 = 13;
+    pub(super) const CHOWN: u8 = 14;
+    pub(super) const SETTIMES: u8 = 15;
+    pub(super) const SETXATTR: u8 = 16;
+    pub(super) const REMOVEXATTR: u8 = 17;
+    pub(super) const FALLOCATE: u8 = 18;
+    pub(super) const COPYRANGE: u8 = 19;
+    pub(super) const FSYNC: u8 = 20;
+}
+
+impl Frame {
+    /// Appends the encoded frame (length prefix included) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut w = Writer(out);
+        match self {
+            Self::Hello(h) => {
+                w.u8(tag::HELLO);
+                w.u32(h.version);
+                w.text(&h.node);
+                w.text(&h.peer);
+            }
+            Self::Refused { reason } => {
+                w.u8(tag::REFUSED);
+                w.text(reason);
+            }
+            Self::Op { seq, op } => {
+                w.u8(tag::OP);
+                w.u64(seq.0);
+                encode_op(&mut w, op);
+            }
+            Self::Ack { upto } => {
+                w.u8(tag::ACK);
+                w.u64(upto.0);
+            }
+            Self::Failed { seq, errno } => {
+                w.u8(tag::FAILED);
+                w.u64(seq.0);
+                w.u32(*errno as u32);
+            }
+            Self::Synced { seq, errno } => {
+                w.u8(tag::SYNCED);
+                w.u64(seq.0);
+                w.u32(*errno as u32);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes the frame at the front of `buf`, if it is all there.
+    pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
+        let Some(head) = buf.get(..4) else {
+            return Ok(Decoded::Incomplete);
+        };
+        // Length first: an oversized frame is refused before anything is buffered.
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(WireError::Oversized(len));
+        }
+        let Some(body) = buf.get(4..4 + len) else {
+            return Ok(Decoded::Incomplete);
+        };
+        let mut r = Reader(body);
+        let frame = match r.u8()? {
+            tag::HELLO => Self::Hello(Hello {
+                version: r.u32()?,
+                node: r.text()?,
+                peer: r.text()?,
+            }),
+            tag::REFUSED => Self::Refused { reason: r.text()? },
+            tag::OP => {
+                let seq = Seq(r.u64()?);
+                Self::Op {
+                    seq,
+                    op: decode_op(&mut r)?,
+                }
+            }
+            tag::ACK => Self::Ack {
+                upto: Seq(r.u64()?),
+            },
+            tag::FAILED => Self::Failed {
+                seq: Seq(r.u64()?),
+                errno: r.u32()? as i32,
+            },
+            tag::SYNCED => Self::Synced {
+                seq: Seq(r.u64()?),
+                errno: r.u32()? as i32,
+            },
+            t => return Err(WireError::UnknownFrame(t)),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::Malformed("trailing bytes after the frame"));
+        }
+        Ok(Decoded::Frame(frame, 4 + len))
+    }
+}
+
+fn encode_op(w: &mut Writer<'_>, op: &Op) {
+    match op {
+        Op::Create {
+            path,
+            mode,
+            uid,
+            gid,
+            handle,
+            flags,
+        } => {
+            w.u8(opcode::CREATE);
+            w.path(path);
+            w.u32(*mode);
+            w.u32(*uid);
+            w.u32(*gid);
+            w.opt_u64(handle.map(|h| h.0));
+            w.u32(*flags);
+        }
+        Op::Mknod {
+            path,
+            mode,
+            rdev,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::MKNOD);
+            w.path(path);
+            w.u32(*mode);
+            w.u64(*rdev);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::Mkdir {
+            path,
+            mode,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::MKDIR);
+            w.path(path);
+            w.u32(*mode);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::Symlink {
+            path,
+            target,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::SYMLINK);
+            w.path(path);
+            w.bytes16(target);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::Link { existing, new } => {
+            w.u8(opcode::LINK);
+            w.path(existing);
+            w.path(new);
+        }
+        Op::Unlink { path } => {
+            w.u8(opcode::UNLINK);
+            w.path(path);
+        }
+        Op::Rmdir { path } => {
+            w.u8(opcode::RMDIR);
+            w.path(path);
+        }
+        Op::Rename { from, to, flags } => {
+            w.u8(opcode::RENAME);
+            w.path(from);
+            w.path(to);
+            w.u32(*flags);
+        }
+        Op::Open {
+            path,
+            handle,
+            flags,
+        } => {
+            w.u8(opcode::OPEN);
+            w.path(path);
+            w.u64(handle.0);
+            w.u32(*flags);
+        }
+        Op::Close { handle } => {
+            w.u8(opcode::CLOSE);
+            w.u64(handle.0);
+        }
+        Op::Write {
+            target,
+            offset,
+            data,
+        } => {
+            w.u8(opcode::WRITE);
+            w.target(target);
+            w.u64(*offset);
+            w.u32(data.len() as u32);
+            w.0.extend_from_slice(data);
+        }
+        Op::Truncate { target, size } => {
+            w.u8(opcode::TRUNCATE);
+            w.target(target);
+            w.u64(*size);
+        }
+        Op::Chmod { target, mode } => {
+            w.u8(opcode::CHMOD);
+            w.target(target);
+            w.u32(*mode);
+        }
+        Op::Chown {
+            target,
+            uid,
+            gid,
+            mode,
+        } => {
+            w.u8(opcode::CHOWN);
+            w.target(target);
+            w.opt_u32(*uid);
+            w.opt_u32(*gid);
+            w.opt_u32(*mode);
+        }
+        Op::SetTimes {
+            target,
+            atime,
+            mtime,
+        } => {
+            w.u8(opcode::SETTIMES);
+            w.target(target);
+            w.opt_time(*atime);
+            w.opt_time(*mtime);
+        }
+        Op::SetXattr {
+            target,
+            name,
+            value,
+            flags,
+        } => {
+            w.u8(opcode::SETXATTR);
+            w.target(target);
+            w.bytes16(name);
+            w.u32(value.len() as u32);
+            w.0.extend_from_slice(value);
+            w.u32(*flags);
+        }
+        Op::RemoveXattr { target, name } => {
+            w.u8(opcode::REMOVEXATTR);
+            w.target(target);
+            w.bytes16(name);
+        }
+        Op::Fallocate {
+            target,
+            mode,
+            offset,
+            len,
+        } => {
+            w.u8(opcode::FALLOCATE);
+            w.target(target);
+            w.u32(*mode);
+            w.u64(*offset);
+            w.u64(*len);
+        }
+        Op::CopyRange {
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+        } => {
+            w.u8(opcode::COPYRANGE);
+            w.target(src);
+            w.u64(*src_offset);
+            w.target(dst);
+            w.u64(*dst_offset);
+            w.u64(*len);
+        }
+        Op::Fsync { target, datasync } => {
+            w.u8(opcode::FSYNC);
+            w.target(target);
+            w.u8(u8::from(*datasync));
+        }
+    }
+}
+
+fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
+    Ok(match r.u8()? {
+        opcode::CREATE => Op::Create {
+            path: r.named_path()?,
+            mode: r.u32()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+            handle: r.opt_u64()?.map(HandleId),
+            flags: r.u32()?,
+        },
+        opcode::MKNOD => Op::Mknod {
+            path: r.named_path()?,
+            mode: r.u32()?,
+            rdev: r.u64()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+        },
+        opcode::MKDIR => Op::Mkdir {
+            path: r.named_path()?,
+            mode: r.u32()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+        },
+        opcode::SYMLINK => {
+            let path = r.named_path()?;
+            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            if target.is_empty() || target.contains(&0) {
+                return Err(WireError::Malformed("symlink target empty or with NUL"));
+            }
+            Op::Symlink {
+                path,
+                target,
+                uid: r.u32()?,
+                gid: r.u32()?,
+            }
+        }
+        opcode::LINK => Op::Link {
+            existing: r.named_path()?,
+            new: r.named_path()?,
+        },
+        opcode::UNLINK => Op::Unlink {
+            path: r.named_path()?,
+        },
+        opcode::RMDIR => Op::Rmdir {
+            path: r.named_path()?,
+        },
+        opcode::RENAME => Op::Rename {
+            from: r.named_path()?,
+            to: r.named_path()?,
+            flags: r.u32()?,
+        },
+        opcode::OPEN => Op::Open {
+            path: r.named_path()?,
+            handle: HandleId(r.u64()?),
+            flags: r.u32()?,
+        },
+        opcode::CLOSE => Op::Close {
+            handle: HandleId(r.u64()?),
+        },
+        opcode::WRITE => {
+            let target = r.target()?;
+            let offset = r.u64()?;
+            let len = r.u32()? as usize;
+            if len > MAX_DATA {
+                return Err(WireError::Malformed("write larger than the data limit"));
+            }
+            Op::Write {
+                target,
+                offset,
+                data: r.take(len)?.to_vec(),
+            }
+        }
+        opcode::TRUNCATE => Op::Truncate {
+            target: r.target()?,
+            size: r.u64()?,
+        },
+        opcode::CHMOD => Op::Chmod {
+            target: r.target()?,
+            mode: r.u32()?,
+        },
+        opcode::CHOWN => Op::Chown {
+            target: r.target()?,
+            uid: r.opt_u32()?,
+            gid: r.opt_u32()?,
+            mode: r.opt_u32()?,
+        },
+        opcode::SETTIMES => Op::SetTimes {
+            target: r.target()?,
+            atime: r.opt_time()?,
+            mtime: r.opt_time()?,
+        },
+        opcode::SETXATTR => {
+            let target = r.target()?;
+            let name = r.xattr_name()?;
+            let len = r.u32()? as usize;
+            if len > MAX_XATTR_VALUE {
+                return Err(WireError::Malformed("xattr value larger than 64 KiB"));
+            }
+            Op::SetXattr {
+                target,
+                name,
+                value: r.take(len)?.to_vec(),
+                flags: r.u32()?,
+            }
+        }
+        opcode::REMOVEXATTR => Op::RemoveXattr {
+            target: r.target()?,
+            name: r.xattr_name()?,
+        },
+        opcode::FALLOCATE => Op::Fallocate {
+            target: r.target()?,
+            mode: r.u32()?,
+            offset: r.u64()?,
+            len: r.u64()?,
+        },
+        opcode::COPYRANGE => Op::CopyRange {
+            src: r.target()?,
+            src_offset: r.u64()?,
+            dst: r.target()?,
+            dst_offset: r.u64()?,
+            len: r.u64()?,
+        },
+        opcode::FSYNC => Op::Fsync {
+            target: r.target()?,
+            datasync: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Malformed("datasync flag is not 0 or 1")),
+            },
+        },
+        c => return Err(WireError::UnknownOp(c)),
+    })
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes16(&mut self, b: &[u8]) {
+        // Every 16-bit-length field is bounded well below 64 KiB by its type
+        // (paths, names, symlink targets, node names).
+        self.0.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn text(&mut self, s: &str) {
+        let s = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+        self.bytes16(s);
+    }
+    fn path(&mut self, p: &RelPath) {
+        self.bytes16(p.as_bytes());
+    }
+    fn target(&mut self, t: &Target) {
+        match t {
+            Target::Path(p) => {
+                self.u8(0);
+                self.path(p);
+            }
+            Target::Handle(h) => {
+                self.u8(1);
+                self.u64(h.0);
+            }
+        }
+    }
+    fn opt_u32(&mut self, v: Option<u32>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u32(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_time(&mut self, t: Option<Timestamp>) {
+        match t {
+            Some(t) => {
+                self.u8(1);
+                self.u64(t.sec as u64);
+                self.u32(t.nsec);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Malformed("frame ends inside a field"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn bytes16(&mut self, max: usize) -> Result<&'a [u8], WireError> {
+        let b = self.take(2)?;
+        let len = u16::from_be_bytes([b[0], b[1]]) as usize;
+        if len > max {
+            return Err(WireError::Malformed("field longer than its limit"));
+        }
+        self.take(len)
+    }
+    fn text(&mut self) -> Result<String, WireError> {
+        let b = self.bytes16(MAX_TEXT)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::Malformed("text is not UTF-8"))
+    }
+    fn path(&mut self) -> Result<RelPath, WireError> {
+        let b = self.bytes16(super::path::MAX_PATH)?;
+        Ok(RelPath::new(b.to_vec())?)
+    }
+    /// A path that must name something below the root (not the root itself).
+    fn named_path(&mut self) -> Result<RelPath, WireError> {
+        let p = self.path()?;
+        if p.is_root() {
+            return Err(PathError::Root.into());
+        }
+        Ok(p)
+    }
+    fn xattr_name(&mut self) -> Result<Vec<u8>, WireError> {
+        let b = self.bytes16(255)?;
+        if b.is_empty() || b.contains(&0) {
+            return Err(WireError::Malformed("xattr name empty or with NUL"));
+        }
+        Ok(b.to_vec())
+    }
+    fn target(&mut self) -> Result<Target, WireError> {
+        match self.u8()? {
+            0 => Ok(Target::Path(self.path()?)),
+            1 => Ok(Target::Handle(HandleId(self.u64()?))),
+            _ => Err(WireError::Malformed("unknown target kind")),
+        }
+    }
+    fn flag(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Malformed("option flag is not 0 or 1")),
+        }
+    }
+    fn opt_u32(&mut self) -> Result<Option<u32>, WireError> {
+        Ok(if self.flag()? { Some(self.u32()?) } else { None })
+    }
+    fn opt_u64(&mut self) -> Result<Option<u64>, WireError> {
+        Ok(if self.flag()? { Some(self.u64()?) } else { None })
+    }
+    fn opt_time(&mut self) -> Result<Option<Timestamp>, WireError> {
+        if !self.flag()? {
+            return Ok(None);
+        }
+        let sec = self.u64()? as i64;
+        let nsec = self.u32()?;
+        if nsec >= 1_000_000_000 {
+            return Err(WireError::Malformed("nanoseconds out of range"));
+        }
+        Ok(Some(Timestamp { sec, nsec }))
+    }
+}
+
+#[cfg(test)]
+#[path = "wire_test.rs"]
+mod tests;

@@ -1,0 +1,272 @@
+//! Codec tests: exact round trips, hostile frames, and proptest over random bytes
+//! and random operations.
+
+use pretty_assertions::assert_eq;
+use proptest::prelude::*;
+
+use super::*;
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+fn round_trip(f: &Frame) {
+    let mut buf = Vec::new();
+    f.encode(&mut buf);
+    assert_eq!(Frame::decode(&buf), Ok(Decoded::Frame(f.clone(), buf.len())));
+    // Every strict prefix is incomplete, never an error.
+    for cut in [0, 1, 3, 4, buf.len() - 1] {
+        assert_eq!(Frame::decode(&buf[..cut]), Ok(Decoded::Incomplete));
+    }
+}
+
+fn op_frame(op: Op) -> Frame {
+    Frame::Op { seq: Seq(7), op }
+}
+
+/// Encodes an op frame whose single path field is replaced by raw `bytes`.
+fn unlink_frame_with_raw_path(bytes: &[u8]) -> Vec<u8> {
+    let mut body = vec![tag::OP];
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.push(opcode::UNLINK);
+    body.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    body.extend_from_slice(bytes);
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn every_frame_kind_round_trips() {
+    round_trip(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: "node1".into(),
+        peer: "node2".into(),
+    }));
+    round_trip(&Frame::Refused {
+        reason: "version 2 vs 1".into(),
+    });
+    round_trip(&Frame::Ack { upto: Seq(99) });
+    round_trip(&Frame::Failed {
+        seq: Seq(3),
+        errno: libc::ENOSPC,
+    });
+    round_trip(&Frame::Synced {
+        seq: Seq(4),
+        errno: 0,
+    });
+    let h = Target::Handle(HandleId(5));
+    let t = Timestamp { sec: -1, nsec: 5 };
+    for op in [
+        Op::Create {
+            path: p("a/b"),
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            handle: Some(HandleId(9)),
+            flags: libc::O_SYNC as u32,
+        },
+        Op::Mknod {
+            path: p("fifo"),
+            mode: libc::S_IFIFO | 0o600,
+            rdev: 0,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Mkdir {
+            path: p("d"),
+            mode: 0o2755,
+            uid: 3,
+            gid: 4,
+        },
+        Op::Symlink {
+            path: p("l"),
+            target: b"../../anything".to_vec(),
+            uid: 0,
+            gid: 0,
+        },
+        Op::Link {
+            existing: p("a"),
+            new: p("b"),
+        },
+        Op::Unlink { path: p("x") },
+        Op::Rmdir { path: p("d") },
+        Op::Rename {
+            from: p("x"),
+            to: p("y"),
+            flags: libc::RENAME_EXCHANGE,
+        },
+        Op::Open {
+            path: p("f"),
+            handle: HandleId(1),
+            flags: 0,
+        },
+        Op::Close {
+            handle: HandleId(1),
+        },
+        Op::Write {
+            target: h.clone(),
+            offset: 1 << 40,
+            data: vec![1, 2, 3],
+        },
+        Op::Truncate {
+            target: Target::Path(p("f")),
+            size: 0,
+        },
+        Op::Chmod {
+            target: Target::Path(RelPath::root()),
+            mode: 0o1777,
+        },
+        Op::Chown {
+            target: h.clone(),
+            uid: Some(1000),
+            gid: None,
+            mode: Some(0o755),
+        },
+        Op::SetTimes {
+            target: h.clone(),
+            atime: None,
+            mtime: Some(t),
+        },
+        Op::SetXattr {
+            target: h.clone(),
+            name: b"user.color".to_vec(),
+            value: b"blue".to_vec(),
+            flags: 1,
+        },
+        Op::RemoveXattr {
+            target: h.clone(),
+            name: b"user.color".to_vec(),
+        },
+        Op::Fallocate {
+            target: h.clone(),
+            mode: 0,
+            offset: 0,
+            len: 4096,
+        },
+        Op::CopyRange {
+            src: Target::Path(p("s")),
+            src_offset: 1,
+            dst: h.clone(),
+            dst_offset: 2,
+            len: 3,
+        },
+        Op::Fsync {
+            target: h,
+            datasync: true,
+        },
+    ] {
+        round_trip(&op_frame(op));
+    }
+}
+
+#[test]
+fn hostile_paths_are_rejected_by_the_decoder() {
+    for (raw, want) in [
+        (&b"../../etc/passwd"[..], "'..'"),
+        (b"/etc/passwd", "absolute"),
+        (b"a\0b", "NUL"),
+        (b"", "not the root"),
+        (b"a//b", "empty"),
+    ] {
+        let e = Frame::decode(&unlink_frame_with_raw_path(raw)).unwrap_err();
+        assert!(e.to_string().contains(want), "{raw:?}: {e}");
+    }
+}
+
+#[test]
+fn oversized_frames_are_refused_from_the_header_alone() {
+    let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+    assert_eq!(
+        Frame::decode(&header),
+        Err(WireError::Oversized(MAX_FRAME + 1))
+    );
+}
+
+#[test]
+fn unknown_tags_and_trailing_bytes_are_malformed() {
+    assert_eq!(
+        Frame::decode(&[0, 0, 0, 1, 99]),
+        Err(WireError::UnknownFrame(99))
+    );
+    let mut op = vec![0, 0, 0, 10, tag::OP];
+    op.extend_from_slice(&1u64.to_be_bytes());
+    op.push(200);
+    assert_eq!(Frame::decode(&op), Err(WireError::UnknownOp(200)));
+    let mut ack = Vec::new();
+    Frame::Ack { upto: Seq(1) }.encode(&mut ack);
+    ack.push(0);
+    ack[3] += 1;
+    assert_eq!(
+        Frame::decode(&ack),
+        Err(WireError::Malformed("trailing bytes after the frame"))
+    );
+}
+
+fn arb_path() -> impl Strategy<Value = RelPath> {
+    prop::collection::vec("[a-z0-9._-]{1,12}", 1..4).prop_filter_map("valid path", |parts| {
+        RelPath::new(parts.join("/").into_bytes()).ok()
+    })
+}
+
+fn arb_target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        arb_path().prop_map(Target::Path),
+        any::<u64>().prop_map(|h| Target::Handle(HandleId(h))),
+    ]
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (arb_path(), any::<u32>(), any::<u32>(), any::<u32>(), any::<Option<u64>>()).prop_map(
+            |(path, mode, uid, gid, h)| Op::Create {
+                path,
+                mode,
+                uid,
+                gid,
+                handle: h.map(HandleId),
+                flags: 0
+            }
+        ),
+        (arb_path(), arb_path(), any::<u32>()).prop_map(|(from, to, flags)| Op::Rename {
+            from,
+            to,
+            flags
+        }),
+        (arb_target(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
+            |(target, offset, data)| Op::Write {
+                target,
+                offset,
+                data
+            }
+        ),
+        (arb_target(), any::<Option<u32>>(), any::<Option<u32>>())
+            .prop_map(|(target, uid, gid)| Op::Chown { target, uid, gid, mode: None }),
+        (arb_target(), any::<bool>()).prop_map(|(target, datasync)| Op::Fsync { target, datasync }),
+        arb_path().prop_map(|path| Op::Unlink { path }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Frame::decode(&bytes);
+    }
+
+    #[test]
+    fn random_ops_round_trip(op in arb_op(), seq in any::<u64>()) {
+        let f = Frame::Op { seq: Seq(seq), op };
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        prop_assert_eq!(Frame::decode(&buf), Ok(Decoded::Frame(f, buf.len())));
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(op in arb_op(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut buf = Vec::new();
+        Frame::Op { seq: Seq(1), op }.encode(&mut buf);
+        let i = pos.index(buf.len());
+        buf[i] = byte;
+        let _ = Frame::decode(&buf);
+    }
+}
