@@ -11,3 +11,5 @@
 //! applied; accept a peer whose certificate is not the pinned one.
 
 pub mod proto;
+pub mod replica;
+pub mod sys;

@@ -1,0 +1,227 @@
+//! Applier tests on a temporary directory: each op's effect, and hostile input
+//! that must never reach outside the root.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    outside: std::path::PathBuf,
+    a: Applier,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-apply")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    fs::create_dir(&root).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), b"keep").unwrap();
+    fs::set_permissions(outside.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    // Traps inside the replica pointing out of it.
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("secret-link")).unwrap();
+    let a = Applier::open(&root).unwrap();
+    Fixture {
+        _dir: dir,
+        root,
+        outside,
+        a,
+    }
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+fn errno(r: io::Result<Applied>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap()
+}
+
+#[test]
+fn create_write_rename_and_write_follows_the_handle() {
+    let mut f = fixture();
+    f.a.apply(&Op::Mkdir {
+        path: p("d"),
+        mode: 0o2750,
+        uid: 12,
+        gid: 34,
+    })
+    .unwrap();
+    f.a.apply(&Op::Create {
+        path: p("d/f"),
+        mode: 0o640,
+        uid: 1000,
+        gid: 1000,
+        handle: Some(HandleId(1)),
+        flags: 0,
+    })
+    .unwrap();
+    f.a.apply(&Op::Rename {
+        from: p("d/f"),
+        to: p("g"),
+        flags: 0,
+    })
+    .unwrap();
+    f.a.apply(&Op::Write {
+        target: Target::Handle(HandleId(1)),
+        offset: 3,
+        data: b"abc".to_vec(),
+    })
+    .unwrap();
+    f.a.apply(&Op::Close {
+        handle: HandleId(1),
+    })
+    .unwrap();
+    assert_eq!(fs::read(f.root.join("g")).unwrap(), b"\0\0\0abc");
+    let md = fs::metadata(f.root.join("g")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 1000, 1000));
+    let md = fs::metadata(f.root.join("d")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o2750, 12, 34));
+    assert_eq!(f.a.open_handles(), 0);
+}
+
+#[test]
+fn rename_exchange_and_noreplace() {
+    let mut f = fixture();
+    fs::write(f.root.join("x"), b"x").unwrap();
+    fs::write(f.root.join("y"), b"y").unwrap();
+    f.a.apply(&Op::Rename {
+        from: p("x"),
+        to: p("y"),
+        flags: libc::RENAME_EXCHANGE,
+    })
+    .unwrap();
+    assert_eq!(fs::read(f.root.join("x")).unwrap(), b"y");
+    let e = errno(f.a.apply(&Op::Rename {
+        from: p("x"),
+        to: p("y"),
+        flags: libc::RENAME_NOREPLACE,
+    }));
+    assert_eq!(e, libc::EEXIST);
+}
+
+#[test]
+fn fsync_returns_a_descriptor_to_sync() {
+    let mut f = fixture();
+    fs::write(f.root.join("x"), b"x").unwrap();
+    match f
+        .a
+        .apply(&Op::Fsync {
+            target: Target::Path(p("x")),
+            datasync: true,
+        })
+        .unwrap()
+    {
+        Applied::Sync { fd, datasync } => {
+            assert!(datasync);
+            sys::fsync(fd.as_fd(), true).unwrap();
+        }
+        other => panic!("expected a sync, got {other:?}"),
+    }
+}
+
+#[test]
+fn symlinks_inside_the_root_never_lead_outside() {
+    let mut f = fixture();
+    // Through a symlinked directory: refused, nothing created outside.
+    let e = errno(f.a.apply(&Op::Create {
+        path: p("escape/new"),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        handle: None,
+        flags: 0,
+    }));
+    assert_eq!(e, libc::ELOOP);
+    assert!(!f.outside.join("new").exists());
+    let e = errno(f.a.apply(&Op::Unlink {
+        path: p("escape/secret"),
+    }));
+    assert_eq!(e, libc::ELOOP);
+    // Writes, truncates and opens through a final symlink: refused.
+    for op in [
+        Op::Write {
+            target: Target::Path(p("secret-link")),
+            offset: 0,
+            data: b"pwned".to_vec(),
+        },
+        Op::Truncate {
+            target: Target::Path(p("secret-link")),
+            size: 0,
+        },
+        Op::Open {
+            path: p("secret-link"),
+            handle: HandleId(9),
+            flags: libc::O_TRUNC as u32,
+        },
+    ] {
+        assert!(f.a.apply(&op).is_err(), "{op:?} was applied");
+    }
+    // Metadata ops act on the link itself, never on its target.
+    let _ = f.a.apply(&Op::Chmod {
+        target: Target::Path(p("secret-link")),
+        mode: 0o777,
+    });
+    f.a.apply(&Op::Chown {
+        target: Target::Path(p("secret-link")),
+        uid: Some(4242),
+        gid: Some(4242),
+        mode: None,
+    })
+    .unwrap();
+    let md = fs::metadata(f.outside.join("secret")).unwrap();
+    assert_eq!((md.mode() & 0o777, md.uid()), (0o600, 0));
+    assert_eq!(fs::read(f.outside.join("secret")).unwrap(), b"keep");
+    // Renaming the escape link itself is fine: it stays a link inside the root.
+    f.a.apply(&Op::Rename {
+        from: p("escape"),
+        to: p("escape2"),
+        flags: 0,
+    })
+    .unwrap();
+    assert!(f.outside.join("secret").exists());
+}
+
+#[test]
+fn unknown_handles_and_bad_modes_are_errors_not_panics() {
+    let mut f = fixture();
+    assert_eq!(
+        errno(f.a.apply(&Op::Write {
+            target: Target::Handle(HandleId(77)),
+            offset: 0,
+            data: vec![1],
+        })),
+        libc::EBADF
+    );
+    assert_eq!(
+        errno(f.a.apply(&Op::Close {
+            handle: HandleId(77)
+        })),
+        libc::EBADF
+    );
+    assert_eq!(
+        errno(f.a.apply(&Op::Mknod {
+            path: p("dir-by-mknod"),
+            mode: libc::S_IFDIR | 0o755,
+            rdev: 0,
+            uid: 0,
+            gid: 0,
+        })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(f.a.apply(&Op::Rename {
+            from: p("a"),
+            to: p("b"),
+            flags: 0x8000,
+        })),
+        libc::EINVAL
+    );
+}

@@ -1,0 +1,432 @@
+//! Thin, safe wrappers over the Linux calls mirrorfs makes on both sides.
+//!
+//! Owns the conversion of raw return values into `io::Result` (the real OS error
+//! is kept, never collapsed), C-string handling of names, and `openat2` with the
+//! `RESOLVE_*` flags that keep every path beneath a root. Nothing here decides
+//! what to call; `fs` and `replica` do.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// `-1` → the thread's `errno` as `io::Error`.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A name or path as a C string (`EINVAL` on an interior NUL).
+pub fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The errno of an `io::Error`, `EIO` when it carries none.
+pub fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Resolution that never leaves the directory `dirfd` and never follows a
+/// symlink or a magic link on the way.
+pub const RESOLVE_STRICT: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS;
+
+/// `openat2(dirfd, path, flags, mode, resolve)`.
+pub fn openat2(
+    dirfd: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    // SAFETY: open_how is plain old data; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        u64::from(mode)
+    } else {
+        0
+    };
+    how.resolve = resolve;
+    loop {
+        // SAFETY: valid C string and open_how for the duration of the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel returned a new descriptor that we now own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced RESOLVE_BENEATH's check; retry.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+}
+
+/// `openat(dirfd, name, flags | O_CLOEXEC, mode)` for a single name.
+pub fn openat(dirfd: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string; the returned fd is owned below.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dirfd` itself.
+pub fn fstatat(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(name)?;
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: st is written by the kernel on success.
+    cvt(unsafe { libc::fstatat(dirfd.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat` of a descriptor (O_PATH descriptors included).
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    fstatat(fd, OsStr::new(""))
+}
+
+/// `mkdirat`.
+pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mkdirat(dirfd.as_raw_fd(), c.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknodat`.
+pub fn mknodat(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mknodat(dirfd.as_raw_fd(), c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlinkat(target, dirfd, name)`.
+pub fn symlinkat(target: &OsStr, dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::symlinkat(t.as_ptr(), dirfd.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)` (never follows symlinks).
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &OsStr,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+) -> io::Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(dirfd, name, flags)` (`AT_REMOVEDIR` for directories).
+pub fn unlinkat(dirfd: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::unlinkat(dirfd.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2`.
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &OsStr,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; an empty name acts on
+/// `dirfd` itself (O_PATH descriptors included). `u32::MAX` leaves an id as is.
+pub fn fchownat(dirfd: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::fchownat(dirfd.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// The `/proc/self/fd/N` path of a descriptor: lets calls that have no
+/// descriptor form (chmod, utimensat, xattrs) act on exactly the inode an
+/// `O_PATH` descriptor holds, without resolving any name again.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never contains NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+/// chmod of the inode held by `fd` (any kind of descriptor).
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) }).map(drop)
+}
+
+/// utimensat of the inode held by `fd`; `None` leaves a time (`UTIME_OMIT`).
+pub fn utimes_fd(
+    fd: BorrowedFd<'_>,
+    atime: Option<(i64, i64)>,
+    mtime: Option<(i64, i64)>,
+) -> io::Result<()> {
+    let ts = |t: Option<(i64, i64)>| match t {
+        Some((s, n)) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: n,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    };
+    let times = [ts(atime), ts(mtime)];
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C string and a two-element timespec array.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+/// setxattr on the inode held by `fd`.
+pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    let n = cstr(name)?;
+    // SAFETY: valid C strings and buffer.
+    cvt(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// removexattr on the inode held by `fd`.
+pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    let n = cstr(name)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
+}
+
+/// getxattr on the inode held by `fd`; with an empty `buf`, the value's size.
+pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+    let p = proc_fd_path(fd);
+    let n = cstr(name)?;
+    // SAFETY: valid C strings; buf is writable for its length.
+    cvt_size(unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+/// listxattr on the inode held by `fd`; with an empty `buf`, the list's size.
+pub fn listxattr_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C string; buf is writable for its length.
+    cvt_size(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `pwrite` of the whole buffer.
+pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: data is a valid buffer for its length.
+        let n = cvt_size(unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                offset as libc::off_t,
+            )
+        })?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// `pwrite` once, returning the count written.
+pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: data is a valid buffer for its length.
+    cvt_size(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// `pread` into `buf`, returning the count read.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: buf is writable for its length.
+    cvt_size(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// `ftruncate`.
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// `fallocate`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    cvt(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
+}
+
+/// One `copy_file_range` call; returns the bytes copied (0 at end of file).
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    src_offset: u64,
+    dst: BorrowedFd<'_>,
+    dst_offset: u64,
+    len: u64,
+) -> io::Result<usize> {
+    let mut so = src_offset as libc::loff_t;
+    let mut dof = dst_offset as libc::loff_t;
+    // SAFETY: offsets are valid pointers for the call.
+    cvt_size(unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut so,
+            dst.as_raw_fd(),
+            &mut dof,
+            len as usize,
+            0,
+        )
+    } as libc::ssize_t)
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// `readlinkat(dirfd, name)`; an empty name reads the symlink `dirfd` holds.
+pub fn readlinkat(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: buf is writable for its length.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            dirfd.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Sets the process umask (both sides set 0: modes arrive already masked).
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) };
+}
+
+/// Raises the open-files soft limit to the hard limit (the inode table holds
+/// one O_PATH descriptor per known inode).
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: lim is written on success.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded.
+    let mut lim = unsafe { lim.assume_init() };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: valid rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
