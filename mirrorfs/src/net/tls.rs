@@ -692,8 +692,8 @@ fn validate_name(name: &str) -> Result<(), TlsError> {
     }
     if ServerName::try_from(name).is_err() {
         return Err(invalid(
-            "it is not a valid DNS-style name (empty label, label ending in '-', or an \
-             all-digit last label)",
+            "it is not a valid DNS-style name (empty label, label over 63 characters, label \
+             ending in '-', or an all-digit last label)",
         ));
     }
     Ok(())
