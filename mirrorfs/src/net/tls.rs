@@ -933,3 +933,340 @@ mod der {
         Some((tag, contents, rest))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use quinn::{ConnectionError, Endpoint};
+
+    use super::*;
+
+    /// Upper bound for any one network step; a hang fails the test instead.
+    const STEP: Duration = Duration::from_secs(10);
+
+    /// Generates `name` in `dir` and loads it both as an identity and as the pin
+    /// its peer would use.
+    fn node(dir: &Path, name: &str) -> (Identity, PinnedPeer) {
+        let (key, cert) = keygen(dir, name).expect("keygen");
+        let id = load_identity(&key, &cert).expect("load_identity");
+        let pin = load_peer(&cert).expect("load_peer");
+        (id, pin)
+    }
+
+    async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+        match tokio::time::timeout(STEP, fut).await {
+            Ok(out) => out,
+            Err(_) => panic!("timed out after {STEP:?}: {what}"),
+        }
+    }
+
+    fn localhost() -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    }
+
+    /// Starts a server endpoint and a task accepting one connection, returning
+    /// the address and the task's handle (the handshake's outcome).
+    fn serve_one(
+        config: quinn::ServerConfig,
+    ) -> (
+        SocketAddr,
+        tokio::task::JoinHandle<Result<quinn::Connection, ConnectionError>>,
+    ) {
+        let server = Endpoint::server(config, localhost()).expect("bind server");
+        let addr = server.local_addr().expect("server address");
+        let task = tokio::spawn(async move {
+            let incoming = server.accept().await.expect("endpoint closed");
+            incoming.await
+        });
+        (addr, task)
+    }
+
+    /// Connects, then sends `ping` on a bi stream and reads the reply: any failure
+    /// along the way is returned as text.
+    async fn connect_and_ping(
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<(quinn::Connection, Vec<u8>), String> {
+        let client = Endpoint::client(localhost()).expect("bind client");
+        let connecting = client
+            .connect_with(config, addr, server_name)
+            .expect("connect_with");
+        let conn = connecting.await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let reply = recv.read_to_end(64).await.map_err(|e| e.to_string())?;
+        Ok((conn, reply))
+    }
+
+    fn presented_certs(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+        let identity = conn.peer_identity().expect("peer presented an identity");
+        *identity
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .expect("rustls peer identity is a certificate chain")
+    }
+
+    #[test]
+    fn keygen_writes_private_key_and_certificate_and_never_overwrites() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("keys");
+
+        let (key, cert) = keygen(&dir, "node1").expect("keygen");
+
+        assert_eq!(key, dir.join("node1.key"));
+        assert_eq!(cert, dir.join("node1.crt"));
+        let mode = |p: &Path| fs::metadata(p).expect("stat").mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&key), 0o600);
+        let key_pem = fs::read_to_string(&key).expect("read key");
+        assert!(
+            key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{key_pem}"
+        );
+        let id = load_identity(&key, &cert).expect("load_identity");
+        assert_eq!(id.name, "node1");
+
+        let err = keygen(&dir, "node1").expect_err("second keygen must refuse");
+        assert!(matches!(&err, TlsError::AlreadyExists { path } if *path == key));
+        let msg = err.to_string();
+        assert!(msg.contains(&key.display().to_string()), "{msg}");
+        assert!(msg.contains("remove it first"), "{msg}");
+        assert_eq!(fs::read_to_string(&key).expect("reread key"), key_pem);
+
+        // A certificate alone is not overwritten either (a peer may pin it).
+        fs::remove_file(&key).expect("remove key");
+        let err = keygen(&dir, "node1").expect_err("keygen over a certificate");
+        assert!(matches!(&err, TlsError::AlreadyExists { path } if *path == cert));
+        assert!(!key.exists(), "no key may be left behind");
+    }
+
+    #[test]
+    fn node_names_are_validated() {
+        for good in [
+            "node1",
+            "web-a.example",
+            "a_b",
+            "N",
+            &format!("{}.{}", "x".repeat(32), "y".repeat(31)),
+        ] {
+            assert!(validate_name(good).is_ok(), "{good:?} should be valid");
+        }
+        let long = "x".repeat(65);
+        let long_label = "x".repeat(64);
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "node 1",
+            "node-",
+            "123",
+            "é",
+            &long,
+            &long_label,
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(TlsError::InvalidName { .. })),
+                "{bad:?} should be invalid"
+            );
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let err = keygen(tmp.path(), "../escape").expect_err("bad name");
+        assert!(matches!(err, TlsError::InvalidName { .. }), "{err}");
+        assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn identity_and_pin_agree_on_name_and_fingerprint() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (id, pin) = node(tmp.path(), "node1");
+        assert_eq!(pin.name, "node1");
+        assert_eq!(id.fingerprint(), pin.fingerprint);
+        assert_eq!(pin.fingerprint.len(), 64);
+        assert!(pin.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Debug shows who, never the key.
+        let shown = format!("{id:?}");
+        assert!(
+            shown.contains("node1") && !shown.contains("key:"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn load_identity_rejects_a_key_from_another_identity() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (key1, _) = keygen(tmp.path(), "node1").expect("keygen node1");
+        let (_, cert2) = keygen(tmp.path(), "node2").expect("keygen node2");
+
+        let err = load_identity(&key1, &cert2).expect_err("mismatched pair");
+
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&key1.display().to_string()), "{msg}");
+        assert!(msg.contains(&cert2.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn files_of_the_wrong_kind_are_named_in_the_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (key, cert) = keygen(tmp.path(), "node1").expect("keygen node1");
+        let (_, other) = keygen(tmp.path(), "node2").expect("keygen node2");
+
+        assert!(matches!(load_peer(&key), Err(TlsError::NoCert { path }) if path == key));
+        assert!(matches!(
+            load_identity(&cert, &cert),
+            Err(TlsError::NoKey { path }) if path == cert
+        ));
+        let missing = tmp.path().join("missing.crt");
+        assert!(matches!(load_peer(&missing), Err(TlsError::Read { path, .. }) if path == missing));
+
+        let chain = tmp.path().join("chain.crt");
+        let pems = [&cert, &other].map(|p| fs::read_to_string(p).expect("read cert"));
+        fs::write(&chain, pems.concat()).expect("write chain");
+        assert!(matches!(
+            load_peer(&chain),
+            Err(TlsError::TooManyCerts { path, count: 2 }) if path == chain
+        ));
+    }
+
+    #[tokio::test]
+    async fn pinned_pair_connects_and_exchanges_bytes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (server_id, server_pin) = node(tmp.path(), "node1");
+        let (client_id, client_pin) = node(tmp.path(), "node2");
+        let server_cfg = server_config(&server_id, &client_pin).expect("server_config");
+        let client_cfg = client_config(&client_id, &server_pin).expect("client_config");
+        let (addr, accepted) = serve_one(server_cfg);
+        let echo = tokio::spawn(async move {
+            let conn = accepted.await.expect("accept task")?;
+            let presented = presented_certs(&conn);
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let got = recv.read_to_end(64).await.expect("server read");
+            send.write_all(&got).await.expect("server write");
+            send.finish().expect("server finish");
+            // Keep the connection until the client has read the reply and closed.
+            conn.closed().await;
+            Ok::<_, ConnectionError>(presented)
+        });
+
+        let (conn, reply) = bounded(
+            "client handshake and echo",
+            connect_and_ping(client_cfg, addr, &server_pin.name),
+        )
+        .await
+        .expect("pinned pair must connect");
+
+        assert_eq!(reply, b"ping");
+        assert_eq!(presented_certs(&conn), vec![server_pin.der.clone()]);
+        let alpn = conn
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        assert_eq!(alpn.as_deref(), Some(ALPN));
+        conn.close(0u32.into(), b"done");
+        let seen_by_server = bounded("server side", echo)
+            .await
+            .expect("echo task")
+            .expect("server connection");
+        assert_eq!(seen_by_server, vec![client_pin.der.clone()]);
+    }
+
+    #[tokio::test]
+    async fn client_with_unknown_certificate_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (server_id, server_pin) = node(tmp.path(), "node1");
+        let (_, client_pin) = node(tmp.path(), "node2");
+        let (intruder, _) = node(tmp.path(), "intruder");
+        let server_cfg = server_config(&server_id, &client_pin).expect("server_config");
+        // The intruder pins the real server, so only the server can refuse.
+        let client_cfg = client_config(&intruder, &server_pin).expect("client_config");
+        let (addr, accepted) = serve_one(server_cfg);
+
+        let client_result = bounded(
+            "intruder client",
+            connect_and_ping(client_cfg, addr, &server_pin.name),
+        )
+        .await;
+        let server_result = bounded("server side", accepted).await.expect("accept task");
+
+        let client_err = client_result
+            .map(|(_, reply)| reply)
+            .expect_err("an unknown client must not get a reply");
+        let server_err = server_result
+            .map(|_| ())
+            .expect_err("the server must refuse an unknown client")
+            .to_string();
+        assert!(server_err.contains("pinned"), "{server_err}");
+        assert!(server_err.contains("CN=intruder"), "{server_err}");
+        assert!(server_err.contains(&client_pin.fingerprint), "{server_err}");
+        assert!(!client_err.is_empty());
+    }
+
+    #[tokio::test]
+    async fn server_with_unknown_certificate_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, server_pin) = node(tmp.path(), "node1");
+        let (client_id, client_pin) = node(tmp.path(), "node2");
+        let (intruder, _) = node(tmp.path(), "intruder");
+        // The intruder pins the real client, so only the client can refuse.
+        let server_cfg = server_config(&intruder, &client_pin).expect("server_config");
+        let client_cfg = client_config(&client_id, &server_pin).expect("client_config");
+        let (addr, accepted) = serve_one(server_cfg);
+
+        let client_err = bounded(
+            "client against intruder",
+            connect_and_ping(client_cfg, addr, &server_pin.name),
+        )
+        .await
+        .map(|(_, reply)| reply)
+        .expect_err("the client must refuse an unknown server");
+        let server_result = bounded("intruder server", accepted)
+            .await
+            .expect("accept task");
+
+        assert!(client_err.contains("pinned"), "{client_err}");
+        assert!(client_err.contains("CN=intruder"), "{client_err}");
+        assert!(client_err.contains(&server_pin.fingerprint), "{client_err}");
+        assert!(
+            server_result.is_err(),
+            "the intruder must not get a connection"
+        );
+    }
+
+    #[test]
+    fn common_name_is_read_from_generated_certificates() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, pin) = node(tmp.path(), "web-a.example");
+        assert_eq!(
+            der::subject_common_name(pin.der.as_ref()).as_deref(),
+            Some("web-a.example")
+        );
+        // Every truncation is rejected without panicking.
+        for len in 0..pin.der.len() {
+            assert_eq!(der::subject_common_name(&pin.der[..len]), None, "len {len}");
+        }
+    }
+
+    #[test]
+    fn presented_names_are_escaped_before_they_are_logged() {
+        let key_pair = KeyPair::generate().expect("key pair");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "evil\nWARN forged line");
+        params.distinguished_name = dn;
+        let cert = params.self_signed(&key_pair).expect("self-signed");
+
+        assert_eq!(presented_cn(cert.der()), "evil\\nWARN forged line");
+    }
+
+    proptest! {
+        #[test]
+        fn common_name_reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = der::subject_common_name(&bytes);
+        }
+    }
+}
