@@ -510,13 +510,14 @@ impl Pin {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Result<(), rustls::Error> {
-        let presented_cn = presented_cn(end_entity);
-        let presented_fp = fingerprint(end_entity);
         let mismatch = if end_entity.as_ref() != self.der.as_ref() {
             format!(
-                "peer presented certificate CN={presented_cn} sha256={presented_fp} but the pinned \
-                 peer certificate is CN={} sha256={} (check --peer-cert)",
-                self.name, self.fingerprint
+                "peer presented certificate CN={} sha256={} but the pinned peer certificate is \
+                 CN={} sha256={} (check --peer-cert)",
+                presented_cn(end_entity),
+                fingerprint(end_entity),
+                self.name,
+                self.fingerprint
             )
         } else if !intermediates.is_empty() {
             format!(
@@ -529,7 +530,7 @@ impl Pin {
         } else {
             return Ok(());
         };
-        warn!(%presented_cn, %presented_fp, "refused peer: {mismatch}");
+        warn!(pinned = %self.name, "refused peer: {mismatch}");
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(PinMismatch(mismatch))),
         )))
@@ -1131,6 +1132,31 @@ mod tests {
             load_peer(&chain),
             Err(TlsError::TooManyCerts { path, count: 2 }) if path == chain
         ));
+    }
+
+    #[test]
+    fn pin_accepts_only_the_pinned_certificate_alone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, pinned) = node(tmp.path(), "node1");
+        let (_, other) = node(tmp.path(), "intruder");
+        let pin = Pin::new(&pinned, &provider());
+
+        assert!(pin.check(&pinned.der, &[]).is_ok());
+        let wrong = pin
+            .check(&other.der, &[])
+            .expect_err("other cert")
+            .to_string();
+        let expected = format!(
+            "peer presented certificate CN=intruder sha256={} but the pinned peer certificate \
+             is CN=node1 sha256={} (check --peer-cert)",
+            other.fingerprint, pinned.fingerprint
+        );
+        assert!(wrong.contains(&expected), "{wrong}");
+        let chain = pin
+            .check(&pinned.der, std::slice::from_ref(&other.der))
+            .expect_err("pinned cert with a chain")
+            .to_string();
+        assert!(chain.contains("presents its certificate alone"), "{chain}");
     }
 
     #[tokio::test]
