@@ -13,3 +13,4 @@
 pub mod proto;
 pub mod replica;
 pub mod sys;
+pub mod net;
