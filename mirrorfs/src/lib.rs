@@ -14,3 +14,4 @@ pub mod proto;
 pub mod replica;
 pub mod sys;
 pub mod net;
+pub mod fs;

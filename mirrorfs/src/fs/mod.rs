@@ -1,0 +1,15 @@
+//! The primary's filesystem: a passthrough overlay of the backing directory whose
+//! every mutation is replicated before it returns.
+//!
+//! `ops` is the `io::Result` API (unit-tested without mounting), `inode` the inode
+//! table, `fuse` the thin fuser adapter that only calls `ops` and replies. Local
+//! calls act on `O_PATH` descriptors of the backing inodes, never on a path
+//! resolved again, so nothing outside the backing directory is touched.
+
+pub mod fuse;
+pub mod inode;
+pub mod ops;
+pub mod replicate;
+
+pub use ops::{Ctx, Overlay};
+pub use replicate::{Replicate, Ticket};

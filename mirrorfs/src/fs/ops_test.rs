@@ -1,0 +1,228 @@
+//! Overlay tests without mounting: the local effect of each call and the exact
+//! ops it submits for replication.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use pretty_assertions::assert_eq;
+
+use super::*;
+use crate::fs::replicate::Recorder;
+
+const ROOT: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+};
+const USER: Ctx = Ctx {
+    uid: 1000,
+    gid: 1000,
+    pid: 2,
+};
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, Arc<Recorder>, Overlay) {
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-ops")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let ov = Overlay::new(dir.path(), rec.clone()).unwrap();
+    (dir, rec, ov)
+}
+
+#[test]
+fn create_write_rename_unlink_submit_the_right_ops() {
+    let (dir, rec, ov) = setup();
+    let d = ov.mkdir(USER, ROOT_INO, OsStr::new("d"), 0o755, 0o022).unwrap();
+    let (e, o) = ov
+        .create(USER, d.ino, OsStr::new("f"), 0o666, 0o022, libc::O_WRONLY)
+        .unwrap();
+    assert_eq!(ov.write(o.fh, 0, b"hello").unwrap(), 5);
+    ov.rename(d.ino, OsStr::new("f"), ROOT_INO, OsStr::new("g"), 0)
+        .unwrap();
+    assert_eq!(ov.write(o.fh, 5, b"!").unwrap(), 1);
+    ov.unlink(ROOT_INO, OsStr::new("g")).unwrap();
+    ov.fsync(e.ino, o.fh, true).unwrap();
+    ov.release(o.fh);
+    let h = HandleId(o.fh);
+    assert_eq!(
+        rec.take(),
+        vec![
+            Op::Mkdir {
+                path: p("d"),
+                mode: 0o755,
+                uid: 1000,
+                gid: 1000
+            },
+            Op::Create {
+                path: p("d/f"),
+                mode: 0o644,
+                uid: 1000,
+                gid: 1000,
+                handle: Some(h),
+                flags: 0
+            },
+            Op::Write {
+                target: Target::Handle(h),
+                offset: 0,
+                data: b"hello".to_vec()
+            },
+            Op::Rename {
+                from: p("d/f"),
+                to: p("g"),
+                flags: 0
+            },
+            Op::Write {
+                target: Target::Handle(h),
+                offset: 5,
+                data: b"!".to_vec()
+            },
+            Op::Unlink { path: p("g") },
+            Op::Fsync {
+                target: Target::Handle(h),
+                datasync: true
+            },
+            Op::Close { handle: h },
+        ]
+    );
+    assert!(!dir.path().join("g").exists());
+    let md = fs::metadata(dir.path().join("d")).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (1000, 0o755));
+}
+
+#[test]
+fn setattr_sends_explicit_values() {
+    let (_dir, rec, ov) = setup();
+    let (e, o) = ov
+        .create(ROOT, ROOT_INO, OsStr::new("f"), 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    ov.release(o.fh);
+    rec.take();
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 5);
+    let st = ov
+        .setattr(
+            e.ino,
+            None,
+            SetAttr {
+                mode: Some(0o600),
+                uid: Some(7),
+                size: Some(10),
+                mtime: Some(Some(t)),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((st.st_size, st.st_uid, st.st_mode & 0o777), (10, 7, 0o600));
+    let target = Target::Path(p("f"));
+    let ops = rec.take();
+    assert_eq!(ops.len(), 4);
+    assert_eq!(
+        ops[0],
+        Op::Truncate {
+            target: target.clone(),
+            size: 10
+        }
+    );
+    assert!(matches!(&ops[1], Op::Chown { uid: Some(7), gid: None, mode: None, .. }));
+    assert_eq!(
+        ops[2],
+        Op::Chmod {
+            target: target.clone(),
+            mode: 0o600
+        }
+    );
+    assert_eq!(
+        ops[3],
+        Op::SetTimes {
+            target,
+            atime: None,
+            mtime: Some(Timestamp {
+                sec: 1_000_000_000,
+                nsec: 5
+            })
+        }
+    );
+}
+
+#[test]
+fn metadata_area_is_hidden_and_reserved() {
+    let (dir, rec, ov) = setup();
+    fs::create_dir(dir.path().join(META_DIR)).unwrap();
+    let e = ov.lookup(ROOT_INO, OsStr::new(META_DIR)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    let e = ov
+        .mkdir(ROOT, ROOT_INO, OsStr::new(META_DIR), 0o755, 0)
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let fh = ov.opendir(ROOT_INO).unwrap();
+    let names: Vec<_> = ov
+        .readdir(fh, 0)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![OsString::from("."), OsString::from("..")]);
+    assert_eq!(rec.take(), vec![]);
+}
+
+#[test]
+fn bad_names_are_refused_before_any_syscall() {
+    let (_dir, rec, ov) = setup();
+    let long = "x".repeat(256);
+    assert_eq!(
+        ov.mkdir(ROOT, ROOT_INO, OsStr::new(&long), 0o755, 0)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+    assert_eq!(
+        ov.lookup(ROOT_INO, OsStr::new(".."))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(rec.take(), vec![]);
+}
+
+#[test]
+fn hard_links_and_rename_exchange_keep_paths_right() {
+    let (dir, rec, ov) = setup();
+    let (a, o) = ov
+        .create(ROOT, ROOT_INO, OsStr::new("a"), 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    ov.release(o.fh);
+    ov.mkdir(ROOT, ROOT_INO, OsStr::new("b"), 0o755, 0).unwrap();
+    ov.link(a.ino, ROOT_INO, OsStr::new("a2")).unwrap();
+    ov.unlink(ROOT_INO, OsStr::new("a")).unwrap();
+    ov.rename(
+        ROOT_INO,
+        OsStr::new("a2"),
+        ROOT_INO,
+        OsStr::new("b"),
+        libc::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    rec.take();
+    // The file is now called "b": a chmod must name it so.
+    ov.setattr(
+        a.ino,
+        None,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rec.take(),
+        vec![Op::Chmod {
+            target: Target::Path(p("b")),
+            mode: 0o600
+        }]
+    );
+    assert!(dir.path().join("a2").is_dir());
+}
