@@ -1,3 +1,29 @@
-//! The QUIC transport between the primary and the secondary: node identities,
-//! pinned peers and the quinn configurations built from them (`tls`).
+//! The QUIC transport between the primary and the secondary: node identities and
+//! pinned peers (`tls`), the primary's replication driver (`client`) and the
+//! secondary's server (`server`). Drivers only: what to send and when an op is
+//! done is decided by `proto`.
+
+pub mod client;
+pub mod server;
 pub mod tls;
+
+use std::time::Duration;
+
+/// How long connecting and the hello exchange may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC transport settings of the replication connection: a dead peer is noticed
+/// within `peer_timeout` even when no op is in flight, and the windows are large
+/// enough for many pipelined 1 MiB writes.
+pub fn transport(peer_timeout: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    let idle = peer_timeout.max(Duration::from_millis(500));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(Some(idle / 4));
+    t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.receive_window(quinn::VarInt::from_u32(128 << 20));
+    t.send_window(128 << 20);
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_bidi_streams(1u32.into());
+    t
+}

@@ -1,0 +1,464 @@
+//! The primary's replication driver: one QUIC connection to the secondary, one
+//! ordered bidirectional stream, and the [`Replicator`] state machine fed from
+//! it.
+//!
+//! Owns the runtime thread and the three small tasks around the core: the writer
+//! (takes submitted ops, numbers them, sends them in batches), the reader
+//! (decodes acks and completes the waiting callers) and the timer (peer
+//! timeout). Makes no replication decision of its own: what to send is the
+//! overlay's, when an op is done is the core's.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::tls::{client_config, Identity, PinnedPeer, TlsError};
+use super::{transport, HANDSHAKE_TIMEOUT};
+use crate::fs::replicate::{Replicate, Ticket};
+use crate::proto::stream::{Outcome, Replicator};
+use crate::proto::wire::{Decoded, Frame, Hello, Op, Seq, PROTOCOL_VERSION};
+
+/// Why the primary could not start replicating.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Building the TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No UDP socket could be bound.
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(io::Error),
+    /// Nothing answered in time.
+    #[error("the secondary at {addr} did not answer within {secs} s: check that `mirrorfs serve` runs there, listens on that address, and that UDP port {port} is open")]
+    Unreachable {
+        /// The peer address.
+        addr: SocketAddr,
+        /// The wait.
+        secs: u64,
+        /// The UDP port.
+        port: u16,
+    },
+    /// The QUIC/TLS handshake failed (wrong certificate on either side, …).
+    #[error("the secondary at {addr} refused the connection or could not be authenticated: {reason}")]
+    Handshake {
+        /// The peer address.
+        addr: SocketAddr,
+        /// What quinn/rustls reported.
+        reason: String,
+    },
+    /// The secondary answered the hello with a refusal.
+    #[error("the secondary at {addr} refused us: {reason}")]
+    Refused {
+        /// The peer address.
+        addr: SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
+    /// The secondary is not who the pinned certificate says, or speaks another
+    /// protocol version.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The runtime thread could not start.
+    #[error("cannot start the replication thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Everything the primary needs to reach its secondary.
+#[derive(Debug)]
+pub struct LinkConfig {
+    /// The secondary's `mirrorfs serve` address.
+    pub peer: SocketAddr,
+    /// This node's identity.
+    pub identity: Identity,
+    /// The secondary's pinned certificate.
+    pub pinned: PinnedPeer,
+    /// How long an op may wait for its acknowledgement before the peer is lost.
+    pub peer_timeout: Duration,
+}
+
+struct Submission {
+    op: Op,
+    done: Sender<Outcome>,
+}
+
+/// Counters shown by status and logs.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Ops submitted.
+    pub ops: AtomicU64,
+    /// Payload bytes submitted.
+    pub bytes: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    lost: AtomicBool,
+    reason: Mutex<Option<String>>,
+    stats: LinkStats,
+}
+
+/// The primary's handle on replication; implements [`Replicate`].
+#[derive(Debug, Clone)]
+pub struct Link {
+    tx: mpsc::UnboundedSender<Submission>,
+    shared: Arc<Shared>,
+    limit: Duration,
+}
+
+impl Link {
+    /// Connects to the secondary, exchanges hellos, and starts the driver thread.
+    /// Returns once replication is ready, or why it is not.
+    pub fn connect(cfg: LinkConfig) -> Result<Self, ConnectError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let limit = cfg.peer_timeout * 2 + Duration::from_secs(1);
+        let s = shared.clone();
+        thread::Builder::new()
+            .name("mirrorfs-link".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ConnectError::Thread(e)));
+                        return;
+                    }
+                };
+                let span = info_span!("link", peer = %cfg.peer);
+                rt.block_on(drive(cfg, rx, s, ready_tx).instrument(span));
+            })
+            .map_err(ConnectError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { tx, shared, limit }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConnectError::Thread(io::Error::other(
+                "the replication thread ended during start-up",
+            ))),
+        }
+    }
+
+    /// Why the peer is lost, if it is.
+    pub fn lost(&self) -> Option<String> {
+        self.shared
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.shared.stats
+    }
+}
+
+impl Replicate for Link {
+    fn submit(&self, op: Op) -> Ticket {
+        self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .bytes
+            .fetch_add(op.payload_len() as u64, Ordering::Relaxed);
+        let (done, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Submission { op, done }).is_err() {
+            return Ticket::Done(Err(libc::EIO));
+        }
+        Ticket::Wait {
+            rx,
+            limit: self.limit,
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.shared.lost.load(Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// Connects, then runs the writer, reader and timer until the peer is lost and
+/// every caller has been answered.
+async fn drive(
+    cfg: LinkConfig,
+    mut rx: mpsc::UnboundedReceiver<Submission>,
+    shared: Arc<Shared>,
+    ready: std::sync::mpsc::Sender<Result<(), ConnectError>>,
+) {
+    let (endpoint, conn, mut send, mut recv) = match handshake(&cfg).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    info!(peer_node = %cfg.pinned.name, "replicating to the secondary");
+    let _ = ready.send(Ok(()));
+
+    let core = Arc::new(Mutex::new(Replicator::new(cfg.peer_timeout)));
+    let waiters: Arc<Mutex<HashMap<Seq, Sender<Outcome>>>> = Arc::default();
+    let wake_timer = Arc::new(Notify::new());
+    let lose = {
+        let core = core.clone();
+        let waiters = waiters.clone();
+        let shared = shared.clone();
+        let conn = conn.clone();
+        move |reason: String| {
+            let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
+            if c.lost().is_none() {
+                error!(%reason, "peer lost: mutations fail with EIO until mirrorfs is restarted");
+                *shared.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+                shared.lost.store(true, Ordering::Release);
+                conn.close(1u32.into(), b"peer lost");
+            }
+            c.handle_lost(reason);
+            complete(&mut c, &waiters);
+        }
+    };
+
+    let writer = {
+        let core = core.clone();
+        let waiters = waiters.clone();
+        let wake_timer = wake_timer.clone();
+        let lose = lose.clone();
+        async move {
+            let mut buf = Vec::with_capacity(1 << 20);
+            while let Some(first) = rx.recv().await {
+                buf.clear();
+                let mut next = Some(first);
+                {
+                    let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    while let Some(sub) = next.take() {
+                        match c.submit(now, &sub.op) {
+                            Ok(seq) => {
+                                Frame::Op { seq, op: sub.op }.encode(&mut buf);
+                                w.insert(seq, sub.done);
+                            }
+                            Err(_) => {
+                                let _ = sub.done.send(Err(libc::EIO));
+                            }
+                        }
+                        if buf.len() < (1 << 20) {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                }
+                wake_timer.notify_one();
+                if buf.is_empty() {
+                    continue;
+                }
+                if let Err(e) = send.write_all(&buf).await {
+                    lose(format!("sending to the secondary failed: {e}"));
+                }
+            }
+        }
+    };
+
+    let reader = {
+        let core = core.clone();
+        let waiters = waiters.clone();
+        let lose = lose.clone();
+        async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                match recv.read(&mut chunk).await {
+                    Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(None) => return lose("the secondary closed the stream".into()),
+                    Err(e) => return lose(format!("the connection to the secondary ended: {e}")),
+                }
+                let mut used = 0;
+                let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    match Frame::decode(&buf[used..]) {
+                        Ok(Decoded::Incomplete) => break,
+                        Ok(Decoded::Frame(Frame::Refused { reason }, _)) => {
+                            drop(c);
+                            return lose(format!("the secondary refused: {reason}"));
+                        }
+                        Ok(Decoded::Frame(f, len)) => {
+                            used += len;
+                            if let Err(v) = c.handle_frame(&f) {
+                                drop(c);
+                                return lose(format!("protocol violation by the secondary: {v}"));
+                            }
+                        }
+                        Err(e) => {
+                            drop(c);
+                            return lose(format!("malformed frame from the secondary: {e}"));
+                        }
+                    }
+                }
+                complete(&mut c, &waiters);
+                drop(c);
+                buf.drain(..used);
+            }
+        }
+    };
+
+    let timer = {
+        let core = core.clone();
+        let lose = lose.clone();
+        async move {
+            loop {
+                let deadline = core
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .poll_timeout();
+                match deadline {
+                    Some(d) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(d.into()) => {
+                                let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
+                                c.handle_timeout(Instant::now());
+                                if let Some(reason) = c.lost().map(str::to_owned) {
+                                    drop(c);
+                                    lose(reason);
+                                    return;
+                                }
+                            }
+                            _ = wake_timer.notified() => {}
+                        }
+                    }
+                    None => {
+                        if core.lock().unwrap_or_else(|e| e.into_inner()).lost().is_some() {
+                            return;
+                        }
+                        wake_timer.notified().await;
+                    }
+                }
+            }
+        }
+    };
+
+    // The writer ends when every Link is dropped (unmount); the reader and timer
+    // end when the peer is lost. Either way, every waiting caller is answered.
+    tokio::select! {
+        _ = writer => debug!("all submitters gone"),
+        _ = async { tokio::join!(reader, timer) } => {}
+    }
+    lose("mirrorfs is shutting down".into());
+    conn.close(0u32.into(), b"bye");
+    endpoint.wait_idle().await;
+}
+
+/// Delivers every completed op to its waiting caller.
+fn complete(core: &mut Replicator, waiters: &Mutex<HashMap<Seq, Sender<Outcome>>>) {
+    let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some((seq, outcome)) = core.poll_completion() {
+        if let Some(done) = w.remove(&seq) {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// QUIC connect, open the stream, exchange and check hellos.
+async fn handshake(
+    cfg: &LinkConfig,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+    ConnectError,
+> {
+    let mut client = client_config(&cfg.identity, &cfg.pinned)?;
+    client.transport_config(Arc::new(transport(cfg.peer_timeout)));
+    let bind: SocketAddr = if cfg.peer.is_ipv6() {
+        "[::]:0".parse().expect("valid literal")
+    } else {
+        "0.0.0.0:0".parse().expect("valid literal")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
+    endpoint.set_default_client_config(client);
+    let addr = cfg.peer;
+    let unreachable = || ConnectError::Unreachable {
+        addr,
+        secs: HANDSHAKE_TIMEOUT.as_secs(),
+        port: addr.port(),
+    };
+    let handshake_err = |e: &dyn std::fmt::Display| ConnectError::Handshake {
+        addr,
+        reason: e.to_string(),
+    };
+    let connecting = endpoint
+        .connect(addr, &cfg.pinned.name)
+        .map_err(|e| handshake_err(&e))?;
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Err(_) => return Err(unreachable()),
+        Ok(Err(quinn::ConnectionError::TimedOut)) => return Err(unreachable()),
+        Ok(Err(e)) => return Err(handshake_err(&e)),
+        Ok(Ok(c)) => c,
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| handshake_err(&e))?;
+    let mut hello = Vec::new();
+    Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: cfg.identity.name.clone(),
+        peer: cfg.pinned.name.clone(),
+    })
+    .encode(&mut hello);
+    send.write_all(&hello).await.map_err(|e| handshake_err(&e))?;
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv))
+        .await
+        .map_err(|_| unreachable())?
+        .map_err(|e| handshake_err(&e))?;
+    match reply {
+        Frame::Hello(h) => {
+            if h.version != PROTOCOL_VERSION {
+                return Err(ConnectError::Mismatch(format!(
+                    "protocol version mismatch: this primary ({}) speaks version {PROTOCOL_VERSION}, the secondary {} at {addr} speaks version {}: run the same mirrorfs version on both nodes",
+                    cfg.identity.name, h.node, h.version
+                )));
+            }
+            if h.node != cfg.pinned.name || h.peer != cfg.identity.name {
+                return Err(ConnectError::Mismatch(format!(
+                    "identity mismatch: we are {} expecting {}, the secondary at {addr} says it is {} expecting {}: check --cert/--peer-cert on both nodes",
+                    cfg.identity.name, cfg.pinned.name, h.node, h.peer
+                )));
+            }
+        }
+        Frame::Refused { reason } => return Err(ConnectError::Refused { addr, reason }),
+        other => {
+            warn!(?other, "unexpected first frame");
+            return Err(handshake_err(&"the secondary did not answer with a hello"));
+        }
+    }
+    Ok((endpoint, conn, send, recv))
+}
+
+/// Reads exactly one frame (used during the handshake only).
+pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match Frame::decode(&buf) {
+            Ok(Decoded::Frame(f, len)) if len == buf.len() => return Ok(f),
+            Ok(Decoded::Frame(..)) => return Err("data after the hello".into()),
+            Ok(Decoded::Incomplete) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(None) => return Err("the stream closed before a hello".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        if buf.len() > 16 << 10 {
+            return Err("hello too large".into());
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! `mirrorfs serve`: the secondary's QUIC server.
+//!
+//! Owns the listening endpoint and one connection at a time from the pinned
+//! primary: checks the hello, decodes frames (checked before parsed), feeds the
+//! [`Receiver`] core, applies each op with the [`Applier`], runs fsyncs on the
+//! blocking pool so the stream keeps flowing, and sends back what the core
+//! queues. A malformed frame, a hostile path or a protocol violation ends that
+//! connection with a `Refused` frame and a log line, never the server. A newer
+//! connection from the pinned primary replaces an older one (a restarted
+//! primary must not wait for the old connection to time out).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::client::read_frame;
+use super::tls::{server_config, Identity, PinnedPeer, TlsError};
+use super::{transport, HANDSHAKE_TIMEOUT};
+use crate::proto::stream::Receiver;
+use crate::proto::wire::{Decoded, Frame, Hello, Seq, PROTOCOL_VERSION};
+use crate::replica::{Applied, Applier};
+use crate::sys;
+
+/// Why `serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The replica root is missing or not a directory.
+    #[error("replica root {path}: {source}: create it (mkdir -p) or fix --root")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The listening socket.
+    #[error("cannot listen on UDP {addr}: {source}: is another mirrorfs serve running, or is the address not local?")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Configuration of `mirrorfs serve`.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// The replica root.
+    pub root: PathBuf,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// This node's identity.
+    pub identity: Identity,
+    /// The primary's pinned certificate.
+    pub pinned: PinnedPeer,
+    /// Idle timeout of the connection (the primary's peer timeout).
+    pub idle_timeout: Duration,
+}
+
+/// Counters of a serve process.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    /// Ops applied.
+    pub applied: AtomicU64,
+    /// Ops that failed.
+    pub failed: AtomicU64,
+    /// Connections closed for bad input.
+    pub rejected: AtomicU64,
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    // Modes arrive exactly as the primary applied them.
+    sys::set_umask(0);
+    // Check the root now, so a typo fails at start, not at the first op.
+    Applier::open(&cfg.root).map_err(|source| ServeError::Root {
+        path: cfg.root.clone(),
+        source,
+    })?;
+    let mut server = server_config(&cfg.identity, &cfg.pinned)?;
+    server.transport_config(Arc::new(transport(cfg.idle_timeout)));
+    let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| ServeError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
+    let cfg = Arc::new(cfg);
+    let stats = Arc::new(ServeStats::default());
+    // Each new connection bumps the generation; older handlers see it and stop.
+    let (current_tx, current_rx) = watch::channel(0u64);
+    let mut generation = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = &mut shutdown => break,
+        };
+        let Some(incoming) = incoming else { break };
+        generation += 1;
+        let _ = current_tx.send(generation);
+        let (cfg, stats, current) = (cfg.clone(), stats.clone(), current_rx.clone());
+        let remote = incoming.remote_address();
+        let span = info_span!("conn", %remote, n = generation);
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        if let Err(reason) = serve_connection(&cfg, &stats, conn, generation, current).await {
+                            stats.rejected.fetch_add(1, Ordering::Relaxed);
+                            warn!(%reason, "connection closed");
+                        }
+                    }
+                    // Wrong certificate and the like: rustls/quinn say why.
+                    Err(e) => warn!(error = %e, "handshake refused"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    info!("shutting down");
+    endpoint.close(0u32.into(), b"shutdown");
+    tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle())
+        .await
+        .ok();
+    Ok(())
+}
+
+/// Serves one authenticated connection until it ends or a newer one replaces
+/// it. `Err` is the reason it was closed for bad input.
+async fn serve_connection(
+    cfg: &ServeConfig,
+    stats: &ServeStats,
+    conn: quinn::Connection,
+    generation: u64,
+    mut current: watch::Receiver<u64>,
+) -> Result<(), String> {
+    let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| "no stream opened".to_string())?
+        .map_err(|e| e.to_string())?;
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv))
+        .await
+        .map_err(|_| "no hello received".to_string())??;
+    let refusal = match &hello {
+        Frame::Hello(h) if h.version != PROTOCOL_VERSION => Some(format!(
+            "protocol version mismatch: the primary {} speaks version {}, this secondary ({}) speaks version {PROTOCOL_VERSION}: run the same mirrorfs version on both nodes",
+            h.node, h.version, cfg.identity.name
+        )),
+        Frame::Hello(h) if h.node != cfg.pinned.name || h.peer != cfg.identity.name => Some(format!(
+            "identity mismatch: the primary says it is {} expecting {}, but this secondary is {} and pins {}: check --cert/--peer-cert on both nodes",
+            h.node, h.peer, cfg.identity.name, cfg.pinned.name
+        )),
+        Frame::Hello(_) => None,
+        _ => Some("the first frame must be a hello".to_string()),
+    };
+    if let Some(reason) = refusal {
+        refuse(&conn, &mut send, &reason).await;
+        return Err(reason);
+    }
+    let mut out = Vec::new();
+    Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: cfg.identity.name.clone(),
+        peer: cfg.pinned.name.clone(),
+    })
+    .encode(&mut out);
+    send.write_all(&out).await.map_err(|e| e.to_string())?;
+    info!(primary = %cfg.pinned.name, "primary connected");
+
+    let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
+    let mut core = Receiver::new();
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Seq, i32)>();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 256 << 10];
+    loop {
+        tokio::select! {
+            r = recv.read(&mut chunk) => match r {
+                Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(None) => { info!("the primary closed the stream"); return Ok(()); }
+                Err(e) => { info!(error = %e, "the primary went away"); return Ok(()); }
+            },
+            Some((seq, errno)) = synced_rx.recv() => core.handle_synced(seq, errno),
+            _ = current.changed() => {
+                if *current.borrow() != generation {
+                    info!("a newer connection from the primary replaces this one");
+                    conn.close(2u32.into(), b"replaced by a newer connection");
+                    return Ok(());
+                }
+            }
+        }
+        let mut used = 0;
+        loop {
+            let (frame, len) = match Frame::decode(&buf[used..]) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Frame(f, len)) => (f, len),
+                Err(e) => {
+                    let reason = format!("malformed frame from the primary: {e}");
+                    error!(%reason, "closing the connection; nothing of this frame was applied");
+                    refuse(&conn, &mut send, &reason).await;
+                    return Err(reason);
+                }
+            };
+            used += len;
+            let Frame::Op { seq, op } = frame else {
+                let reason = "only operations may follow the hello".to_string();
+                refuse(&conn, &mut send, &reason).await;
+                return Err(reason);
+            };
+            if let Err(v) = core.handle_op(seq) {
+                let reason = format!("protocol violation by the primary: {v}");
+                refuse(&conn, &mut send, &reason).await;
+                return Err(reason);
+            }
+            let durable = op.is_durability();
+            match applier.apply(&op) {
+                Ok(Applied::Done) => core.handle_applied(seq, durable, Ok(())),
+                Ok(Applied::Sync { fd, datasync }) => {
+                    core.handle_applied(seq, true, Ok(()));
+                    let tx = synced_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let errno = match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
+                            Ok(()) => 0,
+                            Err(e) => sys::errno_of(&e),
+                        };
+                        let _ = tx.send((seq, errno));
+                    });
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(seq = seq.0, op = op.name(), error = %e, "operation failed on the replica");
+                    core.handle_applied(seq, durable, Err(sys::errno_of(&e)));
+                }
+            }
+            stats.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        buf.drain(..used);
+        core.handle_idle();
+        out.clear();
+        while let Some(f) = core.poll_transmit() {
+            f.encode(&mut out);
+        }
+        if !out.is_empty() {
+            if let Err(e) = send.write_all(&out).await {
+                debug!(error = %e, "cannot answer the primary");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Sends a refusal and closes the connection.
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
+    let mut out = Vec::new();
+    Frame::Refused {
+        reason: reason.to_string(),
+    }
+    .encode(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.write_all(&out)).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    conn.close(3u32.into(), b"refused");
+}
