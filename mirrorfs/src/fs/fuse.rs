@@ -174,6 +174,7 @@ impl Filesystem for MirrorFs {
                 info!("the kernel offers no FUSE passthrough: read-only opens are served by mirrorfs");
             }
             self.passthrough.store(ok, Ordering::Relaxed);
+            self.ops.enable_passthrough(ok);
         }
         Ok(())
     }
@@ -327,7 +328,10 @@ impl Filesystem for MirrorFs {
                         .insert(opened.fh, id);
                     return;
                 }
-                Err(e) => debug!(error = %e, ino = ino.0, "passthrough refused; serving reads"),
+                Err(e) => {
+                    debug!(error = %e, ino = ino.0, "passthrough refused; serving reads");
+                    self.ops.passthrough_refused(opened.fh);
+                }
             }
         }
         reply.opened(FileHandle(opened.fh), FopenFlags::empty());
@@ -565,6 +569,21 @@ impl Filesystem for MirrorFs {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctl is supported (e.g. isatty's TCGETS asks): "not a terminal".
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn destroy(&mut self) {

@@ -8,6 +8,7 @@
 
 pub mod fuse;
 pub mod inode;
+pub mod iomode;
 pub mod ops;
 pub mod replicate;
 

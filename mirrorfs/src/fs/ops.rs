@@ -17,13 +17,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use tracing::warn;
 
 use super::inode::{InodeTable, Key, ROOT_INO};
+use super::iomode::{IoModes, ReadMode};
 use super::replicate::{Replicate, Ticket};
 use crate::proto::path::{check_name, RelPath};
 use crate::proto::wire::{HandleId, Op, Target, Timestamp};
@@ -31,6 +32,9 @@ use crate::sys;
 
 /// Name of the metadata area at the backing root, hidden from the mount.
 pub const META_DIR: &str = ".mirrorfs";
+
+/// How long a writable open waits for passthrough readers of the file to close.
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Open flags kept on the backing descriptor and replicated with the open.
 const SYNC_FLAGS: i32 = libc::O_SYNC | libc::O_DSYNC;
@@ -99,6 +103,8 @@ struct Handle {
     writable: bool,
     /// The secondary holds this handle too.
     replicated: bool,
+    /// Served by kernel passthrough.
+    passthrough: bool,
 }
 
 #[derive(Debug)]
@@ -113,9 +119,10 @@ pub struct Overlay {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
-    /// Open writable handles per inode (read-only opens use passthrough only
-    /// while there are none).
-    writers: Mutex<HashMap<u64, u32>>,
+    /// Which opens may use kernel passthrough.
+    io_modes: IoModes,
+    /// The kernel accepted passthrough at init.
+    passthrough: AtomicBool,
     /// Held while a mutation is applied locally and submitted, so that the
     /// replication stream carries mutations in the order they were applied.
     sequencer: Mutex<()>,
@@ -164,7 +171,8 @@ impl Overlay {
             handles: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            writers: Mutex::new(HashMap::new()),
+            io_modes: IoModes::new(WRITER_WAIT),
+            passthrough: AtomicBool::new(false),
             sequencer: Mutex::new(()),
             repl,
         })
@@ -187,6 +195,30 @@ impl Overlay {
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
+        self.io_modes.forget(ino);
+    }
+
+    /// The kernel accepted FUSE passthrough: read-only opens may use it.
+    pub fn enable_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// A passthrough open could not be set up after all (the adapter serves
+    /// it through mirrorfs): stop counting it as passthrough.
+    pub fn passthrough_refused(&self, fh: u64) {
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = handles.get_mut(&fh) {
+            if h.passthrough {
+                self.io_modes.release(h.ino, false, true);
+                *h = Arc::new(Handle {
+                    ino: h.ino,
+                    file: h.file.clone(),
+                    writable: h.writable,
+                    replicated: h.replicated,
+                    passthrough: false,
+                });
+            }
+        }
     }
 
     /// Attributes of `ino`.
@@ -489,17 +521,23 @@ impl Overlay {
         let fd = self.inodes.fd(ino)?;
         if !writable {
             let st = sys::fstat(fd.as_fd())?;
-            let file = Arc::new(File::from(reopen(fd.as_fd(), libc::O_RDONLY | (flags & libc::O_NONBLOCK))?));
-            let passthrough =
-                (is_kind(&st, libc::S_IFREG) && self.writers_of(ino) == 0).then(|| file.clone());
-            let fh = self.insert_handle(ino, file, false, false);
+            let file = Arc::new(File::from(reopen(
+                fd.as_fd(),
+                libc::O_RDONLY | (flags & libc::O_NONBLOCK),
+            )?));
+            let allowed =
+                self.passthrough.load(Ordering::Relaxed) && is_kind(&st, libc::S_IFREG);
+            let mode = self.io_modes.open_read(ino, allowed);
+            let passthrough = (mode == ReadMode::Passthrough).then(|| file.clone());
+            let fh = self.insert_handle(ino, file, false, false, passthrough.is_some());
             return Ok(Opened { fh, passthrough });
         }
+        self.io_modes.open_write(ino)?;
         let oflags = libc::O_RDWR | (flags & (SYNC_FLAGS | libc::O_TRUNC | libc::O_NONBLOCK));
-        self.mutate(|| {
+        let r = self.mutate(|| {
             let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
             let path = self.inodes.path(ino);
-            let fh = self.insert_handle(ino, file, true, path.is_ok());
+            let fh = self.insert_handle(ino, file, true, path.is_ok(), false);
             let ops = match path {
                 Ok(path) => vec![Op::Open {
                     path,
@@ -517,7 +555,12 @@ impl Overlay {
                 },
                 ops,
             ))
-        })
+        });
+        if r.is_err() && self.handles_of(ino) == 0 {
+            // No handle was made: undo the writer count taken above.
+            self.io_modes.release(ino, true, false);
+        }
+        r
     }
 
     /// Creates and opens `parent/name`.
@@ -560,7 +603,10 @@ impl Overlay {
             };
             let entry = self.lookup(parent, name)?;
             let file = Arc::new(File::from(file));
-            let fh = self.insert_handle(entry.ino, file, writable, writable);
+            if writable {
+                self.io_modes.open_write(entry.ino)?;
+            }
+            let fh = self.insert_handle(entry.ino, file, writable, writable, false);
             let handle = writable.then_some(HandleId(fh));
             let op = if is_new {
                 Op::Create {
@@ -600,15 +646,7 @@ impl Overlay {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
         let Some(h) = h else { return };
-        if h.writable {
-            let mut w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = w.get_mut(&h.ino) {
-                *n -= 1;
-                if *n == 0 {
-                    w.remove(&h.ino);
-                }
-            }
-        }
+        self.io_modes.release(h.ino, h.writable, h.passthrough);
         if h.replicated {
             // Ordered after every write on the handle; nobody waits for it.
             let _guard = self.sequence();
@@ -888,16 +926,15 @@ impl Overlay {
             .ok_or_else(|| err(libc::EBADF))
     }
 
-    fn insert_handle(&self, ino: u64, file: Arc<File>, writable: bool, replicated: bool) -> u64 {
+    fn insert_handle(
+        &self,
+        ino: u64,
+        file: Arc<File>,
+        writable: bool,
+        replicated: bool,
+        passthrough: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if writable {
-            *self
-                .writers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(ino)
-                .or_default() += 1;
-        }
         self.handles.write().unwrap_or_else(|e| e.into_inner()).insert(
             fh,
             Arc::new(Handle {
@@ -905,18 +942,20 @@ impl Overlay {
                 file,
                 writable,
                 replicated,
+                passthrough,
             }),
         );
         fh
     }
 
-    fn writers_of(&self, ino: u64) -> u32 {
-        self.writers
-            .lock()
+    /// Open handles on `ino`.
+    fn handles_of(&self, ino: u64) -> usize {
+        self.handles
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .copied()
-            .unwrap_or(0)
+            .values()
+            .filter(|h| h.ino == ino)
+            .count()
     }
 
     /// How the secondary names `ino`: the given writable handle if it holds one,
