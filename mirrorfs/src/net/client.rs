@@ -404,7 +404,19 @@ async fn handshake(
         Ok(Err(e)) => return Err(handshake_err(&e)),
         Ok(Ok(c)) => c,
     };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| handshake_err(&e))?;
+    // TLS 1.3: the server checks our certificate after the client considers the
+    // handshake done, so a refusal shows up as the connection's close reason.
+    let closed = |e: &dyn std::fmt::Display| match conn.close_reason() {
+        Some(reason) => ConnectError::Handshake {
+            addr,
+            reason: format!(
+                "{reason} (if the secondary refused our certificate: its --peer-cert must be this node's certificate {})",
+                cfg.identity.name
+            ),
+        },
+        None => handshake_err(e),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
     let mut hello = Vec::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -412,11 +424,11 @@ async fn handshake(
         peer: cfg.pinned.name.clone(),
     })
     .encode(&mut hello);
-    send.write_all(&hello).await.map_err(|e| handshake_err(&e))?;
+    send.write_all(&hello).await.map_err(|e| closed(&e))?;
     let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv))
         .await
         .map_err(|_| unreachable())?
-        .map_err(|e| handshake_err(&e))?;
+        .map_err(|e| closed(&e))?;
     match reply {
         Frame::Hello(h) => {
             if h.version != PROTOCOL_VERSION {
