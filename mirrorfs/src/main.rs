@@ -21,7 +21,11 @@ use mirrorfs::net::server::{self, ServeConfig};
 use mirrorfs::net::tls;
 
 #[derive(Parser, Debug)]
-#[command(name = "mirrorfs", version, about = "Synchronous replication of a directory to a second node")]
+#[command(
+    name = "mirrorfs",
+    version,
+    about = "Synchronous replication of a directory to a second node"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -112,7 +116,9 @@ struct MountArgs {
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 3600")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
     }
 }
 
@@ -151,7 +157,10 @@ fn keygen(dir: &Path, name: &str) -> Result<(), String> {
     let id = tls::load_identity(&key, &cert).map_err(|e| e.to_string())?;
     println!("wrote {} and {}", key.display(), cert.display());
     println!("node {name}: certificate sha256 {}", id.fingerprint());
-    println!("copy {} to the peer; it passes it as --peer-cert", cert.display());
+    println!(
+        "copy {} to the peer; it passes it as --peer-cert",
+        cert.display()
+    );
     Ok(())
 }
 
@@ -196,10 +205,16 @@ fn serve(a: ServeArgs) -> Result<(), String> {
 
 fn check_dirs(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf), String> {
     let b = backing.canonicalize().map_err(|e| {
-        format!("--backing {}: {e}: create the directory first", backing.display())
+        format!(
+            "--backing {}: {e}: create the directory first",
+            backing.display()
+        )
     })?;
     let m = mountpoint.canonicalize().map_err(|e| {
-        format!("--mountpoint {}: {e}: create the directory first", mountpoint.display())
+        format!(
+            "--mountpoint {}: {e}: create the directory first",
+            mountpoint.display()
+        )
     })?;
     if !b.is_dir() || !m.is_dir() {
         return Err(format!(
@@ -273,7 +288,8 @@ fn detach(a: MountArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| backing.join(META_DIR).join("mount.log"));
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let logfile = std::fs::OpenOptions::new()
         .create(true)
@@ -295,16 +311,31 @@ fn detach(a: MountArgs) -> Result<(), String> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the mount process: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the mount process: {e}"))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let last = tail.lines().rev().find(|l| l.starts_with("mirrorfs:")).unwrap_or("");
-            return Err(format!("the mount process exited ({status}): {last} (log: {})", log.display()));
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("mirrorfs:"))
+                .unwrap_or("");
+            return Err(format!(
+                "the mount process exited ({status}): {last} (log: {})",
+                log.display()
+            ));
         }
         if is_mounted(&mountpoint) {
-            println!("mounted {} at {} (pid {}, log {})", backing.display(), mountpoint.display(), child.id(), log.display());
+            println!(
+                "mounted {} at {} (pid {}, log {})",
+                backing.display(),
+                mountpoint.display(),
+                child.id(),
+                log.display()
+            );
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -125,7 +125,9 @@ impl IoModes {
     /// The kernel forgot `ino`: forget what we learned about it.
     pub fn forget(&self, ino: u64) {
         let mut m = self.lock();
-        if m.get(&ino).is_some_and(|e| e.writers == 0 && e.passthrough == 0 && e.waiting_writers == 0) {
+        if m.get(&ino)
+            .is_some_and(|e| e.writers == 0 && e.passthrough == 0 && e.waiting_writers == 0)
+        {
             m.remove(&ino);
         }
     }

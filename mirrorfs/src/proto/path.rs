@@ -97,7 +97,10 @@ impl RelPath {
             return None;
         }
         Some(match self.0.iter().rposition(|b| *b == b'/') {
-            Some(i) => (Self(self.0[..i].to_vec()), OsStr::from_bytes(&self.0[i + 1..])),
+            Some(i) => (
+                Self(self.0[..i].to_vec()),
+                OsStr::from_bytes(&self.0[i + 1..]),
+            ),
             None => (Self::root(), OsStr::from_bytes(&self.0)),
         })
     }
