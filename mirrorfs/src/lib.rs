@@ -9,3 +9,5 @@
 //! Must not: touch any path outside the backing directory (primary) or the replica
 //! root (secondary); acknowledge to an application a mutation the secondary has not
 //! applied; accept a peer whose certificate is not the pinned one.
+
+pub mod verify;
