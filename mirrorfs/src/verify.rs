@@ -1201,3 +1201,733 @@ fn get_xattr(target: &XattrTarget, name: &CStr) -> io::Result<Option<Vec<u8>>> {
 fn is_unsupported(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::ENOTSUP))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use pretty_assertions::assert_eq;
+    use tempfile::TempDir;
+
+    use super::*;
+
+    /// Two empty roots, `a` and `b`.
+    struct Pair {
+        a: TempDir,
+        b: TempDir,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            Self {
+                a: TempDir::new().expect("tempdir a"),
+                b: TempDir::new().expect("tempdir b"),
+            }
+        }
+
+        fn a(&self, rel: &str) -> PathBuf {
+            self.a.path().join(rel)
+        }
+
+        fn b(&self, rel: &str) -> PathBuf {
+            self.b.path().join(rel)
+        }
+
+        /// Writes the same file on both sides.
+        fn both(&self, rel: &str, data: &[u8]) {
+            write(&self.a(rel), data);
+            write(&self.b(rel), data);
+        }
+
+        fn report(&self) -> Report {
+            compare(self.a.path(), self.b.path(), &VerifyOptions::default()).expect("compare")
+        }
+
+        fn differences(&self) -> Vec<Difference> {
+            self.report().differences
+        }
+
+        fn only_in(&self, rel: &str, side: Side) -> Difference {
+            let root = match side {
+                Side::A => self.a.path().to_path_buf(),
+                Side::B => self.b.path().to_path_buf(),
+            };
+            diff(rel, DiffKind::OnlyIn { side, root })
+        }
+    }
+
+    fn diff(rel: &str, kind: DiffKind) -> Difference {
+        Difference {
+            path: PathBuf::from(rel),
+            kind,
+        }
+    }
+
+    /// Writes a file, creating its parent directories.
+    fn write(path: &Path, data: &[u8]) {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create parent");
+        }
+        fs::write(path, data).expect("write");
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn set_mtime(path: &Path, secs: u64, nanos: u32) {
+        let time = UNIX_EPOCH + Duration::new(secs, nanos);
+        File::open(path)
+            .expect("open for utimens")
+            .set_modified(time)
+            .expect("set mtime");
+    }
+
+    fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+        let path = CString::new(path.as_os_str().as_bytes()).expect("path");
+        let name = CString::new(name).expect("name");
+        // SAFETY: both strings are NUL-terminated; `value` is readable for its length.
+        let ret = unsafe {
+            libc::lsetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        assert_eq!(ret, 0, "lsetxattr: {}", io::Error::last_os_error());
+    }
+
+    fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
+        let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: `c` is NUL-terminated.
+        let ret = unsafe { libc::mknod(c.as_ptr(), kind | 0o644, libc::makedev(major, minor)) };
+        assert_eq!(ret, 0, "mknod: {}", io::Error::last_os_error());
+    }
+
+    /// A deterministic 3 MiB pattern that does not repeat at chunk boundaries.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// One of everything the comparison looks at.
+    fn populate(root: &Path) {
+        write(&root.join("big"), &pattern(3 << 20));
+        write(&root.join("empty"), b"");
+        write(&root.join("d1/f"), b"hello");
+        write(&root.join("d1/d2/deep"), b"deep");
+        fs::create_dir(root.join("emptydir")).expect("mkdir");
+        symlink("d1/f", root.join("link")).expect("symlink");
+        // Never followed: one loops, one leaves the tree.
+        symlink("..", root.join("up")).expect("symlink");
+        symlink("/etc", root.join("etc")).expect("symlink");
+        write(&root.join("hard1"), b"linked");
+        fs::hard_link(root.join("hard1"), root.join("d1/hard2")).expect("link");
+        write(&root.join("suid"), b"#!/bin/sh\n");
+        chmod(&root.join("suid"), 0o4755);
+        chmod(&root.join("d1"), 0o1777);
+        mknod(&root.join("null"), libc::S_IFCHR, 1, 3);
+        mknod(&root.join("fifo"), libc::S_IFIFO, 0, 0);
+        set_xattr(&root.join("d1/f"), "user.k", b"v");
+        set_xattr(&root.join("d1"), "user.dir", b"x");
+        set_xattr(&root.join("link"), "trusted.on_link", b"t");
+    }
+
+    #[test]
+    fn identical_trees_have_no_difference() {
+        let p = Pair::new();
+        populate(p.a.path());
+        populate(p.b.path());
+        let report = p.report();
+        assert_eq!(report.differences, vec![]);
+        // big empty d1 f d2 deep hard2 emptydir link up etc hard1 suid null fifo
+        assert_eq!(report.summary.entries, 15);
+        assert_eq!(report.summary.bytes, (3 << 20) + 5 + 4 + 6 + 10 + 6);
+    }
+
+    #[test]
+    fn content_change_in_the_middle_of_a_3_mib_file() {
+        let p = Pair::new();
+        let data = pattern(3 << 20);
+        write(&p.a("d1/f"), &data);
+        let mut changed = data.clone();
+        let offset = (3 << 20) / 2 + 4099;
+        changed[offset] ^= 0xff;
+        write(&p.b("d1/f"), &changed);
+        assert_eq!(
+            p.differences(),
+            vec![diff(
+                "d1/f",
+                DiffKind::Content {
+                    first_differing_offset: offset as u64
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn size_and_differing_common_prefix() {
+        let p = Pair::new();
+        write(&p.a("longer"), b"hello");
+        write(&p.b("longer"), b"hello world");
+        write(&p.a("shorter"), b"abcd");
+        write(&p.b("shorter"), b"abX");
+        assert_eq!(
+            p.differences(),
+            vec![
+                diff("longer", DiffKind::Size { a: 5, b: 11 }),
+                diff("shorter", DiffKind::Size { a: 4, b: 3 }),
+                diff(
+                    "shorter",
+                    DiffKind::Content {
+                        first_differing_offset: 2
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn mode_including_special_bits() {
+        let p = Pair::new();
+        p.both("plain", b"x");
+        p.both("suid", b"x");
+        p.both("dir/f", b"x");
+        chmod(&p.a("plain"), 0o644);
+        chmod(&p.b("plain"), 0o600);
+        chmod(&p.a("suid"), 0o4755);
+        chmod(&p.b("suid"), 0o755);
+        chmod(&p.a("dir"), 0o1777);
+        chmod(&p.b("dir"), 0o777);
+        assert_eq!(
+            p.differences(),
+            vec![
+                diff(
+                    "dir",
+                    DiffKind::Mode {
+                        a: 0o1777,
+                        b: 0o777
+                    }
+                ),
+                diff("plain", DiffKind::Mode { a: 0o644, b: 0o600 }),
+                diff(
+                    "suid",
+                    DiffKind::Mode {
+                        a: 0o4755,
+                        b: 0o755
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn owner_of_file_and_symlink() {
+        let p = Pair::new();
+        p.both("f", b"x");
+        symlink("f", p.a("l")).expect("symlink");
+        symlink("f", p.b("l")).expect("symlink");
+        lchown(p.b("f"), Some(1000), Some(1000)).expect("chown");
+        lchown(p.b("l"), Some(0), Some(42)).expect("lchown");
+        assert_eq!(
+            p.differences(),
+            vec![
+                diff(
+                    "f",
+                    DiffKind::Owner {
+                        a: (0, 0),
+                        b: (1000, 1000)
+                    }
+                ),
+                diff(
+                    "l",
+                    DiffKind::Owner {
+                        a: (0, 0),
+                        b: (0, 42)
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn symlink_target() {
+        let p = Pair::new();
+        symlink("t1", p.a("l")).expect("symlink");
+        symlink("t2", p.b("l")).expect("symlink");
+        assert_eq!(
+            p.differences(),
+            vec![diff(
+                "l",
+                DiffKind::SymlinkTarget {
+                    a: "t1".into(),
+                    b: "t2".into()
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn only_in_each_side_reports_the_top_of_the_subtree() {
+        let p = Pair::new();
+        p.both("d/common", b"x");
+        write(&p.a("only_a"), b"x");
+        write(&p.b("d/only_b/x"), b"x");
+        write(&p.b("d/only_b/y/z"), b"x");
+        write(&p.a("d.txt"), b"x");
+        assert_eq!(
+            p.differences(),
+            vec![
+                p.only_in("d/only_b", Side::B),
+                p.only_in("d.txt", Side::A),
+                p.only_in("only_a", Side::A),
+            ]
+        );
+    }
+
+    #[test]
+    fn hard_links_on_one_side_only() {
+        let p = Pair::new();
+        p.both("x", b"same");
+        fs::hard_link(p.a("x"), p.a("y")).expect("link");
+        write(&p.b("y"), b"same");
+        let alone = LinkGroup {
+            nlink: 1,
+            linked_with: vec![],
+        };
+        assert_eq!(
+            p.differences(),
+            vec![
+                diff(
+                    "x",
+                    DiffKind::HardLinks {
+                        a: LinkGroup {
+                            nlink: 2,
+                            linked_with: vec!["y".into()]
+                        },
+                        b: alone.clone(),
+                    }
+                ),
+                diff(
+                    "y",
+                    DiffKind::HardLinks {
+                        a: LinkGroup {
+                            nlink: 2,
+                            linked_with: vec!["x".into()]
+                        },
+                        b: alone,
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn hard_links_grouped_differently_and_into_a_missing_subtree() {
+        let p = Pair::new();
+        p.both("p", b"1");
+        fs::hard_link(p.a("p"), p.a("q")).expect("link");
+        write(&p.a("r"), b"1");
+        write(&p.b("q"), b"1");
+        fs::hard_link(p.b("p"), p.b("r")).expect("link");
+        // A link from a subtree present in `a` only still shows in the group.
+        p.both("s", b"2");
+        fs::create_dir(p.a("only")).expect("mkdir");
+        fs::hard_link(p.a("s"), p.a("only/s2")).expect("link");
+        let group = |nlink, with: &[&str]| LinkGroup {
+            nlink,
+            linked_with: with.iter().map(PathBuf::from).collect(),
+        };
+        assert_eq!(
+            p.differences(),
+            vec![
+                p.only_in("only", Side::A),
+                diff(
+                    "p",
+                    DiffKind::HardLinks {
+                        a: group(2, &["q"]),
+                        b: group(2, &["r"])
+                    }
+                ),
+                diff(
+                    "q",
+                    DiffKind::HardLinks {
+                        a: group(2, &["p"]),
+                        b: group(1, &[])
+                    }
+                ),
+                diff(
+                    "r",
+                    DiffKind::HardLinks {
+                        a: group(1, &[]),
+                        b: group(2, &["p"])
+                    }
+                ),
+                diff(
+                    "s",
+                    DiffKind::HardLinks {
+                        a: group(2, &["only/s2"]),
+                        b: group(1, &[])
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn xattr_value_and_presence() {
+        let p = Pair::new();
+        p.both("f", b"x");
+        p.both("g", b"x");
+        set_xattr(&p.a("f"), "user.k", b"v1");
+        set_xattr(&p.b("f"), "user.k", b"v2");
+        set_xattr(&p.a("f"), "user.same", b"s");
+        set_xattr(&p.b("f"), "user.same", b"s");
+        set_xattr(&p.a("g"), "user.only", b"");
+        set_xattr(p.b.path(), "user.root", b"r");
+        assert_eq!(
+            p.differences(),
+            vec![
+                diff(
+                    "",
+                    DiffKind::Xattr {
+                        name: "user.root".into(),
+                        a: None,
+                        b: Some(b"r".to_vec())
+                    }
+                ),
+                diff(
+                    "f",
+                    DiffKind::Xattr {
+                        name: "user.k".into(),
+                        a: Some(b"v1".to_vec()),
+                        b: Some(b"v2".to_vec())
+                    }
+                ),
+                diff(
+                    "g",
+                    DiffKind::Xattr {
+                        name: "user.only".into(),
+                        a: Some(vec![]),
+                        b: None
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn mtime_outside_and_inside_tolerance_directories_ignored() {
+        const T: u64 = 1_700_000_000;
+        let p = Pair::new();
+        p.both("outside", b"x");
+        p.both("inside", b"x");
+        p.both("dir/f", b"x");
+        set_mtime(&p.a("outside"), T, 0);
+        set_mtime(&p.b("outside"), T + 5, 0);
+        set_mtime(&p.a("inside"), T, 0);
+        set_mtime(&p.b("inside"), T, 999_999_999);
+        set_mtime(&p.a("dir/f"), T, 0);
+        set_mtime(&p.b("dir/f"), T, 0);
+        set_mtime(&p.a("dir"), T, 0);
+        set_mtime(&p.b("dir"), T + 100, 0);
+        assert_eq!(
+            p.differences(),
+            vec![diff(
+                "outside",
+                DiffKind::Mtime {
+                    a: Timestamp {
+                        secs: T as i64,
+                        nanos: 0
+                    },
+                    b: Timestamp {
+                        secs: T as i64 + 5,
+                        nanos: 0
+                    }
+                }
+            )]
+        );
+        let strict = VerifyOptions {
+            mtime_tolerance: Duration::ZERO,
+            ..VerifyOptions::default()
+        };
+        let report = compare(p.a.path(), p.b.path(), &strict).expect("compare");
+        let paths: Vec<_> = report.differences.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![PathBuf::from("inside"), PathBuf::from("outside")]
+        );
+    }
+
+    #[test]
+    fn metadata_area_skipped_at_root_only() {
+        let p = Pair::new();
+        write(&p.a(".mirrorfs/generation"), b"1");
+        write(&p.b(".mirrorfs/generation"), b"22");
+        write(&p.a(".mirrorfs/only_a"), b"x");
+        write(&p.a("sub/.mirrorfs"), b"x");
+        fs::create_dir(p.b("sub")).expect("mkdir");
+        assert_eq!(p.differences(), vec![p.only_in("sub/.mirrorfs", Side::A)]);
+    }
+
+    #[test]
+    fn type_change_is_reported_without_descending() {
+        let p = Pair::new();
+        write(&p.a("t/child"), b"x");
+        write(&p.b("t"), b"x");
+        write(&p.a("s"), b"x");
+        symlink("x", p.b("s")).expect("symlink");
+        mknod(&p.a("dev"), libc::S_IFCHR, 1, 3);
+        mknod(&p.b("dev"), libc::S_IFBLK, 1, 3);
+        assert_eq!(
+            p.differences(),
+            vec![
+                diff(
+                    "dev",
+                    DiffKind::Type {
+                        a: EntryType::CharDevice,
+                        b: EntryType::BlockDevice
+                    }
+                ),
+                diff(
+                    "s",
+                    DiffKind::Type {
+                        a: EntryType::Regular,
+                        b: EntryType::Symlink
+                    }
+                ),
+                diff(
+                    "t",
+                    DiffKind::Type {
+                        a: EntryType::Directory,
+                        b: EntryType::Regular
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn device_numbers() {
+        let p = Pair::new();
+        mknod(&p.a("dev"), libc::S_IFCHR, 1, 3);
+        mknod(&p.b("dev"), libc::S_IFCHR, 1, 5);
+        assert_eq!(
+            p.differences(),
+            vec![diff(
+                "dev",
+                DiffKind::Rdev {
+                    a: libc::makedev(1, 3),
+                    b: libc::makedev(1, 5)
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn unreadable_root_is_an_error_naming_it() {
+        let p = Pair::new();
+        let missing = p.a("missing");
+        let err =
+            compare(&missing, p.b.path(), &VerifyOptions::default()).expect_err("missing root");
+        assert!(matches!(&err, VerifyError::OpenRoot { path, .. } if *path == missing));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot open {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        p.both("file", b"x");
+        let err =
+            compare(p.a.path(), &p.b("file"), &VerifyOptions::default()).expect_err("file as root");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot open {}: Not a directory (os error 20)",
+                p.b("file").display()
+            )
+        );
+    }
+
+    #[test]
+    fn never_writes_not_even_atime() {
+        let p = Pair::new();
+        populate(p.a.path());
+        populate(p.b.path());
+        fs::write(p.b("d1/f"), b"HELLO").expect("write");
+        let before = atime(&p.a("d1/f"));
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(p.a("d1/f"))
+            .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(old)))
+            .expect("set atime");
+        assert_ne!(atime(&p.a("d1/f")), before);
+        let before = atime(&p.a("d1/f"));
+        assert_eq!(p.report().differences.len(), 1);
+        assert_eq!(atime(&p.a("d1/f")), before);
+    }
+
+    fn atime(path: &Path) -> SystemTime {
+        fs::symlink_metadata(path)
+            .and_then(|m| m.accessed())
+            .expect("atime")
+    }
+
+    #[test]
+    fn display_golden() {
+        let group = |nlink, with: &[&str]| LinkGroup {
+            nlink,
+            linked_with: with.iter().map(PathBuf::from).collect(),
+        };
+        let cases = [
+            (
+                diff(
+                    "d1/x",
+                    DiffKind::OnlyIn {
+                        side: Side::B,
+                        root: "/path/b".into(),
+                    },
+                ),
+                "d1/x: only in /path/b",
+            ),
+            (
+                diff(
+                    "t",
+                    DiffKind::Type {
+                        a: EntryType::Directory,
+                        b: EntryType::Regular,
+                    },
+                ),
+                "t: type directory vs regular file",
+            ),
+            (diff("f", DiffKind::Size { a: 5, b: 11 }), "f: size 5 vs 11"),
+            (
+                diff(
+                    "d1/f",
+                    DiffKind::Content {
+                        first_differing_offset: 4096,
+                    },
+                ),
+                "d1/f: content differs from byte 4096",
+            ),
+            (
+                diff("hard", DiffKind::Mode { a: 0o644, b: 0o600 }),
+                "hard: mode 0644 vs 0600",
+            ),
+            (
+                diff(
+                    "s",
+                    DiffKind::Mode {
+                        a: 0o4755,
+                        b: 0o755,
+                    },
+                ),
+                "s: mode 4755 vs 0755",
+            ),
+            (
+                diff(
+                    "o",
+                    DiffKind::Owner {
+                        a: (0, 0),
+                        b: (1000, 100),
+                    },
+                ),
+                "o: owner 0:0 vs 1000:100",
+            ),
+            (
+                diff(
+                    "l",
+                    DiffKind::SymlinkTarget {
+                        a: "../t1".into(),
+                        b: "t \"2\"".into(),
+                    },
+                ),
+                "l: symlink target \"../t1\" vs \"t \\\"2\\\"\"",
+            ),
+            (
+                diff(
+                    "x",
+                    DiffKind::HardLinks {
+                        a: group(3, &["d/y", "z"]),
+                        b: group(1, &[]),
+                    },
+                ),
+                "x: hard links: nlink 3, linked with d/y, z vs nlink 1",
+            ),
+            (
+                diff(
+                    "f",
+                    DiffKind::Xattr {
+                        name: "user.k".into(),
+                        a: Some(b"v1\n".to_vec()),
+                        b: None,
+                    },
+                ),
+                "f: xattr user.k \"v1\\n\" vs absent",
+            ),
+            (
+                diff(
+                    "f",
+                    DiffKind::Xattr {
+                        name: "trusted.big".into(),
+                        a: Some(vec![b'a'; 100]),
+                        b: Some(vec![0xff]),
+                    },
+                ),
+                &format!(
+                    "f: xattr trusted.big \"{}\"… (100 bytes) vs \"\\xff\"",
+                    "a".repeat(64)
+                ),
+            ),
+            (
+                diff(
+                    "m",
+                    DiffKind::Mtime {
+                        a: Timestamp {
+                            secs: 1_700_000_000,
+                            nanos: 5,
+                        },
+                        b: Timestamp {
+                            secs: 1_700_000_005,
+                            nanos: 0,
+                        },
+                    },
+                ),
+                "m: mtime 1700000000.000000005 vs 1700000005.000000000",
+            ),
+            (
+                diff(
+                    "dev",
+                    DiffKind::Rdev {
+                        a: libc::makedev(8, 1),
+                        b: libc::makedev(259, 70000),
+                    },
+                ),
+                "dev: device 8:1 vs 259:70000",
+            ),
+            (
+                diff(
+                    "secret",
+                    DiffKind::Unreadable {
+                        side: Side::A,
+                        root: "/path/a".into(),
+                        error: "open: Permission denied (os error 13)".into(),
+                    },
+                ),
+                "secret: unreadable in /path/a: open: Permission denied (os error 13)",
+            ),
+            (
+                diff("", DiffKind::Mode { a: 0o755, b: 0o700 }),
+                ".: mode 0755 vs 0700",
+            ),
+        ];
+        for (difference, expected) in cases {
+            assert_eq!(difference.to_string(), expected);
+        }
+    }
+}
