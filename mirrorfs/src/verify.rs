@@ -790,7 +790,7 @@ impl<'o> Walker<'o> {
     /// Resolves the deferred hard-link checks and sorts the differences.
     fn finish(mut self) -> Report {
         for check in std::mem::take(&mut self.link_checks) {
-            let [a, b] = [Side::A, Side::B].map(|side| {
+            let [a, b] = Side::BOTH.map(|side| {
                 let (dev, ino, nlink) = check.ids[side.index()];
                 let linked_with = self.links[side.index()]
                     .get(&(dev, ino))
@@ -996,7 +996,7 @@ fn cstring(bytes: Vec<u8>) -> io::Result<CString> {
 }
 
 /// Converts a `-1`-on-error return value to a `Result`.
-fn check<T: Copy + TryInto<usize>>(ret: T) -> io::Result<usize> {
+fn check<T: TryInto<usize>>(ret: T) -> io::Result<usize> {
     ret.try_into().map_err(|_| io::Error::last_os_error())
 }
 
@@ -1241,8 +1241,15 @@ mod tests {
             write(&self.b(rel), data);
         }
 
+        /// Compares with the default options but an mtime tolerance of an
+        /// hour: the two sides are written one after the other, which can take
+        /// more than a second on a busy machine. Mtime tests pass their own.
         fn report(&self) -> Report {
-            compare(self.a.path(), self.b.path(), &VerifyOptions::default()).expect("compare")
+            let opts = VerifyOptions {
+                mtime_tolerance: Duration::from_secs(3600),
+                ..VerifyOptions::default()
+            };
+            compare(self.a.path(), self.b.path(), &opts).expect("compare")
         }
 
         fn differences(&self) -> Vec<Difference> {
@@ -1634,8 +1641,9 @@ mod tests {
         set_mtime(&p.b("dir/f"), T, 0);
         set_mtime(&p.a("dir"), T, 0);
         set_mtime(&p.b("dir"), T + 100, 0);
+        let default = compare(p.a.path(), p.b.path(), &VerifyOptions::default()).expect("compare");
         assert_eq!(
-            p.differences(),
+            default.differences,
             vec![diff(
                 "outside",
                 DiffKind::Mtime {
@@ -1728,6 +1736,51 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_entries_are_differences_not_failures() {
+        let p = Pair::new();
+        chmod(p.a.path(), 0o755);
+        chmod(p.b.path(), 0o755);
+        p.both("secret", b"x");
+        chmod(&p.a("secret"), 0o600);
+        p.both("private/child", b"x");
+        chmod(&p.a("private"), 0o700);
+        // Only in `b`, below a directory `a` cannot open: not reported.
+        write(&p.b("private/only_b"), b"x");
+        p.both("readable", b"x");
+        // Without root's file capabilities: setfsuid drops them for this
+        // thread only, so run the comparison on a thread of its own.
+        let differences = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: changes only this thread's filesystem uid.
+                    unsafe { libc::setfsuid(65534) };
+                    p.differences()
+                })
+                .join()
+                .expect("compare thread")
+        });
+        let unreadable = |rel, op| {
+            diff(
+                rel,
+                DiffKind::Unreadable {
+                    side: Side::A,
+                    root: p.a.path().to_path_buf(),
+                    error: format!("{op}: Permission denied (os error 13)"),
+                },
+            )
+        };
+        assert_eq!(
+            differences,
+            vec![
+                diff("private", DiffKind::Mode { a: 0o700, b: 0o755 }),
+                unreadable("private", "open"),
+                unreadable("secret", "open"),
+                diff("secret", DiffKind::Mode { a: 0o600, b: 0o644 }),
+            ]
+        );
+    }
+
+    #[test]
     fn unreadable_root_is_an_error_naming_it() {
         let p = Pair::new();
         let missing = p.a("missing");
@@ -1770,6 +1823,46 @@ mod tests {
         let before = atime(&p.a("d1/f"));
         assert_eq!(p.report().differences.len(), 1);
         assert_eq!(atime(&p.a("d1/f")), before);
+    }
+
+    /// Scale check, ignored by default (it writes 200 000 files):
+    /// `cargo test --release -p mirrorfs -- --ignored large_tree`.
+    #[test]
+    #[ignore]
+    fn large_tree_100k_files() {
+        let p = Pair::new();
+        // One file differs in content and size.
+        for d in 0..100 {
+            for root in [p.a.path(), p.b.path()] {
+                let dir = root.join(format!("dir{d:03}"));
+                fs::create_dir(&dir).expect("mkdir");
+                for f in 0..1000 {
+                    let changed = root == p.b.path() && (d, f) == (50, 500);
+                    let data = if changed {
+                        "changed".to_string()
+                    } else {
+                        format!("{d}/{f}")
+                    };
+                    fs::write(dir.join(format!("f{f:04}")), data).expect("write");
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let report = p.report();
+        eprintln!("compared {:?} in {:?}", report.summary, started.elapsed());
+        assert_eq!(report.summary.entries, 100 + 100 * 1000);
+        assert_eq!(
+            report.differences,
+            vec![
+                diff("dir050/f0500", DiffKind::Size { a: 6, b: 7 }),
+                diff(
+                    "dir050/f0500",
+                    DiffKind::Content {
+                        first_differing_offset: 0
+                    }
+                ),
+            ]
+        );
     }
 
     fn atime(path: &Path) -> SystemTime {
