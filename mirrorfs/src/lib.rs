@@ -15,3 +15,4 @@ pub mod net;
 pub mod proto;
 pub mod replica;
 pub mod sys;
+pub mod verify;
