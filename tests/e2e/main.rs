@@ -8,3 +8,8 @@ mod util;
 
 /// The lab itself: nodes reach each other, partitions block and heal, cleanup on panic.
 mod lab_network;
+
+/// Issue 2: acknowledged writes are on the secondary, a mixed workload verifies
+/// clean, unknown certificates and unreachable peers are refused, a vanished
+/// peer gives EIO.
+mod mirror_replicate;

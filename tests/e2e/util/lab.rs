@@ -75,7 +75,8 @@ pub enum Direction {
 
 /// A process started by [`Node::spawn`]. Dropping it stops exactly that process:
 /// SIGTERM, a bounded wait, then SIGKILL. Its stdout and stderr go to files in
-/// the lab's log directory; on a panicking drop the tail of stderr is printed.
+/// the lab's log directory; on drop the tail of stderr is printed (libtest shows
+/// it only for failing tests).
 pub struct Proc {
     label: String,
     child: Child,
@@ -440,12 +441,15 @@ impl Drop for Proc {
         if let Err(e) = self.stop() {
             eprintln!("cannot stop {} (pid {}): {e:#}", self.label, self.pid());
         }
-        if thread::panicking() {
+        // The test harness shows this only when the test fails.
+        let stderr = self.stderr();
+        if !stderr.trim().is_empty() || thread::panicking() {
             eprintln!(
-                "--- {} exited {:?}; last stderr:\n{}",
+                "--- {} (pid {}) exited {:?}; last stderr:\n{}",
                 self.label,
+                self.pid(),
                 self.status,
-                tail(&self.stderr(), 20)
+                tail(&stderr, 20)
             );
         }
     }

@@ -15,6 +15,7 @@ use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,29 @@ pub fn wait_for<T>(
         }
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Runs `work` on its own thread and waits at most `deadline` for it: a file
+/// system that hangs fails the test with `what` instead of hanging the suite.
+/// (The stuck thread is released when the fixture unmounts and kills the daemon.)
+pub fn within<T: Send + 'static>(
+    deadline: Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name(what.chars().take(15).collect())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })?;
+    match rx.recv_timeout(deadline) {
+        Ok(v) => Ok(v),
+        Err(RecvTimeoutError::Timeout) => {
+            bail!("{what} did not finish within {deadline:?}: a hang in the file system?")
+        }
+        Err(RecvTimeoutError::Disconnected) => bail!("{what} panicked (see its message above)"),
     }
 }
 

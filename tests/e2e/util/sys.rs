@@ -182,3 +182,15 @@ pub fn mmap_write(file: &File, map_len: usize, offset: usize, data: &[u8]) -> io
     let unmapped = check(unsafe { libc::munmap(addr, map_len) });
     synced.and(unmapped)
 }
+
+/// `utimensat(path, {atime, mtime})` in whole seconds, following symlinks.
+pub fn set_times(path: &Path, atime: i64, mtime: i64) -> io::Result<()> {
+    let p = c_path(path)?;
+    let ts = |sec| libc::timespec {
+        tv_sec: sec,
+        tv_nsec: 0,
+    };
+    let times = [ts(atime), ts(mtime)];
+    // SAFETY: a valid C string and a live two-element timespec array.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })
+}
