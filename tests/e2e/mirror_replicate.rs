@@ -31,49 +31,51 @@ const PEER_TIMEOUT_MARGIN: Duration = Duration::from_secs(8);
 fn acked_write_is_on_replica() -> Result<()> {
     let m = Mirror::start(&[])?;
     let (mnt, replica) = (m.mnt(), m.replica());
-    within(
-        Duration::from_secs(120),
-        "acked writes",
-        move || -> Result<()> {
-            for i in 0..200 {
-                let name = format!("ack{i}");
-                let data = pseudo_random(i, 4096 + i as usize);
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(mnt.join(&name))
-                    .with_context(|| format!("create {name} through the mount"))?;
-                f.write_all(&data)?;
-                drop(f); // close(2) has returned: the write is acknowledged
-                let got = fs::read(replica.join(&name))
-                    .with_context(|| format!("{name} missing on the replica right after close"))?;
-                ensure!(
-                got == data,
-                "{name}: replica holds {} bytes that differ from the {} written, right after close returned",
-                got.len(),
-                data.len()
-            );
-            }
+    within(Duration::from_secs(120), "acked writes", move || {
+        acked_writes(&mnt, &replica)
+    })?
+}
 
-            // A shared writable mapping: the dirty pages reach the file system via
-            // writeback, and msync(MS_SYNC) must not return before the secondary has them.
-            let data = pseudo_random(4242, 64 * 1024);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(mnt.join("mapped"))?;
-            f.set_len(data.len() as u64)?;
-            sys::mmap_write(&f, data.len(), 0, &data).context("mmap write + msync")?;
-            let got = fs::read(replica.join("mapped"))?;
-            ensure!(
-                got == data,
-                "a 64 KiB shared mmap write is not on the replica after msync returned"
-            );
-            Ok(())
-        },
-    )?
+/// 200 files written with open/write/close, then a shared mmap write with
+/// msync, each compared with the replica as soon as the call returned.
+fn acked_writes(mnt: &Path, replica: &Path) -> Result<()> {
+    for i in 0..200 {
+        let name = format!("ack{i}");
+        let data = pseudo_random(i, 4096 + i as usize);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(mnt.join(&name))
+            .with_context(|| format!("create {name} through the mount"))?;
+        f.write_all(&data)?;
+        drop(f); // close(2) has returned: the write is acknowledged
+        let got = fs::read(replica.join(&name))
+            .with_context(|| format!("{name} missing on the replica right after close"))?;
+        ensure!(
+            got == data,
+            "{name}: the replica's {} bytes differ from the {} written, right after close",
+            got.len(),
+            data.len()
+        );
+    }
+
+    // A shared writable mapping: the dirty pages reach the file system through
+    // writeback, and msync(MS_SYNC) must not return before the secondary has them.
+    let data = pseudo_random(4242, 64 * 1024);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(mnt.join("mapped"))?;
+    f.set_len(data.len() as u64)?;
+    sys::mmap_write(&f, data.len(), 0, &data).context("mmap write + msync")?;
+    let got = fs::read(replica.join("mapped"))?;
+    ensure!(
+        got == data,
+        "a 64 KiB shared mmap write is not on the replica after msync returned"
+    );
+    Ok(())
 }
 
 #[test]
@@ -207,8 +209,15 @@ fn vanished_peer_gives_eio() -> Result<()> {
     let mut m = Mirror::start(&["--peer-timeout", &PEER_TIMEOUT_SECS.to_string()])?;
     let mnt = m.mnt();
     let before = pseudo_random(99, 10_000);
-    fs::write(mnt.join("before"), &before)?;
-    fs::create_dir(mnt.join("dir"))?;
+    let (m1, b1) = (mnt.clone(), before.clone());
+    within(
+        Duration::from_secs(30),
+        "writes before the peer died",
+        move || {
+            fs::write(m1.join("before"), b1)?;
+            fs::create_dir(m1.join("dir"))
+        },
+    )??;
 
     m.kill_serve()?;
     let killed = Instant::now();
@@ -238,7 +247,7 @@ fn vanished_peer_gives_eio() -> Result<()> {
     );
 
     // Reads are local: they keep working without the secondary.
-    let m3 = mnt.clone();
+    let m3 = mnt;
     within(
         Duration::from_secs(10),
         "reads after the peer died",
