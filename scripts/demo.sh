@@ -124,10 +124,13 @@ echo "  Checksums on node2, in the replica:"
 
 say "7. mirrorfs verify compares node1's backing directory with node2's replica"
 echo "  $ mirrorfs verify $BACKING $REPLICA"
-if "$MFS" verify "$BACKING" "$REPLICA" 2>&1 | sed 's/^/    /'; then
-  echo "  exit 0: the two trees are identical."
-else
-  fail "mirrorfs verify found differences"
-fi
+rc=0
+"$MFS" verify "$BACKING" "$REPLICA" >"$DIR/verify.out" 2>&1 || rc=$?
+sed 's/^/    /' "$DIR/verify.out"
+case $rc in
+  0) echo "  exit 0: the two trees are identical." ;;
+  1) fail "mirrorfs verify found the differences above" ;;
+  *) fail "mirrorfs verify could not compare the trees (exit $rc)" ;;
+esac
 
 say "Done: node1's writes were on node2 when they returned; the trees are identical."
