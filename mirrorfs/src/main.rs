@@ -81,6 +81,10 @@ struct ServeArgs {
     /// Seconds without any packet from the primary before its connection is dropped.
     #[arg(long = "peer-timeout", default_value_t = 5.0, value_parser = parse_secs)]
     peer_timeout: f64,
+    /// Keep running when the process that started this one exits (by default a
+    /// supervised mirrorfs stops with its supervisor, so none is left behind).
+    #[arg(long = "outlive-parent")]
+    outlive_parent: bool,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +115,10 @@ struct MountArgs {
     /// Log file when detached (default: BACKING/.mirrorfs/mount.log).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Keep running when the process that started this one exits (by default a
+    /// supervised mirrorfs stops, and unmounts, with its supervisor).
+    #[arg(long = "outlive-parent")]
+    outlive_parent: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -127,8 +135,8 @@ fn main() -> ExitCode {
     init_logging();
     let r = match cli.cmd {
         Cmd::Keygen { dir, name } => keygen(&dir, &name),
-        Cmd::Serve(a) => serve(a),
-        Cmd::Mount(a) if a.foreground => mount(a),
+        Cmd::Serve(a) => tie_to_parent(a.outlive_parent).and_then(|()| serve(a)),
+        Cmd::Mount(a) if a.foreground => tie_to_parent(a.outlive_parent).and_then(|()| mount(a)),
         Cmd::Mount(a) => detach(a),
         Cmd::Verify { a, b } => return verify(&a, &b),
     };
@@ -150,6 +158,29 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Unless `outlive`, asks the kernel to send us SIGTERM (a clean stop) when the
+/// process that started us dies, so that no orphaned server or mount is left.
+fn tie_to_parent(outlive: bool) -> Result<(), String> {
+    if outlive {
+        return Ok(());
+    }
+    // SAFETY: getppid and prctl(PR_SET_PDEATHSIG) have no memory effects.
+    let parent = unsafe { libc::getppid() };
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+        return Err(format!(
+            "prctl(PR_SET_PDEATHSIG): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // The parent may have died before the prctl took effect.
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } != parent {
+        return Err("the process that started mirrorfs has already exited".into());
+    }
+    Ok(())
 }
 
 fn keygen(dir: &Path, name: &str) -> Result<(), String> {
@@ -297,7 +328,9 @@ fn detach(a: MountArgs) -> Result<(), String> {
         .open(&log)
         .map_err(|e| format!("cannot open the log {}: {e}", log.display()))?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The detached child outlives this process, which returns once mounted.
     args.push("--foreground".into());
+    args.push("--outlive-parent".into());
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
@@ -354,7 +387,29 @@ fn is_mounted(mountpoint: &Path) -> bool {
 }
 
 fn verify(a: &Path, b: &Path) -> ExitCode {
-    let _ = (a, b);
-    eprintln!("mirrorfs: verify is not built yet");
-    ExitCode::from(2)
+    let opts = mirrorfs::verify::VerifyOptions::default();
+    match mirrorfs::verify::compare(a, b, &opts) {
+        Ok(report) if report.differences.is_empty() => {
+            println!(
+                "identical: {} entries, {} bytes compared",
+                report.summary.entries, report.summary.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            for d in &report.differences {
+                println!("{d}");
+            }
+            println!(
+                "{} differences in {} entries",
+                report.differences.len(),
+                report.summary.entries
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("mirrorfs: verify: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -152,8 +152,7 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
         let server = Server::bind(ServeConfig {
             root: root.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt"))
-                .unwrap(),
+            identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt")).unwrap(),
             pinned: tls::load_peer(&keys.join("node1.crt")).unwrap(),
             idle_timeout: Duration::from_secs(5),
         })
@@ -170,8 +169,16 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
             ("dot-dot path", raw_op(6, b"../outside/secret"), "'..'"),
             ("absolute path", raw_op(6, b"/etc/passwd"), "absolute"),
             ("NUL in path", raw_op(6, b"a\0b"), "NUL"),
-            ("unknown op code", raw_op(99, b"x"), "unknown operation code 99"),
-            ("garbage", vec![0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0], "unknown frame type"),
+            (
+                "unknown op code",
+                raw_op(99, b"x"),
+                "unknown operation code 99",
+            ),
+            (
+                "garbage",
+                vec![0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0],
+                "unknown frame type",
+            ),
             ("oversized frame", oversized, "exceeds the limit"),
         ];
         for (what, bytes, want) in cases {
@@ -179,11 +186,17 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
             p.send_raw(&bytes).await;
             match p.next().await {
                 Some(Frame::Refused { reason }) => {
-                    assert!(reason.contains(want), "{what}: refusal {reason:?} lacks {want:?}")
+                    assert!(
+                        reason.contains(want),
+                        "{what}: refusal {reason:?} lacks {want:?}"
+                    )
                 }
                 other => panic!("{what}: expected a refusal, got {other:?}"),
             }
-            assert!(p.next().await.is_none(), "{what}: the connection stays open");
+            assert!(
+                p.next().await.is_none(),
+                "{what}: the connection stays open"
+            );
             drop(p.conn);
         }
 
@@ -229,7 +242,10 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
         while failed < n {
             match p.next().await {
                 Some(Frame::Failed { errno, .. }) => {
-                    assert!(errno == libc::ELOOP || errno == libc::ENOENT, "errno {errno}");
+                    assert!(
+                        errno == libc::ELOOP || errno == libc::ENOENT,
+                        "errno {errno}"
+                    );
                     failed += 1;
                 }
                 Some(Frame::Ack { .. }) => {}
@@ -261,6 +277,10 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
             .expect("server stops")
             .unwrap();
     });
-    assert_eq!(snapshot(&outside), before, "something outside the root changed");
+    assert_eq!(
+        snapshot(&outside),
+        before,
+        "something outside the root changed"
+    );
     assert!(!root.join("stolen").exists());
 }

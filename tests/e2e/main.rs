@@ -13,3 +13,7 @@ mod lab_network;
 /// clean, unknown certificates and unreachable peers are refused, a vanished
 /// peer gives EIO.
 mod mirror_replicate;
+
+/// Issue 2: a peer holding the pinned certificate but sending hostile frames
+/// changes nothing outside the replica root, and the server keeps serving.
+mod hostile_peer;

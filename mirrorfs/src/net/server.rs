@@ -122,8 +122,10 @@ impl Server {
         info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
         let cfg = Arc::new(cfg);
         let stats = Arc::new(ServeStats::default());
-        // Each new connection bumps the generation; older handlers see it and stop.
-        let (current_tx, current_rx) = watch::channel(0u64);
+        // Each connection that passes the hello becomes the current one; older
+        // handlers see the change and stop. Authentication comes first, so no
+        // stranger can push the primary off.
+        let current = Arc::new(watch::channel(0u64).0);
         let mut generation = 0u64;
         tokio::pin!(shutdown);
         loop {
@@ -133,8 +135,7 @@ impl Server {
             };
             let Some(incoming) = incoming else { break };
             generation += 1;
-            let _ = current_tx.send(generation);
-            let (cfg, stats, current) = (cfg.clone(), stats.clone(), current_rx.clone());
+            let (cfg, stats, current) = (cfg.clone(), stats.clone(), current.clone());
             let remote = incoming.remote_address();
             let span = info_span!("conn", %remote, n = generation);
             tokio::spawn(
@@ -170,7 +171,7 @@ async fn serve_connection(
     stats: &ServeStats,
     conn: quinn::Connection,
     generation: u64,
-    mut current: watch::Receiver<u64>,
+    current_tx: Arc<watch::Sender<u64>>,
 ) -> Result<(), String> {
     let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
         .await
@@ -203,6 +204,8 @@ async fn serve_connection(
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
+    current_tx.send_replace(generation);
+    let mut current = current_tx.subscribe();
     info!(primary = %cfg.pinned.name, "primary connected");
 
     let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
