@@ -27,7 +27,8 @@ forbidden='tokio::|std::net|Instant::now|SystemTime::now|thread_rng'
 found=0
 for dir in mirrorfs/src/proto controller/src/cluster; do
   [ -d "$dir" ] || continue
-  if grep -rnE "$forbidden" "$dir" | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then
+  # Tests (*_test.rs) may take a real instant as the origin of virtual time.
+  if grep -rnE --exclude='*_test.rs' "$forbidden" "$dir" | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; then
     found=1
   fi
 done

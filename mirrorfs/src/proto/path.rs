@@ -176,9 +176,11 @@ mod tests {
         }
     }
 
+    type Case = (&'static [u8], fn(&PathError) -> bool);
+
     #[test]
     fn rejects_hostile_paths() {
-        let cases: &[(&[u8], fn(&PathError) -> bool)] = &[
+        let cases: &[Case] = &[
             (b"/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
             (b"..", |e| matches!(e, PathError::DotDot(_))),
             (b"a/../../b", |e| matches!(e, PathError::DotDot(_))),
