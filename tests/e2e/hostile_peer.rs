@@ -47,6 +47,7 @@ impl Peer {
             version: PROTOCOL_VERSION,
             node: "node1".into(),
             peer: "node2".into(),
+            history: vec![],
         })
         .encode(&mut hello);
         send.write_all(&hello).await.unwrap();

@@ -25,13 +25,11 @@ use tracing::warn;
 
 use super::inode::{InodeTable, Key, ROOT_INO};
 use super::iomode::{IoModes, ReadMode};
-use super::replicate::{Replicate, Ticket};
+use super::replicate::{Replicate, Ticket, Touched};
+use crate::meta::META_DIR;
 use crate::proto::path::{check_name, RelPath};
 use crate::proto::wire::{HandleId, Op, Target, Timestamp};
 use crate::sys;
-
-/// Name of the metadata area at the backing root, hidden from the mount.
-pub const META_DIR: &str = ".mirrorfs";
 
 /// How long a writable open waits for passthrough readers of the file to close.
 const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -367,7 +365,7 @@ impl Overlay {
     ) -> io::Result<Entry> {
         self.check_creatable(parent, name)?;
         let mode = mode & !umask;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
             sys::mknodat(pfd.as_fd(), name, mode, rdev)?;
             let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
@@ -393,7 +391,7 @@ impl Overlay {
     ) -> io::Result<Entry> {
         self.check_creatable(parent, name)?;
         let mode = mode & !umask & 0o7777;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
             sys::mkdirat(pfd.as_fd(), name, mode)?;
             let (entry, st) = self.finish_create(parent, name, &pfd, owner, u32::MAX)?;
@@ -419,7 +417,7 @@ impl Overlay {
         if target.is_empty() || target.len() > crate::proto::path::MAX_PATH {
             return Err(err(libc::ENAMETOOLONG));
         }
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, (uid, gid)) = self.parent_and_owner(ctx, parent)?;
             sys::symlinkat(target, pfd.as_fd(), name)?;
             sys::fchownat(pfd.as_fd(), name, uid, gid)?;
@@ -437,7 +435,9 @@ impl Overlay {
     /// `link`: a new name `newparent/newname` for `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
         self.check_creatable(newparent, newname)?;
-        self.mutate(|| {
+        let mut touched = self.touch_child(newparent, newname);
+        touched.paths.extend(self.inodes.path(ino).ok());
+        self.mutate(touched, || {
             let existing = self.inodes.path(ino)?;
             let fd = self.inodes.fd(ino)?;
             let pfd = self.inodes.fd(newparent)?;
@@ -474,7 +474,7 @@ impl Overlay {
 
     fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
         self.check_visible(parent, name)?;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let path = self.child_path(parent, name)?;
             let pfd = self.inodes.fd(parent)?;
             let st = sys::fstatat(pfd.as_fd(), name)?;
@@ -503,9 +503,13 @@ impl Overlay {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(err(libc::EINVAL));
         }
-        self.mutate(|| {
-            let from = self.child_path(parent, name)?;
-            let to = self.child_path(newparent, newname)?;
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(newparent, newname)?;
+        let touched = Touched {
+            paths: vec![from.clone(), to.clone()],
+            rename: Some((from.clone(), to.clone())),
+        };
+        self.mutate(touched, || {
             let pfd = self.inodes.fd(parent)?;
             let npfd = self.inodes.fd(newparent)?;
             let src = sys::fstatat(pfd.as_fd(), name)?;
@@ -549,7 +553,12 @@ impl Overlay {
         }
         self.io_modes.open_write(ino)?;
         let oflags = libc::O_RDWR | (flags & (SYNC_FLAGS | libc::O_TRUNC | libc::O_NONBLOCK));
-        let r = self.mutate(|| {
+        let touched = if oflags & libc::O_TRUNC != 0 {
+            self.touch_ino(ino)
+        } else {
+            Touched::default()
+        };
+        let r = self.mutate(touched, || {
             let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
             let path = self.inodes.path(ino);
             let fh = self.insert_handle(ino, file, true, path.is_ok(), false);
@@ -592,7 +601,7 @@ impl Overlay {
         let mode = mode & !umask & 0o7777;
         let keep = flags & (SYNC_FLAGS | libc::O_NONBLOCK);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
             let path = self.child_path(parent, name)?;
             let created = sys::openat(
@@ -675,9 +684,12 @@ impl Overlay {
         if h.replicated {
             // Ordered after every write on the handle; nobody waits for it.
             let _guard = self.sequence();
-            drop(self.repl.submit(Op::Close {
-                handle: HandleId(fh),
-            }));
+            drop(self.repl.submit(
+                Op::Close {
+                    handle: HandleId(fh),
+                },
+                &Touched::default(),
+            ));
         }
     }
 
@@ -705,7 +717,7 @@ impl Overlay {
         if !h.writable {
             return Err(err(libc::EBADF));
         }
-        self.mutate(|| {
+        self.mutate(self.touch_ino(h.ino), || {
             let n = sys::pwrite(h.file.as_fd(), data, offset)?;
             let ops = if h.replicated {
                 vec![Op::Write {
@@ -734,7 +746,7 @@ impl Overlay {
         if !h.writable {
             return Err(err(libc::EBADF));
         }
-        self.mutate(|| {
+        self.mutate(self.touch_ino(h.ino), || {
             sys::fallocate(h.file.as_fd(), mode, offset, len)?;
             let ops = if h.replicated {
                 vec![Op::Fallocate {
@@ -768,7 +780,7 @@ impl Overlay {
             return Err(err(libc::EBADF));
         }
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        self.mutate(|| {
+        self.mutate(self.touch_ino(dst.ino), || {
             let n = sys::copy_file_range(
                 src.file.as_fd(),
                 offset_in,
@@ -806,7 +818,7 @@ impl Overlay {
 
     /// `setattr`: size, mode, owner and times, each replicated.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, attr: SetAttr) -> io::Result<libc::stat> {
-        self.mutate(|| {
+        self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             let target = || self.target(ino, fh);
             let mut ops = Vec::new();
@@ -872,7 +884,7 @@ impl Overlay {
 
     /// `setxattr`.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        self.mutate(|| {
+        self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             sys::setxattr_fd(fd.as_fd(), name, value, flags)?;
             Ok((
@@ -889,7 +901,7 @@ impl Overlay {
 
     /// `removexattr`.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
-        self.mutate(|| {
+        self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             sys::removexattr_fd(fd.as_fd(), name)?;
             Ok((
@@ -906,12 +918,20 @@ impl Overlay {
 
     /// Applies a mutation locally and submits its ops in one sequencer section,
     /// then waits (outside the lock) until the secondary has applied them all.
-    fn mutate<T>(&self, f: impl FnOnce() -> io::Result<(T, Vec<Op>)>) -> io::Result<T> {
-        // A lost peer refuses the mutation before anything changes locally.
-        self.repl.check()?;
+    /// `touched` is announced first, so that it is recorded durably before the
+    /// local change when the peer is away.
+    fn mutate<T>(
+        &self,
+        touched: Touched,
+        f: impl FnOnce() -> io::Result<(T, Vec<Op>)>,
+    ) -> io::Result<T> {
         let guard = self.sequence();
+        self.repl.begin(&touched)?;
         let (value, ops) = f()?;
-        let tickets: Vec<Ticket> = ops.into_iter().map(|op| self.repl.submit(op)).collect();
+        let tickets: Vec<Ticket> = ops
+            .into_iter()
+            .map(|op| self.repl.submit(op, &touched))
+            .collect();
         drop(guard);
         let mut result = Ok(value);
         for t in tickets {
@@ -927,17 +947,33 @@ impl Overlay {
 
     /// Makes `fd` durable locally while the secondary makes `target` durable.
     fn durable(&self, fd: BorrowedFd<'_>, target: Target, datasync: bool) -> io::Result<()> {
-        self.repl.check()?;
         let ticket = {
             let _guard = self.sequence();
-            self.repl.submit(Op::Fsync { target, datasync })
+            self.repl.begin(&Touched::default())?;
+            self.repl
+                .submit(Op::Fsync { target, datasync }, &Touched::default())
         };
         let local = sys::fsync(fd, datasync);
         let remote = ticket.wait();
-        local.and(remote)
+        local.and(remote.map(drop))
     }
 
-    fn sequence(&self) -> MutexGuard<'_, ()> {
+    /// The mutation touches `parent/name`.
+    fn touch_child(&self, parent: u64, name: &OsStr) -> Touched {
+        Touched::paths(self.child_path(parent, name).ok().into_iter().collect())
+    }
+
+    /// The mutation touches the inode `ino` (by its path; none if unlinked).
+    fn touch_ino(&self, ino: u64) -> Touched {
+        Touched::paths(self.inodes.path(ino).ok().into_iter().collect())
+    }
+
+    /// The backing root (an O_PATH directory) for the resync.
+    pub(crate) fn backing_root(&self) -> io::Result<Arc<OwnedFd>> {
+        self.inodes.fd(ROOT_INO)
+    }
+
+    pub(crate) fn sequence(&self) -> MutexGuard<'_, ()> {
         self.sequencer.lock().unwrap_or_else(|e| e.into_inner())
     }
 

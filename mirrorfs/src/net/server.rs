@@ -196,11 +196,16 @@ async fn serve_connection(
         refuse(&conn, &mut send, &reason).await;
         return Err(reason);
     }
+    let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
+    let history = applier
+        .history()
+        .map_err(|e| format!("replica generation history: {e}"))?;
     let mut out = Vec::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
+        history: history.ids().iter().map(|g| g.0).collect(),
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -208,7 +213,6 @@ async fn serve_connection(
     let mut current = current_tx.subscribe();
     info!(primary = %cfg.pinned.name, "primary connected");
 
-    let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
     let mut core = Receiver::new();
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Seq, i32)>();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -255,6 +259,10 @@ async fn serve_connection(
             let durable = op.is_durability();
             match applier.apply(&op) {
                 Ok(Applied::Done) => core.handle_applied(seq, durable, Ok(())),
+                Ok(Applied::Reply(payload)) => {
+                    core.handle_reply(seq, payload);
+                    core.handle_applied(seq, durable, Ok(()));
+                }
                 Ok(Applied::Sync { fd, datasync }) => {
                     let alone = core.syncing() == 0;
                     core.handle_applied(seq, true, Ok(()));

@@ -1,0 +1,258 @@
+//! The metadata area: `ROOT/.mirrorfs/`, beside the replicated tree and never
+//! part of it (the mount hides it, the secondary refuses ops naming it).
+//!
+//! Owns the durable files a replicated directory keeps, in whichever role it
+//! is: `generation` (the generation history, current first, written
+//! atomically) and `dirty` (the append-only log of paths that may differ from
+//! the peer, synced before a mutation it covers is acknowledged). Must not
+//! touch anything outside `ROOT/.mirrorfs`.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use crate::proto::generation::{GenerationId, History};
+use crate::proto::path::RelPath;
+
+/// Name of the metadata directory at the root of a replicated tree.
+pub const META_DIR: &str = ".mirrorfs";
+
+/// The metadata area of one replicated directory.
+#[derive(Debug)]
+pub struct Meta {
+    dir: PathBuf,
+}
+
+impl Meta {
+    /// Opens (creating, mode 0700) `root/.mirrorfs`.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let dir = root.join(META_DIR);
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if !fs::symlink_metadata(&dir)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} exists but is not a directory", dir.display()),
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    /// The metadata directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The generation history (empty if this tree was never part of a mirror).
+    pub fn load_history(&self) -> io::Result<History> {
+        let path = self.dir.join("generation");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(History::default()),
+            Err(e) => return Err(e),
+        };
+        let mut ids = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = u64::from_str_radix(line, 16).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}:{}: {line:?} is not a generation id (16 hex digits); the file is damaged: restore it, or run `mirrorfs verify` and start over with a --full resync",
+                        path.display(),
+                        n + 1
+                    ),
+                )
+            })?;
+            ids.push(GenerationId(id));
+        }
+        Ok(History::from_ids(ids))
+    }
+
+    /// Replaces the generation history atomically and durably.
+    pub fn save_history(&self, h: &History) -> io::Result<()> {
+        let mut text = String::from("# mirrorfs generation history, current first\n");
+        for id in h.ids() {
+            text.push_str(&format!("{id}\n"));
+        }
+        self.replace("generation", text.as_bytes())
+    }
+
+    /// Opens the dirty log, loading the paths it holds.
+    pub fn dirty_log(&self) -> io::Result<DirtyLog> {
+        DirtyLog::open(&self.dir.join("dirty"))
+    }
+
+    /// Writes `name` atomically: temporary file, fsync, rename, fsync of the dir.
+    fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join(name))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// The durable set of paths that may differ between this side and its peer.
+///
+/// Records are a big-endian `u16` length and the path bytes, appended and
+/// synced once per new path; a torn record at the tail (a crash while
+/// appending) is ignored and cut off on open.
+#[derive(Debug)]
+pub struct DirtyLog {
+    file: File,
+    set: BTreeSet<RelPath>,
+}
+
+impl DirtyLog {
+    fn open(path: &Path) -> io::Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        let mut set = BTreeSet::new();
+        let mut pos = 0;
+        while pos + 2 <= buf.len() {
+            let len = u16::from_be_bytes([buf[pos], buf[pos + 1]]) as usize;
+            if pos + 2 + len > buf.len() {
+                break;
+            }
+            match RelPath::new(buf[pos + 2..pos + 2 + len].to_vec()) {
+                Ok(p) => {
+                    set.insert(p);
+                }
+                Err(e) => {
+                    warn!(error = %e, log = %path.display(), "skipping an invalid dirty record")
+                }
+            }
+            pos += 2 + len;
+        }
+        if pos != buf.len() {
+            warn!(log = %path.display(), "cutting a torn record off the dirty log");
+            file.set_len(pos as u64)?;
+            file.sync_all()?;
+        }
+        Ok(Self { file, set })
+    }
+
+    /// Records the paths not yet recorded; returns once they are durable.
+    pub fn mark<'a>(&mut self, paths: impl IntoIterator<Item = &'a RelPath>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut new = Vec::new();
+        for p in paths {
+            if !self.set.contains(p) {
+                buf.extend_from_slice(&(p.as_bytes().len() as u16).to_be_bytes());
+                buf.extend_from_slice(p.as_bytes());
+                new.push(p.clone());
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.set.extend(new);
+        Ok(())
+    }
+
+    /// True when `p` is recorded.
+    pub fn contains(&self, p: &RelPath) -> bool {
+        self.set.contains(p)
+    }
+
+    /// The recorded paths, parents before children.
+    pub fn paths(&self) -> &BTreeSet<RelPath> {
+        &self.set
+    }
+
+    /// Number of recorded paths.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Forgets everything (both sides hold the same data again).
+    pub fn clear(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.set.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn history_round_trips_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        assert_eq!(m.load_history().unwrap(), History::default());
+        let mut h = History::default();
+        h.advance(GenerationId(1));
+        h.advance(GenerationId(0xabc));
+        m.save_history(&h).unwrap();
+        assert_eq!(m.load_history().unwrap(), h);
+        fs::write(m.dir().join("generation"), "zz\n").unwrap();
+        let e = m.load_history().unwrap_err().to_string();
+        assert!(
+            e.contains("generation:1") && e.contains("not a generation id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dirty_log_survives_reopen_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        let mut log = m.dirty_log().unwrap();
+        log.mark([&p("a/b"), &p("c")]).unwrap();
+        log.mark([&p("c")]).unwrap();
+        drop(log);
+        let len = fs::metadata(m.dir().join("dirty")).unwrap().len();
+        assert_eq!(len, 2 + 3 + 2 + 1, "each path recorded once");
+        // A crash in the middle of an append leaves a torn record.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(m.dir().join("dirty"))
+            .unwrap();
+        f.write_all(&[0, 9, b'x']).unwrap();
+        let mut log = m.dirty_log().unwrap();
+        assert_eq!(
+            log.paths().iter().cloned().collect::<Vec<_>>(),
+            vec![p("a/b"), p("c")]
+        );
+        assert_eq!(fs::metadata(m.dir().join("dirty")).unwrap().len(), len);
+        log.clear().unwrap();
+        assert!(m.dirty_log().unwrap().is_empty());
+    }
+}
