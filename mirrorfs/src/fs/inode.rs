@@ -79,6 +79,19 @@ impl InodeTable {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
     }
 
+    /// A lookup of a name the table already knows for `key`: counts it and
+    /// returns the inode, or `None` when the name (or inode) is new.
+    pub fn lookup_known(&self, parent: u64, name: &OsStr, key: Key) -> Option<u64> {
+        let mut t = self.lock();
+        let ino = *t.by_key.get(&key)?;
+        let node = t.nodes.get_mut(&ino).expect("by_key and nodes agree");
+        if node.names.iter().any(|(p, n)| *p == parent && n == name) {
+            node.lookups += 1;
+            return Some(ino);
+        }
+        None
+    }
+
     /// Records a lookup of `parent/name` that found `key`. `open` makes the
     /// O_PATH descriptor when the inode is new (or its number was reused by the
     /// backing filesystem: `alive` says whether an existing node's inode still

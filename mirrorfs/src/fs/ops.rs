@@ -186,6 +186,22 @@ impl Overlay {
         let pfd = self.inodes.fd(parent)?;
         let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
+        // Fast path: a name the table already knows for this inode.
+        if let Some(ino) = self.inodes.lookup_known(parent, name, key_of(&st)) {
+            return Ok(Entry { ino, attr: st });
+        }
+        // A new name is recorded under the sequencer, so that no rename can
+        // move the entry between our openat and the insertion (the name is
+        // what replication will send).
+        let _guard = self.sequence();
+        self.lookup_locked(parent, name)
+    }
+
+    /// [`lookup`](Self::lookup) for callers that hold the sequencer.
+    fn lookup_locked(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        let pfd = self.inodes.fd(parent)?;
+        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
         let ino = self.inodes.lookup(parent, name, key_of(&st), fd, |old| {
             sys::fstat(old.as_fd()).is_ok_and(|s| s.st_nlink > 0 || is_kind(&s, libc::S_IFDIR))
         });
@@ -407,7 +423,7 @@ impl Overlay {
             let (pfd, (uid, gid)) = self.parent_and_owner(ctx, parent)?;
             sys::symlinkat(target, pfd.as_fd(), name)?;
             sys::fchownat(pfd.as_fd(), name, uid, gid)?;
-            let entry = self.lookup(parent, name)?;
+            let entry = self.lookup_locked(parent, name)?;
             let op = Op::Symlink {
                 path: self.child_path(parent, name)?,
                 target: target.as_bytes().to_vec(),
@@ -437,7 +453,7 @@ impl Overlay {
                     libc::AT_EMPTY_PATH,
                 )
             })?;
-            let entry = self.lookup(newparent, newname)?;
+            let entry = self.lookup_locked(newparent, newname)?;
             let op = Op::Link {
                 existing,
                 new: self.child_path(newparent, newname)?,
@@ -600,12 +616,13 @@ impl Overlay {
                 }
                 Err(e) => return Err(e),
             };
-            let st = if is_new {
-                self.finish_create(parent, name, &pfd, owner, mode)?.1
+            // One lookup counted for the one entry the kernel gets.
+            let (entry, st) = if is_new {
+                self.finish_create(parent, name, &pfd, owner, mode)?
             } else {
-                sys::fstat(file.as_fd())?
+                let entry = self.lookup_locked(parent, name)?;
+                (entry, entry.attr)
             };
-            let entry = self.lookup(parent, name)?;
             let file = Arc::new(File::from(file));
             if writable {
                 self.io_modes.open_write(entry.ino)?;
@@ -1033,7 +1050,7 @@ impl Overlay {
         mode: u32,
     ) -> io::Result<(Entry, libc::stat)> {
         sys::fchownat(pfd.as_fd(), name, uid, gid)?;
-        let entry = self.lookup(parent, name)?;
+        let entry = self.lookup_locked(parent, name)?;
         if mode != u32::MAX && entry.attr.st_mode & 0o7777 != mode & 0o7777 {
             let fd = self.inodes.fd(entry.ino)?;
             sys::chmod_fd(fd.as_fd(), mode)?;
