@@ -224,6 +224,20 @@ impl Mirror {
         Ok(())
     }
 
+    /// SIGKILLs the `mount` of [`Mirror::start`] (the primary's mirrorfs
+    /// crashes, as far as the applications and the secondary can tell), then
+    /// lazily unmounts the dead mount point, which applications may still hold
+    /// files open on: from now on their calls fail with ENOTCONN.
+    pub fn kill_mount(&mut self) -> Result<()> {
+        let mount = self.mounts.first_mut().context("mount is not running")?;
+        mount.kill_hard()?;
+        let mnt = self.mnt();
+        if is_fuse_mount(&mnt)? {
+            run_ok(Command::new("umount").arg("-l").arg(&mnt))?;
+        }
+        Ok(())
+    }
+
     /// `mirrorfs verify a b` (in the test's own namespaces).
     pub fn verify(&self, a: &Path, b: &Path) -> Result<Output> {
         Command::new(&self.bin)
