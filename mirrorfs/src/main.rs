@@ -47,6 +47,14 @@ enum Cmd {
     Serve(ServeArgs),
     /// Primary: mount a replicating overlay of --backing at --mountpoint.
     Mount(MountArgs),
+    /// Give up this side's own changes after a split brain: keep copies in
+    /// DIR/.mirrorfs/discarded-<time>/, then let the peer replace this tree.
+    /// Run it while nothing serves or mounts DIR.
+    Discard {
+        /// The replicated directory (a backing or replica root).
+        #[arg(long)]
+        root: PathBuf,
+    },
     /// Show the state of a running mount (role, peer, generation, dirty files, resync).
     Status {
         /// The mount's control socket (its --control).
@@ -172,6 +180,7 @@ fn main() -> ExitCode {
         Cmd::Mount(a) => detach(a),
         Cmd::Verify { a, b } => return verify(&a, &b),
         Cmd::Status { control, json } => return status(&control, json),
+        Cmd::Discard { root } => discard(&root),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -337,6 +346,28 @@ fn mount(a: MountArgs) -> Result<(), String> {
             .spawn(move || mirrorfs::fs::resync::run(o, m))
             .map_err(|e| format!("cannot start the resync thread: {e}"))?;
     }
+    {
+        // Activity epochs: every 30 s, flush the backing filesystem, then drop
+        // the older epoch (its mutations are now durable here).
+        let (o, m, b) = (overlay.clone(), mirror.clone(), backing.clone());
+        std::thread::Builder::new()
+            .name("mirrorfs-epochs".into())
+            .spawn(move || loop {
+                for _ in 0..30 {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if m.is_shut_down() {
+                        return;
+                    }
+                }
+                if let Err(e) = mirrorfs::meta::syncfs(&b) {
+                    tracing::warn!(error = %e, "syncfs of the backing filesystem failed");
+                    continue;
+                }
+                let _g = o.sequence();
+                m.rotate_activity();
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+    }
     let _control = match &a.control {
         Some(path) => Some(
             mirrorfs::control::serve(path, mirror.clone())
@@ -446,6 +477,33 @@ fn is_mounted(mountpoint: &Path) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+fn discard(root: &Path) -> Result<(), String> {
+    if is_mounted(root) {
+        return Err(format!(
+            "{} is a mount point: run discard on the backing or replica directory, with nothing serving or mounting it",
+            root.display()
+        ));
+    }
+    let r = mirrorfs::discard::discard(root)
+        .map_err(|e| format!("discard in {}: {e}", root.display()))?;
+    println!(
+        "kept {} changed path(s) of this side in {}:",
+        r.kept.len(),
+        r.folder.display()
+    );
+    for p in &r.kept {
+        println!("  {}", p.display());
+    }
+    for p in &r.absent {
+        println!("  {} (deleted on this side: nothing to keep)", p.display());
+    }
+    println!(
+        "this side now counts as new: the primary will compare every file and replace what differs. Delete {} once you no longer need it.",
+        r.folder.display()
+    );
+    Ok(())
 }
 
 fn status(control: &Path, json: bool) -> ExitCode {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::fs::replicate::{Replicate, Ticket, Touched};
-use crate::meta::{DirtyLog, Meta};
+use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::generation::{relate, GenerationId, History, Relation};
 use crate::proto::path::RelPath;
@@ -126,8 +126,12 @@ struct State {
     link: Option<Arc<Link>>,
     history: History,
     dirty: DirtyLog,
+    /// Directories with mutations in the last epochs (crash safety).
+    activity: ActivityLog,
     /// Paths the current resync still has to visit.
     pending: BTreeSet<RelPath>,
+    /// Pending directories whose children are all compared (suspects).
+    full_dirs: BTreeSet<RelPath>,
     /// Compare every file of the pending directories' subtrees.
     full: bool,
     last_error: Option<String>,
@@ -197,6 +201,7 @@ impl Mirror {
         let meta = Meta::open(backing).map_err(meta_err)?;
         let mut history = meta.load_history().map_err(meta_err)?;
         let dirty = meta.dirty_log().map_err(meta_err)?;
+        let activity = meta.activity_log().map_err(meta_err)?;
         if history.current().is_none() {
             history.advance(random_id());
             meta.save_history(&history).map_err(meta_err)?;
@@ -209,7 +214,9 @@ impl Mirror {
                 link: None,
                 history,
                 dirty,
+                activity,
                 pending: BTreeSet::new(),
+                full_dirs: BTreeSet::new(),
                 full: cfg.full_resync,
                 last_error: None,
                 since: Instant::now(),
@@ -243,6 +250,20 @@ impl Mirror {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a new activity epoch. The caller holds the overlay's sequencer
+    /// (no mutation half-applied) and has flushed the backing filesystem since
+    /// the previous rotation, so the epoch dropped now is durable locally.
+    pub fn rotate_activity(&self) {
+        if let Err(e) = self.lock().activity.rotate() {
+            warn!(error = %e, "cannot rotate the activity log; keeping the old epochs");
+        }
+    }
+
+    /// True once the mount is going away.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shutdown
     }
 
     /// Stops the supervisor (the mount is going away).
@@ -343,15 +364,26 @@ impl Mirror {
             .map(|g| g.to_string())
             .unwrap_or_default();
         let refuse = |why: String| -> Result<(), String> { Err(why) };
+        // Directories where either side may hold a change the other lacks
+        // (writes in flight when a primary died): their files get compared.
+        let mut suspects = st.activity.suspects();
+        suspects.extend(link.peer_suspects().iter().cloned());
         match relation {
-            Relation::InSync if st.dirty.is_empty() && !st.full => {
+            Relation::InSync if st.dirty.is_empty() && !st.full && suspects.is_empty() => {
                 st.link = Some(Arc::new(link));
                 st.last_error = None;
                 Self::set_role(&mut st, Role::Prim);
             }
             Relation::InSync | Relation::PrimaryAhead | Relation::SecondaryNew => {
                 st.pending = st.dirty.paths().clone();
-                if relation == Relation::SecondaryNew || st.full || st.pending.is_empty() {
+                st.pending.extend(suspects.iter().cloned());
+                st.full_dirs = suspects;
+                let nothing_known = st.pending.is_empty() && relation != Relation::InSync;
+                if relation == Relation::SecondaryNew
+                    || st.full
+                    || nothing_known
+                    || st.full_dirs.contains(&RelPath::root())
+                {
                     // Nothing tells what differs: compare everything.
                     st.full = true;
                     st.pending.insert(RelPath::root());
@@ -424,7 +456,7 @@ impl Mirror {
                     match Link::connect(&self.cfg.link, &history) {
                         Ok(link) => match self.connected(link) {
                             Ok(()) => backoff = Duration::from_millis(200),
-                            Err(_) => backoff = Duration::from_secs(30),
+                            Err(_) => backoff = Duration::from_secs(5),
                         },
                         Err(e) => {
                             self.lock().last_error = Some(e.to_string());
@@ -488,7 +520,8 @@ impl Mirror {
             if st.role == Role::Resync {
                 if let Some(link) = st.link.clone() {
                     if let Some(p) = st.pending.pop_first() {
-                        return Some((p, st.full, link));
+                        let full = st.full || st.full_dirs.remove(&p);
+                        return Some((p, full, link));
                     }
                 }
             }
@@ -575,9 +608,33 @@ impl Replicate for MirrorRef {
         let m = &self.0;
         let mut st = m.lock();
         match st.role {
-            Role::Prim => Ok(()),
+            Role::Prim => {
+                // Once per directory per epoch: if this node dies with the op
+                // in flight, the files of these directories are compared.
+                let dirs: Vec<RelPath> = touched
+                    .paths
+                    .iter()
+                    .map(|p| p.split().map_or(RelPath::root(), |(d, _)| d))
+                    .filter(|d| !st.activity.contains(d))
+                    .collect();
+                st.activity.record(&dirs).map_err(|e| {
+                    error!(error = %e, "cannot record activity: refusing the change");
+                    io::Error::from_raw_os_error(libc::EIO)
+                })
+            }
             Role::Lost => Err(io::Error::from_raw_os_error(libc::EIO)),
             Role::Alone | Role::Resync => {
+                if st.role == Role::Resync {
+                    let dirs: Vec<RelPath> = touched
+                        .paths
+                        .iter()
+                        .map(|p| p.split().map_or(RelPath::root(), |(d, _)| d))
+                        .collect();
+                    st.activity.record(&dirs).map_err(|e| {
+                        error!(error = %e, "cannot record activity: refusing the change");
+                        io::Error::from_raw_os_error(libc::EIO)
+                    })?;
+                }
                 let mut paths = touched.paths.clone();
                 if let Some((from, to)) = &touched.rename {
                     // Recorded paths below the old name follow it.
