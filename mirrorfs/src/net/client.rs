@@ -86,6 +86,9 @@ pub struct LinkConfig {
     pub peer_timeout: Duration,
 }
 
+/// What the secondary's hello told: its history and suspect directories.
+type PeerHello = (Vec<u64>, Vec<RelPath>);
+
 struct Submission {
     op: Op,
     done: Sender<Completion>,
@@ -224,7 +227,7 @@ async fn drive(
     history: Vec<u64>,
     mut rx: mpsc::UnboundedReceiver<Submission>,
     shared: Arc<Shared>,
-    ready: std::sync::mpsc::Sender<Result<(Vec<u64>, Vec<RelPath>), ConnectError>>,
+    ready: std::sync::mpsc::Sender<Result<PeerHello, ConnectError>>,
 ) {
     let (endpoint, conn, mut send, mut recv, peer_history) = match handshake(&cfg, history).await {
         Ok(x) => x,
@@ -422,7 +425,7 @@ async fn handshake(
         quinn::Connection,
         quinn::SendStream,
         quinn::RecvStream,
-        (Vec<u64>, Vec<RelPath>),
+        PeerHello,
     ),
     ConnectError,
 > {
