@@ -135,6 +135,10 @@ struct MountArgs {
     /// Compare every file by checksum at the next resync (first start, doubt).
     #[arg(long)]
     full: bool,
+    /// Cap the resync's data rate, in MB/s (it also yields to the application
+    /// by itself: while the application writes, one resync block at a time).
+    #[arg(long = "resync-rate-limit")]
+    resync_rate_limit: Option<u64>,
     /// Control socket for `mirrorfs status` (root only, mode 0600).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -332,6 +336,7 @@ fn mount(a: MountArgs) -> Result<(), String> {
             on_peer_loss,
             start_alone: a.alone,
             full_resync: a.full,
+            resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -529,16 +534,20 @@ fn status(control: &Path, json: bool) -> ExitCode {
     println!("peer:        {} ({})", st.peer, st.peer_node);
     println!("connected:   {}", if st.connected { "yes" } else { "no" });
     println!("generation:  {}", st.generation);
-    println!("dirty files: {}", st.dirty_files);
+    println!(
+        "dirty:       {} files, {} bytes",
+        st.dirty_files, st.dirty_bytes
+    );
     println!("in flight:   {} ops", st.ops_in_flight);
     println!("in role:     {:.0} s", st.role_secs);
     if let Some(r) = &st.resync {
         println!(
-            "resync:      {} done, {} left, {} bytes sent, {:.1} MB/s{}",
+            "resync:      {} done, {} left, {} bytes sent, {:.1} MB/s, ETA {}{}",
             r.files_done,
             r.files_left,
             r.bytes_sent,
             r.rate_bytes_per_sec / 1e6,
+            r.eta_secs.map_or("unknown".into(), |s| format!("{s:.0} s")),
             if r.full {
                 " (full: every file by checksum)"
             } else {

@@ -53,6 +53,11 @@ impl Meta {
         &self.dir
     }
 
+    /// The replicated directory this metadata belongs to.
+    pub fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// The generation history (empty if this tree was never part of a mirror).
     pub fn load_history(&self) -> io::Result<History> {
         let path = self.dir.join("generation");

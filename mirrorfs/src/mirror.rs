@@ -77,6 +77,8 @@ pub struct MirrorConfig {
     pub start_alone: bool,
     /// Compare every file by checksum at the next resync.
     pub full_resync: bool,
+    /// Upper bound of the resync's data rate, bytes per second (None: adaptive only).
+    pub resync_rate_limit: Option<u64>,
 }
 
 /// Resync progress counters.
@@ -94,6 +96,8 @@ pub struct ResyncProgress {
     pub rate_bytes_per_sec: f64,
     /// Whether every file is compared by checksum (first sync, or --full).
     pub full: bool,
+    /// Estimated seconds left, from the pace of paths so far.
+    pub eta_secs: Option<f64>,
 }
 
 /// What `mirrorfs status` shows.
@@ -111,6 +115,8 @@ pub struct Status {
     pub generation: String,
     /// Paths recorded as possibly different on the secondary.
     pub dirty_files: u64,
+    /// Their current size on this side (the most a resync sends).
+    pub dirty_bytes: u64,
     /// Ops sent and not yet acknowledged.
     pub ops_in_flight: u64,
     /// Resync progress, while resyncing.
@@ -138,6 +144,8 @@ struct State {
     since: Instant,
     progress: ResyncProgress,
     resync_started: Instant,
+    /// When the application last submitted an op (the resync yields to it).
+    app_active: Instant,
     shutdown: bool,
 }
 
@@ -222,6 +230,7 @@ impl Mirror {
                 since: Instant::now(),
                 progress: ResyncProgress::default(),
                 resync_started: Instant::now(),
+                app_active: Instant::now(),
                 shutdown: false,
             }),
             changed: Condvar::new(),
@@ -290,8 +299,20 @@ impl Mirror {
                 0.0
             };
             p.full = st.full;
+            p.eta_secs = (p.files_done > 0)
+                .then(|| p.elapsed_secs / p.files_done as f64 * p.files_left as f64);
             p
         });
+        // Sizes of the dirty paths as they are now (bounded work).
+        let dirty_bytes: u64 = st
+            .dirty
+            .paths()
+            .iter()
+            .take(100_000)
+            .filter_map(|p| std::fs::symlink_metadata(self.meta.root().join(p.as_os_str())).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
         Status {
             role: st.role.to_string(),
             peer: self.cfg.link.peer.to_string(),
@@ -303,6 +324,7 @@ impl Mirror {
                 .map(|g| g.to_string())
                 .unwrap_or_default(),
             dirty_files: st.dirty.len() as u64,
+            dirty_bytes,
             ops_in_flight: st.link.as_ref().map_or(0, |l| l.in_flight()),
             resync: progress,
             last_error: st.last_error.clone(),
@@ -538,9 +560,23 @@ impl Mirror {
         self.lock().pending.extend(paths);
     }
 
-    /// A path could not be synchronised (connection lost): visit it again.
-    pub fn retry_pending(&self, p: RelPath) {
-        self.lock().pending.insert(p);
+    /// A path could not be synchronised: visit it again, and say why.
+    pub fn retry_pending(&self, p: RelPath, why: Option<String>) {
+        let mut st = self.lock();
+        if let Some(why) = why {
+            st.last_error = Some(format!("resync of {p}: {why}; retrying"));
+        }
+        st.pending.insert(p);
+    }
+
+    /// True when the application submitted an op in the last `within`.
+    pub fn app_active(&self, within: Duration) -> bool {
+        self.lock().app_active.elapsed() < within
+    }
+
+    /// The configured cap on the resync's data rate, bytes per second.
+    pub fn resync_rate_limit(&self) -> Option<u64> {
+        self.cfg.resync_rate_limit
     }
 
     /// Counts a synchronised path and the data bytes it took.
@@ -668,7 +704,8 @@ impl Replicate for MirrorRef {
     fn submit(&self, op: Op, touched: &Touched) -> Ticket {
         let m = &self.0;
         let link = {
-            let st = m.lock();
+            let mut st = m.lock();
+            st.app_active = Instant::now();
             match st.role {
                 Role::Alone => return Ticket::done(Ok(Vec::new())),
                 Role::Lost => return Ticket::done(Err(libc::EIO)),
