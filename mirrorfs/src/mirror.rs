@@ -238,7 +238,8 @@ impl Mirror {
             cfg,
         });
         if mirror.cfg.start_alone {
-            mirror.go_alone("started with --alone".into());
+            // Whatever is written from now on was written without the peer.
+            mirror.go_alone_from("started with --alone".into(), true);
         } else {
             let link = {
                 let st = mirror.lock();
@@ -356,9 +357,15 @@ impl Mirror {
     }
 
     fn go_alone(&self, reason: String) {
+        self.go_alone_from(reason, false);
+    }
+
+    /// Enters ALONE; a new generation starts unless already ALONE (`fresh`:
+    /// always, as at a start with `--alone`, where nothing was ALONE before).
+    fn go_alone_from(&self, reason: String, fresh: bool) {
         let mut st = self.lock();
         st.link = None;
-        if st.role != Role::Alone {
+        if fresh || st.role != Role::Alone {
             // A new generation marks "written without the peer".
             let id = random_id();
             st.history.advance(id);
