@@ -310,7 +310,14 @@ impl Applier {
                 });
             }
             Op::Remove { path } => {
-                let (dir, name) = self.parent(path)?;
+                let (dir, name) = match self.parent(path) {
+                    Ok(x) => x,
+                    // No parent (or not a directory): nothing is there to remove.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        return Ok(Applied::Done)
+                    }
+                    Err(e) => return Err(e),
+                };
                 remove_tree(dir.as_fd(), name)?;
             }
             Op::EnsureDir {
