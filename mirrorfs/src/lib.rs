@@ -11,6 +11,7 @@
 //! applied; accept a peer whose certificate is not the pinned one.
 
 pub mod control;
+pub mod discard;
 pub mod fs;
 pub mod meta;
 pub mod mirror;

@@ -47,6 +47,14 @@ enum Cmd {
     Serve(ServeArgs),
     /// Primary: mount a replicating overlay of --backing at --mountpoint.
     Mount(MountArgs),
+    /// Give up this side's own changes after a split brain: keep copies in
+    /// DIR/.mirrorfs/discarded-<time>/, then let the peer replace this tree.
+    /// Run it while nothing serves or mounts DIR.
+    Discard {
+        /// The replicated directory (a backing or replica root).
+        #[arg(long)]
+        root: PathBuf,
+    },
     /// Show the state of a running mount (role, peer, generation, dirty files, resync).
     Status {
         /// The mount's control socket (its --control).
@@ -127,6 +135,10 @@ struct MountArgs {
     /// Compare every file by checksum at the next resync (first start, doubt).
     #[arg(long)]
     full: bool,
+    /// Cap the resync's data rate, in MB/s (it also yields to the application
+    /// by itself: while the application writes, one resync block at a time).
+    #[arg(long = "resync-rate-limit")]
+    resync_rate_limit: Option<u64>,
     /// Control socket for `mirrorfs status` (root only, mode 0600).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -172,6 +184,7 @@ fn main() -> ExitCode {
         Cmd::Mount(a) => detach(a),
         Cmd::Verify { a, b } => return verify(&a, &b),
         Cmd::Status { control, json } => return status(&control, json),
+        Cmd::Discard { root } => discard(&root),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -323,6 +336,7 @@ fn mount(a: MountArgs) -> Result<(), String> {
             on_peer_loss,
             start_alone: a.alone,
             full_resync: a.full,
+            resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -336,6 +350,28 @@ fn mount(a: MountArgs) -> Result<(), String> {
             .name("mirrorfs-resync".into())
             .spawn(move || mirrorfs::fs::resync::run(o, m))
             .map_err(|e| format!("cannot start the resync thread: {e}"))?;
+    }
+    {
+        // Activity epochs: every 30 s, flush the backing filesystem, then drop
+        // the older epoch (its mutations are now durable here).
+        let (o, m, b) = (overlay.clone(), mirror.clone(), backing.clone());
+        std::thread::Builder::new()
+            .name("mirrorfs-epochs".into())
+            .spawn(move || loop {
+                for _ in 0..30 {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if m.is_shut_down() {
+                        return;
+                    }
+                }
+                if let Err(e) = mirrorfs::meta::syncfs(&b) {
+                    tracing::warn!(error = %e, "syncfs of the backing filesystem failed");
+                    continue;
+                }
+                let _g = o.sequence();
+                m.rotate_activity();
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
     }
     let _control = match &a.control {
         Some(path) => Some(
@@ -448,6 +484,33 @@ fn is_mounted(mountpoint: &Path) -> bool {
         .unwrap_or(false)
 }
 
+fn discard(root: &Path) -> Result<(), String> {
+    if is_mounted(root) {
+        return Err(format!(
+            "{} is a mount point: run discard on the backing or replica directory, with nothing serving or mounting it",
+            root.display()
+        ));
+    }
+    let r = mirrorfs::discard::discard(root)
+        .map_err(|e| format!("discard in {}: {e}", root.display()))?;
+    println!(
+        "kept {} changed path(s) of this side in {}:",
+        r.kept.len(),
+        r.folder.display()
+    );
+    for p in &r.kept {
+        println!("  {}", p.display());
+    }
+    for p in &r.absent {
+        println!("  {} (deleted on this side: nothing to keep)", p.display());
+    }
+    println!(
+        "this side now counts as new: the primary will compare every file and replace what differs. Delete {} once you no longer need it.",
+        r.folder.display()
+    );
+    Ok(())
+}
+
 fn status(control: &Path, json: bool) -> ExitCode {
     let line = match mirrorfs::control::request(control, "status") {
         Ok(l) => l,
@@ -471,16 +534,20 @@ fn status(control: &Path, json: bool) -> ExitCode {
     println!("peer:        {} ({})", st.peer, st.peer_node);
     println!("connected:   {}", if st.connected { "yes" } else { "no" });
     println!("generation:  {}", st.generation);
-    println!("dirty files: {}", st.dirty_files);
+    println!(
+        "dirty:       {} files, {} bytes",
+        st.dirty_files, st.dirty_bytes
+    );
     println!("in flight:   {} ops", st.ops_in_flight);
     println!("in role:     {:.0} s", st.role_secs);
     if let Some(r) = &st.resync {
         println!(
-            "resync:      {} done, {} left, {} bytes sent, {:.1} MB/s{}",
+            "resync:      {} done, {} left, {} bytes sent, {:.1} MB/s, ETA {}{}",
             r.files_done,
             r.files_left,
             r.bytes_sent,
             r.rate_bytes_per_sec / 1e6,
+            r.eta_secs.map_or("unknown".into(), |s| format!("{s:.0} s")),
             if r.full {
                 " (full: every file by checksum)"
             } else {

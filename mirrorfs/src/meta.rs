@@ -3,8 +3,11 @@
 //!
 //! Owns the durable files a replicated directory keeps, in whichever role it
 //! is: `generation` (the generation history, current first, written
-//! atomically) and `dirty` (the append-only log of paths that may differ from
-//! the peer, synced before a mutation it covers is acknowledged). Must not
+//! atomically), `dirty` (the append-only log of paths that may differ from the
+//! peer, synced before a mutation it covers is acknowledged) and `activity` /
+//! `activity.prev` (the directories with mutations in the current and the
+//! previous epoch: after a crash of this node, the files in them are compared
+//! with the peer's, so a write that was in flight is never missed). Must not
 //! touch anything outside `ROOT/.mirrorfs`.
 
 use std::collections::BTreeSet;
@@ -50,6 +53,11 @@ impl Meta {
         &self.dir
     }
 
+    /// The replicated directory this metadata belongs to.
+    pub fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// The generation history (empty if this tree was never part of a mirror).
     pub fn load_history(&self) -> io::Result<History> {
         let path = self.dir.join("generation");
@@ -91,6 +99,30 @@ impl Meta {
     /// Opens the dirty log, loading the paths it holds.
     pub fn dirty_log(&self) -> io::Result<DirtyLog> {
         DirtyLog::open(&self.dir.join("dirty"))
+    }
+
+    /// Opens the activity log (both epochs).
+    pub fn activity_log(&self) -> io::Result<ActivityLog> {
+        let prev = match fs::symlink_metadata(self.dir.join("activity.prev")) {
+            Ok(_) => DirtyLog::open(&self.dir.join("activity.prev"))?.set,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(ActivityLog {
+            dir: self.dir.clone(),
+            cur: DirtyLog::open(&self.dir.join("activity"))?,
+            prev,
+        })
+    }
+
+    /// Directories this node may have changed without its peer knowing: the
+    /// activity of both epochs and the parents of the dirty paths.
+    pub fn suspects(&self) -> io::Result<BTreeSet<RelPath>> {
+        let mut out = self.activity_log()?.suspects();
+        for p in self.dirty_log()?.paths() {
+            out.insert(p.split().map_or(RelPath::root(), |(parent, _)| parent));
+        }
+        Ok(out)
     }
 
     /// Writes `name` atomically: temporary file, fsync, rename, fsync of the dir.
@@ -204,6 +236,61 @@ impl DirtyLog {
     }
 }
 
+/// Directories with recent mutations, in two epochs (see the module doc).
+#[derive(Debug)]
+pub struct ActivityLog {
+    dir: PathBuf,
+    cur: DirtyLog,
+    prev: BTreeSet<RelPath>,
+}
+
+impl ActivityLog {
+    /// Records directories not yet recorded in this epoch; returns once durable.
+    pub fn record<'a>(&mut self, dirs: impl IntoIterator<Item = &'a RelPath>) -> io::Result<()> {
+        self.cur.mark(dirs)
+    }
+
+    /// True when `dir` is recorded in the current epoch.
+    pub fn contains(&self, dir: &RelPath) -> bool {
+        self.cur.contains(dir)
+    }
+
+    /// Starts a new epoch. Call only once every mutation recorded in the
+    /// previous epoch is durable on this node (after `syncfs`): its records
+    /// are dropped.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        fs::rename(self.dir.join("activity"), self.dir.join("activity.prev"))?;
+        let fresh = DirtyLog::open(&self.dir.join("activity"))?;
+        File::open(&self.dir)?.sync_all()?;
+        let old = std::mem::replace(&mut self.cur, fresh);
+        self.prev = old.set;
+        Ok(())
+    }
+
+    /// Both epochs' directories.
+    pub fn suspects(&self) -> BTreeSet<RelPath> {
+        self.prev.union(&self.cur.set).cloned().collect()
+    }
+
+    /// Forgets both epochs (the peer holds the same data and all is durable).
+    pub fn clear(&mut self) -> io::Result<()> {
+        self.cur.clear()?;
+        self.prev.clear();
+        match fs::remove_file(self.dir.join("activity.prev")) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Flushes the filesystem holding `path` (`syncfs`).
+pub fn syncfs(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: plain syscall on a descriptor we own.
+    crate::sys::cvt(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +341,23 @@ mod tests {
         assert_eq!(fs::metadata(m.dir().join("dirty")).unwrap().len(), len);
         log.clear().unwrap();
         assert!(m.dirty_log().unwrap().is_empty());
+    }
+
+    #[test]
+    fn activity_keeps_two_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        let mut a = m.activity_log().unwrap();
+        a.record([&p("a")]).unwrap();
+        a.rotate().unwrap();
+        a.record([&p("b")]).unwrap();
+        assert_eq!(
+            m.activity_log().unwrap().suspects(),
+            [p("a"), p("b")].into()
+        );
+        a.rotate().unwrap();
+        assert_eq!(m.activity_log().unwrap().suspects(), [p("b")].into());
+        a.clear().unwrap();
+        assert!(m.suspects().unwrap().is_empty());
     }
 }

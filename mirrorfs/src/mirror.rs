@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::fs::replicate::{Replicate, Ticket, Touched};
-use crate::meta::{DirtyLog, Meta};
+use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::generation::{relate, GenerationId, History, Relation};
 use crate::proto::path::RelPath;
@@ -77,6 +77,8 @@ pub struct MirrorConfig {
     pub start_alone: bool,
     /// Compare every file by checksum at the next resync.
     pub full_resync: bool,
+    /// Upper bound of the resync's data rate, bytes per second (None: adaptive only).
+    pub resync_rate_limit: Option<u64>,
 }
 
 /// Resync progress counters.
@@ -94,6 +96,8 @@ pub struct ResyncProgress {
     pub rate_bytes_per_sec: f64,
     /// Whether every file is compared by checksum (first sync, or --full).
     pub full: bool,
+    /// Estimated seconds left, from the pace of paths so far.
+    pub eta_secs: Option<f64>,
 }
 
 /// What `mirrorfs status` shows.
@@ -111,6 +115,8 @@ pub struct Status {
     pub generation: String,
     /// Paths recorded as possibly different on the secondary.
     pub dirty_files: u64,
+    /// Their current size on this side (the most a resync sends).
+    pub dirty_bytes: u64,
     /// Ops sent and not yet acknowledged.
     pub ops_in_flight: u64,
     /// Resync progress, while resyncing.
@@ -126,14 +132,20 @@ struct State {
     link: Option<Arc<Link>>,
     history: History,
     dirty: DirtyLog,
+    /// Directories with mutations in the last epochs (crash safety).
+    activity: ActivityLog,
     /// Paths the current resync still has to visit.
     pending: BTreeSet<RelPath>,
+    /// Pending directories whose children are all compared (suspects).
+    full_dirs: BTreeSet<RelPath>,
     /// Compare every file of the pending directories' subtrees.
     full: bool,
     last_error: Option<String>,
     since: Instant,
     progress: ResyncProgress,
     resync_started: Instant,
+    /// When the application last submitted an op (the resync yields to it).
+    app_active: Instant,
     shutdown: bool,
 }
 
@@ -197,6 +209,7 @@ impl Mirror {
         let meta = Meta::open(backing).map_err(meta_err)?;
         let mut history = meta.load_history().map_err(meta_err)?;
         let dirty = meta.dirty_log().map_err(meta_err)?;
+        let activity = meta.activity_log().map_err(meta_err)?;
         if history.current().is_none() {
             history.advance(random_id());
             meta.save_history(&history).map_err(meta_err)?;
@@ -209,12 +222,15 @@ impl Mirror {
                 link: None,
                 history,
                 dirty,
+                activity,
                 pending: BTreeSet::new(),
+                full_dirs: BTreeSet::new(),
                 full: cfg.full_resync,
                 last_error: None,
                 since: Instant::now(),
                 progress: ResyncProgress::default(),
                 resync_started: Instant::now(),
+                app_active: Instant::now(),
                 shutdown: false,
             }),
             changed: Condvar::new(),
@@ -245,6 +261,20 @@ impl Mirror {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts a new activity epoch. The caller holds the overlay's sequencer
+    /// (no mutation half-applied) and has flushed the backing filesystem since
+    /// the previous rotation, so the epoch dropped now is durable locally.
+    pub fn rotate_activity(&self) {
+        if let Err(e) = self.lock().activity.rotate() {
+            warn!(error = %e, "cannot rotate the activity log; keeping the old epochs");
+        }
+    }
+
+    /// True once the mount is going away.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shutdown
+    }
+
     /// Stops the supervisor (the mount is going away).
     pub fn shutdown(&self) {
         self.lock().shutdown = true;
@@ -269,8 +299,20 @@ impl Mirror {
                 0.0
             };
             p.full = st.full;
+            p.eta_secs = (p.files_done > 0)
+                .then(|| p.elapsed_secs / p.files_done as f64 * p.files_left as f64);
             p
         });
+        // Sizes of the dirty paths as they are now (bounded work).
+        let dirty_bytes: u64 = st
+            .dirty
+            .paths()
+            .iter()
+            .take(100_000)
+            .filter_map(|p| std::fs::symlink_metadata(self.meta.root().join(p.as_os_str())).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
         Status {
             role: st.role.to_string(),
             peer: self.cfg.link.peer.to_string(),
@@ -282,6 +324,7 @@ impl Mirror {
                 .map(|g| g.to_string())
                 .unwrap_or_default(),
             dirty_files: st.dirty.len() as u64,
+            dirty_bytes,
             ops_in_flight: st.link.as_ref().map_or(0, |l| l.in_flight()),
             resync: progress,
             last_error: st.last_error.clone(),
@@ -343,15 +386,26 @@ impl Mirror {
             .map(|g| g.to_string())
             .unwrap_or_default();
         let refuse = |why: String| -> Result<(), String> { Err(why) };
+        // Directories where either side may hold a change the other lacks
+        // (writes in flight when a primary died): their files get compared.
+        let mut suspects = st.activity.suspects();
+        suspects.extend(link.peer_suspects().iter().cloned());
         match relation {
-            Relation::InSync if st.dirty.is_empty() && !st.full => {
+            Relation::InSync if st.dirty.is_empty() && !st.full && suspects.is_empty() => {
                 st.link = Some(Arc::new(link));
                 st.last_error = None;
                 Self::set_role(&mut st, Role::Prim);
             }
             Relation::InSync | Relation::PrimaryAhead | Relation::SecondaryNew => {
                 st.pending = st.dirty.paths().clone();
-                if relation == Relation::SecondaryNew || st.full || st.pending.is_empty() {
+                st.pending.extend(suspects.iter().cloned());
+                st.full_dirs = suspects;
+                let nothing_known = st.pending.is_empty() && relation != Relation::InSync;
+                if relation == Relation::SecondaryNew
+                    || st.full
+                    || nothing_known
+                    || st.full_dirs.contains(&RelPath::root())
+                {
                     // Nothing tells what differs: compare everything.
                     st.full = true;
                     st.pending.insert(RelPath::root());
@@ -424,7 +478,7 @@ impl Mirror {
                     match Link::connect(&self.cfg.link, &history) {
                         Ok(link) => match self.connected(link) {
                             Ok(()) => backoff = Duration::from_millis(200),
-                            Err(_) => backoff = Duration::from_secs(30),
+                            Err(_) => backoff = Duration::from_secs(5),
                         },
                         Err(e) => {
                             self.lock().last_error = Some(e.to_string());
@@ -488,7 +542,8 @@ impl Mirror {
             if st.role == Role::Resync {
                 if let Some(link) = st.link.clone() {
                     if let Some(p) = st.pending.pop_first() {
-                        return Some((p, st.full, link));
+                        let full = st.full || st.full_dirs.remove(&p);
+                        return Some((p, full, link));
                     }
                 }
             }
@@ -505,9 +560,23 @@ impl Mirror {
         self.lock().pending.extend(paths);
     }
 
-    /// A path could not be synchronised (connection lost): visit it again.
-    pub fn retry_pending(&self, p: RelPath) {
-        self.lock().pending.insert(p);
+    /// A path could not be synchronised: visit it again, and say why.
+    pub fn retry_pending(&self, p: RelPath, why: Option<String>) {
+        let mut st = self.lock();
+        if let Some(why) = why {
+            st.last_error = Some(format!("resync of {p}: {why}; retrying"));
+        }
+        st.pending.insert(p);
+    }
+
+    /// True when the application submitted an op in the last `within`.
+    pub fn app_active(&self, within: Duration) -> bool {
+        self.lock().app_active.elapsed() < within
+    }
+
+    /// The configured cap on the resync's data rate, bytes per second.
+    pub fn resync_rate_limit(&self) -> Option<u64> {
+        self.cfg.resync_rate_limit
     }
 
     /// Counts a synchronised path and the data bytes it took.
@@ -575,9 +644,33 @@ impl Replicate for MirrorRef {
         let m = &self.0;
         let mut st = m.lock();
         match st.role {
-            Role::Prim => Ok(()),
+            Role::Prim => {
+                // Once per directory per epoch: if this node dies with the op
+                // in flight, the files of these directories are compared.
+                let dirs: Vec<RelPath> = touched
+                    .paths
+                    .iter()
+                    .map(|p| p.split().map_or(RelPath::root(), |(d, _)| d))
+                    .filter(|d| !st.activity.contains(d))
+                    .collect();
+                st.activity.record(&dirs).map_err(|e| {
+                    error!(error = %e, "cannot record activity: refusing the change");
+                    io::Error::from_raw_os_error(libc::EIO)
+                })
+            }
             Role::Lost => Err(io::Error::from_raw_os_error(libc::EIO)),
             Role::Alone | Role::Resync => {
+                if st.role == Role::Resync {
+                    let dirs: Vec<RelPath> = touched
+                        .paths
+                        .iter()
+                        .map(|p| p.split().map_or(RelPath::root(), |(d, _)| d))
+                        .collect();
+                    st.activity.record(&dirs).map_err(|e| {
+                        error!(error = %e, "cannot record activity: refusing the change");
+                        io::Error::from_raw_os_error(libc::EIO)
+                    })?;
+                }
                 let mut paths = touched.paths.clone();
                 if let Some((from, to)) = &touched.rename {
                     // Recorded paths below the old name follow it.
@@ -611,7 +704,8 @@ impl Replicate for MirrorRef {
     fn submit(&self, op: Op, touched: &Touched) -> Ticket {
         let m = &self.0;
         let link = {
-            let st = m.lock();
+            let mut st = m.lock();
+            st.app_active = Instant::now();
             match st.role {
                 Role::Alone => return Ticket::done(Ok(Vec::new())),
                 Role::Lost => return Ticket::done(Err(libc::EIO)),

@@ -48,6 +48,7 @@ impl Peer {
             node: "node1".into(),
             peer: "node2".into(),
             history: vec![],
+            suspects: vec![],
         })
         .encode(&mut hello);
         send.write_all(&hello).await.unwrap();

@@ -23,9 +23,11 @@ use tracing::{debug, info, warn};
 
 use super::ops::{Ctx, Entry, Opened, Overlay, SetAttr};
 
-/// How long the kernel may cache names and attributes. Every change goes
-/// through this mount, which returns fresh attributes, so caching is safe.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache names and attributes. Every change to the
+/// backing tree goes through this mount, whose replies carry the new
+/// attributes, and the kernel invalidates what a write or a directory change
+/// makes stale, so long caching is safe and keeps tree walks off mirrorfs.
+const TTL: Duration = Duration::from_secs(60);
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;

@@ -973,7 +973,9 @@ impl Overlay {
         self.inodes.fd(ROOT_INO)
     }
 
-    pub(crate) fn sequence(&self) -> MutexGuard<'_, ()> {
+    /// The sequencer: held while a mutation is applied locally and submitted.
+    /// The resync and the epoch rotation take it to see no half-done mutation.
+    pub fn sequence(&self) -> MutexGuard<'_, ()> {
         self.sequencer.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -35,8 +35,13 @@ use crate::sys;
 
 /// Resync block size: the unit compared by checksum and resent when it differs.
 pub const BLOCK: u32 = 1 << 20;
-/// Block writes a file's resync keeps in flight.
+/// Block writes a file's resync keeps in flight while the application is idle.
 const WINDOW: usize = 16;
+/// ... and while it is active: every resync block in the stream delays the
+/// application's ops behind it, so only one is allowed ahead of them.
+const WINDOW_APP_ACTIVE: usize = 1;
+/// How recently an application op counts as "active".
+const ACTIVE: Duration = Duration::from_millis(100);
 
 /// Why one path's resync stopped.
 #[derive(Debug)]
@@ -72,10 +77,10 @@ pub fn run(overlay: Arc<Overlay>, mirror: Arc<Mirror>) {
                 mirror.resync_progress(bytes);
                 debug!(path = %path, bytes, "resynced");
             }
-            Err(Stop::Changed) => mirror.retry_pending(path),
+            Err(Stop::Changed) => mirror.retry_pending(path, None),
             Err(Stop::Failed(why)) => {
                 warn!(path = %path, %why, "resync of a path failed; retrying");
-                mirror.retry_pending(path);
+                mirror.retry_pending(path, Some(why));
                 // Back off: the connection is probably going, or the secondary
                 // cannot apply this (e.g. its disk is full).
                 link.wait_lost(Duration::from_secs(1));
@@ -310,6 +315,7 @@ impl Worker<'_> {
         let mut first = 0u64;
         let mut buf = vec![0u8; BLOCK as usize];
         let mut window: VecDeque<Receiver<Completion>> = VecDeque::new();
+        let started = std::time::Instant::now();
         loop {
             let size = sys::fstat(file.as_fd())?.st_size as u64;
             let blocks = size.div_ceil(u64::from(BLOCK));
@@ -355,9 +361,15 @@ impl Worker<'_> {
                 };
                 if let Some(rx) = rx {
                     window.push_back(rx);
-                    if window.len() >= WINDOW {
+                    let limit = if self.mirror.app_active(ACTIVE) {
+                        WINDOW_APP_ACTIVE
+                    } else {
+                        WINDOW
+                    };
+                    while window.len() >= limit {
                         self.wait(window.pop_front().expect("non-empty window"))?;
                     }
+                    self.pace(sent, started);
                 }
             }
             first += u64::from(count);
@@ -424,6 +436,16 @@ impl Worker<'_> {
             })
         };
         self.wait(rx).map(drop)
+    }
+
+    /// Sleeps as long as needed to keep under the configured rate cap.
+    fn pace(&self, sent: u64, started: std::time::Instant) {
+        if let Some(rate) = self.mirror.resync_rate_limit().filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
 
     /// True while `path` still names the inode `ident` describes.

@@ -23,6 +23,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::tls::{client_config, Identity, PinnedPeer, TlsError};
 use super::{transport, HANDSHAKE_TIMEOUT};
 use crate::proto::generation::{GenerationId, History};
+use crate::proto::path::RelPath;
 use crate::proto::stream::{Completion, Replicator};
 use crate::proto::wire::{Decoded, Frame, Hello, Op, Seq, PROTOCOL_VERSION};
 
@@ -85,6 +86,9 @@ pub struct LinkConfig {
     pub peer_timeout: Duration,
 }
 
+/// What the secondary's hello told: its history and suspect directories.
+type PeerHello = (Vec<u64>, Vec<RelPath>);
+
 struct Submission {
     op: Op,
     done: Sender<Completion>,
@@ -115,6 +119,8 @@ pub struct Link {
     shared: Arc<Shared>,
     /// The secondary's generation history as its hello said.
     peer_history: History,
+    /// Directories the secondary may hold unreplicated changes in.
+    peer_suspects: Vec<RelPath>,
 }
 
 impl Link {
@@ -145,10 +151,11 @@ impl Link {
             })
             .map_err(ConnectError::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(peer)) => Ok(Self {
+            Ok(Ok((peer, suspects))) => Ok(Self {
                 tx,
                 shared,
                 peer_history: History::from_ids(peer.into_iter().map(GenerationId).collect()),
+                peer_suspects: suspects,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Thread(io::Error::other(
@@ -160,6 +167,11 @@ impl Link {
     /// The secondary's generation history at connection time.
     pub fn peer_history(&self) -> &History {
         &self.peer_history
+    }
+
+    /// Directories the secondary may hold unreplicated changes in.
+    pub fn peer_suspects(&self) -> &[RelPath] {
+        &self.peer_suspects
     }
 
     /// Sends `op` behind everything submitted before; the receiver gets its
@@ -215,7 +227,7 @@ async fn drive(
     history: Vec<u64>,
     mut rx: mpsc::UnboundedReceiver<Submission>,
     shared: Arc<Shared>,
-    ready: std::sync::mpsc::Sender<Result<Vec<u64>, ConnectError>>,
+    ready: std::sync::mpsc::Sender<Result<PeerHello, ConnectError>>,
 ) {
     let (endpoint, conn, mut send, mut recv, peer_history) = match handshake(&cfg, history).await {
         Ok(x) => x,
@@ -413,7 +425,7 @@ async fn handshake(
         quinn::Connection,
         quinn::SendStream,
         quinn::RecvStream,
-        Vec<u64>,
+        PeerHello,
     ),
     ConnectError,
 > {
@@ -466,6 +478,7 @@ async fn handshake(
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
         history,
+        suspects: Vec::new(),
     })
     .encode(&mut hello);
     send.write_all(&hello).await.map_err(|e| closed(&e))?;
@@ -487,7 +500,7 @@ async fn handshake(
                     cfg.identity.name, cfg.pinned.name, h.node, h.peer
                 )));
             }
-            h.history
+            (h.history, h.suspects)
         }
         Frame::Refused { reason } => return Err(ConnectError::Refused { addr, reason }),
         other => {

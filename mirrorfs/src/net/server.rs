@@ -206,6 +206,9 @@ async fn serve_connection(
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
         history: history.ids().iter().map(|g| g.0).collect(),
+        suspects: applier
+            .suspects()
+            .map_err(|e| format!("replica metadata: {e}"))?,
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;

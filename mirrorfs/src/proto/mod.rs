@@ -9,3 +9,6 @@ pub mod generation;
 pub mod path;
 pub mod stream;
 pub mod wire;
+
+#[cfg(test)]
+mod sim_test;

@@ -428,7 +428,14 @@ pub struct Hello {
     pub peer: String,
     /// The sender's generation history, current first (empty: never synced).
     pub history: Vec<u64>,
+    /// Directories whose files this side may have changed without the other
+    /// knowing (writes in flight when it crashed as primary): their files are
+    /// compared by the resync. The root alone means "compare everything".
+    pub suspects: Vec<RelPath>,
 }
+
+/// Most suspect directories a hello carries; beyond, it sends the root alone.
+pub const MAX_SUSPECTS: usize = 16384;
 
 /// Everything that travels on the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -564,6 +571,10 @@ impl Frame {
                 for id in &h.history {
                     w.u64(*id);
                 }
+                w.u32(h.suspects.len() as u32);
+                for p in &h.suspects {
+                    w.path(p);
+                }
             }
             Self::Refused { reason } => {
                 w.u8(tag::REFUSED);
@@ -619,6 +630,13 @@ impl Frame {
                 node: r.text()?,
                 peer: r.text()?,
                 history: r.ids()?,
+                suspects: {
+                    let n = r.u32()? as usize;
+                    if n > MAX_SUSPECTS {
+                        return Err(WireError::Malformed("too many suspect directories"));
+                    }
+                    (0..n).map(|_| r.path()).collect::<Result<_, _>>()?
+                },
             }),
             tag::REFUSED => Self::Refused { reason: r.text()? },
             tag::OP => {

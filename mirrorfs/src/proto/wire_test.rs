@@ -46,6 +46,7 @@ fn every_frame_kind_round_trips() {
         node: "node1".into(),
         peer: "node2".into(),
         history: vec![3, 2, 1],
+        suspects: vec![RelPath::root(), p("a/b")],
     }));
     round_trip(&Frame::Data {
         seq: Seq(8),

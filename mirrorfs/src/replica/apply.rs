@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::meta::{Meta, META_DIR};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
-use crate::proto::wire::{encode_listing, HandleId, Op, Target, Timestamp};
+use crate::proto::wire::{encode_listing, HandleId, Op, Target, Timestamp, MAX_SUSPECTS};
 use crate::sys;
 
 /// Flags a replicated open may carry to the secondary.
@@ -65,6 +65,16 @@ impl Applier {
     /// This replica's generation history.
     pub fn history(&self) -> io::Result<History> {
         self.meta.load_history()
+    }
+
+    /// Directories this tree may hold unreplicated changes in (see
+    /// [`Meta::suspects`]), at most [`MAX_SUSPECTS`] (else the root alone).
+    pub fn suspects(&self) -> io::Result<Vec<RelPath>> {
+        let s = self.meta.suspects()?;
+        if s.len() > MAX_SUSPECTS {
+            return Ok(vec![RelPath::root()]);
+        }
+        Ok(s.into_iter().collect())
     }
 
     /// Replicated handles currently open.
@@ -447,6 +457,10 @@ impl Applier {
             Op::SetGeneration { ids } => {
                 let h = History::from_ids(ids.iter().map(|i| GenerationId(*i)).collect());
                 self.meta.save_history(&h)?;
+                // This tree now holds the primary's data: what it once changed
+                // on its own has been compared and replaced.
+                self.meta.dirty_log()?.clear()?;
+                self.meta.activity_log()?.clear()?;
             }
         }
         Ok(Applied::Done)
