@@ -21,3 +21,6 @@ mod hostile_peer;
 /// Issue 2, item 9: SQLite and PostgreSQL keep every commit across a SIGKILL of
 /// the primary's mirrorfs; Apache serves from the mount.
 mod mirror_apps;
+
+/// Issue 3: ALONE on peer loss, incremental and --full resync, split brain refused, status.
+mod mirror_resync;
