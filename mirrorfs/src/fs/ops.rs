@@ -155,8 +155,24 @@ fn timestamp(sec: i64, nsec: i64) -> Timestamp {
 }
 
 impl Overlay {
-    /// An overlay of `backing` (an existing directory) replicating through `repl`.
+    /// An overlay of `backing` (an existing directory) replicating through
+    /// `repl`, caching descriptors for up to half the open-files limit.
     pub fn new(backing: &Path, repl: Arc<dyn Replicate>) -> io::Result<Self> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: 1024,
+        };
+        // SAFETY: lim is valid for the call.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        Self::with_fd_budget(backing, repl, (lim.rlim_cur / 2) as usize)
+    }
+
+    /// As [`new`](Self::new), caching at most `budget` inode descriptors.
+    pub fn with_fd_budget(
+        backing: &Path,
+        repl: Arc<dyn Replicate>,
+        budget: usize,
+    ) -> io::Result<Self> {
         let root = File::open(backing)?;
         let root_fd: OwnedFd = root.into();
         let st = sys::fstat(root_fd.as_fd())?;
@@ -165,7 +181,7 @@ impl Overlay {
         }
         let path_fd = reopen(root_fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?;
         Ok(Self {
-            inodes: InodeTable::new(path_fd, key_of(&st)),
+            inodes: InodeTable::new(path_fd, key_of(&st), budget),
             handles: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -210,6 +226,11 @@ impl Overlay {
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
         self.io_modes.forget(ino);
+    }
+
+    /// Inodes the kernel knows, and descriptors cached for them.
+    pub fn inode_stats(&self) -> (usize, usize) {
+        (self.inodes.len(), self.inodes.cached())
     }
 
     /// The kernel accepted FUSE passthrough: read-only opens may use it.

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -343,7 +343,7 @@ impl Worker<'_> {
                     if !self.same_inode(path, &ident)? {
                         return Err(Stop::Changed);
                     }
-                    let n = read_full(file.as_fd(), &mut buf, offset)?;
+                    let n = sys::pread_full(file.as_fd(), &mut buf, offset)?;
                     if n == 0 {
                         break;
                     }
@@ -473,16 +473,4 @@ impl Worker<'_> {
         }
         Ok(())
     }
-}
-
-fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = sys::pread(fd, &mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }
