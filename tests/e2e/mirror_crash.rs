@@ -39,7 +39,12 @@ use crate::util::{
 const DEFAULT_ROUNDS: u64 = 20;
 /// The kill comes once the writer has seen between 1 and this many records
 /// acknowledged in the round (drawn from the seed).
-const MAX_ACKS_BEFORE_KILL: u64 = 200;
+const MAX_ACKS_BEFORE_KILL: u64 = 150;
+/// Then, up to this many microseconds later (drawn from the seed; about the
+/// time the writer takes for one record): so the SIGKILL lands anywhere in
+/// the record's operations, not always just after an acknowledgement. This
+/// places the kill; it waits for nothing.
+const MAX_KILL_JITTER_US: u64 = 3000;
 /// How long the first sync of an empty tree may take.
 const PRIM_DEADLINE: Duration = Duration::from_secs(30);
 /// From the start of the new primary's mount to PRIM with nothing dirty: its
@@ -62,20 +67,27 @@ const ALONE: [&str; 3] = ["--on-peer-loss=alone", "--peer-timeout", "2"];
 const LOGS: u64 = 3;
 
 /// The application: for record `seq` of round `round` it appends
-/// [`record_line`] to `logs/log<seq % LOGS>` and fsyncs it; for an even `seq`
-/// it writes [`file_content`] to `files/.tmp-<id>`, fsyncs it and renames it
-/// to `files/<id>` (fsyncing the dir); for an odd `seq` ≥ 3 it moves
-/// `files/<id of seq-3>` to `moved/` (fsyncing both dirs). Only then does it
-/// print the record's id, flushed: a printed id is an acknowledged record.
-/// The first error (the mount died) ends it.
+/// [`record_line`] to `logs/log<seq % LOGS>` and fsyncs it; appends
+/// [`chunk`] (1 to 64 KiB, so an op is in flight long enough for the kill to
+/// catch it applied on one side only) to `data/r<round>/chunks` and fsyncs
+/// it; for an even `seq` it writes [`file_content`] to `files/.tmp-<id>`,
+/// fsyncs it and renames it to `files/<id>` (fsyncing the dir); for an odd
+/// `seq` ≥ 3 it moves `files/<id of seq-3>` to `moved/` (fsyncing both
+/// dirs). Only then does it print the record's id, flushed: a printed id is
+/// an acknowledged record. The first error (the mount died) ends it.
 const WRITER: &str = r#"
 import os, sys
 root, rnd, logs_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-d = {n: os.path.join(root, n) for n in ("logs", "files", "moved")}
+d = {n: os.path.join(root, n) for n in ("logs", "files", "moved", "data/r%d" % rnd)}
 for p in d.values():
     os.makedirs(p, exist_ok=True)
 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 logs = [os.open(os.path.join(d["logs"], "log%d" % k), flags, 0o644) for k in range(logs_n)]
+data = os.open(os.path.join(d["data/r%d" % rnd], "chunks"), flags, 0o644)
+
+def write_all(fd, b):
+    while b:
+        b = b[os.write(fd, b):]
 
 def dirsync(p):
     fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
@@ -91,8 +103,12 @@ seq = 0
 while True:
     i = rid(seq)
     fd = logs[seq % logs_n]
-    os.write(fd, (i + " " + (i + ".") * (1 + seq * 7 % 23) + "\n").encode())
+    write_all(fd, (i + " " + (i + ".") * (1 + seq * 7 % 23) + "\n").encode())
     os.fsync(fd)
+    tag = "<" + i + ">"
+    size = 1024 * (1 + seq * 13 % 64)
+    write_all(data, (tag * (size // len(tag) + 1))[:size].encode())
+    os.fsync(data)
     if seq % 2 == 0:
         tmp = os.path.join(d["files"], ".tmp-" + i)
         with open(tmp, "wb") as f:
@@ -121,6 +137,13 @@ fn record_line(round: u64, seq: u64) -> String {
         "{id} {}\n",
         format!("{id}.").repeat((1 + seq * 7 % 23) as usize)
     )
+}
+
+/// What record `seq` of `round` appends to `data/r<round>/chunks`.
+fn chunk(round: u64, seq: u64) -> Vec<u8> {
+    let tag = format!("<{}>", record_id(round, seq));
+    let size = 1024 * (1 + seq * 13 % 64) as usize;
+    tag.repeat(size / tag.len() + 1).into_bytes()[..size].to_vec()
 }
 
 /// The bytes of the small file record `seq` (even) creates.
@@ -172,6 +195,14 @@ fn check_records(root: &Path, acked: &[u64]) -> io::Result<Vec<String>> {
     }
     for (round, &n) in acked.iter().enumerate() {
         let round = round as u64;
+        let rel = format!("data/r{round}/chunks");
+        match fs::read(root.join(&rel)) {
+            Ok(data) => problems.extend(check_chunks(&rel, &data, round, n)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                problems.push(format!("{rel}: missing"));
+            }
+            Err(e) => return Err(e),
+        }
         for seq in 0..n {
             if !seen.contains(&(round, seq)) {
                 problems.push(format!(
@@ -229,6 +260,43 @@ fn check_records(root: &Path, acked: &[u64]) -> io::Result<Vec<String>> {
     Ok(problems)
 }
 
+/// `data` (the file `rel`) must hold the chunks of records 0..n, then at
+/// most a part of the chunk of record n (in flight at the kill: it may be
+/// there whole, in part, or not at all), and nothing else.
+fn check_chunks(rel: &str, data: &[u8], round: u64, n: u64) -> Option<String> {
+    let mut at = 0;
+    for seq in 0..=n {
+        let want = chunk(round, seq);
+        let got = &data[at.min(data.len())..(at + want.len()).min(data.len())];
+        if got != &want[..got.len()] {
+            return Some(format!(
+                "{rel}: at offset {at}, not the chunk of {}{}",
+                record_id(round, seq),
+                if seq < n {
+                    " (acknowledged)"
+                } else {
+                    " (in flight)"
+                }
+            ));
+        }
+        if got.len() < want.len() && seq < n {
+            return Some(format!(
+                "{rel}: ends at {} bytes, in the acknowledged chunk of {}",
+                data.len(),
+                record_id(round, seq)
+            ));
+        }
+        at += want.len();
+    }
+    (data.len() > at).then(|| {
+        format!(
+            "{rel}: {} bytes after the chunk of {}, which no acknowledged record wrote",
+            data.len() - at,
+            record_id(round, n)
+        )
+    })
+}
+
 fn tail_chars(s: &str, n: usize) -> String {
     let chars: Vec<char> = s.chars().collect();
     chars[chars.len().saturating_sub(n)..].iter().collect()
@@ -275,14 +343,16 @@ fn primary_kill_rounds_lose_no_acknowledged_write() -> Result<()> {
         let p = (round % 2) as usize;
         let s = 1 - p;
         let target = 1 + rng.below(MAX_ACKS_BEFORE_KILL);
+        let jitter = Duration::from_micros(rng.below(MAX_KILL_JITTER_US + 1));
         let what = format!(
-            "round {round} (primary {}, kill after {target} acknowledged records)",
+            "round {round} (primary {}, kill {jitter:?} after {target} acknowledged records)",
             c.sides[p].name
         );
         c.start_writer(p, round)?;
         c.writer()?
             .wait_acks(target)
             .with_context(|| what.clone())?;
+        thread::sleep(jitter);
         c.kill_mount(p).with_context(|| what.clone())?;
         let n = c
             .writer
@@ -333,7 +403,8 @@ fn primary_kill_rounds_lose_no_acknowledged_write() -> Result<()> {
             )
         })?;
         println!(
-            "round {round}: {} killed after {n} acknowledged records (target {target}); \
+            "round {round}: {} killed after {n} acknowledged records (target {target}, \
+             then {jitter:?}); \
              the dirs {} at the kill; {} PRIM {to_prim:?} after the failover began \
              (generation {}); verify clean",
             c.sides[p].name,
@@ -1037,6 +1108,10 @@ mod tests {
         for (k, text) in logs.iter().enumerate() {
             fs::write(root.join(format!("logs/log{k}")), text).unwrap();
         }
+        fs::create_dir_all(root.join("data/r0")).unwrap();
+        let mut chunks: Vec<u8> = (0..5).flat_map(|seq| chunk(0, seq)).collect();
+        chunks.extend_from_slice(&chunk(0, 5)[..100]); // in flight: torn
+        fs::write(root.join("data/r0/chunks"), &chunks).unwrap();
         fs::write(root.join("moved/r0-0"), file_content(0, 0)).unwrap();
         fs::write(root.join("files/r0-2"), file_content(0, 2)).unwrap();
         fs::write(root.join("files/r0-4"), file_content(0, 4)).unwrap();
@@ -1058,5 +1133,19 @@ mod tests {
         assert!(problems[1].contains("r0-9"), "{problems:#?}");
         assert!(problems[2].contains("r0-1 is missing"), "{problems:#?}");
         assert!(problems[3].contains("r0-4 is missing"), "{problems:#?}");
+        // Chunks: a whole in-flight chunk is fine; more, or a lost one, not.
+        let whole: Vec<u8> = (0..6).flat_map(|seq| chunk(0, seq)).collect();
+        assert_eq!(check_chunks("c", &whole, 0, 5), None);
+        assert_eq!(check_chunks("c", &whole[..whole.len() - 1], 0, 5), None);
+        assert!(check_chunks("c", &whole, 0, 4)
+            .unwrap()
+            .contains("after the chunk of r0-4"));
+        let lost = &whole[..chunk(0, 0).len() + 10];
+        assert!(check_chunks("c", lost, 0, 5)
+            .unwrap()
+            .contains("acknowledged chunk of r0-1"));
+        let mut bad = whole.clone();
+        bad[5] ^= 1;
+        assert!(check_chunks("c", &bad, 0, 5).unwrap().contains("offset 0"));
     }
 }
