@@ -175,13 +175,37 @@ fn check_records(root: &Path, acked: &[u64]) -> io::Result<Vec<String>> {
             Err(e) => return Err(e),
         };
         for (n, line) in text.split_inclusive('\n').enumerate() {
+            let valid = |line: &str| {
+                let id = line.split(' ').next().unwrap_or_default();
+                parse_id(id).filter(|&(r, s)| {
+                    usize::try_from(r).is_ok_and(|r| r < acked.len())
+                        && s <= acked[r as usize]
+                        && s % LOGS == k
+                        && line == record_line(r, s)
+                })
+            };
             let id = line.split(' ').next().unwrap_or_default();
-            let ok = parse_id(id).filter(|&(r, s)| {
-                usize::try_from(r).is_ok_and(|r| r < acked.len())
-                    && s <= acked[r as usize]
-                    && s % LOGS == k
-                    && line == record_line(r, s)
-            });
+            let mut ok = valid(line);
+            if ok.is_none() {
+                // The record in flight at a kill may be torn (the kernel may
+                // split one write into several requests, and the kill can
+                // fall between them): a prefix of it, then nothing or the
+                // next whole record appended by a later round.
+                if let Some((r, s)) = parse_id(id) {
+                    let in_flight = usize::try_from(r).is_ok_and(|r| r < acked.len())
+                        && s == acked[r as usize]
+                        && s % LOGS == k;
+                    let full = record_line(r, s);
+                    let torn = (1..full.len()).rev().find(|&cut| {
+                        line.starts_with(&full[..cut])
+                            && (line.len() == cut
+                                || valid(&line[cut..]).is_some_and(|rs| seen.insert(rs)))
+                    });
+                    if in_flight && torn.is_some() {
+                        ok = Some((r, s));
+                    }
+                }
+            }
             match ok {
                 Some(rs) if seen.insert(rs) => {}
                 Some(_) => problems.push(format!("{rel} line {}: {id} appears twice", n + 1)),
