@@ -10,8 +10,9 @@
 //! root (secondary); acknowledge to an application a mutation the secondary has not
 //! applied; accept a peer whose certificate is not the pinned one.
 
+pub mod fs;
+pub mod net;
 pub mod proto;
 pub mod replica;
 pub mod sys;
-pub mod net;
-pub mod fs;
+pub mod verify;

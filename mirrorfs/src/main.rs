@@ -21,7 +21,11 @@ use mirrorfs::net::server::{self, ServeConfig};
 use mirrorfs::net::tls;
 
 #[derive(Parser, Debug)]
-#[command(name = "mirrorfs", version, about = "Synchronous replication of a directory to a second node")]
+#[command(
+    name = "mirrorfs",
+    version,
+    about = "Synchronous replication of a directory to a second node"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -77,6 +81,10 @@ struct ServeArgs {
     /// Seconds without any packet from the primary before its connection is dropped.
     #[arg(long = "peer-timeout", default_value_t = 5.0, value_parser = parse_secs)]
     peer_timeout: f64,
+    /// Keep running when the process that started this one exits (by default a
+    /// supervised mirrorfs stops with its supervisor, so none is left behind).
+    #[arg(long = "outlive-parent")]
+    outlive_parent: bool,
 }
 
 #[derive(Args, Debug)]
@@ -107,12 +115,18 @@ struct MountArgs {
     /// Log file when detached (default: BACKING/.mirrorfs/mount.log).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Keep running when the process that started this one exits (by default a
+    /// supervised mirrorfs stops, and unmounts, with its supervisor).
+    #[arg(long = "outlive-parent")]
+    outlive_parent: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 3600")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
     }
 }
 
@@ -121,8 +135,8 @@ fn main() -> ExitCode {
     init_logging();
     let r = match cli.cmd {
         Cmd::Keygen { dir, name } => keygen(&dir, &name),
-        Cmd::Serve(a) => serve(a),
-        Cmd::Mount(a) if a.foreground => mount(a),
+        Cmd::Serve(a) => tie_to_parent(a.outlive_parent).and_then(|()| serve(a)),
+        Cmd::Mount(a) if a.foreground => tie_to_parent(a.outlive_parent).and_then(|()| mount(a)),
         Cmd::Mount(a) => detach(a),
         Cmd::Verify { a, b } => return verify(&a, &b),
     };
@@ -146,12 +160,38 @@ fn init_logging() {
         .init();
 }
 
+/// Unless `outlive`, asks the kernel to send us SIGTERM (a clean stop) when the
+/// process that started us dies, so that no orphaned server or mount is left.
+fn tie_to_parent(outlive: bool) -> Result<(), String> {
+    if outlive {
+        return Ok(());
+    }
+    // SAFETY: getppid and prctl(PR_SET_PDEATHSIG) have no memory effects.
+    let parent = unsafe { libc::getppid() };
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+        return Err(format!(
+            "prctl(PR_SET_PDEATHSIG): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // The parent may have died before the prctl took effect.
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } != parent {
+        return Err("the process that started mirrorfs has already exited".into());
+    }
+    Ok(())
+}
+
 fn keygen(dir: &Path, name: &str) -> Result<(), String> {
     let (key, cert) = tls::keygen(dir, name).map_err(|e| e.to_string())?;
     let id = tls::load_identity(&key, &cert).map_err(|e| e.to_string())?;
     println!("wrote {} and {}", key.display(), cert.display());
     println!("node {name}: certificate sha256 {}", id.fingerprint());
-    println!("copy {} to the peer; it passes it as --peer-cert", cert.display());
+    println!(
+        "copy {} to the peer; it passes it as --peer-cert",
+        cert.display()
+    );
     Ok(())
 }
 
@@ -196,10 +236,16 @@ fn serve(a: ServeArgs) -> Result<(), String> {
 
 fn check_dirs(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf), String> {
     let b = backing.canonicalize().map_err(|e| {
-        format!("--backing {}: {e}: create the directory first", backing.display())
+        format!(
+            "--backing {}: {e}: create the directory first",
+            backing.display()
+        )
     })?;
     let m = mountpoint.canonicalize().map_err(|e| {
-        format!("--mountpoint {}: {e}: create the directory first", mountpoint.display())
+        format!(
+            "--mountpoint {}: {e}: create the directory first",
+            mountpoint.display()
+        )
     })?;
     if !b.is_dir() || !m.is_dir() {
         return Err(format!(
@@ -273,7 +319,8 @@ fn detach(a: MountArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| backing.join(META_DIR).join("mount.log"));
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let logfile = std::fs::OpenOptions::new()
         .create(true)
@@ -281,7 +328,9 @@ fn detach(a: MountArgs) -> Result<(), String> {
         .open(&log)
         .map_err(|e| format!("cannot open the log {}: {e}", log.display()))?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The detached child outlives this process, which returns once mounted.
     args.push("--foreground".into());
+    args.push("--outlive-parent".into());
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
@@ -295,16 +344,31 @@ fn detach(a: MountArgs) -> Result<(), String> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the mount process: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the mount process: {e}"))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let last = tail.lines().rev().find(|l| l.starts_with("mirrorfs:")).unwrap_or("");
-            return Err(format!("the mount process exited ({status}): {last} (log: {})", log.display()));
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("mirrorfs:"))
+                .unwrap_or("");
+            return Err(format!(
+                "the mount process exited ({status}): {last} (log: {})",
+                log.display()
+            ));
         }
         if is_mounted(&mountpoint) {
-            println!("mounted {} at {} (pid {}, log {})", backing.display(), mountpoint.display(), child.id(), log.display());
+            println!(
+                "mounted {} at {} (pid {}, log {})",
+                backing.display(),
+                mountpoint.display(),
+                child.id(),
+                log.display()
+            );
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -323,7 +387,29 @@ fn is_mounted(mountpoint: &Path) -> bool {
 }
 
 fn verify(a: &Path, b: &Path) -> ExitCode {
-    let _ = (a, b);
-    eprintln!("mirrorfs: verify is not built yet");
-    ExitCode::from(2)
+    let opts = mirrorfs::verify::VerifyOptions::default();
+    match mirrorfs::verify::compare(a, b, &opts) {
+        Ok(report) if report.differences.is_empty() => {
+            println!(
+                "identical: {} entries, {} bytes compared",
+                report.summary.entries, report.summary.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            for d in &report.differences {
+                println!("{d}");
+            }
+            println!(
+                "{} differences in {} entries",
+                report.differences.len(),
+                report.summary.entries
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("mirrorfs: verify: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -274,14 +274,7 @@ pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Resu
     let p = proc_fd_path(fd);
     let n = cstr(name)?;
     // SAFETY: valid C strings; buf is writable for its length.
-    cvt_size(unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })
+    cvt_size(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// listxattr on the inode held by `fd`; with an empty `buf`, the list's size.

@@ -149,12 +149,20 @@ fn time_or_now(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
 }
 
 impl MirrorFs {
-    fn backing_for(&self, ino: u64, opened: &Opened, reply: &ReplyOpen) -> io::Result<Arc<BackingId>> {
+    fn backing_for(
+        &self,
+        ino: u64,
+        opened: &Opened,
+        reply: &ReplyOpen,
+    ) -> io::Result<Arc<BackingId>> {
         let file = opened
             .passthrough
             .as_ref()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let mut by_ino = self.backing_by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_ino = self
+            .backing_by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(id) = by_ino.get(&ino).and_then(Weak::upgrade) {
             return Ok(id);
         }
@@ -171,7 +179,9 @@ impl Filesystem for MirrorFs {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
             if !ok {
-                info!("the kernel offers no FUSE passthrough: read-only opens are served by mirrorfs");
+                info!(
+                    "the kernel offers no FUSE passthrough: read-only opens are served by mirrorfs"
+                );
             }
             self.passthrough.store(ok, Ordering::Relaxed);
             self.ops.enable_passthrough(ok);
@@ -402,7 +412,14 @@ impl Filesystem for MirrorFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(reply, self.ops.fsync(ino.0, fh.0, datasync));
     }
 
@@ -509,7 +526,10 @@ impl Filesystem for MirrorFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.ops.create(ctx(req), parent.0, name, mode, umask, flags) {
+        match self
+            .ops
+            .create(ctx(req), parent.0, name, mode, umask, flags)
+        {
             Ok((e, o)) => reply.created(
                 &TTL,
                 &attr(e.ino, &e.attr),

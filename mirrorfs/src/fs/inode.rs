@@ -195,7 +195,11 @@ impl InodeTable {
         if let Some(ino) = t.by_key.get(&key).copied() {
             let node = t.nodes.get_mut(&ino).expect("by_key and nodes agree");
             node.names.retain(|(p, n)| !(*p == parent && n == name));
-            if !node.names.iter().any(|(p, n)| *p == newparent && n == newname) {
+            if !node
+                .names
+                .iter()
+                .any(|(p, n)| *p == newparent && n == newname)
+            {
                 node.names.insert(0, (newparent, newname.to_owned()));
             }
         }

@@ -125,7 +125,9 @@ impl IoModes {
     /// The kernel forgot `ino`: forget what we learned about it.
     pub fn forget(&self, ino: u64) {
         let mut m = self.lock();
-        if m.get(&ino).is_some_and(|e| e.writers == 0 && e.passthrough == 0 && e.waiting_writers == 0) {
+        if m.get(&ino)
+            .is_some_and(|e| e.writers == 0 && e.passthrough == 0 && e.waiting_writers == 0)
+        {
             m.remove(&ino);
         }
     }
@@ -154,7 +156,7 @@ mod tests {
         let m2 = m.clone();
         let writer = std::thread::spawn(move || m2.open_write(1));
         // The writer is waiting once the inode is marked hot.
-        while !m.lock().get(&1).is_some_and(|e| e.waiting_writers == 1) {
+        while m.lock().get(&1).is_none_or(|e| e.waiting_writers != 1) {
             std::thread::yield_now();
         }
         m.release(1, false, true);

@@ -525,8 +525,7 @@ impl Overlay {
                 fd.as_fd(),
                 libc::O_RDONLY | (flags & libc::O_NONBLOCK),
             )?));
-            let allowed =
-                self.passthrough.load(Ordering::Relaxed) && is_kind(&st, libc::S_IFREG);
+            let allowed = self.passthrough.load(Ordering::Relaxed) && is_kind(&st, libc::S_IFREG);
             let mode = self.io_modes.open_read(ino, allowed);
             let passthrough = (mode == ReadMode::Passthrough).then(|| file.clone());
             let fh = self.insert_handle(ino, file, false, false, passthrough.is_some());
@@ -591,7 +590,12 @@ impl Overlay {
                 // It appeared since the kernel's lookup: open it, as open(2) would.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                     let trunc = flags & libc::O_TRUNC;
-                    let fd = sys::openat(pfd.as_fd(), name, libc::O_RDWR | libc::O_NOFOLLOW | keep | trunc, 0)?;
+                    let fd = sys::openat(
+                        pfd.as_fd(),
+                        name,
+                        libc::O_RDWR | libc::O_NOFOLLOW | keep | trunc,
+                        0,
+                    )?;
                     (fd, false)
                 }
                 Err(e) => return Err(e),
@@ -624,7 +628,11 @@ impl Overlay {
                     flags: ((keep & SYNC_FLAGS) | (flags & libc::O_TRUNC)) as u32,
                 }
             };
-            let ops = if is_new || writable { vec![op] } else { Vec::new() };
+            let ops = if is_new || writable {
+                vec![op]
+            } else {
+                Vec::new()
+            };
             Ok((
                 (
                     entry,
@@ -744,7 +752,13 @@ impl Overlay {
         }
         let len = len.min(u64::from(u32::MAX) & !0xfff);
         self.mutate(|| {
-            let n = sys::copy_file_range(src.file.as_fd(), offset_in, dst.file.as_fd(), offset_out, len)?;
+            let n = sys::copy_file_range(
+                src.file.as_fd(),
+                offset_in,
+                dst.file.as_fd(),
+                offset_out,
+                len,
+            )?;
             let ops = if dst.replicated && n > 0 {
                 vec![Op::CopyRange {
                     src: self.target(ino_in, Some(fh_in))?,
@@ -780,9 +794,15 @@ impl Overlay {
             let target = || self.target(ino, fh);
             let mut ops = Vec::new();
             if let Some(size) = attr.size {
-                match fh.and_then(|fh| self.handle(fh).ok()).filter(|h| h.writable) {
+                match fh
+                    .and_then(|fh| self.handle(fh).ok())
+                    .filter(|h| h.writable)
+                {
                     Some(h) => sys::ftruncate(h.file.as_fd(), size)?,
-                    None => sys::ftruncate(reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?.as_fd(), size)?,
+                    None => sys::ftruncate(
+                        reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?.as_fd(),
+                        size,
+                    )?,
                 }
                 ops.push(Op::Truncate {
                     target: target()?,
@@ -824,12 +844,8 @@ impl Overlay {
                 let st = sys::fstat(fd.as_fd())?;
                 ops.push(Op::SetTimes {
                     target: target()?,
-                    atime: attr
-                        .atime
-                        .map(|_| timestamp(st.st_atime, st.st_atime_nsec)),
-                    mtime: attr
-                        .mtime
-                        .map(|_| timestamp(st.st_mtime, st.st_mtime_nsec)),
+                    atime: attr.atime.map(|_| timestamp(st.st_atime, st.st_atime_nsec)),
+                    mtime: attr.mtime.map(|_| timestamp(st.st_mtime, st.st_mtime_nsec)),
                 });
             }
             let st = sys::fstat(fd.as_fd())?;
@@ -935,16 +951,19 @@ impl Overlay {
         passthrough: bool,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).insert(
-            fh,
-            Arc::new(Handle {
-                ino,
-                file,
-                writable,
-                replicated,
-                passthrough,
-            }),
-        );
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                fh,
+                Arc::new(Handle {
+                    ino,
+                    file,
+                    writable,
+                    replicated,
+                    passthrough,
+                }),
+            );
         fh
     }
 
@@ -1019,7 +1038,13 @@ impl Overlay {
             let fd = self.inodes.fd(entry.ino)?;
             sys::chmod_fd(fd.as_fd(), mode)?;
             let st = sys::fstat(fd.as_fd())?;
-            return Ok((Entry { ino: entry.ino, attr: st }, st));
+            return Ok((
+                Entry {
+                    ino: entry.ino,
+                    attr: st,
+                },
+                st,
+            ));
         }
         Ok((entry, entry.attr))
     }

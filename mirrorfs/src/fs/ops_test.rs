@@ -37,7 +37,9 @@ fn setup() -> (tempfile::TempDir, Arc<Recorder>, Overlay) {
 #[test]
 fn create_write_rename_unlink_submit_the_right_ops() {
     let (dir, rec, ov) = setup();
-    let d = ov.mkdir(USER, ROOT_INO, OsStr::new("d"), 0o755, 0o022).unwrap();
+    let d = ov
+        .mkdir(USER, ROOT_INO, OsStr::new("d"), 0o755, 0o022)
+        .unwrap();
     let (e, o) = ov
         .create(USER, d.ino, OsStr::new("f"), 0o666, 0o022, libc::O_WRONLY)
         .unwrap();
@@ -127,7 +129,15 @@ fn setattr_sends_explicit_values() {
             size: 10
         }
     );
-    assert!(matches!(&ops[1], Op::Chown { uid: Some(7), gid: None, mode: None, .. }));
+    assert!(matches!(
+        &ops[1],
+        Op::Chown {
+            uid: Some(7),
+            gid: None,
+            mode: None,
+            ..
+        }
+    ));
     assert_eq!(
         ops[2],
         Op::Chmod {

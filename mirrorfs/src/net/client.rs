@@ -46,7 +46,9 @@ pub enum ConnectError {
         port: u16,
     },
     /// The QUIC/TLS handshake failed (wrong certificate on either side, …).
-    #[error("the secondary at {addr} refused the connection or could not be authenticated: {reason}")]
+    #[error(
+        "the secondary at {addr} refused the connection or could not be authenticated: {reason}"
+    )]
     Handshake {
         /// The peer address.
         addr: SocketAddr,
@@ -333,7 +335,12 @@ async fn drive(
                         }
                     }
                     None => {
-                        if core.lock().unwrap_or_else(|e| e.into_inner()).lost().is_some() {
+                        if core
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .lost()
+                            .is_some()
+                        {
                             return;
                         }
                         wake_timer.notified().await;
@@ -406,7 +413,8 @@ async fn handshake(
     };
     // TLS 1.3: the server checks our certificate after the client considers the
     // handshake done, so a refusal shows up as the connection's close reason.
-    let closed = |e: &dyn std::fmt::Display| match conn.close_reason() {
+    let closed = |e: &dyn std::fmt::Display| {
+        match conn.close_reason() {
         Some(reason) => ConnectError::Handshake {
             addr,
             reason: format!(
@@ -415,6 +423,7 @@ async fn handshake(
             ),
         },
         None => handshake_err(e),
+    }
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
     let mut hello = Vec::new();

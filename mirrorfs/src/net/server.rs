@@ -79,59 +79,89 @@ pub struct ServeStats {
 
 /// Runs the server until `shutdown` completes.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    // Modes arrive exactly as the primary applied them.
-    sys::set_umask(0);
-    // Check the root now, so a typo fails at start, not at the first op.
-    Applier::open(&cfg.root).map_err(|source| ServeError::Root {
-        path: cfg.root.clone(),
-        source,
-    })?;
-    let mut server = server_config(&cfg.identity, &cfg.pinned)?;
-    server.transport_config(Arc::new(transport(cfg.idle_timeout)));
-    let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| ServeError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
-    info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
-    let cfg = Arc::new(cfg);
-    let stats = Arc::new(ServeStats::default());
-    // Each new connection bumps the generation; older handlers see it and stop.
-    let (current_tx, current_rx) = watch::channel(0u64);
-    let mut generation = 0u64;
-    tokio::pin!(shutdown);
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => i,
-            _ = &mut shutdown => break,
-        };
-        let Some(incoming) = incoming else { break };
-        generation += 1;
-        let _ = current_tx.send(generation);
-        let (cfg, stats, current) = (cfg.clone(), stats.clone(), current_rx.clone());
-        let remote = incoming.remote_address();
-        let span = info_span!("conn", %remote, n = generation);
-        tokio::spawn(
-            async move {
-                match incoming.await {
-                    Ok(conn) => {
-                        if let Err(reason) = serve_connection(&cfg, &stats, conn, generation, current).await {
-                            stats.rejected.fetch_add(1, Ordering::Relaxed);
-                            warn!(%reason, "connection closed");
-                        }
-                    }
-                    // Wrong certificate and the like: rustls/quinn say why.
-                    Err(e) => warn!(error = %e, "handshake refused"),
-                }
-            }
-            .instrument(span),
-        );
-    }
-    info!("shutting down");
-    endpoint.close(0u32.into(), b"shutdown");
-    tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle())
-        .await
-        .ok();
+    Server::bind(cfg)?.run(shutdown).await;
     Ok(())
+}
+
+/// A bound, not yet serving, secondary (tests bind port 0 and ask the address).
+#[derive(Debug)]
+pub struct Server {
+    cfg: ServeConfig,
+    endpoint: quinn::Endpoint,
+}
+
+impl Server {
+    /// Checks the root and the TLS files, and binds the UDP socket. Must be
+    /// called inside a tokio runtime.
+    pub fn bind(cfg: ServeConfig) -> Result<Self, ServeError> {
+        // Modes arrive exactly as the primary applied them.
+        sys::set_umask(0);
+        // Check the root now, so a typo fails at start, not at the first op.
+        Applier::open(&cfg.root).map_err(|source| ServeError::Root {
+            path: cfg.root.clone(),
+            source,
+        })?;
+        let mut server = server_config(&cfg.identity, &cfg.pinned)?;
+        server.transport_config(Arc::new(transport(cfg.idle_timeout)));
+        let endpoint =
+            quinn::Endpoint::server(server, cfg.listen).map_err(|source| ServeError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        Ok(Self { cfg, endpoint })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self { cfg, endpoint } = self;
+        info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
+        let cfg = Arc::new(cfg);
+        let stats = Arc::new(ServeStats::default());
+        // Each connection that passes the hello becomes the current one; older
+        // handlers see the change and stop. Authentication comes first, so no
+        // stranger can push the primary off.
+        let current = Arc::new(watch::channel(0u64).0);
+        let mut generation = 0u64;
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => i,
+                _ = &mut shutdown => break,
+            };
+            let Some(incoming) = incoming else { break };
+            generation += 1;
+            let (cfg, stats, current) = (cfg.clone(), stats.clone(), current.clone());
+            let remote = incoming.remote_address();
+            let span = info_span!("conn", %remote, n = generation);
+            tokio::spawn(
+                async move {
+                    match incoming.await {
+                        Ok(conn) => {
+                            if let Err(reason) =
+                                serve_connection(&cfg, &stats, conn, generation, current).await
+                            {
+                                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                warn!(%reason, "connection closed");
+                            }
+                        }
+                        // Wrong certificate and the like: rustls/quinn say why.
+                        Err(e) => warn!(error = %e, "handshake refused"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        info!("shutting down");
+        endpoint.close(0u32.into(), b"shutdown");
+        tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle())
+            .await
+            .ok();
+    }
 }
 
 /// Serves one authenticated connection until it ends or a newer one replaces
@@ -141,7 +171,7 @@ async fn serve_connection(
     stats: &ServeStats,
     conn: quinn::Connection,
     generation: u64,
-    mut current: watch::Receiver<u64>,
+    current_tx: Arc<watch::Sender<u64>>,
 ) -> Result<(), String> {
     let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
         .await
@@ -174,6 +204,8 @@ async fn serve_connection(
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
+    current_tx.send_replace(generation);
+    let mut current = current_tx.subscribe();
     info!(primary = %cfg.pinned.name, "primary connected");
 
     let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;

@@ -97,7 +97,10 @@ impl RelPath {
             return None;
         }
         Some(match self.0.iter().rposition(|b| *b == b'/') {
-            Some(i) => (Self(self.0[..i].to_vec()), OsStr::from_bytes(&self.0[i + 1..])),
+            Some(i) => (
+                Self(self.0[..i].to_vec()),
+                OsStr::from_bytes(&self.0[i + 1..]),
+            ),
             None => (Self::root(), OsStr::from_bytes(&self.0)),
         })
     }
@@ -173,9 +176,11 @@ mod tests {
         }
     }
 
+    type Case = (&'static [u8], fn(&PathError) -> bool);
+
     #[test]
     fn rejects_hostile_paths() {
-        let cases: &[(&[u8], fn(&PathError) -> bool)] = &[
+        let cases: &[Case] = &[
             (b"/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
             (b"..", |e| matches!(e, PathError::DotDot(_))),
             (b"a/../../b", |e| matches!(e, PathError::DotDot(_))),

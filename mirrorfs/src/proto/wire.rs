@@ -936,10 +936,18 @@ impl<'a> Reader<'a> {
         }
     }
     fn opt_u32(&mut self) -> Result<Option<u32>, WireError> {
-        Ok(if self.flag()? { Some(self.u32()?) } else { None })
+        Ok(if self.flag()? {
+            Some(self.u32()?)
+        } else {
+            None
+        })
     }
     fn opt_u64(&mut self) -> Result<Option<u64>, WireError> {
-        Ok(if self.flag()? { Some(self.u64()?) } else { None })
+        Ok(if self.flag()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
     }
     fn opt_time(&mut self) -> Result<Option<Timestamp>, WireError> {
         if !self.flag()? {

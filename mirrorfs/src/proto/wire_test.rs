@@ -13,7 +13,10 @@ fn p(s: &str) -> RelPath {
 fn round_trip(f: &Frame) {
     let mut buf = Vec::new();
     f.encode(&mut buf);
-    assert_eq!(Frame::decode(&buf), Ok(Decoded::Frame(f.clone(), buf.len())));
+    assert_eq!(
+        Frame::decode(&buf),
+        Ok(Decoded::Frame(f.clone(), buf.len()))
+    );
     // Every strict prefix is incomplete, never an error.
     for cut in [0, 1, 3, 4, buf.len() - 1] {
         assert_eq!(Frame::decode(&buf[..cut]), Ok(Decoded::Incomplete));
@@ -218,30 +221,44 @@ fn arb_target() -> impl Strategy<Value = Target> {
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (arb_path(), any::<u32>(), any::<u32>(), any::<u32>(), any::<Option<u64>>()).prop_map(
-            |(path, mode, uid, gid, h)| Op::Create {
+        (
+            arb_path(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(|(path, mode, uid, gid, h)| Op::Create {
                 path,
                 mode,
                 uid,
                 gid,
                 handle: h.map(HandleId),
                 flags: 0
-            }
-        ),
+            }),
         (arb_path(), arb_path(), any::<u32>()).prop_map(|(from, to, flags)| Op::Rename {
             from,
             to,
             flags
         }),
-        (arb_target(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
-            |(target, offset, data)| Op::Write {
+        (
+            arb_target(),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(target, offset, data)| Op::Write {
                 target,
                 offset,
                 data
+            }),
+        (arb_target(), any::<Option<u32>>(), any::<Option<u32>>()).prop_map(
+            |(target, uid, gid)| Op::Chown {
+                target,
+                uid,
+                gid,
+                mode: None
             }
         ),
-        (arb_target(), any::<Option<u32>>(), any::<Option<u32>>())
-            .prop_map(|(target, uid, gid)| Op::Chown { target, uid, gid, mode: None }),
         (arb_target(), any::<bool>()).prop_map(|(target, datasync)| Op::Fsync { target, datasync }),
         arb_path().prop_map(|path| Op::Unlink { path }),
     ]

@@ -96,8 +96,14 @@ impl Applier {
             } => {
                 let (dir, name) = self.parent(path)?;
                 let kind = mode & libc::S_IFMT;
-                if ![libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK, libc::S_IFREG]
-                    .contains(&kind)
+                if ![
+                    libc::S_IFIFO,
+                    libc::S_IFSOCK,
+                    libc::S_IFCHR,
+                    libc::S_IFBLK,
+                    libc::S_IFREG,
+                ]
+                .contains(&kind)
                 {
                     return Err(io::Error::from_raw_os_error(libc::EINVAL));
                 }
@@ -312,29 +318,25 @@ impl Applier {
     fn object(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(
-                self.resolve(p, libc::O_PATH | libc::O_NOFOLLOW)?,
-            )),
+            Target::Path(p) => Ok(Fd::Owned(self.resolve(p, libc::O_PATH | libc::O_NOFOLLOW)?)),
         }
     }
 
     fn writable(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(self.resolve(
-                p,
-                libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-            )?)),
+            Target::Path(p) => Ok(Fd::Owned(
+                self.resolve(p, libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?,
+            )),
         }
     }
 
     fn readable(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(self.resolve(
-                p,
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-            )?)),
+            Target::Path(p) => Ok(Fd::Owned(
+                self.resolve(p, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?,
+            )),
         }
     }
 }

@@ -81,7 +81,10 @@ fn create_write_rename_and_write_follows_the_handle() {
     .unwrap();
     assert_eq!(fs::read(f.root.join("g")).unwrap(), b"\0\0\0abc");
     let md = fs::metadata(f.root.join("g")).unwrap();
-    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 1000, 1000));
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o640, 1000, 1000)
+    );
     let md = fs::metadata(f.root.join("d")).unwrap();
     assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o2750, 12, 34));
     assert_eq!(f.a.open_handles(), 0);

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine, as root, for mirrorfarm's tests and demo: the
+# packages they use, user_allow_other in /etc/fuse.conf, and no system Apache
+# (tests start their own instances). Idempotent: a second run changes nothing
+# and takes about a second. Prints what it does.
+set -euo pipefail
+
+PACKAGES=(
+  fuse3        # fusermount3, /etc/fuse.conf
+  iproute2     # ip netns, veth, bridge; ss
+  nftables     # fault injection, the farm filter
+  iputils-ping # lab self-test
+  apache2      # the real application of the mirror and farm modules
+  bindfs
+  wrk          # HTTP load for the benchmarks
+  python3
+  sqlite3
+  attr         # getfattr/setfattr
+  util-linux   # nsenter, findmnt, umount
+  procps
+  postgresql   # server, for the database tests
+)
+
+say() { echo "setup: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: must run as root: sudo $0" >&2
+  exit 1
+fi
+
+# 1. Packages: ask dpkg first, so that apt runs (and updates its lists, once)
+#    only when something is missing.
+missing=()
+for p in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+else
+  say "packages present: ${PACKAGES[*]}"
+fi
+
+# 2. FUSE: mirrorfs mounts with allow_other.
+if grep -qx 'user_allow_other' /etc/fuse.conf 2>/dev/null; then
+  say "/etc/fuse.conf has user_allow_other"
+elif grep -qx '#[[:space:]]*user_allow_other' /etc/fuse.conf 2>/dev/null; then
+  say "enabling user_allow_other in /etc/fuse.conf"
+  sed -i 's/^#[[:space:]]*user_allow_other$/user_allow_other/' /etc/fuse.conf
+else
+  say "adding user_allow_other to /etc/fuse.conf"
+  echo user_allow_other >>/etc/fuse.conf
+fi
+if [ ! -e /dev/fuse ]; then
+  say "loading the fuse module (/dev/fuse is missing)"
+  modprobe fuse || say "WARNING: no /dev/fuse: FUSE mounts will fail"
+fi
+
+# 3. No system Apache: the package enables and starts it; our tests and demo
+#    start their own instances on their own addresses and ports.
+if [ -d /run/systemd/system ]; then
+  if systemctl is-active --quiet apache2; then
+    say "stopping the apache2 service"
+    systemctl stop apache2
+  fi
+else
+  # No systemd as init (e.g. a container): the SysV script runs it, if anything.
+  pidfile=/run/apache2/apache2.pid
+  if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "stopping the apache2 service"
+    service apache2 stop
+  fi
+fi
+if command -v systemctl >/dev/null && [ "$(systemctl is-enabled apache2 2>/dev/null)" = enabled ]; then
+  say "disabling the apache2 service"
+  systemctl disable apache2 2>&1 | sed 's/^/setup:   /'
+elif compgen -G '/etc/rc[2-5].d/S*apache2' >/dev/null; then
+  say "disabling the apache2 service"
+  update-rc.d apache2 disable
+else
+  say "apache2 service is stopped and disabled"
+fi
+
+# 4. Rust: not installed here (Debian's is too old); say so early.
+if ! command -v cargo >/dev/null; then
+  say "WARNING: no cargo on PATH: install Rust >= 1.85 with rustup to build mirrorfarm"
+fi
+say "done"

@@ -1,0 +1,335 @@
+//! The two-node mirrorfs fixture: `node1` mounts (primary), `node2` serves
+//! (secondary), each with its own key pair, over a two-node [`Lab`].
+//!
+//! Owns: one temp dir under /var/tmp (keys/, backing/, replica/, mnt/ and
+//! whatever the test adds), the `serve` and `mount` processes it starts, and
+//! every mount beneath its temp dir. `Drop` unmounts all of them (fusermount3 -u,
+//! then umount -l), stops the processes, removes the namespaces and then the
+//! temp dir, and never removes a dir that is still mounted (that would recurse
+//! into the mount, or hang on a dead one).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use super::lab::{Lab, Node, Proc};
+use super::{is_fuse_mount, mirrorfs_bin, run_ok, wait_for, Probe};
+
+/// The UDP port `serve` listens on in node2 (each lab has its own network).
+pub const PORT: u16 = 7411;
+/// How long `serve` gets to listen and `mount` to appear.
+pub const START_DEADLINE: Duration = Duration::from_secs(15);
+
+pub struct Mirror {
+    // Drop order matters and is spelled out in `Drop` below.
+    mounts: Vec<Proc>,
+    serve: Option<Proc>,
+    pub lab: Lab,
+    /// The primary: runs `mirrorfs mount`.
+    pub node1: Node,
+    /// The secondary: runs `mirrorfs serve`.
+    pub node2: Node,
+    bin: PathBuf,
+    dir: Option<TempDir>,
+}
+
+/// The arguments of one `mirrorfs mount`, defaulting to node1's key pair,
+/// node2's pinned certificate, backing/ on mnt/, and node2's `serve` address.
+#[derive(Clone, Debug)]
+pub struct MountArgs {
+    /// Key pair to present: `keys/<key>.key` and `keys/<key>.crt`.
+    pub key: String,
+    /// Pinned certificate of the peer: `keys/<peer_cert>.crt`.
+    pub peer_cert: String,
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    /// `ADDR:PORT` of the secondary.
+    pub peer: String,
+    /// Further options, e.g. `["--peer-timeout", "2"]`.
+    pub extra: Vec<String>,
+}
+
+impl Mirror {
+    /// The lab, keys for node1 and node2, and empty backing/, replica/ and mnt/;
+    /// nothing running yet.
+    pub fn prepare() -> Result<Self> {
+        let bin = mirrorfs_bin()?;
+        let lab = Lab::builder().node("node1").node("node2").build()?;
+        let dir = tempfile::Builder::new()
+            .prefix("mirrorfs-e2e.")
+            .tempdir_in("/var/tmp") // not /tmp: it may be tmpfs without user.* xattrs
+            .context("cannot create a temp dir under /var/tmp")?;
+        for sub in ["keys", "backing", "replica", "mnt"] {
+            std::fs::create_dir(dir.path().join(sub))?;
+        }
+        let m = Self {
+            mounts: Vec::new(),
+            serve: None,
+            node1: lab.node("node1").clone(),
+            node2: lab.node("node2").clone(),
+            lab,
+            bin,
+            dir: Some(dir),
+        };
+        m.keygen("node1")?;
+        m.keygen("node2")?;
+        Ok(m)
+    }
+
+    /// [`Mirror::prepare`], then `serve` on node2 and `mount` on node1 with the
+    /// default arguments plus `mount_extra`.
+    pub fn start(mount_extra: &[&str]) -> Result<Self> {
+        let mut m = Self::prepare()?;
+        m.start_serve()?;
+        let mut args = m.mount_args();
+        args.extra = mount_extra.iter().map(|s| (*s).to_owned()).collect();
+        m.start_mount(&args)?;
+        Ok(m)
+    }
+
+    /// Runs `mirrorfs keygen --dir keys --name <name>` and checks its two files.
+    pub fn keygen(&self, name: &str) -> Result<()> {
+        let keys = self.keys();
+        run_ok(
+            Command::new(&self.bin)
+                .arg("keygen")
+                .arg("--dir")
+                .arg(&keys)
+                .args(["--name", name]),
+        )?;
+        for ext in ["key", "crt"] {
+            let f = keys.join(format!("{name}.{ext}"));
+            if std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0) == 0 {
+                bail!(
+                    "mirrorfs keygen --name {name} did not write {}",
+                    f.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `mirrorfs serve` on node2 over replica/ and waits until node2 has
+    /// a UDP socket on [`PORT`].
+    pub fn start_serve(&mut self) -> Result<()> {
+        let keys = self.keys();
+        let mut argv: Vec<OsString> = vec![self.bin.clone().into(), "serve".into()];
+        argv.extend(flag("--root", self.replica()));
+        argv.extend(flag("--listen", format!("{}:{PORT}", self.node2.ip)));
+        argv.extend(flag("--key", keys.join("node2.key")));
+        argv.extend(flag("--cert", keys.join("node2.crt")));
+        argv.extend(flag("--peer-cert", keys.join("node1.crt")));
+        let mut serve = self.node2.spawn("serve", argv)?;
+        let node2 = &self.node2;
+        let port = format!(":{PORT} ");
+        wait_for(START_DEADLINE, "mirrorfs serve to listen", || {
+            match serve.try_status() {
+                Ok(Some(st)) => {
+                    return Probe::Fail(anyhow::anyhow!(
+                        "mirrorfs serve exited ({st}): {}",
+                        serve.stderr_tail()
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Probe::Fail(e),
+            }
+            match node2.run(["ss", "-lun"]) {
+                Ok(out) => {
+                    let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
+                    if sockets.contains(&port) {
+                        Probe::Ready(())
+                    } else {
+                        Probe::Pending(format!("ss -lun on node2:\n{sockets}"))
+                    }
+                }
+                Err(e) => Probe::Fail(e),
+            }
+        })?;
+        self.serve = Some(serve);
+        Ok(())
+    }
+
+    /// The default `mount` arguments (see [`MountArgs`]).
+    pub fn mount_args(&self) -> MountArgs {
+        MountArgs {
+            key: "node1".into(),
+            peer_cert: "node2".into(),
+            backing: self.backing(),
+            mountpoint: self.mnt(),
+            peer: format!("{}:{PORT}", self.node2.ip),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Starts `mirrorfs mount --foreground` on node1 and returns it without
+    /// waiting: for tests that expect it to fail. Creates the mount point and
+    /// backing dir if needed. Mounts it makes are still cleaned up by `Drop`.
+    pub fn spawn_mount(&self, args: &MountArgs) -> Result<Proc> {
+        std::fs::create_dir_all(&args.backing)?;
+        std::fs::create_dir_all(&args.mountpoint)?;
+        let keys = self.keys();
+        let mut argv: Vec<OsString> = vec![self.bin.clone().into(), "mount".into()];
+        argv.extend(flag("--backing", &args.backing));
+        argv.extend(flag("--mountpoint", &args.mountpoint));
+        argv.extend(flag("--peer", &args.peer));
+        argv.extend(flag("--key", keys.join(format!("{}.key", args.key))));
+        argv.extend(flag("--cert", keys.join(format!("{}.crt", args.key))));
+        argv.extend(flag(
+            "--peer-cert",
+            keys.join(format!("{}.crt", args.peer_cert)),
+        ));
+        argv.push("--foreground".into());
+        argv.extend(args.extra.iter().map(OsString::from));
+        self.node1.spawn("mount", argv)
+    }
+
+    /// Starts `mirrorfs mount` and waits until the mount point is a FUSE mount;
+    /// the mount then lives until the fixture is dropped.
+    pub fn start_mount(&mut self, args: &MountArgs) -> Result<()> {
+        let mut mount = self.spawn_mount(args)?;
+        let mnt = &args.mountpoint;
+        wait_for(START_DEADLINE, "mirrorfs mount to mount", || {
+            match mount.try_status() {
+                Ok(Some(st)) => {
+                    return Probe::Fail(anyhow::anyhow!(
+                        "mirrorfs mount exited ({st}): {}",
+                        mount.stderr_tail()
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Probe::Fail(e),
+            }
+            match is_fuse_mount(mnt) {
+                Ok(true) => Probe::Ready(()),
+                Ok(false) => Probe::Pending(format!(
+                    "{} not a FUSE mount yet; mount stderr: {}",
+                    mnt.display(),
+                    mount.stderr_tail()
+                )),
+                Err(e) => Probe::Fail(e),
+            }
+        })?;
+        self.mounts.push(mount);
+        Ok(())
+    }
+
+    /// SIGKILLs `serve`: the secondary vanishes without a goodbye.
+    pub fn kill_serve(&mut self) -> Result<()> {
+        let mut serve = self.serve.take().context("serve is not running")?;
+        serve.kill_hard()?;
+        Ok(())
+    }
+
+    /// `mirrorfs verify a b` (in the test's own namespaces).
+    pub fn verify(&self, a: &Path, b: &Path) -> Result<Output> {
+        Command::new(&self.bin)
+            .arg("verify")
+            .arg(a)
+            .arg(b)
+            .output()
+            .context("cannot run mirrorfs verify")
+    }
+
+    /// The fixture's temp dir; tests may add their own entries under it.
+    pub fn path(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the temp dir is only taken in Drop")
+            .path()
+    }
+
+    pub fn keys(&self) -> PathBuf {
+        self.path().join("keys")
+    }
+
+    /// The primary's backing directory (what `mount` overlays).
+    pub fn backing(&self) -> PathBuf {
+        self.path().join("backing")
+    }
+
+    /// The secondary's replica root (what `serve` writes).
+    pub fn replica(&self) -> PathBuf {
+        self.path().join("replica")
+    }
+
+    /// The mount point applications write through.
+    pub fn mnt(&self) -> PathBuf {
+        self.path().join("mnt")
+    }
+
+    /// The `serve` process, if running (for its logs).
+    pub fn serve(&self) -> Option<&Proc> {
+        self.serve.as_ref()
+    }
+
+    /// The `mount` process started by [`Mirror::start_mount`] (the first one).
+    pub fn mount(&self) -> Option<&Proc> {
+        self.mounts.first()
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else {
+            return;
+        };
+        // 1. Unmount first, so the daemons exit by themselves and nothing can
+        //    reach the mounts any more.
+        unmount_all_under(dir.path());
+        // 2. Stop the daemons (SIGTERM, bounded wait, SIGKILL), mounts first.
+        self.mounts.clear();
+        self.serve = None;
+        // 3. A mount still there (e.g. re-made by a daemon that ignored SIGTERM
+        //    for a moment): try again now that the daemons are gone.
+        unmount_all_under(dir.path());
+        let left = mounts_under(dir.path());
+        if left.is_empty() {
+            if let Err(e) = dir.close() {
+                eprintln!("mirror fixture: cannot remove its temp dir: {e}");
+            }
+        } else {
+            let kept = dir.keep();
+            eprintln!(
+                "mirror fixture: {left:?} still mounted: kept {} rather than delete through it",
+                kept.display()
+            );
+        }
+        // 4. The lab (namespaces) goes when the fields drop.
+    }
+}
+
+fn flag(name: &str, value: impl Into<OsString>) -> [OsString; 2] {
+    [name.into(), value.into()]
+}
+
+/// Mount points at or beneath `dir`, deepest first, from /proc/self/mountinfo.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+/// `fusermount3 -u` every mount beneath `dir`, falling back to `umount -l`
+/// (a busy or dead mount); reports what it could not unmount.
+fn unmount_all_under(dir: &Path) {
+    for point in mounts_under(dir) {
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if ok(Command::new("fusermount3").arg("-u").arg(&point))
+            || ok(Command::new("umount").arg("-l").arg(&point))
+        {
+            continue;
+        }
+        eprintln!("mirror fixture: cannot unmount {}", point.display());
+    }
+}
