@@ -210,16 +210,18 @@ pub(crate) fn churn(dir: &Path, n: u64, deadline: Instant) -> Rate {
 }
 
 /// Creates a tree of `n` empty files: 10 directories of 10 directories, the
-/// files spread over the 100 leaves. Returns the number of entries below `root`.
-pub(crate) fn create_tree(root: &Path, n: u64, deadline: Instant) -> u64 {
-    mkdir(root);
+/// files spread over the 100 leaves. Returns the number of entries below
+/// `root`. An error (or the deadline) is returned, not panicked: a target
+/// that cannot hold the tree still has its other figures.
+pub(crate) fn create_tree(root: &Path, n: u64, deadline: Instant) -> Result<u64, String> {
     let per_leaf = n.div_ceil(100);
     let mut made = 0;
     let mut dirs = 0;
     'outer: for a in 0..10 {
         for b in 0..10 {
             let leaf = root.join(format!("d{a}")).join(format!("e{b}"));
-            mkdir(&leaf);
+            fs::create_dir_all(&leaf)
+                .map_err(|e| format!("mkdir {} (after {made} files): {e}", leaf.display()))?;
             dirs += if b == 0 { 2 } else { 1 };
             for _ in 0..per_leaf {
                 if made == n {
@@ -227,48 +229,46 @@ pub(crate) fn create_tree(root: &Path, n: u64, deadline: Instant) -> u64 {
                 }
                 sys::check_interrupt();
                 if Instant::now() > deadline {
-                    panic!(
-                        "creating the {n}-file tree in {} hit its deadline after {made} files: \
-                            lower MIRRORFS_BENCH_TREE",
-                        root.display()
-                    );
+                    return Err(format!(
+                        "creating the {n}-file tree hit its deadline after {made} files \
+                         (lower MIRRORFS_BENCH_TREE)"
+                    ));
                 }
                 let p = leaf.join(format!("f{made:06}"));
-                File::create(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+                File::create(&p)
+                    .map_err(|e| format!("create {} (after {made} files): {e}", p.display()))?;
                 made += 1;
             }
         }
     }
-    made + dirs
+    Ok(made + dirs)
 }
 
 /// Reads every directory below `root` and lstats every entry (what `find`
 /// with a stat per entry does). Returns the number of entries and the time.
-pub(crate) fn walk(root: &Path, deadline: Instant) -> (u64, Duration) {
+pub(crate) fn walk(root: &Path, deadline: Instant) -> Result<(u64, Duration), String> {
     let start = Instant::now();
     let mut stack = vec![root.to_path_buf()];
     let mut entries = 0u64;
     while let Some(dir) = stack.pop() {
         sys::check_interrupt();
         if Instant::now() > deadline {
-            panic!(
-                "walking {} hit its deadline after {entries} entries",
-                root.display()
-            );
+            return Err(format!("the walk hit its deadline after {entries} entries"));
         }
-        let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
-        for ent in rd {
-            let ent = ent.unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
+        let before = entries;
+        let after = |e| format!("readdir {} (after {before} entries): {e}", dir.display());
+        for ent in fs::read_dir(&dir).map_err(after)? {
+            let ent = ent.map_err(after)?;
             let p = ent.path();
-            let md =
-                fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+            let md = fs::symlink_metadata(&p)
+                .map_err(|e| format!("lstat {} (after {entries} entries): {e}", p.display()))?;
             if md.is_dir() {
                 stack.push(p);
             }
             entries += 1;
         }
     }
-    (entries, start.elapsed())
+    Ok((entries, start.elapsed()))
 }
 
 /// Writes a file of `size` bytes (readable by all) for the HTTP workload.
