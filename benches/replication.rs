@@ -365,10 +365,14 @@ fn run_target(
     let secs = Duration::from_secs(cfg.secs);
     let name = t.name();
     let mut f = Figures::new();
-    let check = |mount: &mut Option<&mut FuseMount>| {
+    // Before each measurement: the mount's daemon is alive, and the previous
+    // workload's writeback and journal work (e.g. freeing a deleted 512 MiB
+    // file) is done, so that it is not billed to the next one.
+    let settle = |mount: &mut Option<&mut FuseMount>| {
         if let Some(m) = mount.as_deref_mut() {
             m.check_alive();
         }
+        sys::settle();
     };
     eprintln!("[{name}] workloads in {}", dir.display());
 
@@ -383,6 +387,7 @@ fn run_target(
         (1, ["rw1_iops", "rw1_p50", "rw1_p99"]),
         (4, ["rw4_iops", "rw4_p50", "rw4_p99"]),
     ] {
+        settle(&mut mount);
         let r = workloads::randwrite(&files[..n], secs);
         eprintln!("[{name}] 4 KiB random write + fdatasync, {n} writer(s): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs",
             r.iops, r.p50_us, r.p99_us);
@@ -394,9 +399,9 @@ fn run_target(
     for p in &files {
         fs::remove_file(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
     }
-    check(&mut mount);
 
     // Sequential writes.
+    settle(&mut mount);
     let r = workloads::seqwrite(
         &dir.join("seq.dat"),
         cfg.seq_mib,
@@ -405,9 +410,9 @@ fn run_target(
     eprintln!("[{name}] sequential write: {:.1} MB/s", r.per_sec);
     f.insert("seq", r.per_sec);
     notes.extend(r.cut.map(|c| format!("{name}: {c}")));
-    check(&mut mount);
 
     // Metadata: creation and churn.
+    settle(&mut mount);
     let r = workloads::create_files(
         &dir.join("create"),
         cfg.files,
@@ -419,6 +424,7 @@ fn run_target(
     );
     f.insert("create", r.per_sec);
     notes.extend(r.cut.map(|c| format!("{name}: {c}")));
+    settle(&mut mount);
     let r = workloads::churn(
         &dir.join("churn"),
         cfg.churn,
@@ -427,7 +433,6 @@ fn run_target(
     eprintln!("[{name}] create+rename+unlink: {:.0} cycles/s", r.per_sec);
     f.insert("churn", r.per_sec);
     notes.extend(r.cut.map(|c| format!("{name}: {c}")));
-    check(&mut mount);
 
     // Reads through HTTP.
     if let Some(tools) = b.http {
@@ -437,6 +442,7 @@ fn run_target(
         workloads::write_file(&www.join("f1m.bin"), 1 << 20);
         let work = b.scratch.dir(&format!("apache-{name}"));
         let addr = SocketAddr::new(b.net.ip1.into(), http::HTTP_PORT);
+        settle(&mut mount);
         let mut apache = http::Apache::start(tools, &b.net.node1, addr, &www, &work, "/f4k.bin");
         for (path, key) in [("/f4k.bin", "http_4k"), ("/f1m.bin", "http_1m")] {
             // A short warm-up: page cache, Apache's worker threads, kernel caches.
@@ -446,10 +452,10 @@ fn run_target(
             f.insert(key, rps);
         }
         drop(apache);
-        check(&mut mount);
     }
 
     // Tree walk, cold then warm.
+    settle(&mut mount);
     if let Err(e) = tree_walks(
         &mut f,
         name,
@@ -464,7 +470,9 @@ fn run_target(
             m.remount();
         }
     }
-    check(&mut mount);
+    if let Some(m) = mount {
+        m.check_alive();
+    }
     f
 }
 

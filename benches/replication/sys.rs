@@ -333,6 +333,14 @@ pub(crate) fn unmount(path: &Path) -> bool {
     run_quietly(Command::new("umount").arg("-l").arg(path))
 }
 
+/// Writes dirty pages, then idles a second so background work (journal
+/// commits, block freeing) finishes before the next measurement.
+pub(crate) fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    nap(Duration::from_secs(1));
+}
+
 /// Writes dirty pages and drops the page, dentry and inode caches.
 pub(crate) fn drop_caches() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
