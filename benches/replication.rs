@@ -41,6 +41,12 @@
 //!   it), cold (FUSE targets remounted, then the kernel's caches dropped) and
 //!   warm: seconds. Metadata reads must never touch the network.
 //!
+//! The workloads run in rounds (`MIRRORFS_BENCH_ROUNDS`, default 3), each
+//! workload on each target in turn, so that the background load of a shared
+//! machine drifts over all targets alike; a figure is the median of its rounds
+//! (the Markdown lists every round). Each measurement starts after a `sync`
+//! and a second of quiet, so one workload's writeback is not billed to the next.
+//!
 //! The goals column is issue 2's targets for mirrorfs; they are goals, not
 //! asserts. Other settings: `MIRRORFS_BENCH_SECS` (duration of each timed run,
 //! default 5) and `MIRRORFS_BENCH_TARGETS` (e.g. `local,mirrorfs`).
@@ -70,7 +76,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use lab::{FuseMount, Netns, Scratch};
-use report::{Figures, Goal, Report, Row, Target};
+use report::{Goal, Report, Row, Samples, Target};
 use workloads::RANDWRITE_FILE;
 
 fn main() {
@@ -99,6 +105,7 @@ fn main() {
 /// Settings, from the environment.
 struct Config {
     secs: u64,
+    rounds: u64,
     seq_mib: u64,
     tree: u64,
     files: u64,
@@ -150,6 +157,7 @@ impl Config {
         };
         Self {
             secs: env_u64("MIRRORFS_BENCH_SECS", 5, 1),
+            rounds: env_u64("MIRRORFS_BENCH_ROUNDS", 3, 1),
             seq_mib: env_u64("MIRRORFS_BENCH_SEQ_MIB", 512, 1),
             tree: env_u64("MIRRORFS_BENCH_TREE", 100_000, 100),
             files: 5000,
@@ -240,15 +248,78 @@ impl Config {
     }
 }
 
-/// What the workloads need besides their directory.
-struct Bench<'a> {
-    cfg: &'a Config,
-    net: &'a Netns,
-    scratch: &'a Scratch,
-    http: Option<&'a http::Tools>,
+/// One target under test: where the workloads run and what serves them.
+/// Fields drop in order: Apache stops before the mount is unmounted.
+struct Subject {
+    target: Target,
+    dir: PathBuf,
+    apache: Option<http::Apache>,
+    mount: Option<FuseMount>,
+    /// The random-write files, preallocated once, overwritten every round.
+    rw_files: Vec<PathBuf>,
+    /// Entries of the tree created through it, once created.
+    tree: Option<u64>,
+    samples: Samples,
+}
+
+impl Subject {
+    fn new(target: Target, dir: PathBuf, mount: Option<FuseMount>) -> Self {
+        Self {
+            target,
+            dir,
+            apache: None,
+            mount,
+            rw_files: Vec::new(),
+            tree: None,
+            samples: Samples::new(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.target.name()
+    }
+
+    /// Before each measurement: the mount's daemon is alive, and the previous
+    /// workload's writeback and journal work (e.g. freeing a deleted 512 MiB
+    /// file, with online discard) is done, so it is not billed to this one.
+    fn settle(&mut self) {
+        if let Some(m) = self.mount.as_mut() {
+            m.check_alive();
+        }
+        sys::settle();
+    }
+
+    fn record(&mut self, key: &'static str, value: f64) {
+        self.samples.entry(key).or_default().push(value);
+    }
+}
+
+/// The workloads measured in every round, each on every target in turn.
+#[derive(Clone, Copy)]
+enum Workload {
+    RandWrite1,
+    RandWrite4,
+    Seq,
+    Create,
+    Churn,
+    Http4k,
+    Http1m,
+}
+
+impl Workload {
+    const ALL: [Self; 7] = [
+        Self::RandWrite1,
+        Self::RandWrite4,
+        Self::Seq,
+        Self::Create,
+        Self::Churn,
+        Self::Http4k,
+        Self::Http1m,
+    ];
 }
 
 fn run() {
+    let started = Instant::now();
     // SAFETY: plain syscalls without pointers.
     if unsafe { libc::geteuid() } != 0 {
         panic!("run the replication bench as root: it creates network namespaces and mounts, and drops caches");
@@ -259,7 +330,9 @@ fn run() {
     let cfg = Config::from_env(&mut notes);
     // The mirrorfs mount holds a descriptor per inode the kernel has looked up:
     // the tree, plus the other workloads' files, plus slack.
-    notes.extend(sys::raise_nofile_limit(cfg.tree + cfg.files + 20_000));
+    notes.extend(sys::raise_nofile_limit(
+        cfg.tree + cfg.files * cfg.rounds + 20_000,
+    ));
     let header = machine_header(&cfg);
     eprintln!("{header}");
 
@@ -268,7 +341,6 @@ fn run() {
     let keys = lab::Keys::generate(&cfg.mirrorfs, scratch.dir("keys"));
     let replica = scratch.dir("replica");
     let backing = scratch.dir("backing");
-    let mountpoint = scratch.dir("mnt");
     let mut serve = lab::start_serve(
         &cfg.mirrorfs,
         &net,
@@ -276,65 +348,130 @@ fn run() {
         &replica,
         &scratch.path.join("serve.log"),
     );
-    let mirrorfs_spec = || {
-        let log = scratch.path.join("mount.log");
-        lab::mirrorfs_spec(&cfg.mirrorfs, &net, &keys, &backing, &mountpoint, &log)
-    };
-    if cfg.targets.contains(&Target::Mirrorfs) {
-        // Fail in seconds, not after the local and bindfs runs.
-        smoke_test(FuseMount::start(mirrorfs_spec()), &replica);
-    }
     let http = http::Tools::find().map_err(|note| notes.push(note)).ok();
-    let bench = Bench {
-        cfg: &cfg,
-        net: &net,
-        scratch: &scratch,
-        http: http.as_ref(),
-    };
 
-    let mut figures = BTreeMap::new();
+    let mut subjects = Vec::new();
     for &t in &cfg.targets {
-        match t {
-            Target::Local => {
-                let f = run_target(&bench, t, &scratch.dir("local"), None, &mut notes);
-                figures.insert(t, f);
+        let subject = match t {
+            Target::Local => Subject::new(t, scratch.dir("local"), None),
+            Target::Bindfs => {
+                let Some(bindfs) = sys::which("bindfs") else {
+                    notes.push("bindfs skipped: not installed (apt-get install bindfs)".into());
+                    continue;
+                };
+                let (src, mnt) = (scratch.dir("bindfs-src"), scratch.dir("bindfs-mnt"));
+                let log = scratch.path.join("bindfs.log");
+                let m = FuseMount::start(lab::bindfs_spec(&bindfs, &src, &mnt, &log));
+                Subject::new(t, mnt, Some(m))
             }
-            Target::Bindfs => match sys::which("bindfs") {
-                Some(bindfs) => {
-                    let (src, mnt) = (scratch.dir("bindfs-src"), scratch.dir("bindfs-mnt"));
-                    let log = scratch.path.join("bindfs.log");
-                    let mut m = FuseMount::start(lab::bindfs_spec(&bindfs, &src, &mnt, &log));
-                    let f = run_target(&bench, t, &mnt, Some(&mut m), &mut notes);
-                    figures.insert(t, f);
-                }
-                None => notes.push("bindfs skipped: not installed (apt-get install bindfs)".into()),
-            },
             Target::Mirrorfs => {
-                let mut m = FuseMount::start(mirrorfs_spec());
-                let f = run_target(&bench, t, &mountpoint, Some(&mut m), &mut notes);
-                serve.check_alive();
-                drop(m);
-                let log = scratch.path.join("verify.log");
-                notes.push(verify_replica(&cfg.mirrorfs, &backing, &replica, &log));
-                figures.insert(t, f);
+                let mnt = scratch.dir("mnt");
+                let log = scratch.path.join("mount.log");
+                let spec = lab::mirrorfs_spec(&cfg.mirrorfs, &net, &keys, &backing, &mnt, &log);
+                let m = FuseMount::start(spec);
+                smoke_test(m.mountpoint(), &replica);
+                Subject::new(t, mnt, Some(m))
             }
+        };
+        subjects.push(subject);
+    }
+
+    // Setup not measured: the random-write files, the files Apache serves.
+    for (i, s) in subjects.iter_mut().enumerate() {
+        eprintln!("[{}] preparing {}", s.name(), s.dir.display());
+        s.rw_files = (0..4)
+            .map(|n| s.dir.join(format!("randwrite{n}.dat")))
+            .collect();
+        for p in &s.rw_files {
+            workloads::preallocate(p, RANDWRITE_FILE, Instant::now() + Duration::from_secs(120));
+        }
+        if let Some(tools) = &http {
+            let www = s.dir.join("www");
+            fs::create_dir_all(&www).unwrap_or_else(|e| panic!("mkdir {}: {e}", www.display()));
+            workloads::write_file(&www.join("f4k.bin"), 4096);
+            workloads::write_file(&www.join("f1m.bin"), 1 << 20);
+            let work = scratch.dir(&format!("apache-{}", s.name()));
+            let addr = SocketAddr::new(net.ip1.into(), http::HTTP_PORT + i as u16);
+            s.apache = Some(http::Apache::start(
+                tools, &net.node1, addr, &www, &work, "/f4k.bin",
+            ));
+        }
+    }
+
+    // The rounds: each workload on each target in turn, so that a change in
+    // the machine's background load hits all targets alike.
+    for round in 1..=cfg.rounds {
+        eprintln!("--- round {round} of {}", cfg.rounds);
+        for w in Workload::ALL {
+            for s in subjects.iter_mut() {
+                measure(s, w, &cfg, http.as_ref(), round, &mut notes);
+            }
+        }
+    }
+    for s in subjects.iter_mut() {
+        s.apache = None;
+        for p in std::mem::take(&mut s.rw_files) {
+            fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+        }
+        let (one, four) = (&s.samples["rw1_iops"], &s.samples["rw4_iops"]);
+        let scale: Vec<f64> = one.iter().zip(four).map(|(a, b)| b / a).collect();
+        s.samples.insert("rw_scale", scale);
+    }
+
+    // The tree: created once per target, walked cold and warm in every round.
+    for s in subjects.iter_mut() {
+        s.settle();
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(420);
+        match workloads::create_tree(&s.dir.join("tree"), cfg.tree, deadline) {
+            Ok(n) => {
+                eprintln!(
+                    "[{}] created a tree of {n} entries in {:.1} s",
+                    s.name(),
+                    t.elapsed().as_secs_f64()
+                );
+                s.tree = Some(n);
+            }
+            Err(e) => tree_failed(s, &e, &mut notes),
+        }
+    }
+    for round in 1..=cfg.rounds {
+        eprintln!("--- tree walks, round {round} of {}", cfg.rounds);
+        for s in subjects.iter_mut() {
+            if let Err(e) = tree_walks(s) {
+                tree_failed(s, &e, &mut notes);
+            }
+        }
+    }
+
+    // mirrorfs: unmounted, then the replica compared with the backing directory.
+    serve.check_alive();
+    let mut samples = BTreeMap::new();
+    for s in subjects {
+        let is_mirrorfs = s.target == Target::Mirrorfs;
+        samples.insert(s.target, s.samples);
+        drop(s.mount);
+        if is_mirrorfs {
+            let log = scratch.path.join("verify.log");
+            notes.push(verify_replica(&cfg.mirrorfs, &backing, &replica, &log));
         }
     }
 
     let report = Report {
         rows: cfg.rows(),
-        figures,
+        samples,
         notes,
     };
-    let text = report.text();
-    println!("\n{header}\n\n{text}");
+    let elapsed = format!("run time: {:.0} s", started.elapsed().as_secs_f64());
+    println!("\n{header}\n{elapsed}\n\n{}", report.text());
     for n in &report.notes {
         println!("note: {n}");
     }
     let md = format!(
-        "# mirrorfs replication benchmark\n\n{}\n\n{}\n{}",
+        "# mirrorfs replication benchmark\n\n{}\n\n{}\n{}\n\n{}",
         header
             .lines()
+            .chain([elapsed.as_str()])
             .map(|l| format!("- {l}"))
             .collect::<Vec<_>>()
             .join("\n"),
@@ -343,181 +480,144 @@ fn run() {
             .notes
             .iter()
             .map(|n| format!("\n- {n}"))
-            .collect::<String>()
+            .collect::<String>(),
+        report.samples_markdown()
     );
     if let Some(dir) = cfg.markdown.parent() {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     }
-    fs::write(&cfg.markdown, md + "\n")
+    fs::write(&cfg.markdown, md)
         .unwrap_or_else(|e| panic!("write {}: {e}", cfg.markdown.display()));
     println!("\nwritten to {}", cfg.markdown.display());
 }
 
-/// Runs every workload in `dir` (on `mount`, if a FUSE target) and returns the figures.
-fn run_target(
-    b: &Bench,
-    t: Target,
-    dir: &Path,
-    mut mount: Option<&mut FuseMount>,
+/// One measurement of `w` on `s`, recorded in its samples.
+fn measure(
+    s: &mut Subject,
+    w: Workload,
+    cfg: &Config,
+    http: Option<&http::Tools>,
+    round: u64,
     notes: &mut Vec<String>,
-) -> Figures {
-    let cfg = b.cfg;
+) {
+    let name = s.name();
     let secs = Duration::from_secs(cfg.secs);
-    let name = t.name();
-    let mut f = Figures::new();
-    // Before each measurement: the mount's daemon is alive, and the previous
-    // workload's writeback and journal work (e.g. freeing a deleted 512 MiB
-    // file) is done, so that it is not billed to the next one.
-    let settle = |mount: &mut Option<&mut FuseMount>| {
-        if let Some(m) = mount.as_deref_mut() {
-            m.check_alive();
-        }
-        sys::settle();
+    let cut = |notes: &mut Vec<String>, c: Option<String>| {
+        notes.extend(c.map(|c| format!("{name}, round {round}: {c}")));
     };
-    eprintln!("[{name}] workloads in {}", dir.display());
-
-    // Random 4 KiB writes with fdatasync, 1 and 4 writers.
-    let files: Vec<PathBuf> = (0..4)
-        .map(|i| dir.join(format!("randwrite{i}.dat")))
-        .collect();
-    for p in &files {
-        workloads::preallocate(p, RANDWRITE_FILE, Instant::now() + Duration::from_secs(120));
-    }
-    for (n, [iops, p50, p99]) in [
-        (1, ["rw1_iops", "rw1_p50", "rw1_p99"]),
-        (4, ["rw4_iops", "rw4_p50", "rw4_p99"]),
-    ] {
-        settle(&mut mount);
-        let r = workloads::randwrite(&files[..n], secs);
-        eprintln!("[{name}] 4 KiB random write + fdatasync, {n} writer(s): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs",
-            r.iops, r.p50_us, r.p99_us);
-        f.insert(iops, r.iops);
-        f.insert(p50, r.p50_us);
-        f.insert(p99, r.p99_us);
-    }
-    f.insert("rw_scale", f["rw4_iops"] / f["rw1_iops"]);
-    for p in &files {
-        fs::remove_file(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
-    }
-
-    // Sequential writes.
-    settle(&mut mount);
-    let r = workloads::seqwrite(
-        &dir.join("seq.dat"),
-        cfg.seq_mib,
-        Instant::now() + Duration::from_secs(180),
-    );
-    eprintln!("[{name}] sequential write: {:.1} MB/s", r.per_sec);
-    f.insert("seq", r.per_sec);
-    notes.extend(r.cut.map(|c| format!("{name}: {c}")));
-
-    // Metadata: creation and churn.
-    settle(&mut mount);
-    let r = workloads::create_files(
-        &dir.join("create"),
-        cfg.files,
-        Instant::now() + Duration::from_secs(120),
-    );
-    eprintln!(
-        "[{name}] create {} files of 4 KiB: {:.0} files/s",
-        cfg.files, r.per_sec
-    );
-    f.insert("create", r.per_sec);
-    notes.extend(r.cut.map(|c| format!("{name}: {c}")));
-    settle(&mut mount);
-    let r = workloads::churn(
-        &dir.join("churn"),
-        cfg.churn,
-        Instant::now() + Duration::from_secs(120),
-    );
-    eprintln!("[{name}] create+rename+unlink: {:.0} cycles/s", r.per_sec);
-    f.insert("churn", r.per_sec);
-    notes.extend(r.cut.map(|c| format!("{name}: {c}")));
-
-    // Reads through HTTP.
-    if let Some(tools) = b.http {
-        let www = dir.join("www");
-        fs::create_dir_all(&www).unwrap_or_else(|e| panic!("mkdir {}: {e}", www.display()));
-        workloads::write_file(&www.join("f4k.bin"), 4096);
-        workloads::write_file(&www.join("f1m.bin"), 1 << 20);
-        let work = b.scratch.dir(&format!("apache-{name}"));
-        let addr = SocketAddr::new(b.net.ip1.into(), http::HTTP_PORT);
-        settle(&mut mount);
-        let mut apache = http::Apache::start(tools, &b.net.node1, addr, &www, &work, "/f4k.bin");
-        for (path, key) in [("/f4k.bin", "http_4k"), ("/f1m.bin", "http_1m")] {
-            // A short warm-up: page cache, Apache's worker threads, kernel caches.
-            apache.wrk(tools, path, 1, &work.join("wrk-warmup.out"));
-            let rps = apache.wrk(tools, path, cfg.secs, &work.join(format!("wrk-{key}.out")));
+    match w {
+        Workload::RandWrite1 | Workload::RandWrite4 => {
+            let (n, [iops, p50, p99]) = match w {
+                Workload::RandWrite1 => (1, ["rw1_iops", "rw1_p50", "rw1_p99"]),
+                _ => (4, ["rw4_iops", "rw4_p50", "rw4_p99"]),
+            };
+            s.settle();
+            let r = workloads::randwrite(&s.rw_files[..n], secs);
+            eprintln!(
+                "[{name}] 4 KiB random write + fdatasync, {n} writer(s): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs",
+                r.iops, r.p50_us, r.p99_us
+            );
+            s.record(iops, r.iops);
+            s.record(p50, r.p50_us);
+            s.record(p99, r.p99_us);
+        }
+        Workload::Seq => {
+            s.settle();
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let r = workloads::seqwrite(&s.dir.join("seq.dat"), cfg.seq_mib, deadline);
+            eprintln!("[{name}] sequential write: {:.1} MB/s", r.per_sec);
+            s.record("seq", r.per_sec);
+            cut(notes, r.cut);
+        }
+        Workload::Create => {
+            s.settle();
+            let dir = s.dir.join(format!("create{round}"));
+            let r =
+                workloads::create_files(&dir, cfg.files, Instant::now() + Duration::from_secs(120));
+            eprintln!(
+                "[{name}] create {} files of 4 KiB: {:.0} files/s",
+                cfg.files, r.per_sec
+            );
+            s.record("create", r.per_sec);
+            cut(notes, r.cut);
+        }
+        Workload::Churn => {
+            s.settle();
+            let dir = s.dir.join(format!("churn{round}"));
+            let r = workloads::churn(&dir, cfg.churn, Instant::now() + Duration::from_secs(120));
+            eprintln!("[{name}] create+rename+unlink: {:.0} cycles/s", r.per_sec);
+            s.record("churn", r.per_sec);
+            cut(notes, r.cut);
+        }
+        Workload::Http4k | Workload::Http1m => {
+            let (Some(tools), Some(_)) = (http, s.apache.as_ref()) else {
+                return;
+            };
+            let (path, key) = match w {
+                Workload::Http4k => ("/f4k.bin", "http_4k"),
+                _ => ("/f1m.bin", "http_1m"),
+            };
+            s.settle();
+            let apache = s.apache.as_mut().expect("checked above");
+            if round == 1 {
+                // A short warm-up: page cache, Apache's threads, kernel caches.
+                apache.wrk(tools, path, 1);
+            }
+            let rps = apache.wrk(tools, path, cfg.secs);
             eprintln!("[{name}] HTTP GET {path}: {rps:.0} requests/s");
-            f.insert(key, rps);
-        }
-        drop(apache);
-    }
-
-    // Tree walk, cold then warm.
-    settle(&mut mount);
-    if let Err(e) = tree_walks(
-        &mut f,
-        name,
-        &dir.join("tree"),
-        cfg.tree,
-        mount.as_deref_mut(),
-    ) {
-        eprintln!("[{name}] tree walk: {e}");
-        notes.push(format!("{name}: no tree-walk figures: {e}"));
-        // Whatever state the failure left the mount in, start afresh.
-        if let Some(m) = mount.as_deref_mut() {
-            m.remount();
+            s.record(key, rps);
         }
     }
-    if let Some(m) = mount {
-        m.check_alive();
-    }
-    f
 }
 
-/// Creates the tree through the target, then walks it cold (FUSE targets
-/// remounted, kernel caches dropped) and warm.
-fn tree_walks(
-    f: &mut Figures,
-    name: &str,
-    tree: &Path,
-    n: u64,
-    mount: Option<&mut FuseMount>,
-) -> Result<(), String> {
-    let started = Instant::now();
-    let expected = workloads::create_tree(tree, n, Instant::now() + Duration::from_secs(420))?;
-    eprintln!(
-        "[{name}] created a tree of {expected} entries in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    if let Some(m) = mount {
+/// Walks the subject's tree cold (FUSE targets remounted, kernel caches
+/// dropped), then warm.
+fn tree_walks(s: &mut Subject) -> Result<(), String> {
+    let Some(expected) = s.tree else {
+        return Ok(());
+    };
+    if let Some(m) = s.mount.as_mut() {
         m.remount();
     }
     sys::drop_caches();
+    let tree = s.dir.join("tree");
     for key in ["walk_cold", "walk_warm"] {
-        let (found, d) = workloads::walk(tree, Instant::now() + Duration::from_secs(300))?;
+        let (found, d) = workloads::walk(&tree, Instant::now() + Duration::from_secs(300))?;
         if found != expected {
             return Err(format!(
                 "the walk found {found} entries, {expected} were created"
             ));
         }
         eprintln!(
-            "[{name}] find + stat of {found} entries, {}: {:.3} s",
+            "[{}] find + stat of {found} entries, {}: {:.3} s",
+            s.name(),
             &key[5..],
             d.as_secs_f64()
         );
-        f.insert(key, d.as_secs_f64());
+        s.record(key, d.as_secs_f64());
     }
     Ok(())
 }
 
-/// Mounts, writes a file through the mount, checks the replica has it when
-/// the write returned, unmounts.
-fn smoke_test(mut m: FuseMount, replica: &Path) {
+/// A target that cannot hold or walk the tree: no tree figures, a note, and a
+/// fresh mount for whatever follows.
+fn tree_failed(s: &mut Subject, e: &str, notes: &mut Vec<String>) {
+    eprintln!("[{}] tree: {e}", s.name());
+    notes.push(format!("{}: no tree-walk figures: {e}", s.name()));
+    s.tree = None;
+    s.samples.remove("walk_cold");
+    s.samples.remove("walk_warm");
+    if let Some(m) = s.mount.as_mut() {
+        m.remount();
+    }
+}
+
+/// Writes a file through the mount and checks that the replica has it when
+/// the write returned.
+fn smoke_test(mountpoint: &Path, replica: &Path) {
     let name = "bench-smoke-test";
     let data = b"replicated before close returned\n";
-    let p = m.mountpoint().join(name);
+    let p = mountpoint.join(name);
     fs::write(&p, data).unwrap_or_else(|e| panic!("smoke test: write {}: {e}", p.display()));
     let got = fs::read(replica.join(name))
         .unwrap_or_else(|e| panic!("smoke test: the replica has no {name}: {e}"));
@@ -525,7 +625,6 @@ fn smoke_test(mut m: FuseMount, replica: &Path) {
         panic!("smoke test: the replica's {name} differs from what was written");
     }
     fs::remove_file(&p).unwrap_or_else(|e| panic!("smoke test: remove {}: {e}", p.display()));
-    m.check_alive();
 }
 
 /// After the mirrorfs run (unmounted): `mirrorfs verify` of the backing
@@ -594,12 +693,13 @@ fn machine_header(cfg: &Config) -> String {
     format!(
         "date: {date}\n\
          machine: {cpus} CPUs ({model}), {:.1} GiB RAM, kernel {}\n\
-         command: cargo bench --bench replication (MIRRORFS_BENCH_SECS={} MIRRORFS_BENCH_SEQ_MIB={} MIRRORFS_BENCH_TREE={})\n\
+         command: cargo bench --bench replication (MIRRORFS_BENCH_ROUNDS={} MIRRORFS_BENCH_SECS={} MIRRORFS_BENCH_SEQ_MIB={} MIRRORFS_BENCH_TREE={})\n\
          disk: /var/tmp on {fs_type}; mirrorfs backing and replica on the same file system\n\
          load average at start: {} (anything else running distorts the figures)\n\
          mirrorfs: {}",
         mem_kib as f64 / (1 << 20) as f64,
         kernel.trim(),
+        cfg.rounds,
         cfg.secs,
         cfg.seq_mib,
         cfg.tree,

@@ -4,6 +4,7 @@
 # local vs bindfs vs mirrorfs in its own network namespaces and writes the
 # table to target/bench-replication.md. About 5 to 10 minutes on 2 cores.
 # Arguments go to the bench; settings are environment variables:
+#   MIRRORFS_BENCH_ROUNDS   rounds; each figure is their median (default 3)
 #   MIRRORFS_BENCH_SECS     duration of each timed run (default 5)
 #   MIRRORFS_BENCH_SEQ_MIB  size of the sequential write (default 512)
 #   MIRRORFS_BENCH_TREE     files in the tree walked by find (default 100000)

@@ -42,6 +42,7 @@ pub(crate) struct Apache {
     proc: Proc,
     addr: SocketAddr,
     netns: String,
+    work: PathBuf,
     error_log: PathBuf,
 }
 
@@ -68,6 +69,7 @@ impl Apache {
             proc,
             addr,
             netns: netns.to_string(),
+            work: work.to_path_buf(),
             error_log,
         };
         let end = Instant::now() + Duration::from_secs(20);
@@ -110,7 +112,8 @@ impl Apache {
 
     /// `wrk -t2 -c32 -d{secs}s` against `path`: requests/s. Panics if any
     /// response was not a success (the figure would be meaningless).
-    pub(crate) fn wrk(&mut self, tools: &Tools, path: &str, secs: u64, log: &Path) -> f64 {
+    pub(crate) fn wrk(&mut self, tools: &Tools, path: &str, secs: u64) -> f64 {
+        let log = &self.work.join("wrk.out");
         let mut cmd = sys::command_in(Some(&self.netns), &tools.wrk);
         cmd.args([
             "-t2",

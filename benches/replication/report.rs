@@ -28,8 +28,8 @@ impl Target {
     }
 }
 
-/// The figures of one target, by row key.
-pub(crate) type Figures = BTreeMap<&'static str, f64>;
+/// The measurements of one target, by row key, one per round.
+pub(crate) type Samples = BTreeMap<&'static str, Vec<f64>>;
 
 /// A goal for the mirrorfs column.
 #[derive(Clone, Copy)]
@@ -75,7 +75,7 @@ pub(crate) struct Row {
 /// Everything measured in a run.
 pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
-    pub(crate) figures: BTreeMap<Target, Figures>,
+    pub(crate) samples: BTreeMap<Target, Samples>,
     /// Skipped targets and workloads, cut runs, warnings.
     pub(crate) notes: Vec<String>,
 }
@@ -85,8 +85,19 @@ const HEADER: [&str; 9] = [
 ];
 
 impl Report {
+    /// The figure: the median of the rounds.
     fn value(&self, t: Target, key: &str) -> Option<f64> {
-        self.figures.get(&t).and_then(|f| f.get(key)).copied()
+        let mut v = self.samples.get(&t)?.get(key)?.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        Some(if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        })
     }
 
     fn ratio(&self, t: Target, row: &Row) -> Option<f64> {
@@ -175,6 +186,44 @@ impl Report {
         out += "|:--|:--|--:|--:|--:|--:|--:|:--|:--|\n";
         for r in self.cells(true) {
             out += &format!("| {} |\n", r.join(" | "));
+        }
+        out
+    }
+}
+
+impl Report {
+    /// Every round's figure, per row and target, so the spread is visible.
+    pub(crate) fn samples_markdown(&self) -> String {
+        let targets: Vec<Target> = self.samples.keys().copied().collect();
+        let mut out =
+            String::from("Every round (the table shows the median):\n\n| workload | unit |");
+        for t in &targets {
+            let _ = write!(out, " {} |", t.name());
+        }
+        out += "\n|:--|:--|";
+        out += &"--:|".repeat(targets.len());
+        out += "\n";
+        for row in &self.rows {
+            let label = match row.label.strip_prefix("  ") {
+                Some(sub) => format!("&nbsp;&nbsp;{sub}"),
+                None => row.label.clone(),
+            };
+            let _ = write!(out, "| {label} | {} |", row.unit);
+            for t in &targets {
+                let v = self.samples[t]
+                    .get(row.key)
+                    .map_or_else(Vec::new, |v| v.iter().map(|x| format_figure(*x)).collect());
+                let _ = write!(
+                    out,
+                    " {} |",
+                    if v.is_empty() {
+                        "n/a".into()
+                    } else {
+                        v.join(", ")
+                    }
+                );
+            }
+            out += "\n";
         }
         out
     }
