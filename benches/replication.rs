@@ -295,7 +295,7 @@ impl Subject {
 }
 
 /// The workloads measured in every round, each on every target in turn.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Workload {
     RandWrite1,
     RandWrite4,
@@ -413,9 +413,13 @@ fn run() {
         for p in std::mem::take(&mut s.rw_files) {
             fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
         }
-        let (one, four) = (&s.samples["rw1_iops"], &s.samples["rw4_iops"]);
-        let scale: Vec<f64> = one.iter().zip(four).map(|(a, b)| b / a).collect();
-        s.samples.insert("rw_scale", scale);
+        if let (Some(one), Some(four)) = (s.samples.get("rw1_iops"), s.samples.get("rw4_iops")) {
+            // Per round; a round where one of them failed has no ratio.
+            if one.len() == four.len() {
+                let scale = one.iter().zip(four).map(|(a, b)| b / a).collect();
+                s.samples.insert("rw_scale", scale);
+            }
+        }
     }
 
     // The tree: created once per target (FUSE targets freshly mounted, so they
@@ -496,7 +500,9 @@ fn run() {
     println!("\nwritten to {}", cfg.markdown.display());
 }
 
-/// One measurement of `w` on `s`, recorded in its samples.
+/// One measurement of `w` on `s`, recorded in its samples. A failed
+/// measurement (say EMFILE or EIO from a FUSE target) becomes a note and an
+/// empty cell, not the end of the run.
 fn measure(
     s: &mut Subject,
     w: Workload,
@@ -505,9 +511,24 @@ fn measure(
     round: u64,
     notes: &mut Vec<String>,
 ) {
+    s.settle();
+    if let Err(e) = measure_one(s, w, cfg, http, round, notes) {
+        eprintln!("[{}] {w:?} failed: {e}", s.name());
+        notes.push(format!("{}, round {round}: {w:?} failed: {e}", s.name()));
+    }
+}
+
+fn measure_one(
+    s: &mut Subject,
+    w: Workload,
+    cfg: &Config,
+    http: Option<&http::Tools>,
+    round: u64,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let name = s.name();
     let secs = Duration::from_secs(cfg.secs);
-    let cut = |notes: &mut Vec<String>, c: Option<String>| {
+    let mut cut = |c: Option<String>| {
         notes.extend(c.map(|c| format!("{name}, round {round}: {c}")));
     };
     match w {
@@ -516,8 +537,7 @@ fn measure(
                 Workload::RandWrite1 => (1, ["rw1_iops", "rw1_p50", "rw1_p99"]),
                 _ => (4, ["rw4_iops", "rw4_p50", "rw4_p99"]),
             };
-            s.settle();
-            let r = workloads::randwrite(&s.rw_files[..n], secs);
+            let r = workloads::randwrite(&s.rw_files[..n], secs)?;
             eprintln!(
                 "[{name}] 4 KiB random write + fdatasync, {n} writer(s): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs",
                 r.iops, r.p50_us, r.p99_us
@@ -527,43 +547,41 @@ fn measure(
             s.record(p99, r.p99_us);
         }
         Workload::Seq => {
-            s.settle();
             let deadline = Instant::now() + Duration::from_secs(180);
-            let r = workloads::seqwrite(&s.dir.join("seq.dat"), cfg.seq_mib, deadline);
+            let path = s.dir.join("seq.dat");
+            let r = workloads::seqwrite(&path, cfg.seq_mib, deadline).inspect_err(|_| {
+                let _ = fs::remove_file(&path);
+            })?;
             eprintln!("[{name}] sequential write: {:.1} MB/s", r.per_sec);
             s.record("seq", r.per_sec);
-            cut(notes, r.cut);
+            cut(r.cut);
         }
         Workload::Create => {
-            s.settle();
             let dir = s.dir.join(format!("create{round}"));
-            let r =
-                workloads::create_files(&dir, cfg.files, Instant::now() + Duration::from_secs(120));
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let r = workloads::create_files(&dir, cfg.files, deadline)?;
             eprintln!(
                 "[{name}] create {} files of 4 KiB: {:.0} files/s",
                 cfg.files, r.per_sec
             );
             s.record("create", r.per_sec);
-            cut(notes, r.cut);
+            cut(r.cut);
         }
         Workload::Churn => {
-            s.settle();
             let dir = s.dir.join(format!("churn{round}"));
-            let r = workloads::churn(&dir, cfg.churn, Instant::now() + Duration::from_secs(120));
+            let r = workloads::churn(&dir, cfg.churn, Instant::now() + Duration::from_secs(120))?;
             eprintln!("[{name}] create+rename+unlink: {:.0} cycles/s", r.per_sec);
             s.record("churn", r.per_sec);
-            cut(notes, r.cut);
+            cut(r.cut);
         }
         Workload::Http4k | Workload::Http1m => {
-            let (Some(tools), Some(_)) = (http, s.apache.as_ref()) else {
-                return;
+            let (Some(tools), Some(apache)) = (http, s.apache.as_mut()) else {
+                return Ok(());
             };
             let (path, key) = match w {
                 Workload::Http4k => ("/f4k.bin", "http_4k"),
                 _ => ("/f1m.bin", "http_1m"),
             };
-            s.settle();
-            let apache = s.apache.as_mut().expect("checked above");
             if round == 1 {
                 // A short warm-up: page cache, Apache's threads, kernel caches.
                 apache.wrk(tools, path, 1);
@@ -573,6 +591,7 @@ fn measure(
             s.record(key, rps);
         }
     }
+    Ok(())
 }
 
 /// Walks the subject's tree cold (FUSE targets remounted, kernel caches

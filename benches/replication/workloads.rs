@@ -56,9 +56,9 @@ pub(crate) fn preallocate(path: &Path, size: u64, deadline: Instant) {
 /// Each thread overwrites random 4 KiB blocks of its own file, with an
 /// fdatasync after every write, for `dur`. IOPS over all threads, latency
 /// percentiles of write+fdatasync pairs over all threads.
-pub(crate) fn randwrite(files: &[PathBuf], dur: Duration) -> RandWrite {
+pub(crate) fn randwrite(files: &[PathBuf], dur: Duration) -> Result<RandWrite, String> {
     let barrier = Barrier::new(files.len() + 1);
-    let (lat, elapsed) = thread::scope(|s| {
+    let (results, elapsed) = thread::scope(|s| {
         let workers: Vec<_> = files
             .iter()
             .enumerate()
@@ -69,36 +69,44 @@ pub(crate) fn randwrite(files: &[PathBuf], dur: Duration) -> RandWrite {
             .collect();
         barrier.wait();
         let start = Instant::now();
-        let mut all = Vec::new();
-        for w in workers {
-            all.extend(w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        (all, start.elapsed())
+        let results: Vec<_> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        (results, start.elapsed())
     });
     sys::check_interrupt();
-    let mut lat = lat;
+    let mut lat = Vec::new();
+    for r in results {
+        lat.extend(r?);
+    }
     lat.sort_unstable();
     let pct = |p: f64| {
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
         lat.get(i).copied().unwrap_or(0) as f64 / 1000.0
     };
-    RandWrite {
+    Ok(RandWrite {
         iops: lat.len() as f64 / elapsed.as_secs_f64(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
-    }
+    })
 }
 
-fn randwrite_worker(path: &Path, seed: u64, dur: Duration, barrier: &Barrier) -> Vec<u64> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+/// One writer; it always meets the others at the barrier (even when its open
+/// failed), so that none of them waits forever.
+fn randwrite_worker(
+    path: &Path,
+    seed: u64,
+    dur: Duration,
+    barrier: &Barrier,
+) -> Result<Vec<u64>, String> {
+    let opened = OpenOptions::new().write(true).open(path);
+    barrier.wait();
+    let f = opened.map_err(|e| format!("open {}: {e}", path.display()))?;
     let blocks = RANDWRITE_FILE / BLOCK as u64;
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ (seed + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     let mut buf = pattern(BLOCK, seed as u8);
     let mut lat = Vec::with_capacity(1 << 16);
-    barrier.wait();
     let end = Instant::now() + dur;
     let mut n = 0u64;
     while Instant::now() < end && !sys::interrupted() {
@@ -106,21 +114,22 @@ fn randwrite_worker(path: &Path, seed: u64, dur: Duration, barrier: &Barrier) ->
         buf[..8].copy_from_slice(&n.to_le_bytes());
         let t = Instant::now();
         f.write_all_at(&buf, off)
-            .unwrap_or_else(|e| panic!("pwrite {} at {off}: {e}", path.display()));
+            .map_err(|e| format!("pwrite {} at {off}: {e}", path.display()))?;
         f.sync_data()
-            .unwrap_or_else(|e| panic!("fdatasync {}: {e}", path.display()));
+            .map_err(|e| format!("fdatasync {}: {e}", path.display()))?;
         lat.push(t.elapsed().as_nanos() as u64);
         n += 1;
     }
-    lat
+    Ok(lat)
 }
 
 /// Writes `mib` MiB in 1 MiB writes to a new file, fsyncs it, and removes it.
 /// MB/s (10^6 bytes) including the final fsync.
-pub(crate) fn seqwrite(path: &Path, mib: u64, deadline: Instant) -> Rate {
+pub(crate) fn seqwrite(path: &Path, mib: u64, deadline: Instant) -> Result<Rate, String> {
     let buf = pattern(MIB, 0xa5);
+    let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
     let start = Instant::now();
-    let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let mut f = File::create(path).map_err(|e| err("create", e))?;
     let mut done = 0u64;
     let mut cut = None;
     while done < mib {
@@ -131,23 +140,23 @@ pub(crate) fn seqwrite(path: &Path, mib: u64, deadline: Instant) -> Rate {
             ));
             break;
         }
-        f.write_all(&buf)
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        f.write_all(&buf).map_err(|e| err("write", e))?;
         done += 1;
     }
-    f.sync_all()
-        .unwrap_or_else(|e| panic!("fsync {}: {e}", path.display()));
+    f.sync_all().map_err(|e| err("fsync", e))?;
     let secs = start.elapsed().as_secs_f64();
     drop(f);
-    fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
-    Rate {
+    fs::remove_file(path).map_err(|e| err("remove", e))?;
+    Ok(Rate {
         per_sec: (done * MIB as u64) as f64 / 1e6 / secs,
         cut,
-    }
+    })
 }
 
-/// Creates `n` new files of 4 KiB (open O_CREAT|O_EXCL, write, close) in `dir`.
-pub(crate) fn create_files(dir: &Path, n: u64, deadline: Instant) -> Rate {
+/// Creates `n` new files of 4 KiB (open O_CREAT|O_EXCL, write, close) in a
+/// new directory `dir`, then (untimed) removes them again, so that rounds
+/// start alike and a FUSE daemon does not accumulate inodes.
+pub(crate) fn create_files(dir: &Path, n: u64, deadline: Instant) -> Result<Rate, String> {
     mkdir(dir);
     let buf = pattern(BLOCK, 0x33);
     let start = Instant::now();
@@ -166,19 +175,21 @@ pub(crate) fn create_files(dir: &Path, n: u64, deadline: Instant) -> Rate {
             .write(true)
             .create_new(true)
             .open(&p)
-            .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+            .map_err(|e| format!("create {} (after {done} files): {e}", p.display()))?;
         f.write_all(&buf)
-            .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+            .map_err(|e| format!("write {}: {e}", p.display()))?;
         done += 1;
     }
-    Rate {
+    let rate = Rate {
         per_sec: done as f64 / start.elapsed().as_secs_f64(),
         cut,
-    }
+    };
+    fs::remove_dir_all(dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+    Ok(rate)
 }
 
 /// `n` cycles of: create an empty file, rename it, unlink it. Cycles/s.
-pub(crate) fn churn(dir: &Path, n: u64, deadline: Instant) -> Rate {
+pub(crate) fn churn(dir: &Path, n: u64, deadline: Instant) -> Result<Rate, String> {
     mkdir(dir);
     let start = Instant::now();
     let mut done = 0;
@@ -197,16 +208,18 @@ pub(crate) fn churn(dir: &Path, n: u64, deadline: Instant) -> Rate {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+            .map_err(|e| format!("create {} (after {done} cycles): {e}", tmp.display()))?;
         fs::rename(&tmp, &fin)
-            .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), fin.display()));
-        fs::remove_file(&fin).unwrap_or_else(|e| panic!("unlink {}: {e}", fin.display()));
+            .map_err(|e| format!("rename {} -> {}: {e}", tmp.display(), fin.display()))?;
+        fs::remove_file(&fin).map_err(|e| format!("unlink {}: {e}", fin.display()))?;
         done += 1;
     }
-    Rate {
+    let rate = Rate {
         per_sec: done as f64 / start.elapsed().as_secs_f64(),
         cut,
-    }
+    };
+    fs::remove_dir(dir).map_err(|e| format!("rmdir {}: {e}", dir.display()))?;
+    Ok(rate)
 }
 
 /// Creates a tree of `n` empty files: 10 directories of 10 directories, the
