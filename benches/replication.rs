@@ -46,6 +46,9 @@
 //! machine drifts over all targets alike; a figure is the median of its rounds
 //! (the Markdown lists every round). Each measurement starts after a `sync`
 //! and a second of quiet, so one workload's writeback is not billed to the next.
+//! FUSE targets start every round (and the tree) with a freshly started
+//! daemon; the descriptors each daemon held at the end of a round are
+//! reported, which shows a daemon that keeps inodes the kernel has forgotten.
 //!
 //! The goals column is issue 2's targets for mirrorfs; they are goals, not
 //! asserts. Other settings: `MIRRORFS_BENCH_SECS` (duration of each timed run,
@@ -400,13 +403,39 @@ fn run() {
 
     // The rounds: each workload on each target in turn, so that a change in
     // the machine's background load hits all targets alike.
+    let mut fds: BTreeMap<Target, Vec<String>> = BTreeMap::new();
     for round in 1..=cfg.rounds {
         eprintln!("--- round {round} of {}", cfg.rounds);
+        // FUSE targets start each round with a fresh daemon, so rounds are
+        // alike; the descriptors each daemon held are recorded first (they
+        // show a daemon that keeps what the kernel forgot).
+        for s in subjects.iter_mut() {
+            if let Some(m) = s.mount.as_mut() {
+                if round > 1 {
+                    fds.entry(s.target).or_default().push(m.fd_count());
+                    m.remount();
+                }
+            }
+        }
         for w in Workload::ALL {
             for s in subjects.iter_mut() {
                 measure(s, w, &cfg, http.as_ref(), round, &mut notes);
             }
         }
+    }
+    for s in subjects.iter_mut() {
+        if let Some(m) = s.mount.as_ref() {
+            fds.entry(s.target).or_default().push(m.fd_count());
+        }
+    }
+    if !fds.is_empty() {
+        let per = |(t, v): (&Target, &Vec<String>)| format!("{} {}", t.name(), v.join(", "));
+        notes.push(format!(
+            "open descriptors of each FUSE daemon at the end of each round \
+             (each round creates and deletes {} files): {}",
+            cfg.files + cfg.churn,
+            fds.iter().map(per).collect::<Vec<_>>().join("; ")
+        ));
     }
     for s in subjects.iter_mut() {
         s.apache = None;
@@ -584,9 +613,9 @@ fn measure_one(
             };
             if round == 1 {
                 // A short warm-up: page cache, Apache's threads, kernel caches.
-                apache.wrk(tools, path, 1);
+                apache.wrk(tools, path, 1)?;
             }
-            let rps = apache.wrk(tools, path, cfg.secs);
+            let rps = apache.wrk(tools, path, cfg.secs)?;
             eprintln!("[{name}] HTTP GET {path}: {rps:.0} requests/s");
             s.record(key, rps);
         }

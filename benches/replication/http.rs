@@ -110,9 +110,9 @@ impl Apache {
         })
     }
 
-    /// `wrk -t2 -c32 -d{secs}s` against `path`: requests/s. Panics if any
+    /// `wrk -t2 -c32 -d{secs}s` against `path`: requests/s. An error if any
     /// response was not a success (the figure would be meaningless).
-    pub(crate) fn wrk(&mut self, tools: &Tools, path: &str, secs: u64) -> f64 {
+    pub(crate) fn wrk(&mut self, tools: &Tools, path: &str, secs: u64) -> Result<f64, String> {
         let log = &self.work.join("wrk.out");
         let mut cmd = sys::command_in(Some(&self.netns), &tools.wrk);
         cmd.args([
@@ -126,20 +126,22 @@ impl Apache {
         let _ = fs::remove_file(log);
         let mut p = Proc::spawn("wrk", &mut cmd, log);
         if p.wait_exit(Duration::from_secs(secs + 30)).is_none() {
-            panic!("wrk did not finish within {} s", secs + 30);
+            return Err(format!("wrk did not finish within {} s", secs + 30));
         }
         self.proc.check_alive();
-        let out = fs::read_to_string(log).unwrap_or_else(|e| panic!("read {}: {e}", log.display()));
+        let out = fs::read_to_string(log).map_err(|e| format!("read {}: {e}", log.display()))?;
+        let flat = || out.split_whitespace().collect::<Vec<_>>().join(" ");
         if out.contains("Non-2xx or 3xx responses") {
-            panic!(
-                "wrk got error responses for {path}:\n{out}\nApache error log:\n{}",
-                sys::log_tail(&self.error_log, 8)
-            );
+            return Err(format!(
+                "wrk got error responses for {path}: {}; Apache's error log ends: {}",
+                flat(),
+                sys::log_tail(&self.error_log, 2).replace('\n', " | ")
+            ));
         }
         out.lines()
             .find_map(|l| l.strip_prefix("Requests/sec:"))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{out}"))
+            .ok_or_else(|| format!("no Requests/sec in wrk's output: {}", flat()))
     }
 }
 

@@ -193,6 +193,14 @@ impl FuseMount {
         self.proc = Some(p);
     }
 
+    /// How many descriptors the daemon has open, as text ("?" if unknown).
+    pub(crate) fn fd_count(&self) -> String {
+        self.proc
+            .as_ref()
+            .and_then(|p| fs::read_dir(format!("/proc/{}/fd", p.pid())).ok())
+            .map_or_else(|| "?".into(), |d| d.count().to_string())
+    }
+
     /// Panics with the daemon's log if it died.
     pub(crate) fn check_alive(&mut self) {
         if let Some(p) = self.proc.as_mut() {
