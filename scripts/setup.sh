@@ -19,6 +19,7 @@ PACKAGES=(
   util-linux   # nsenter, findmnt, umount
   procps
   postgresql   # server, for the database tests
+  curl         # HTTP client of the Apache tests
 )
 
 say() { echo "setup: $*"; }

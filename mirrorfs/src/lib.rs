@@ -10,7 +10,11 @@
 //! root (secondary); acknowledge to an application a mutation the secondary has not
 //! applied; accept a peer whose certificate is not the pinned one.
 
+pub mod control;
+pub mod discard;
 pub mod fs;
+pub mod meta;
+pub mod mirror;
 pub mod net;
 pub mod proto;
 pub mod replica;

@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
 
 use mirrorfs::fs::fuse::MirrorFs;
-use mirrorfs::fs::ops::META_DIR;
 use mirrorfs::fs::Overlay;
-use mirrorfs::net::client::{Link, LinkConfig};
+use mirrorfs::meta::META_DIR;
+use mirrorfs::mirror::{Mirror, MirrorConfig, MirrorRef, OnPeerLoss, Status};
+use mirrorfs::net::client::LinkConfig;
 use mirrorfs::net::server::{self, ServeConfig};
 use mirrorfs::net::tls;
 
@@ -46,6 +47,23 @@ enum Cmd {
     Serve(ServeArgs),
     /// Primary: mount a replicating overlay of --backing at --mountpoint.
     Mount(MountArgs),
+    /// Give up this side's own changes after a split brain: keep copies in
+    /// DIR/.mirrorfs/discarded-<time>/, then let the peer replace this tree.
+    /// Run it while nothing serves or mounts DIR.
+    Discard {
+        /// The replicated directory (a backing or replica root).
+        #[arg(long)]
+        root: PathBuf,
+    },
+    /// Show the state of a running mount (role, peer, generation, dirty files, resync).
+    Status {
+        /// The mount's control socket (its --control).
+        #[arg(long)]
+        control: PathBuf,
+        /// Print JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare two trees; exit 0 when identical, 1 with one line per difference.
     Verify {
         /// First tree (e.g. the primary's backing directory).
@@ -103,9 +121,27 @@ struct MountArgs {
     /// Stay in the foreground (otherwise detach once mounted, logging to --log).
     #[arg(long)]
     foreground: bool,
-    /// Seconds an operation may wait for the secondary before it fails with EIO.
+    /// Seconds an operation may wait for the secondary before the peer counts as lost.
     #[arg(long = "peer-timeout", default_value_t = 5.0, value_parser = parse_secs)]
     peer_timeout: f64,
+    /// When the peer is lost: `fail` (mutations fail with EIO until it is back)
+    /// or `alone` (carry on ALONE, record every change, resync when it returns).
+    #[arg(long = "on-peer-loss", default_value = "fail", value_parser = parse_on_peer_loss)]
+    on_peer_loss: OnPeerLoss,
+    /// Start ALONE without waiting for the peer (implies --on-peer-loss=alone);
+    /// connect and resync when it appears.
+    #[arg(long)]
+    alone: bool,
+    /// Compare every file by checksum at the next resync (first start, doubt).
+    #[arg(long)]
+    full: bool,
+    /// Cap the resync's data rate, in MB/s (it also yields to the application
+    /// by itself: while the application writes, one resync block at a time).
+    #[arg(long = "resync-rate-limit")]
+    resync_rate_limit: Option<u64>,
+    /// Control socket for `mirrorfs status` (root only, mode 0600).
+    #[arg(long)]
+    control: Option<PathBuf>,
     /// FUSE worker threads (concurrent operations served).
     #[arg(long, default_value_t = 16)]
     threads: usize,
@@ -119,6 +155,14 @@ struct MountArgs {
     /// supervised mirrorfs stops, and unmounts, with its supervisor).
     #[arg(long = "outlive-parent")]
     outlive_parent: bool,
+}
+
+fn parse_on_peer_loss(s: &str) -> Result<OnPeerLoss, String> {
+    match s {
+        "fail" => Ok(OnPeerLoss::Fail),
+        "alone" => Ok(OnPeerLoss::Alone),
+        _ => Err(format!("{s:?}: use `fail` or `alone`")),
+    }
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -139,6 +183,8 @@ fn main() -> ExitCode {
         Cmd::Mount(a) if a.foreground => tie_to_parent(a.outlive_parent).and_then(|()| mount(a)),
         Cmd::Mount(a) => detach(a),
         Cmd::Verify { a, b } => return verify(&a, &b),
+        Cmd::Status { control, json } => return status(&control, json),
+        Cmd::Discard { root } => discard(&root),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -273,16 +319,68 @@ fn mount(a: MountArgs) -> Result<(), String> {
     if let Err(e) = mirrorfs::sys::raise_nofile_limit() {
         info!(error = %e, "could not raise the open-files limit");
     }
-    let link = Link::connect(LinkConfig {
-        peer: a.peer,
-        identity,
-        pinned,
-        peer_timeout: Duration::from_secs_f64(a.peer_timeout),
-    })
+    let on_peer_loss = if a.alone {
+        OnPeerLoss::Alone
+    } else {
+        a.on_peer_loss
+    };
+    let mirror = Mirror::start(
+        &backing,
+        MirrorConfig {
+            link: LinkConfig {
+                peer: a.peer,
+                identity: Arc::new(identity),
+                pinned,
+                peer_timeout: Duration::from_secs_f64(a.peer_timeout),
+            },
+            on_peer_loss,
+            start_alone: a.alone,
+            full_resync: a.full,
+            resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),
+        },
+    )
     .map_err(|e| e.to_string())?;
-    let overlay = Overlay::new(&backing, Arc::new(link.clone()))
-        .map_err(|e| format!("--backing {}: {e}", backing.display()))?;
-    let fs = MirrorFs::new(Arc::new(overlay), !a.no_passthrough);
+    let overlay = Arc::new(
+        Overlay::new(&backing, Arc::new(MirrorRef(mirror.clone())))
+            .map_err(|e| format!("--backing {}: {e}", backing.display()))?,
+    );
+    {
+        let (o, m) = (overlay.clone(), mirror.clone());
+        std::thread::Builder::new()
+            .name("mirrorfs-resync".into())
+            .spawn(move || mirrorfs::fs::resync::run(o, m))
+            .map_err(|e| format!("cannot start the resync thread: {e}"))?;
+    }
+    {
+        // Activity epochs: every 30 s, flush the backing filesystem, then drop
+        // the older epoch (its mutations are now durable here).
+        let (o, m, b) = (overlay.clone(), mirror.clone(), backing.clone());
+        std::thread::Builder::new()
+            .name("mirrorfs-epochs".into())
+            .spawn(move || loop {
+                for _ in 0..30 {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if m.is_shut_down() {
+                        return;
+                    }
+                }
+                if let Err(e) = mirrorfs::meta::syncfs(&b) {
+                    tracing::warn!(error = %e, "syncfs of the backing filesystem failed");
+                    continue;
+                }
+                let _g = o.sequence();
+                m.rotate_activity();
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+    }
+    let _control = match &a.control {
+        Some(path) => Some(
+            mirrorfs::control::serve(path, mirror.clone())
+                .map_err(|e| format!("--control {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let fs = MirrorFs::new(overlay, !a.no_passthrough);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("mirrorfs:{}", backing.display())),
@@ -306,7 +404,7 @@ fn mount(a: MountArgs) -> Result<(), String> {
         .run()
         .map_err(|e| format!("the FUSE session failed: {e}"))?;
     info!("unmounted");
-    drop(link);
+    mirror.shutdown();
     Ok(())
 }
 
@@ -384,6 +482,83 @@ fn is_mounted(mountpoint: &Path) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+fn discard(root: &Path) -> Result<(), String> {
+    if is_mounted(root) {
+        return Err(format!(
+            "{} is a mount point: run discard on the backing or replica directory, with nothing serving or mounting it",
+            root.display()
+        ));
+    }
+    let r = mirrorfs::discard::discard(root)
+        .map_err(|e| format!("discard in {}: {e}", root.display()))?;
+    println!(
+        "kept {} changed path(s) of this side in {}:",
+        r.kept.len(),
+        r.folder.display()
+    );
+    for p in &r.kept {
+        println!("  {}", p.display());
+    }
+    for p in &r.absent {
+        println!("  {} (deleted on this side: nothing to keep)", p.display());
+    }
+    println!(
+        "this side now counts as new: the primary will compare every file and replace what differs. Delete {} once you no longer need it.",
+        r.folder.display()
+    );
+    Ok(())
+}
+
+fn status(control: &Path, json: bool) -> ExitCode {
+    let line = match mirrorfs::control::request(control, "status") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mirrorfs: status: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        print!("{line}");
+        return ExitCode::SUCCESS;
+    }
+    let st: Status = match serde_json::from_str(&line) {
+        Ok(s) => s,
+        Err(_) => {
+            eprintln!("mirrorfs: status: unexpected answer: {}", line.trim());
+            return ExitCode::from(2);
+        }
+    };
+    println!("role:        {}", st.role);
+    println!("peer:        {} ({})", st.peer, st.peer_node);
+    println!("connected:   {}", if st.connected { "yes" } else { "no" });
+    println!("generation:  {}", st.generation);
+    println!(
+        "dirty:       {} files, {} bytes",
+        st.dirty_files, st.dirty_bytes
+    );
+    println!("in flight:   {} ops", st.ops_in_flight);
+    println!("in role:     {:.0} s", st.role_secs);
+    if let Some(r) = &st.resync {
+        println!(
+            "resync:      {} done, {} left, {} bytes sent, {:.1} MB/s, ETA {}{}",
+            r.files_done,
+            r.files_left,
+            r.bytes_sent,
+            r.rate_bytes_per_sec / 1e6,
+            r.eta_secs.map_or("unknown".into(), |s| format!("{s:.0} s")),
+            if r.full {
+                " (full: every file by checksum)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(e) = &st.last_error {
+        println!("last error:  {e}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn verify(a: &Path, b: &Path) -> ExitCode {

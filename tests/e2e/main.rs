@@ -17,3 +17,10 @@ mod mirror_replicate;
 /// Issue 2: a peer holding the pinned certificate but sending hostile frames
 /// changes nothing outside the replica root, and the server keeps serving.
 mod hostile_peer;
+
+/// Issue 2, item 9: SQLite and PostgreSQL keep every commit across a SIGKILL of
+/// the primary's mirrorfs; Apache serves from the mount.
+mod mirror_apps;
+
+/// Issue 3: ALONE on peer loss, incremental and --full resync, split brain refused, status.
+mod mirror_resync;

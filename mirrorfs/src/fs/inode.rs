@@ -1,18 +1,22 @@
 //! [`InodeTable`]: the primary's map from FUSE inode numbers to backing inodes.
 //!
-//! Owns, per inode the kernel knows: the backing `(dev, ino)`, an `O_PATH`
-//! descriptor (so local calls never resolve a path again), the kernel's lookup
-//! count (honouring `forget`), and every name it is known under, which is what
-//! replication sends to the secondary. FUSE inode numbers only go up and are
+//! Owns, per inode the kernel knows: the backing `(dev, ino)`, a cached
+//! `O_PATH` descriptor, the kernel's lookup count (honouring `forget`), and
+//! every name it is known under, which is what replication sends to the
+//! secondary. Descriptors are a bounded cache (the kernel may know far more
+//! inodes than a process may hold descriptors): an evicted one is opened again
+//! from its path with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and
+//! checked to be the same `(dev, ino)`. FUSE inode numbers only go up and are
 //! never reused. Must not do any replication itself.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::proto::path::RelPath;
+use crate::sys;
 
 /// The FUSE inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -23,38 +27,51 @@ pub type Key = (u64, u64);
 #[derive(Debug)]
 struct Node {
     key: Key,
-    fd: Arc<OwnedFd>,
+    /// Cached descriptor (`None`: evicted, reopen from the path).
+    fd: Option<Arc<OwnedFd>>,
+    /// Used since the last eviction sweep (clock algorithm).
+    used: bool,
     /// Lookups the kernel holds (root: never forgotten).
     lookups: u64,
     /// Known names as (parent inode, name); directories have exactly one.
     names: Vec<(u64, OsString)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     nodes: HashMap<u64, Node>,
     by_key: HashMap<Key, u64>,
     next: u64,
+    /// Descriptors cached now.
+    cached: usize,
 }
 
 /// The inode table (internally locked; every method is short).
 #[derive(Debug)]
 pub struct InodeTable {
     inner: Mutex<Inner>,
+    root: Arc<OwnedFd>,
+    /// Most descriptors cached at once.
+    budget: usize,
 }
 
 impl InodeTable {
-    /// A table holding only the root, backed by `root_fd` (an O_PATH directory).
-    pub fn new(root_fd: OwnedFd, root_key: Key) -> Self {
+    /// A table holding only the root, backed by `root_fd` (an O_PATH
+    /// directory), caching at most `budget` descriptors.
+    pub fn new(root_fd: OwnedFd, root_key: Key, budget: usize) -> Self {
+        let root = Arc::new(root_fd);
         let mut inner = Inner {
+            nodes: HashMap::new(),
+            by_key: HashMap::new(),
             next: ROOT_INO + 1,
-            ..Inner::default()
+            cached: 0,
         };
         inner.nodes.insert(
             ROOT_INO,
             Node {
                 key: root_key,
-                fd: Arc::new(root_fd),
+                fd: Some(root.clone()),
+                used: true,
                 lookups: 1,
                 names: Vec::new(),
             },
@@ -62,6 +79,33 @@ impl InodeTable {
         inner.by_key.insert(root_key, ROOT_INO);
         Self {
             inner: Mutex::new(inner),
+            root,
+            budget: budget.max(64),
+        }
+    }
+
+    /// Drops cached descriptors (clock sweep) until there is room for one
+    /// more. The root and unlinked inodes (no path to reopen) are kept.
+    fn make_room(&self, t: &mut Inner) {
+        if t.cached < self.budget {
+            return;
+        }
+        let target = self.budget * 3 / 4;
+        for _ in 0..2 {
+            for (ino, node) in t.nodes.iter_mut() {
+                if t.cached <= target {
+                    return;
+                }
+                if *ino == ROOT_INO || node.fd.is_none() || node.names.is_empty() {
+                    continue;
+                }
+                if node.used {
+                    node.used = false;
+                } else {
+                    node.fd = None;
+                    t.cached -= 1;
+                }
+            }
         }
     }
 
@@ -70,13 +114,55 @@ impl InodeTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The O_PATH descriptor of `ino` (`ESTALE` if the kernel forgot it).
+    /// The O_PATH descriptor of `ino` (`ESTALE` if the kernel forgot it, or
+    /// if its path no longer leads to the same inode).
     pub fn fd(&self, ino: u64) -> io::Result<Arc<OwnedFd>> {
-        self.lock()
-            .nodes
-            .get(&ino)
-            .map(|n| n.fd.clone())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
+        let (key, path) = {
+            let mut t = self.lock();
+            let node = t
+                .nodes
+                .get_mut(&ino)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+            node.used = true;
+            if let Some(fd) = &node.fd {
+                return Ok(fd.clone());
+            }
+            (node.key, Self::path_locked(&t, ino)?)
+        };
+        let fd = sys::openat2(
+            self.root.as_fd(),
+            path.as_os_str(),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_STRICT,
+        )?;
+        let st = sys::fstat(fd.as_fd())?;
+        if (st.st_dev, st.st_ino) != key {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let fd = Arc::new(fd);
+        let mut t = self.lock();
+        self.make_room(&mut t);
+        if let Some(node) = t.nodes.get_mut(&ino) {
+            if node.fd.is_none() {
+                node.fd = Some(fd.clone());
+                t.cached += 1;
+            }
+        }
+        Ok(fd)
+    }
+
+    /// A lookup of a name the table already knows for `key`: counts it and
+    /// returns the inode, or `None` when the name (or inode) is new.
+    pub fn lookup_known(&self, parent: u64, name: &OsStr, key: Key) -> Option<u64> {
+        let mut t = self.lock();
+        let ino = *t.by_key.get(&key)?;
+        let node = t.nodes.get_mut(&ino).expect("by_key and nodes agree");
+        if node.names.iter().any(|(p, n)| *p == parent && n == name) {
+            node.lookups += 1;
+            return Some(ino);
+        }
+        None
     }
 
     /// Records a lookup of `parent/name` that found `key`. `open` makes the
@@ -94,10 +180,22 @@ impl InodeTable {
         let mut t = self.lock();
         if let Some(&ino) = t.by_key.get(&key) {
             let node = t.nodes.get_mut(&ino).expect("by_key and nodes agree");
-            if alive(&node.fd) {
+            // With no cached descriptor, a node that still has names was never
+            // unlinked through the mount: it is the same inode.
+            let same = match &node.fd {
+                Some(old) => alive(old),
+                None => !node.names.is_empty(),
+            };
+            if same {
                 node.lookups += 1;
+                node.used = true;
                 if !node.names.iter().any(|(p, n)| *p == parent && n == name) {
                     node.names.push((parent, name.to_owned()));
+                }
+                if node.fd.is_none() {
+                    node.fd = Some(Arc::new(fd));
+                    t.cached += 1;
+                    self.make_room(&mut t);
                 }
                 return ino;
             }
@@ -107,15 +205,18 @@ impl InodeTable {
         }
         let ino = t.next;
         t.next += 1;
+        self.make_room(&mut t);
         t.nodes.insert(
             ino,
             Node {
                 key,
-                fd: Arc::new(fd),
+                fd: Some(Arc::new(fd)),
+                used: true,
                 lookups: 1,
                 names: vec![(parent, name.to_owned())],
             },
         );
+        t.cached += 1;
         t.by_key.insert(key, ino);
         ino
     }
@@ -137,7 +238,9 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
             let key = node.key;
-            t.nodes.remove(&ino);
+            if t.nodes.remove(&ino).is_some_and(|n| n.fd.is_some()) {
+                t.cached -= 1;
+            }
             if t.by_key.get(&key) == Some(&ino) {
                 t.by_key.remove(&key);
             }
@@ -147,7 +250,10 @@ impl InodeTable {
     /// The path of `ino` beneath the root, following its first known name.
     /// `ENOENT` when it has no name left (unlinked while open).
     pub fn path(&self, ino: u64) -> io::Result<RelPath> {
-        let t = self.lock();
+        Self::path_locked(&self.lock(), ino)
+    }
+
+    fn path_locked(t: &Inner, ino: u64) -> io::Result<RelPath> {
         let mut parts: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         while cur != ROOT_INO {
@@ -208,6 +314,11 @@ impl InodeTable {
     /// Inodes currently known to the kernel (for status and tests).
     pub fn len(&self) -> usize {
         self.lock().nodes.len()
+    }
+
+    /// Descriptors cached now (bounded by the budget).
+    pub fn cached(&self) -> usize {
+        self.lock().cached
     }
 
     /// Never true: the root is always there (clippy's `len` companion).

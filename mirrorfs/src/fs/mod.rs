@@ -11,6 +11,7 @@ pub mod inode;
 pub mod iomode;
 pub mod ops;
 pub mod replicate;
+pub mod resync;
 
 pub use ops::{Ctx, Overlay};
-pub use replicate::{Replicate, Ticket};
+pub use replicate::{Replicate, Ticket, Touched};

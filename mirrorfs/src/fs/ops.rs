@@ -25,13 +25,11 @@ use tracing::warn;
 
 use super::inode::{InodeTable, Key, ROOT_INO};
 use super::iomode::{IoModes, ReadMode};
-use super::replicate::{Replicate, Ticket};
+use super::replicate::{Replicate, Ticket, Touched};
+use crate::meta::META_DIR;
 use crate::proto::path::{check_name, RelPath};
 use crate::proto::wire::{HandleId, Op, Target, Timestamp};
 use crate::sys;
-
-/// Name of the metadata area at the backing root, hidden from the mount.
-pub const META_DIR: &str = ".mirrorfs";
 
 /// How long a writable open waits for passthrough readers of the file to close.
 const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -157,8 +155,24 @@ fn timestamp(sec: i64, nsec: i64) -> Timestamp {
 }
 
 impl Overlay {
-    /// An overlay of `backing` (an existing directory) replicating through `repl`.
+    /// An overlay of `backing` (an existing directory) replicating through
+    /// `repl`, caching descriptors for up to half the open-files limit.
     pub fn new(backing: &Path, repl: Arc<dyn Replicate>) -> io::Result<Self> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: 1024,
+        };
+        // SAFETY: lim is valid for the call.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        Self::with_fd_budget(backing, repl, (lim.rlim_cur / 2) as usize)
+    }
+
+    /// As [`new`](Self::new), caching at most `budget` inode descriptors.
+    pub fn with_fd_budget(
+        backing: &Path,
+        repl: Arc<dyn Replicate>,
+        budget: usize,
+    ) -> io::Result<Self> {
         let root = File::open(backing)?;
         let root_fd: OwnedFd = root.into();
         let st = sys::fstat(root_fd.as_fd())?;
@@ -167,7 +181,7 @@ impl Overlay {
         }
         let path_fd = reopen(root_fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?;
         Ok(Self {
-            inodes: InodeTable::new(path_fd, key_of(&st)),
+            inodes: InodeTable::new(path_fd, key_of(&st), budget),
             handles: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -186,6 +200,22 @@ impl Overlay {
         let pfd = self.inodes.fd(parent)?;
         let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
+        // Fast path: a name the table already knows for this inode.
+        if let Some(ino) = self.inodes.lookup_known(parent, name, key_of(&st)) {
+            return Ok(Entry { ino, attr: st });
+        }
+        // A new name is recorded under the sequencer, so that no rename can
+        // move the entry between our openat and the insertion (the name is
+        // what replication will send).
+        let _guard = self.sequence();
+        self.lookup_locked(parent, name)
+    }
+
+    /// [`lookup`](Self::lookup) for callers that hold the sequencer.
+    fn lookup_locked(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        let pfd = self.inodes.fd(parent)?;
+        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
         let ino = self.inodes.lookup(parent, name, key_of(&st), fd, |old| {
             sys::fstat(old.as_fd()).is_ok_and(|s| s.st_nlink > 0 || is_kind(&s, libc::S_IFDIR))
         });
@@ -196,6 +226,11 @@ impl Overlay {
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
         self.io_modes.forget(ino);
+    }
+
+    /// Inodes the kernel knows, and descriptors cached for them.
+    pub fn inode_stats(&self) -> (usize, usize) {
+        (self.inodes.len(), self.inodes.cached())
     }
 
     /// The kernel accepted FUSE passthrough: read-only opens may use it.
@@ -351,7 +386,7 @@ impl Overlay {
     ) -> io::Result<Entry> {
         self.check_creatable(parent, name)?;
         let mode = mode & !umask;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
             sys::mknodat(pfd.as_fd(), name, mode, rdev)?;
             let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
@@ -377,7 +412,7 @@ impl Overlay {
     ) -> io::Result<Entry> {
         self.check_creatable(parent, name)?;
         let mode = mode & !umask & 0o7777;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
             sys::mkdirat(pfd.as_fd(), name, mode)?;
             let (entry, st) = self.finish_create(parent, name, &pfd, owner, u32::MAX)?;
@@ -403,11 +438,11 @@ impl Overlay {
         if target.is_empty() || target.len() > crate::proto::path::MAX_PATH {
             return Err(err(libc::ENAMETOOLONG));
         }
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, (uid, gid)) = self.parent_and_owner(ctx, parent)?;
             sys::symlinkat(target, pfd.as_fd(), name)?;
             sys::fchownat(pfd.as_fd(), name, uid, gid)?;
-            let entry = self.lookup(parent, name)?;
+            let entry = self.lookup_locked(parent, name)?;
             let op = Op::Symlink {
                 path: self.child_path(parent, name)?,
                 target: target.as_bytes().to_vec(),
@@ -421,7 +456,9 @@ impl Overlay {
     /// `link`: a new name `newparent/newname` for `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
         self.check_creatable(newparent, newname)?;
-        self.mutate(|| {
+        let mut touched = self.touch_child(newparent, newname);
+        touched.paths.extend(self.inodes.path(ino).ok());
+        self.mutate(touched, || {
             let existing = self.inodes.path(ino)?;
             let fd = self.inodes.fd(ino)?;
             let pfd = self.inodes.fd(newparent)?;
@@ -437,7 +474,7 @@ impl Overlay {
                     libc::AT_EMPTY_PATH,
                 )
             })?;
-            let entry = self.lookup(newparent, newname)?;
+            let entry = self.lookup_locked(newparent, newname)?;
             let op = Op::Link {
                 existing,
                 new: self.child_path(newparent, newname)?,
@@ -458,7 +495,7 @@ impl Overlay {
 
     fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
         self.check_visible(parent, name)?;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let path = self.child_path(parent, name)?;
             let pfd = self.inodes.fd(parent)?;
             let st = sys::fstatat(pfd.as_fd(), name)?;
@@ -487,9 +524,14 @@ impl Overlay {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(err(libc::EINVAL));
         }
-        self.mutate(|| {
-            let from = self.child_path(parent, name)?;
-            let to = self.child_path(newparent, newname)?;
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(newparent, newname)?;
+        let touched = Touched {
+            paths: vec![from.clone(), to.clone()],
+            rename: Some((from.clone(), to.clone())),
+            data: None,
+        };
+        self.mutate(touched, || {
             let pfd = self.inodes.fd(parent)?;
             let npfd = self.inodes.fd(newparent)?;
             let src = sys::fstatat(pfd.as_fd(), name)?;
@@ -533,7 +575,12 @@ impl Overlay {
         }
         self.io_modes.open_write(ino)?;
         let oflags = libc::O_RDWR | (flags & (SYNC_FLAGS | libc::O_TRUNC | libc::O_NONBLOCK));
-        let r = self.mutate(|| {
+        let touched = if oflags & libc::O_TRUNC != 0 {
+            self.touch_ino(ino)
+        } else {
+            Touched::default()
+        };
+        let r = self.mutate(touched, || {
             let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
             let path = self.inodes.path(ino);
             let fh = self.insert_handle(ino, file, true, path.is_ok(), false);
@@ -576,7 +623,7 @@ impl Overlay {
         let mode = mode & !umask & 0o7777;
         let keep = flags & (SYNC_FLAGS | libc::O_NONBLOCK);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        self.mutate(|| {
+        self.mutate(self.touch_child(parent, name), || {
             let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
             let path = self.child_path(parent, name)?;
             let created = sys::openat(
@@ -600,12 +647,13 @@ impl Overlay {
                 }
                 Err(e) => return Err(e),
             };
-            let st = if is_new {
-                self.finish_create(parent, name, &pfd, owner, mode)?.1
+            // One lookup counted for the one entry the kernel gets.
+            let (entry, st) = if is_new {
+                self.finish_create(parent, name, &pfd, owner, mode)?
             } else {
-                sys::fstat(file.as_fd())?
+                let entry = self.lookup_locked(parent, name)?;
+                (entry, entry.attr)
             };
-            let entry = self.lookup(parent, name)?;
             let file = Arc::new(File::from(file));
             if writable {
                 self.io_modes.open_write(entry.ino)?;
@@ -658,9 +706,12 @@ impl Overlay {
         if h.replicated {
             // Ordered after every write on the handle; nobody waits for it.
             let _guard = self.sequence();
-            drop(self.repl.submit(Op::Close {
-                handle: HandleId(fh),
-            }));
+            drop(self.repl.submit(
+                Op::Close {
+                    handle: HandleId(fh),
+                },
+                &Touched::default(),
+            ));
         }
     }
 
@@ -688,7 +739,7 @@ impl Overlay {
         if !h.writable {
             return Err(err(libc::EBADF));
         }
-        self.mutate(|| {
+        self.mutate(self.touch_data(h.ino, offset, data.len() as u64), || {
             let n = sys::pwrite(h.file.as_fd(), data, offset)?;
             let ops = if h.replicated {
                 vec![Op::Write {
@@ -717,7 +768,7 @@ impl Overlay {
         if !h.writable {
             return Err(err(libc::EBADF));
         }
-        self.mutate(|| {
+        self.mutate(self.touch_data(h.ino, offset, len), || {
             sys::fallocate(h.file.as_fd(), mode, offset, len)?;
             let ops = if h.replicated {
                 vec![Op::Fallocate {
@@ -751,7 +802,7 @@ impl Overlay {
             return Err(err(libc::EBADF));
         }
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        self.mutate(|| {
+        self.mutate(self.touch_data(dst.ino, offset_out, len), || {
             let n = sys::copy_file_range(
                 src.file.as_fd(),
                 offset_in,
@@ -789,7 +840,7 @@ impl Overlay {
 
     /// `setattr`: size, mode, owner and times, each replicated.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, attr: SetAttr) -> io::Result<libc::stat> {
-        self.mutate(|| {
+        self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             let target = || self.target(ino, fh);
             let mut ops = Vec::new();
@@ -855,7 +906,7 @@ impl Overlay {
 
     /// `setxattr`.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        self.mutate(|| {
+        self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             sys::setxattr_fd(fd.as_fd(), name, value, flags)?;
             Ok((
@@ -872,7 +923,7 @@ impl Overlay {
 
     /// `removexattr`.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
-        self.mutate(|| {
+        self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             sys::removexattr_fd(fd.as_fd(), name)?;
             Ok((
@@ -889,12 +940,20 @@ impl Overlay {
 
     /// Applies a mutation locally and submits its ops in one sequencer section,
     /// then waits (outside the lock) until the secondary has applied them all.
-    fn mutate<T>(&self, f: impl FnOnce() -> io::Result<(T, Vec<Op>)>) -> io::Result<T> {
-        // A lost peer refuses the mutation before anything changes locally.
-        self.repl.check()?;
+    /// `touched` is announced first, so that it is recorded durably before the
+    /// local change when the peer is away.
+    fn mutate<T>(
+        &self,
+        touched: Touched,
+        f: impl FnOnce() -> io::Result<(T, Vec<Op>)>,
+    ) -> io::Result<T> {
         let guard = self.sequence();
+        self.repl.begin(&touched)?;
         let (value, ops) = f()?;
-        let tickets: Vec<Ticket> = ops.into_iter().map(|op| self.repl.submit(op)).collect();
+        let tickets: Vec<Ticket> = ops
+            .into_iter()
+            .map(|op| self.repl.submit(op, &touched))
+            .collect();
         drop(guard);
         let mut result = Ok(value);
         for t in tickets {
@@ -910,17 +969,44 @@ impl Overlay {
 
     /// Makes `fd` durable locally while the secondary makes `target` durable.
     fn durable(&self, fd: BorrowedFd<'_>, target: Target, datasync: bool) -> io::Result<()> {
-        self.repl.check()?;
         let ticket = {
             let _guard = self.sequence();
-            self.repl.submit(Op::Fsync { target, datasync })
+            self.repl.begin(&Touched::default())?;
+            self.repl
+                .submit(Op::Fsync { target, datasync }, &Touched::default())
         };
         let local = sys::fsync(fd, datasync);
         let remote = ticket.wait();
-        local.and(remote)
+        local.and(remote.map(drop))
     }
 
-    fn sequence(&self) -> MutexGuard<'_, ()> {
+    /// The mutation touches `parent/name`.
+    fn touch_child(&self, parent: u64, name: &OsStr) -> Touched {
+        Touched::paths(self.child_path(parent, name).ok().into_iter().collect())
+    }
+
+    /// The mutation touches the inode `ino` (by its path; none if unlinked).
+    fn touch_ino(&self, ino: u64) -> Touched {
+        Touched::paths(self.inodes.path(ino).ok().into_iter().collect())
+    }
+
+    /// The mutation changes only bytes `[offset, offset + len)` of `ino`.
+    fn touch_data(&self, ino: u64, offset: u64, len: u64) -> Touched {
+        let mut t = self.touch_ino(ino);
+        if t.paths.len() == 1 {
+            t.data = Some((offset, len));
+        }
+        t
+    }
+
+    /// The backing root (an O_PATH directory) for the resync.
+    pub(crate) fn backing_root(&self) -> io::Result<Arc<OwnedFd>> {
+        self.inodes.fd(ROOT_INO)
+    }
+
+    /// The sequencer: held while a mutation is applied locally and submitted.
+    /// The resync and the epoch rotation take it to see no half-done mutation.
+    pub fn sequence(&self) -> MutexGuard<'_, ()> {
         self.sequencer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -1033,7 +1119,7 @@ impl Overlay {
         mode: u32,
     ) -> io::Result<(Entry, libc::stat)> {
         sys::fchownat(pfd.as_fd(), name, uid, gid)?;
-        let entry = self.lookup(parent, name)?;
+        let entry = self.lookup_locked(parent, name)?;
         if mode != u32::MAX && entry.attr.st_mode & 0o7777 != mode & 0o7777 {
             let fd = self.inodes.fd(entry.ino)?;
             sys::chmod_fd(fd.as_fd(), mode)?;

@@ -236,3 +236,57 @@ fn hard_links_and_rename_exchange_keep_paths_right() {
     );
     assert!(dir.path().join("a2").is_dir());
 }
+
+#[test]
+fn descriptor_cache_stays_bounded_and_reopens_by_path() {
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-ops")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let ov = Overlay::with_fd_budget(dir.path(), rec.clone(), 64).unwrap();
+    let mut files = Vec::new();
+    for d in 0..10 {
+        let de = ov
+            .mkdir(ROOT, ROOT_INO, OsStr::new(&format!("d{d}")), 0o755, 0)
+            .unwrap();
+        for f in 0..40 {
+            let (e, o) = ov
+                .create(
+                    ROOT,
+                    de.ino,
+                    OsStr::new(&format!("f{f}")),
+                    0o644,
+                    0,
+                    libc::O_RDWR,
+                )
+                .unwrap();
+            ov.release(o.fh);
+            files.push((e.ino, format!("d{d}/f{f}")));
+        }
+    }
+    let (known, cached) = ov.inode_stats();
+    assert_eq!(known, 411);
+    assert!(cached <= 64, "{cached} descriptors cached");
+    rec.take();
+    // Every inode is still reachable: evicted descriptors are reopened from the path.
+    for (ino, path) in &files {
+        let st = ov
+            .setattr(
+                *ino,
+                None,
+                SetAttr {
+                    mode: Some(0o600),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(st.st_mode & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(dir.path().join(path)).unwrap().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(ov.inode_stats().1 <= 64);
+    assert_eq!(rec.take().len(), files.len());
+}

@@ -1,6 +1,6 @@
-//! The primary's replication driver: one QUIC connection to the secondary, one
+//! The primary's connection driver: one QUIC connection to the secondary, one
 //! ordered bidirectional stream, and the [`Replicator`] state machine fed from
-//! it.
+//! it. A [`Link`] lives as long as its connection; reconnecting makes a new one.
 //!
 //! Owns the runtime thread and the three small tasks around the core: the writer
 //! (takes submitted ops, numbers them, sends them in batches), the reader
@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::tls::{client_config, Identity, PinnedPeer, TlsError};
 use super::{transport, HANDSHAKE_TIMEOUT};
-use crate::fs::replicate::{Replicate, Ticket};
-use crate::proto::stream::{Outcome, Replicator};
+use crate::proto::generation::{GenerationId, History};
+use crate::proto::path::RelPath;
+use crate::proto::stream::{Completion, Replicator};
 use crate::proto::wire::{Decoded, Frame, Hello, Op, Seq, PROTOCOL_VERSION};
 
 /// Why the primary could not start replicating.
@@ -73,21 +74,24 @@ pub enum ConnectError {
 }
 
 /// Everything the primary needs to reach its secondary.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LinkConfig {
     /// The secondary's `mirrorfs serve` address.
     pub peer: SocketAddr,
     /// This node's identity.
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     /// The secondary's pinned certificate.
     pub pinned: PinnedPeer,
     /// How long an op may wait for its acknowledgement before the peer is lost.
     pub peer_timeout: Duration,
 }
 
+/// What the secondary's hello told: its history and suspect directories.
+type PeerHello = (Vec<u64>, Vec<RelPath>);
+
 struct Submission {
     op: Op,
-    done: Sender<Outcome>,
+    done: Sender<Completion>,
 }
 
 /// Counters shown by status and logs.
@@ -103,26 +107,32 @@ pub struct LinkStats {
 struct Shared {
     lost: AtomicBool,
     reason: Mutex<Option<String>>,
+    lost_cv: std::sync::Condvar,
+    in_flight: AtomicU64,
     stats: LinkStats,
 }
 
-/// The primary's handle on replication; implements [`Replicate`].
-#[derive(Debug, Clone)]
+/// One connection to the secondary.
+#[derive(Debug)]
 pub struct Link {
     tx: mpsc::UnboundedSender<Submission>,
     shared: Arc<Shared>,
-    limit: Duration,
+    /// The secondary's generation history as its hello said.
+    peer_history: History,
+    /// Directories the secondary may hold unreplicated changes in.
+    peer_suspects: Vec<RelPath>,
 }
 
 impl Link {
-    /// Connects to the secondary, exchanges hellos, and starts the driver thread.
-    /// Returns once replication is ready, or why it is not.
-    pub fn connect(cfg: LinkConfig) -> Result<Self, ConnectError> {
+    /// Connects to the secondary, exchanges hellos (ours carries `history`),
+    /// and starts the driver thread. Returns once the stream is ready.
+    pub fn connect(cfg: &LinkConfig, history: &History) -> Result<Self, ConnectError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
-        let limit = cfg.peer_timeout * 2 + Duration::from_secs(1);
         let s = shared.clone();
+        let cfg = cfg.clone();
+        let ids: Vec<u64> = history.ids().iter().map(|g| g.0).collect();
         thread::Builder::new()
             .name("mirrorfs-link".into())
             .spawn(move || {
@@ -137,11 +147,16 @@ impl Link {
                     }
                 };
                 let span = info_span!("link", peer = %cfg.peer);
-                rt.block_on(drive(cfg, rx, s, ready_tx).instrument(span));
+                rt.block_on(drive(cfg, ids, rx, s, ready_tx).instrument(span));
             })
             .map_err(ConnectError::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { tx, shared, limit }),
+            Ok(Ok((peer, suspects))) => Ok(Self {
+                tx,
+                shared,
+                peer_history: History::from_ids(peer.into_iter().map(GenerationId).collect()),
+                peer_suspects: suspects,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Thread(io::Error::other(
                 "the replication thread ended during start-up",
@@ -149,7 +164,32 @@ impl Link {
         }
     }
 
-    /// Why the peer is lost, if it is.
+    /// The secondary's generation history at connection time.
+    pub fn peer_history(&self) -> &History {
+        &self.peer_history
+    }
+
+    /// Directories the secondary may hold unreplicated changes in.
+    pub fn peer_suspects(&self) -> &[RelPath] {
+        &self.peer_suspects
+    }
+
+    /// Sends `op` behind everything submitted before; the receiver gets its
+    /// completion (`EIO` if the connection is lost first).
+    pub fn submit(&self, op: Op) -> crossbeam_channel::Receiver<Completion> {
+        self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .bytes
+            .fetch_add(op.payload_len() as u64, Ordering::Relaxed);
+        let (done, rx) = crossbeam_channel::bounded(1);
+        if let Err(e) = self.tx.send(Submission { op, done }) {
+            let _ = e.0.done.send(Err(libc::EIO));
+        }
+        rx
+    }
+
+    /// Why the connection is lost, if it is.
     pub fn lost(&self) -> Option<String> {
         self.shared
             .reason
@@ -158,34 +198,25 @@ impl Link {
             .clone()
     }
 
+    /// Waits up to `timeout` for the connection to be lost; true if it is.
+    pub fn wait_lost(&self, timeout: Duration) -> bool {
+        let r = self.shared.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let (r, _) = self
+            .shared
+            .lost_cv
+            .wait_timeout_while(r, timeout, |r| r.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        r.is_some()
+    }
+
+    /// Ops sent and not yet completed.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Counters.
     pub fn stats(&self) -> &LinkStats {
         &self.shared.stats
-    }
-}
-
-impl Replicate for Link {
-    fn submit(&self, op: Op) -> Ticket {
-        self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .stats
-            .bytes
-            .fetch_add(op.payload_len() as u64, Ordering::Relaxed);
-        let (done, rx) = crossbeam_channel::bounded(1);
-        if self.tx.send(Submission { op, done }).is_err() {
-            return Ticket::Done(Err(libc::EIO));
-        }
-        Ticket::Wait {
-            rx,
-            limit: self.limit,
-        }
-    }
-
-    fn check(&self) -> io::Result<()> {
-        if self.shared.lost.load(Ordering::Acquire) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(())
     }
 }
 
@@ -193,22 +224,23 @@ impl Replicate for Link {
 /// every caller has been answered.
 async fn drive(
     cfg: LinkConfig,
+    history: Vec<u64>,
     mut rx: mpsc::UnboundedReceiver<Submission>,
     shared: Arc<Shared>,
-    ready: std::sync::mpsc::Sender<Result<(), ConnectError>>,
+    ready: std::sync::mpsc::Sender<Result<PeerHello, ConnectError>>,
 ) {
-    let (endpoint, conn, mut send, mut recv) = match handshake(&cfg).await {
+    let (endpoint, conn, mut send, mut recv, peer_history) = match handshake(&cfg, history).await {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    info!(peer_node = %cfg.pinned.name, "replicating to the secondary");
-    let _ = ready.send(Ok(()));
+    info!(peer_node = %cfg.pinned.name, "connected to the secondary");
+    let _ = ready.send(Ok(peer_history));
 
     let core = Arc::new(Mutex::new(Replicator::new(cfg.peer_timeout)));
-    let waiters: Arc<Mutex<HashMap<Seq, Sender<Outcome>>>> = Arc::default();
+    let waiters: Arc<Mutex<HashMap<Seq, Sender<Completion>>>> = Arc::default();
     let wake_timer = Arc::new(Notify::new());
     let lose = {
         let core = core.clone();
@@ -218,19 +250,24 @@ async fn drive(
         move |reason: String| {
             let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
             if c.lost().is_none() {
-                error!(%reason, "peer lost: mutations fail with EIO until mirrorfs is restarted");
-                *shared.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
-                shared.lost.store(true, Ordering::Release);
+                warn!(%reason, "connection to the secondary lost");
                 conn.close(1u32.into(), b"peer lost");
             }
-            c.handle_lost(reason);
-            complete(&mut c, &waiters);
+            c.handle_lost(reason.clone());
+            complete(&mut c, &waiters, &shared);
+            let mut r = shared.reason.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_none() {
+                *r = Some(reason);
+                shared.lost.store(true, Ordering::Release);
+                shared.lost_cv.notify_all();
+            }
         }
     };
 
     let writer = {
         let core = core.clone();
         let waiters = waiters.clone();
+        let shared = shared.clone();
         let wake_timer = wake_timer.clone();
         let lose = lose.clone();
         async move {
@@ -247,6 +284,7 @@ async fn drive(
                             Ok(seq) => {
                                 Frame::Op { seq, op: sub.op }.encode(&mut buf);
                                 w.insert(seq, sub.done);
+                                shared.in_flight.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(_) => {
                                 let _ = sub.done.send(Err(libc::EIO));
@@ -271,6 +309,7 @@ async fn drive(
     let reader = {
         let core = core.clone();
         let waiters = waiters.clone();
+        let shared = shared.clone();
         let lose = lose.clone();
         async move {
             let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
@@ -303,7 +342,7 @@ async fn drive(
                         }
                     }
                 }
-                complete(&mut c, &waiters);
+                complete(&mut c, &waiters, &shared);
                 drop(c);
                 buf.drain(..used);
             }
@@ -362,10 +401,15 @@ async fn drive(
 }
 
 /// Delivers every completed op to its waiting caller.
-fn complete(core: &mut Replicator, waiters: &Mutex<HashMap<Seq, Sender<Outcome>>>) {
+fn complete(
+    core: &mut Replicator,
+    waiters: &Mutex<HashMap<Seq, Sender<Completion>>>,
+    shared: &Shared,
+) {
     let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
     while let Some((seq, outcome)) = core.poll_completion() {
         if let Some(done) = w.remove(&seq) {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             let _ = done.send(outcome);
         }
     }
@@ -374,12 +418,14 @@ fn complete(core: &mut Replicator, waiters: &Mutex<HashMap<Seq, Sender<Outcome>>
 /// QUIC connect, open the stream, exchange and check hellos.
 async fn handshake(
     cfg: &LinkConfig,
+    history: Vec<u64>,
 ) -> Result<
     (
         quinn::Endpoint,
         quinn::Connection,
         quinn::SendStream,
         quinn::RecvStream,
+        PeerHello,
     ),
     ConnectError,
 > {
@@ -431,6 +477,8 @@ async fn handshake(
         version: PROTOCOL_VERSION,
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
+        history,
+        suspects: Vec::new(),
     })
     .encode(&mut hello);
     send.write_all(&hello).await.map_err(|e| closed(&e))?;
@@ -438,7 +486,7 @@ async fn handshake(
         .await
         .map_err(|_| unreachable())?
         .map_err(|e| closed(&e))?;
-    match reply {
+    let peer_history = match reply {
         Frame::Hello(h) => {
             if h.version != PROTOCOL_VERSION {
                 return Err(ConnectError::Mismatch(format!(
@@ -452,14 +500,15 @@ async fn handshake(
                     cfg.identity.name, cfg.pinned.name, h.node, h.peer
                 )));
             }
+            (h.history, h.suspects)
         }
         Frame::Refused { reason } => return Err(ConnectError::Refused { addr, reason }),
         other => {
             warn!(?other, "unexpected first frame");
             return Err(handshake_err(&"the secondary did not answer with a hello"));
         }
-    }
-    Ok((endpoint, conn, send, recv))
+    };
+    Ok((endpoint, conn, send, recv, peer_history))
 }
 
 /// Reads exactly one frame (used during the handshake only).

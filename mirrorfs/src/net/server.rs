@@ -196,11 +196,19 @@ async fn serve_connection(
         refuse(&conn, &mut send, &reason).await;
         return Err(reason);
     }
+    let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
+    let history = applier
+        .history()
+        .map_err(|e| format!("replica generation history: {e}"))?;
     let mut out = Vec::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
+        history: history.ids().iter().map(|g| g.0).collect(),
+        suspects: applier
+            .suspects()
+            .map_err(|e| format!("replica metadata: {e}"))?,
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -208,7 +216,6 @@ async fn serve_connection(
     let mut current = current_tx.subscribe();
     info!(primary = %cfg.pinned.name, "primary connected");
 
-    let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
     let mut core = Receiver::new();
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Seq, i32)>();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -255,16 +262,29 @@ async fn serve_connection(
             let durable = op.is_durability();
             match applier.apply(&op) {
                 Ok(Applied::Done) => core.handle_applied(seq, durable, Ok(())),
+                Ok(Applied::Reply(payload)) => {
+                    core.handle_reply(seq, payload);
+                    core.handle_applied(seq, durable, Ok(()));
+                }
                 Ok(Applied::Sync { fd, datasync }) => {
+                    let alone = core.syncing() == 0;
                     core.handle_applied(seq, true, Ok(()));
-                    let tx = synced_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let errno = match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
-                            Ok(()) => 0,
-                            Err(e) => sys::errno_of(&e),
-                        };
-                        let _ = tx.send((seq, errno));
-                    });
+                    let sync = move || match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
+                        Ok(()) => 0,
+                        Err(e) => sys::errno_of(&e),
+                    };
+                    if alone {
+                        // The only sync in flight: doing it here saves two thread
+                        // hops on the latency-bound path.
+                        core.handle_synced(seq, sync());
+                    } else {
+                        // Concurrent syncs run in parallel so writers do not
+                        // queue behind each other's flushes.
+                        let tx = synced_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send((seq, sync()));
+                        });
+                    }
                 }
                 Err(e) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,10 @@
 //! thread. Time is passed in as `now`; the drivers in `net` do the rest. `.ci`
 //! greps this directory to keep it that way.
 
+pub mod generation;
 pub mod path;
 pub mod stream;
 pub mod wire;
+
+#[cfg(test)]
+mod sim_test;

@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use super::wire::{Frame, Op, Seq};
 
-/// The outcome of one op as the application sees it: `Ok`, or the errno to return.
+/// The outcome of one op as the secondary reports it: `Ok`, or its errno.
 pub type Outcome = Result<(), i32>;
+
+/// A completed op: its answer (empty for most ops), or the errno.
+pub type Completion = Result<Vec<u8>, i32>;
 
 /// The peer broke the protocol; the connection must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +76,8 @@ struct InFlight {
     sent: Instant,
     /// Set by a `Failed` frame before the ack that covers it.
     failed: Option<i32>,
+    /// Set by a `Data` frame before the ack that covers it.
+    data: Vec<u8>,
 }
 
 /// The primary's end of the stream.
@@ -83,7 +88,7 @@ pub struct Replicator {
     /// Highest cumulative ack received.
     acked: Seq,
     in_flight: BTreeMap<Seq, InFlight>,
-    completions: VecDeque<(Seq, Outcome)>,
+    completions: VecDeque<(Seq, Completion)>,
     peer_timeout: Duration,
     lost: Option<String>,
 }
@@ -114,6 +119,7 @@ impl Replicator {
                 durable: op.is_durability(),
                 sent: now,
                 failed: None,
+                data: Vec::new(),
             },
         );
         Ok(self.last)
@@ -138,13 +144,23 @@ impl Replicator {
                     }),
                 }
             }
+            Frame::Data { seq, ref payload } => match self.in_flight.get_mut(&seq) {
+                Some(f) if seq > self.acked && f.data.is_empty() && !f.durable => {
+                    f.data = payload.clone();
+                    Ok(())
+                }
+                _ => Err(Violation::Unexpected {
+                    what: "answer",
+                    seq: seq.0,
+                }),
+            },
             Frame::Synced { seq, errno } => match self.in_flight.get(&seq) {
                 Some(f) if f.durable => {
                     let failed = f.failed;
                     self.in_flight.remove(&seq);
                     let outcome = match (failed, errno) {
                         (Some(e), _) => Err(e),
-                        (None, 0) => Ok(()),
+                        (None, 0) => Ok(Vec::new()),
                         (None, e) => Err(e),
                     };
                     self.completions.push_back((seq, outcome));
@@ -182,15 +198,18 @@ impl Replicator {
             if f.durable && f.failed.is_none() {
                 continue; // completed by its Synced frame
             }
-            let outcome = f.failed.map_or(Ok(()), Err);
-            self.in_flight.remove(&seq);
+            let f = self.in_flight.remove(&seq).expect("seq came from the map");
+            let outcome = match f.failed {
+                Some(e) => Err(e),
+                None => Ok(f.data),
+            };
             self.completions.push_back((seq, outcome));
         }
         Ok(())
     }
 
     /// The next completed op, in the order results arrived.
-    pub fn poll_completion(&mut self) -> Option<(Seq, Outcome)> {
+    pub fn poll_completion(&mut self) -> Option<(Seq, Completion)> {
         self.completions.pop_front()
     }
 
@@ -308,6 +327,11 @@ impl Receiver {
             self.outbox.push_back(Frame::Ack { upto: self.applied });
             self.ack_due = false;
         }
+    }
+
+    /// The op `seq`, about to be reported applied, answered with `payload`.
+    pub fn handle_reply(&mut self, seq: Seq, payload: Vec<u8>) {
+        self.outbox.push_back(Frame::Data { seq, payload });
     }
 
     /// The next frame to send to the primary.

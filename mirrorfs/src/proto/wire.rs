@@ -238,6 +238,132 @@ pub enum Op {
         /// `fdatasync` rather than `fsync`.
         datasync: bool,
     },
+    /// Resync: remove whatever is at `path`, recursively (absent is fine).
+    Remove {
+        /// The entry.
+        path: RelPath,
+    },
+    /// Resync: make `path` a directory with this owner and mode (replacing a
+    /// non-directory there).
+    EnsureDir {
+        /// The directory.
+        path: RelPath,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Resync: make `path` a regular file with this owner and mode (replacing
+    /// anything else there; the content is left for block comparison).
+    EnsureFile {
+        /// The file.
+        path: RelPath,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Resync: make `path` this symlink.
+    EnsureSymlink {
+        /// The link.
+        path: RelPath,
+        /// Its content.
+        target: Vec<u8>,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Resync: make `path` this device node, FIFO or socket.
+    EnsureNode {
+        /// The node.
+        path: RelPath,
+        /// File type and permission bits.
+        mode: u32,
+        /// Device number.
+        rdev: u64,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Resync: the complete set of extended attributes `path` must have.
+    ReplaceXattrs {
+        /// The entry.
+        path: RelPath,
+        /// (name, value) pairs.
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Resync: list a directory; answered with [`Frame::Data`] holding
+    /// [`encode_listing`] bytes.
+    List {
+        /// The directory.
+        path: RelPath,
+    },
+    /// Resync: xxh3 checksums of `count` blocks of `block` bytes from block
+    /// `first`; answered with [`Frame::Data`] holding the file size and the sums.
+    Checksums {
+        /// The file.
+        path: RelPath,
+        /// Block size in bytes.
+        block: u32,
+        /// First block.
+        first: u64,
+        /// How many blocks (at most [`MAX_CHECKSUM_BLOCKS`]).
+        count: u32,
+    },
+    /// End of a resync: the secondary now holds generation history `ids`.
+    SetGeneration {
+        /// The history, current first.
+        ids: Vec<u64>,
+    },
+}
+
+/// Most blocks one [`Op::Checksums`] may ask for.
+pub const MAX_CHECKSUM_BLOCKS: u32 = 4096;
+/// Most extended attributes one [`Op::ReplaceXattrs`] may carry.
+const MAX_XATTRS: usize = 1024;
+
+/// Encodes a directory listing for a [`Frame::Data`] reply: per entry a type
+/// byte (`S_IFMT >> 12`) and a 16-bit-length name.
+pub fn encode_listing(entries: &[(Vec<u8>, u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind) in entries {
+        out.push((kind >> 12) as u8);
+        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        out.extend_from_slice(name);
+    }
+    out
+}
+
+/// Decodes [`encode_listing`] bytes into (name, `S_IFMT` type) pairs.
+pub fn decode_listing(mut b: &[u8]) -> Result<Vec<(Vec<u8>, u32)>, WireError> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 3 {
+            return Err(WireError::Malformed("listing ends inside an entry"));
+        }
+        let kind = u32::from(b[0]) << 12;
+        let len = u16::from_be_bytes([b[1], b[2]]) as usize;
+        let name = b
+            .get(3..3 + len)
+            .ok_or(WireError::Malformed("listing ends inside a name"))?;
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.len() > super::path::MAX_NAME
+            || name.iter().any(|c| *c == 0 || *c == b'/')
+        {
+            return Err(WireError::Malformed("listing holds an invalid name"));
+        }
+        out.push((name.to_vec(), kind));
+        b = &b[3 + len..];
+    }
+    Ok(out)
 }
 
 impl Op {
@@ -269,6 +395,15 @@ impl Op {
             Self::Fallocate { .. } => "fallocate",
             Self::CopyRange { .. } => "copy_file_range",
             Self::Fsync { .. } => "fsync",
+            Self::Remove { .. } => "remove",
+            Self::EnsureDir { .. } => "ensure-dir",
+            Self::EnsureFile { .. } => "ensure-file",
+            Self::EnsureSymlink { .. } => "ensure-symlink",
+            Self::EnsureNode { .. } => "ensure-node",
+            Self::ReplaceXattrs { .. } => "replace-xattrs",
+            Self::List { .. } => "list",
+            Self::Checksums { .. } => "checksums",
+            Self::SetGeneration { .. } => "set-generation",
         }
     }
 
@@ -291,7 +426,16 @@ pub struct Hello {
     pub node: String,
     /// The node name the sender expects the other side to be.
     pub peer: String,
+    /// The sender's generation history, current first (empty: never synced).
+    pub history: Vec<u64>,
+    /// Directories whose files this side may have changed without the other
+    /// knowing (writes in flight when it crashed as primary): their files are
+    /// compared by the resync. The root alone means "compare everything".
+    pub suspects: Vec<RelPath>,
 }
+
+/// Most suspect directories a hello carries; beyond, it sends the root alone.
+pub const MAX_SUSPECTS: usize = 16384;
 
 /// Everything that travels on the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +466,14 @@ pub enum Frame {
         seq: Seq,
         /// The OS error the secondary got.
         errno: i32,
+    },
+    /// Secondary → primary: the answer of op `seq` (a listing, checksums),
+    /// sent before the ack that covers it.
+    Data {
+        /// The op.
+        seq: Seq,
+        /// The answer.
+        payload: Vec<u8>,
     },
     /// Secondary → primary: the durability op `seq` finished (`errno` 0 = durable).
     Synced {
@@ -368,6 +520,7 @@ mod tag {
     pub(super) const ACK: u8 = 4;
     pub(super) const FAILED: u8 = 5;
     pub(super) const SYNCED: u8 = 6;
+    pub(super) const DATA: u8 = 7;
 }
 
 mod opcode {
@@ -391,6 +544,15 @@ mod opcode {
     pub(super) const FALLOCATE: u8 = 18;
     pub(super) const COPYRANGE: u8 = 19;
     pub(super) const FSYNC: u8 = 20;
+    pub(super) const REMOVE: u8 = 21;
+    pub(super) const ENSURE_DIR: u8 = 22;
+    pub(super) const ENSURE_FILE: u8 = 23;
+    pub(super) const ENSURE_SYMLINK: u8 = 24;
+    pub(super) const ENSURE_NODE: u8 = 25;
+    pub(super) const REPLACE_XATTRS: u8 = 26;
+    pub(super) const LIST: u8 = 27;
+    pub(super) const CHECKSUMS: u8 = 28;
+    pub(super) const SET_GENERATION: u8 = 29;
 }
 
 impl Frame {
@@ -405,6 +567,14 @@ impl Frame {
                 w.u32(h.version);
                 w.text(&h.node);
                 w.text(&h.peer);
+                w.u32(h.history.len() as u32);
+                for id in &h.history {
+                    w.u64(*id);
+                }
+                w.u32(h.suspects.len() as u32);
+                for p in &h.suspects {
+                    w.path(p);
+                }
             }
             Self::Refused { reason } => {
                 w.u8(tag::REFUSED);
@@ -423,6 +593,12 @@ impl Frame {
                 w.u8(tag::FAILED);
                 w.u64(seq.0);
                 w.u32(*errno as u32);
+            }
+            Self::Data { seq, payload } => {
+                w.u8(tag::DATA);
+                w.u64(seq.0);
+                w.u32(payload.len() as u32);
+                w.0.extend_from_slice(payload);
             }
             Self::Synced { seq, errno } => {
                 w.u8(tag::SYNCED);
@@ -453,6 +629,14 @@ impl Frame {
                 version: r.u32()?,
                 node: r.text()?,
                 peer: r.text()?,
+                history: r.ids()?,
+                suspects: {
+                    let n = r.u32()? as usize;
+                    if n > MAX_SUSPECTS {
+                        return Err(WireError::Malformed("too many suspect directories"));
+                    }
+                    (0..n).map(|_| r.path()).collect::<Result<_, _>>()?
+                },
             }),
             tag::REFUSED => Self::Refused { reason: r.text()? },
             tag::OP => {
@@ -469,6 +653,14 @@ impl Frame {
                 seq: Seq(r.u64()?),
                 errno: r.u32()? as i32,
             },
+            tag::DATA => {
+                let seq = Seq(r.u64()?);
+                let len = r.u32()? as usize;
+                Self::Data {
+                    seq,
+                    payload: r.take(len)?.to_vec(),
+                }
+            }
             tag::SYNCED => Self::Synced {
                 seq: Seq(r.u64()?),
                 errno: r.u32()? as i32,
@@ -663,6 +855,93 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
             w.target(target);
             w.u8(u8::from(*datasync));
         }
+        Op::Remove { path } => {
+            w.u8(opcode::REMOVE);
+            w.path(path);
+        }
+        Op::EnsureDir {
+            path,
+            mode,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::ENSURE_DIR);
+            w.path(path);
+            w.u32(*mode);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::EnsureFile {
+            path,
+            mode,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::ENSURE_FILE);
+            w.path(path);
+            w.u32(*mode);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::EnsureSymlink {
+            path,
+            target,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::ENSURE_SYMLINK);
+            w.path(path);
+            w.bytes16(target);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::EnsureNode {
+            path,
+            mode,
+            rdev,
+            uid,
+            gid,
+        } => {
+            w.u8(opcode::ENSURE_NODE);
+            w.path(path);
+            w.u32(*mode);
+            w.u64(*rdev);
+            w.u32(*uid);
+            w.u32(*gid);
+        }
+        Op::ReplaceXattrs { path, attrs } => {
+            w.u8(opcode::REPLACE_XATTRS);
+            w.path(path);
+            w.u32(attrs.len() as u32);
+            for (name, value) in attrs {
+                w.bytes16(name);
+                w.u32(value.len() as u32);
+                w.0.extend_from_slice(value);
+            }
+        }
+        Op::List { path } => {
+            w.u8(opcode::LIST);
+            w.path(path);
+        }
+        Op::Checksums {
+            path,
+            block,
+            first,
+            count,
+        } => {
+            w.u8(opcode::CHECKSUMS);
+            w.path(path);
+            w.u32(*block);
+            w.u64(*first);
+            w.u32(*count);
+        }
+        Op::SetGeneration { ids } => {
+            w.u8(opcode::SET_GENERATION);
+            w.u32(ids.len() as u32);
+            for id in ids {
+                w.u64(*id);
+            }
+        }
     }
 }
 
@@ -796,6 +1075,77 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
                 _ => return Err(WireError::Malformed("datasync flag is not 0 or 1")),
             },
         },
+        opcode::REMOVE => Op::Remove {
+            path: r.named_path()?,
+        },
+        opcode::ENSURE_DIR => Op::EnsureDir {
+            path: r.path()?,
+            mode: r.u32()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+        },
+        opcode::ENSURE_FILE => Op::EnsureFile {
+            path: r.named_path()?,
+            mode: r.u32()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+        },
+        opcode::ENSURE_SYMLINK => {
+            let path = r.named_path()?;
+            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            if target.is_empty() || target.contains(&0) {
+                return Err(WireError::Malformed("symlink target empty or with NUL"));
+            }
+            Op::EnsureSymlink {
+                path,
+                target,
+                uid: r.u32()?,
+                gid: r.u32()?,
+            }
+        }
+        opcode::ENSURE_NODE => Op::EnsureNode {
+            path: r.named_path()?,
+            mode: r.u32()?,
+            rdev: r.u64()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+        },
+        opcode::REPLACE_XATTRS => {
+            let path = r.path()?;
+            let n = r.u32()? as usize;
+            if n > MAX_XATTRS {
+                return Err(WireError::Malformed("too many extended attributes"));
+            }
+            let mut attrs = Vec::new();
+            for _ in 0..n {
+                let name = r.xattr_name()?;
+                let len = r.u32()? as usize;
+                if len > MAX_XATTR_VALUE {
+                    return Err(WireError::Malformed("xattr value larger than 64 KiB"));
+                }
+                attrs.push((name, r.take(len)?.to_vec()));
+            }
+            Op::ReplaceXattrs { path, attrs }
+        }
+        opcode::LIST => Op::List { path: r.path()? },
+        opcode::CHECKSUMS => {
+            let path = r.named_path()?;
+            let block = r.u32()?;
+            let first = r.u64()?;
+            let count = r.u32()?;
+            if !(4096..=(16 << 20)).contains(&block) || count > MAX_CHECKSUM_BLOCKS {
+                return Err(WireError::Malformed(
+                    "checksum block size or count out of range",
+                ));
+            }
+            Op::Checksums {
+                path,
+                block,
+                first,
+                count,
+            }
+        }
+        opcode::SET_GENERATION => Op::SetGeneration { ids: r.ids()? },
         c => return Err(WireError::UnknownOp(c)),
     })
 }
@@ -913,6 +1263,13 @@ impl<'a> Reader<'a> {
             return Err(PathError::Root.into());
         }
         Ok(p)
+    }
+    fn ids(&mut self) -> Result<Vec<u64>, WireError> {
+        let n = self.u32()? as usize;
+        if n > super::generation::HISTORY_LEN {
+            return Err(WireError::Malformed("generation history too long"));
+        }
+        (0..n).map(|_| self.u64()).collect()
     }
     fn xattr_name(&mut self) -> Result<Vec<u8>, WireError> {
         let b = self.bytes16(255)?;

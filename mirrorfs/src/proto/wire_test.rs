@@ -45,7 +45,16 @@ fn every_frame_kind_round_trips() {
         version: PROTOCOL_VERSION,
         node: "node1".into(),
         peer: "node2".into(),
+        history: vec![3, 2, 1],
+        suspects: vec![RelPath::root(), p("a/b")],
     }));
+    round_trip(&Frame::Data {
+        seq: Seq(8),
+        payload: encode_listing(&[
+            (b"a".to_vec(), libc::S_IFDIR),
+            (b"b c".to_vec(), libc::S_IFREG),
+        ]),
+    });
     round_trip(&Frame::Refused {
         reason: "version 2 vs 1".into(),
     });
@@ -158,8 +167,66 @@ fn every_frame_kind_round_trips() {
             target: h,
             datasync: true,
         },
+        Op::Remove { path: p("gone") },
+        Op::EnsureDir {
+            path: RelPath::root(),
+            mode: 0o755,
+            uid: 1,
+            gid: 2,
+        },
+        Op::EnsureFile {
+            path: p("f"),
+            mode: 0o600,
+            uid: 1,
+            gid: 2,
+        },
+        Op::EnsureSymlink {
+            path: p("l"),
+            target: b"t".to_vec(),
+            uid: 0,
+            gid: 0,
+        },
+        Op::EnsureNode {
+            path: p("n"),
+            mode: libc::S_IFIFO | 0o644,
+            rdev: 0,
+            uid: 0,
+            gid: 0,
+        },
+        Op::ReplaceXattrs {
+            path: p("f"),
+            attrs: vec![(b"user.a".to_vec(), b"1".to_vec())],
+        },
+        Op::List {
+            path: RelPath::root(),
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: 3,
+            count: 10,
+        },
+        Op::SetGeneration { ids: vec![9, 8] },
     ] {
         round_trip(&op_frame(op));
+    }
+}
+
+#[test]
+fn listings_round_trip_and_reject_bad_names() {
+    let entries = vec![
+        (b"x".to_vec(), libc::S_IFLNK),
+        (b".hidden".to_vec(), libc::S_IFREG),
+    ];
+    assert_eq!(decode_listing(&encode_listing(&entries)), Ok(entries));
+    for bad in [&b".."[..], b"a/b", b"", b"n\0ul"] {
+        let mut raw = vec![8u8];
+        raw.extend_from_slice(&(bad.len() as u16).to_be_bytes());
+        raw.extend_from_slice(bad);
+        if bad == b"n\0ul" {
+            raw = vec![8, 0, 3, b'n', 0, b'l'];
+        }
+        assert!(decode_listing(&raw).is_err(), "{bad:?} accepted");
     }
 }
 

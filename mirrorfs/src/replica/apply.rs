@@ -13,8 +13,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::meta::{Meta, META_DIR};
+use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
-use crate::proto::wire::{HandleId, Op, Target, Timestamp};
+use crate::proto::wire::{encode_listing, HandleId, Op, Target, Timestamp, MAX_SUSPECTS};
 use crate::sys;
 
 /// Flags a replicated open may carry to the secondary.
@@ -32,6 +36,8 @@ pub enum Applied {
         /// `fdatasync` rather than `fsync`.
         datasync: bool,
     },
+    /// Done, with an answer for the primary (a listing, checksums).
+    Reply(Vec<u8>),
 }
 
 /// Applies operations beneath one replica root.
@@ -39,19 +45,36 @@ pub enum Applied {
 pub struct Applier {
     root: OwnedFd,
     handles: HashMap<HandleId, File>,
+    meta: Meta,
 }
 
 impl Applier {
     /// Opens the replica root (which must be an existing directory).
     pub fn open(root: &Path) -> io::Result<Self> {
-        let root = File::open(root)?;
-        if !root.metadata()?.is_dir() {
+        let dir = File::open(root)?;
+        if !dir.metadata()?.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         Ok(Self {
-            root: root.into(),
+            root: dir.into(),
             handles: HashMap::new(),
+            meta: Meta::open(root)?,
         })
+    }
+
+    /// This replica's generation history.
+    pub fn history(&self) -> io::Result<History> {
+        self.meta.load_history()
+    }
+
+    /// Directories this tree may hold unreplicated changes in (see
+    /// [`Meta::suspects`]), at most [`MAX_SUSPECTS`] (else the root alone).
+    pub fn suspects(&self) -> io::Result<Vec<RelPath>> {
+        let s = self.meta.suspects()?;
+        if s.len() > MAX_SUSPECTS {
+            return Ok(vec![RelPath::root()]);
+        }
+        Ok(s.into_iter().collect())
     }
 
     /// Replicated handles currently open.
@@ -66,6 +89,10 @@ impl Applier {
 
     /// Applies `op`; an error is the errno to report to the primary.
     pub fn apply(&mut self, op: &Op) -> io::Result<Applied> {
+        // The metadata area is never a replication target.
+        if touches_meta(op) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         match op {
             Op::Create {
                 path,
@@ -282,6 +309,166 @@ impl Applier {
                     datasync: *datasync,
                 });
             }
+            Op::Remove { path } => {
+                let (dir, name) = match self.parent(path) {
+                    Ok(x) => x,
+                    // No parent (or not a directory): nothing is there to remove.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        return Ok(Applied::Done)
+                    }
+                    Err(e) => return Err(e),
+                };
+                remove_tree(dir.as_fd(), name)?;
+            }
+            Op::EnsureDir {
+                path,
+                mode,
+                uid,
+                gid,
+            } => {
+                let fd = if path.is_root() {
+                    self.resolve(path, libc::O_PATH | libc::O_DIRECTORY)?
+                } else {
+                    let (dir, name) = self.parent(path)?;
+                    match sys::fstatat(dir.as_fd(), name) {
+                        Ok(st) if is_kind(&st, libc::S_IFDIR) => {}
+                        Ok(_) => {
+                            remove_tree(dir.as_fd(), name)?;
+                            sys::mkdirat(dir.as_fd(), name, 0o700)?;
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                            sys::mkdirat(dir.as_fd(), name, 0o700)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    sys::openat(
+                        dir.as_fd(),
+                        name,
+                        libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+                        0,
+                    )?
+                };
+                set_owner_and_mode(fd.as_fd(), *uid, *gid, *mode)?;
+            }
+            Op::EnsureFile {
+                path,
+                mode,
+                uid,
+                gid,
+            } => {
+                let (dir, name) = self.parent(path)?;
+                match sys::fstatat(dir.as_fd(), name) {
+                    Ok(st) if is_kind(&st, libc::S_IFREG) => {}
+                    Ok(_) => {
+                        remove_tree(dir.as_fd(), name)?;
+                        drop(sys::openat(
+                            dir.as_fd(),
+                            name,
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                            0o600,
+                        )?);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        drop(sys::openat(
+                            dir.as_fd(),
+                            name,
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                            0o600,
+                        )?);
+                    }
+                    Err(e) => return Err(e),
+                }
+                let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                set_owner_and_mode(fd.as_fd(), *uid, *gid, *mode)?;
+            }
+            Op::EnsureSymlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => {
+                let (dir, name) = self.parent(path)?;
+                let same = sys::fstatat(dir.as_fd(), name)
+                    .is_ok_and(|st| is_kind(&st, libc::S_IFLNK))
+                    && sys::readlinkat(dir.as_fd(), name).is_ok_and(|t| t == *target);
+                if !same {
+                    remove_tree(dir.as_fd(), name)?;
+                    sys::symlinkat(OsStr::from_bytes(target), dir.as_fd(), name)?;
+                }
+                sys::fchownat(dir.as_fd(), name, *uid, *gid)?;
+            }
+            Op::EnsureNode {
+                path,
+                mode,
+                rdev,
+                uid,
+                gid,
+            } => {
+                let (dir, name) = self.parent(path)?;
+                let kind = mode & libc::S_IFMT;
+                if ![libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK].contains(&kind) {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                let same = sys::fstatat(dir.as_fd(), name)
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT == kind && st.st_rdev == *rdev);
+                if !same {
+                    remove_tree(dir.as_fd(), name)?;
+                    sys::mknodat(dir.as_fd(), name, kind | (mode & 0o7777), *rdev)?;
+                }
+                let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                set_owner_and_mode(fd.as_fd(), *uid, *gid, *mode)?;
+            }
+            Op::ReplaceXattrs { path, attrs } => {
+                let fd = self.resolve(path, libc::O_PATH | libc::O_NOFOLLOW)?;
+                for name in list_xattrs(fd.as_fd())? {
+                    if replicated_xattr(&name) && !attrs.iter().any(|(n, _)| *n == name) {
+                        sys::removexattr_fd(fd.as_fd(), OsStr::from_bytes(&name))?;
+                    }
+                }
+                for (name, value) in attrs {
+                    sys::setxattr_fd(fd.as_fd(), OsStr::from_bytes(name), value, 0)?;
+                }
+            }
+            Op::List { path } => {
+                let fd =
+                    self.resolve(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+                let mut entries = list_dir(fd.as_fd())?;
+                if path.is_root() {
+                    entries.retain(|(n, _)| n != META_DIR.as_bytes());
+                }
+                return Ok(Applied::Reply(encode_listing(&entries)));
+            }
+            Op::Checksums {
+                path,
+                block,
+                first,
+                count,
+            } => {
+                let fd =
+                    self.resolve(path, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?;
+                let st = sys::fstat(fd.as_fd())?;
+                if !is_kind(&st, libc::S_IFREG) {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                let mut out = (st.st_size as u64).to_be_bytes().to_vec();
+                let mut buf = vec![0u8; *block as usize];
+                for i in *first..first + u64::from(*count) {
+                    let n = sys::pread_full(fd.as_fd(), &mut buf, i * u64::from(*block))?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&xxh3_64(&buf[..n]).to_be_bytes());
+                }
+                return Ok(Applied::Reply(out));
+            }
+            Op::SetGeneration { ids } => {
+                let h = History::from_ids(ids.iter().map(|i| GenerationId(*i)).collect());
+                self.meta.save_history(&h)?;
+                // This tree now holds the primary's data: what it once changed
+                // on its own has been compared and replaced.
+                self.meta.dirty_log()?.clear()?;
+                self.meta.activity_log()?.clear()?;
+            }
         }
         Ok(Applied::Done)
     }
@@ -353,6 +540,103 @@ impl Fd<'_> {
             Self::Borrowed(b) => *b,
             Self::Owned(o) => o.as_fd(),
         }
+    }
+}
+
+/// True when an op names the metadata area at the root.
+fn touches_meta(op: &Op) -> bool {
+    let meta = |p: &RelPath| p.as_bytes().split(|b| *b == b'/').next() == Some(META_DIR.as_bytes());
+    let in_meta = |t: &Target| matches!(t, Target::Path(p) if meta(p));
+    match op {
+        Op::Create { path, .. }
+        | Op::Mknod { path, .. }
+        | Op::Mkdir { path, .. }
+        | Op::Symlink { path, .. }
+        | Op::Unlink { path }
+        | Op::Rmdir { path }
+        | Op::Open { path, .. }
+        | Op::Remove { path }
+        | Op::EnsureDir { path, .. }
+        | Op::EnsureFile { path, .. }
+        | Op::EnsureSymlink { path, .. }
+        | Op::EnsureNode { path, .. }
+        | Op::ReplaceXattrs { path, .. }
+        | Op::List { path }
+        | Op::Checksums { path, .. } => meta(path),
+        Op::Link {
+            existing: a,
+            new: b,
+        }
+        | Op::Rename { from: a, to: b, .. } => meta(a) || meta(b),
+        Op::Write { target, .. }
+        | Op::Truncate { target, .. }
+        | Op::Chmod { target, .. }
+        | Op::Chown { target, .. }
+        | Op::SetTimes { target, .. }
+        | Op::SetXattr { target, .. }
+        | Op::RemoveXattr { target, .. }
+        | Op::Fallocate { target, .. }
+        | Op::Fsync { target, .. } => in_meta(target),
+        Op::CopyRange { src, dst, .. } => in_meta(src) || in_meta(dst),
+        Op::Close { .. } | Op::SetGeneration { .. } => false,
+    }
+}
+
+/// Extended attributes that travel with the data (not host-specific labels).
+pub fn replicated_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name.starts_with(b"trusted.")
+        || name.starts_with(b"system.posix_acl_")
+}
+
+/// The names of the extended attributes of the inode `fd` holds.
+pub fn list_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let n = sys::listxattr_fd(fd, &mut [])?;
+    let mut buf = vec![0u8; n + 256];
+    let n = sys::listxattr_fd(fd, &mut buf)?;
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Entries of the directory `fd` (an O_RDONLY directory) as (name, S_IFMT).
+pub fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u32)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(Path::new(OsStr::from_bytes(
+        sys::proc_fd_path(fd).as_bytes(),
+    )))? {
+        let e = e?;
+        let name = e.file_name().as_bytes().to_vec();
+        let st = sys::fstatat(fd, OsStr::from_bytes(&name))?;
+        out.push((name, st.st_mode & libc::S_IFMT));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes `name` in `dir` and everything below it, never following a symlink;
+/// absent is fine.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = match sys::fstatat(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if is_kind(&st, libc::S_IFDIR) {
+        let sub = sys::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        for (child, _) in list_dir(sub.as_fd())? {
+            remove_tree(sub.as_fd(), OsStr::from_bytes(&child))?;
+        }
+        sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+    } else {
+        sys::unlinkat(dir, name, 0)
     }
 }
 

@@ -228,3 +228,18 @@ fn unknown_handles_and_bad_modes_are_errors_not_panics() {
         libc::EINVAL
     );
 }
+
+#[test]
+fn removing_below_a_missing_directory_is_done() {
+    let mut f = fixture();
+    f.a.apply(&Op::Remove {
+        path: p("gone/child"),
+    })
+    .unwrap();
+    fs::write(f.root.join("file"), b"x").unwrap();
+    f.a.apply(&Op::Remove {
+        path: p("file/child"),
+    })
+    .unwrap();
+    assert!(f.root.join("file").exists());
+}

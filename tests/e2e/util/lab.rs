@@ -268,6 +268,23 @@ impl Node {
         Ok(out.status.success())
     }
 
+    /// Bytes received so far on the node's lab interface (`eth0`), from the
+    /// kernel's counters: everything that reached this node over the wire.
+    pub fn rx_bytes(&self) -> Result<u64> {
+        let out = run_ok(&mut cmd(
+            "ip",
+            ["-n", &self.ns, "-s", "-j", "link", "show", "eth0"],
+        ))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("ip -j link show on {} printed no JSON", self.name))?;
+        v[0]["stats64"]["rx"]["bytes"].as_u64().with_context(|| {
+            format!(
+                "no stats64.rx.bytes in the ip -j -s link output of {}: {v}",
+                self.name
+            )
+        })
+    }
+
     /// Starts dropping packets between this node and `peer` (in this node's
     /// namespace, with nftables) until [`Node::unblock`].
     pub fn block(&self, peer: &Node, dir: Direction) -> Result<()> {

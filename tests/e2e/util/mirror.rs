@@ -2,18 +2,20 @@
 //! (secondary), each with its own key pair, over a two-node [`Lab`].
 //!
 //! Owns: one temp dir under /var/tmp (keys/, backing/, replica/, mnt/ and
-//! whatever the test adds), the `serve` and `mount` processes it starts, and
-//! every mount beneath its temp dir. `Drop` unmounts all of them (fusermount3 -u,
+//! whatever the test adds), the `serve` and `mount` processes it starts (a
+//! mount may also run on node2, e.g. over the replica), and every mount
+//! beneath its temp dir. `Drop` unmounts all of them (fusermount3 -u,
 //! then umount -l), stops the processes, removes the namespaces and then the
 //! temp dir, and never removes a dir that is still mounted (that would recurse
 //! into the mount, or hang on a dead one).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
 use tempfile::TempDir;
 
 use super::lab::{Lab, Node, Proc};
@@ -26,7 +28,8 @@ pub const START_DEADLINE: Duration = Duration::from_secs(15);
 
 pub struct Mirror {
     // Drop order matters and is spelled out in `Drop` below.
-    mounts: Vec<Proc>,
+    /// Each running `mount` with its mount point, in start order.
+    mounts: Vec<(PathBuf, Proc)>,
     serve: Option<Proc>,
     pub lab: Lab,
     /// The primary: runs `mirrorfs mount`.
@@ -51,6 +54,10 @@ pub struct MountArgs {
     pub peer: String,
     /// Further options, e.g. `["--peer-timeout", "2"]`.
     pub extra: Vec<String>,
+    /// Run the mount on node2 instead of node1 (e.g. the secondary's replica
+    /// mounted `--alone`, to make both sides write apart); `key`, `peer_cert`
+    /// and `peer` must then name node2's key and node1.
+    pub on_node2: bool,
 }
 
 impl Mirror {
@@ -114,8 +121,12 @@ impl Mirror {
     }
 
     /// Starts `mirrorfs serve` on node2 over replica/ and waits until node2 has
-    /// a UDP socket on [`PORT`].
+    /// a UDP socket on [`PORT`]. After [`Mirror::kill_serve`] this restarts the
+    /// secondary with the same command on the same replica.
     pub fn start_serve(&mut self) -> Result<()> {
+        if self.serve.is_some() {
+            bail!("serve is already running: kill it first");
+        }
         let keys = self.keys();
         let mut argv: Vec<OsString> = vec![self.bin.clone().into(), "serve".into()];
         argv.extend(flag("--root", self.replica()));
@@ -162,11 +173,28 @@ impl Mirror {
             mountpoint: self.mnt(),
             peer: format!("{}:{PORT}", self.node2.ip),
             extra: Vec::new(),
+            on_node2: false,
         }
     }
 
-    /// Starts `mirrorfs mount --foreground` on node1 and returns it without
-    /// waiting: for tests that expect it to fail. Creates the mount point and
+    /// [`Mirror::mount_args`] for a mount on node2 of `backing` at
+    /// `mountpoint`: node2's key pair, node1's pinned certificate, and node1's
+    /// address as the peer (where normally nothing serves).
+    pub fn node2_mount_args(&self, backing: PathBuf, mountpoint: PathBuf) -> MountArgs {
+        MountArgs {
+            key: "node2".into(),
+            peer_cert: "node1".into(),
+            backing,
+            mountpoint,
+            peer: format!("{}:{PORT}", self.node1.ip),
+            extra: Vec::new(),
+            on_node2: true,
+        }
+    }
+
+    /// Starts `mirrorfs mount --foreground` on node1 (node2 if
+    /// [`MountArgs::on_node2`]) and returns it without waiting: for tests that
+    /// expect it to fail. Creates the mount point and
     /// backing dir if needed. Mounts it makes are still cleaned up by `Drop`.
     pub fn spawn_mount(&self, args: &MountArgs) -> Result<Proc> {
         std::fs::create_dir_all(&args.backing)?;
@@ -184,7 +212,12 @@ impl Mirror {
         ));
         argv.push("--foreground".into());
         argv.extend(args.extra.iter().map(OsString::from));
-        self.node1.spawn("mount", argv)
+        let node = if args.on_node2 {
+            &self.node2
+        } else {
+            &self.node1
+        };
+        node.spawn("mount", argv)
     }
 
     /// Starts `mirrorfs mount` and waits until the mount point is a FUSE mount;
@@ -213,14 +246,43 @@ impl Mirror {
                 Err(e) => Probe::Fail(e),
             }
         })?;
-        self.mounts.push(mount);
+        self.mounts.push((mnt.clone(), mount));
         Ok(())
+    }
+
+    /// Unmounts `mountpoint` cleanly, as an operator would (`fusermount3 -u`),
+    /// and waits for its `mount` process to exit by itself; returns how it
+    /// exited (the caller judges it).
+    pub fn unmount(&mut self, mountpoint: &Path) -> Result<ExitStatus> {
+        let i = self
+            .mounts
+            .iter()
+            .position(|(p, _)| p == mountpoint)
+            .with_context(|| format!("no mount of this fixture at {}", mountpoint.display()))?;
+        run_ok(Command::new("fusermount3").arg("-u").arg(mountpoint))?;
+        // Taken out first: if it does not exit, dropping it stops it.
+        let (_, mut mount) = self.mounts.remove(i);
+        mount.wait_exit(START_DEADLINE)
     }
 
     /// SIGKILLs `serve`: the secondary vanishes without a goodbye.
     pub fn kill_serve(&mut self) -> Result<()> {
         let mut serve = self.serve.take().context("serve is not running")?;
         serve.kill_hard()?;
+        Ok(())
+    }
+
+    /// SIGKILLs the `mount` of [`Mirror::start`] (the primary's mirrorfs
+    /// crashes, as far as the applications and the secondary can tell), then
+    /// lazily unmounts the dead mount point, which applications may still hold
+    /// files open on: from now on their calls fail with ENOTCONN.
+    pub fn kill_mount(&mut self) -> Result<()> {
+        let (_, mount) = self.mounts.first_mut().context("mount is not running")?;
+        mount.kill_hard()?;
+        let mnt = self.mnt();
+        if is_fuse_mount(&mnt)? {
+            run_ok(Command::new("umount").arg("-l").arg(&mnt))?;
+        }
         Ok(())
     }
 
@@ -232,6 +294,52 @@ impl Mirror {
             .arg(b)
             .output()
             .context("cannot run mirrorfs verify")
+    }
+
+    /// `mirrorfs status --control PATH`, with `--json` if asked, run as an
+    /// operator would (root, the test's own namespaces); the caller judges
+    /// the exit status.
+    pub fn status_cmd(&self, control: &Path, json: bool) -> Result<Output> {
+        status_cmd(&self.bin, control, json)
+    }
+
+    /// `mirrorfs status --control PATH --json`, parsed; fails if the command
+    /// fails or does not print one JSON object.
+    pub fn status_json(&self, control: &Path) -> Result<Value> {
+        status_json(&self.bin, control)
+    }
+
+    /// Polls [`Mirror::status_json`] until `ready` accepts it and returns that
+    /// status. Fails at once if a `mount` of the fixture has exited; on
+    /// timeout the error shows the last status (or why there was none).
+    pub fn wait_status(
+        &mut self,
+        control: &Path,
+        deadline: Duration,
+        what: &str,
+        mut ready: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        let Self { mounts, bin, .. } = self;
+        wait_for(deadline, what, || {
+            for (point, mount) in mounts.iter_mut() {
+                match mount.try_status() {
+                    Ok(None) => {}
+                    Ok(Some(st)) => {
+                        return Probe::Fail(anyhow!(
+                            "the mount at {} exited ({st}): {}",
+                            point.display(),
+                            mount.stderr_tail()
+                        ))
+                    }
+                    Err(e) => return Probe::Fail(e),
+                }
+            }
+            match status_json(bin, control) {
+                Ok(v) if ready(&v) => Probe::Ready(v),
+                Ok(v) => Probe::Pending(v.to_string()),
+                Err(e) => Probe::Pending(format!("{e:#}")),
+            }
+        })
     }
 
     /// The fixture's temp dir; tests may add their own entries under it.
@@ -268,7 +376,15 @@ impl Mirror {
 
     /// The `mount` process started by [`Mirror::start_mount`] (the first one).
     pub fn mount(&self) -> Option<&Proc> {
-        self.mounts.first()
+        self.mounts.first().map(|(_, p)| p)
+    }
+
+    /// The running `mount` at `mountpoint` (for its logs).
+    pub fn mount_at(&self, mountpoint: &Path) -> Option<&Proc> {
+        self.mounts
+            .iter()
+            .find(|(p, _)| p == mountpoint)
+            .map(|(_, m)| m)
     }
 }
 
@@ -300,6 +416,34 @@ impl Drop for Mirror {
         }
         // 4. The lab (namespaces) goes when the fields drop.
     }
+}
+
+fn status_cmd(bin: &Path, control: &Path, json: bool) -> Result<Output> {
+    let mut c = Command::new(bin);
+    c.arg("status").arg("--control").arg(control);
+    if json {
+        c.arg("--json");
+    }
+    c.output().context("cannot run mirrorfs status")
+}
+
+fn status_json(bin: &Path, control: &Path) -> Result<Value> {
+    let out = status_cmd(bin, control, true)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "mirrorfs status --json exited {}: {} {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_str(&stdout)
+        .with_context(|| format!("mirrorfs status --json printed no JSON: {stdout:?}"))?;
+    if !v.is_object() {
+        bail!("mirrorfs status --json printed {v}, not an object");
+    }
+    Ok(v)
 }
 
 fn flag(name: &str, value: impl Into<OsString>) -> [OsString; 2] {

@@ -1,0 +1,754 @@
+//! [`Mirror`]: the primary's replication state — role, connection, generation
+//! history and dirty log — behind the overlay's [`Replicate`] interface.
+//!
+//! Roles, as operators read them: PRIM (connected, in sync: every mutation is
+//! applied by the secondary before it returns), RESYNC (connected, bringing the
+//! secondary up to date while live mutations keep being replicated), ALONE
+//! (no peer: mutations are applied locally and their paths recorded durably in
+//! the dirty log first) and, with `--on-peer-loss=fail`, PRIM with the peer
+//! lost (mutations fail with EIO). A supervisor thread reconnects with backoff
+//! and decides from the generation histories ([`relate`]) whether to resync,
+//! or to refuse (split brain, or a secondary with newer data). The resync
+//! itself walks the dirty paths in `fs::resync`.
+//!
+//! Must not: acknowledge a mutation the secondary did not apply unless its
+//! paths are recorded in the dirty log; mark anything in sync that was not
+//! confirmed by the secondary.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::fs::replicate::{Replicate, Ticket, Touched};
+use crate::meta::{ActivityLog, DirtyLog, Meta};
+use crate::net::client::{ConnectError, Link, LinkConfig};
+use crate::proto::generation::{relate, GenerationId, History, Relation};
+use crate::proto::path::RelPath;
+use crate::proto::wire::Op;
+
+/// What the primary does when the secondary is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPeerLoss {
+    /// Mutations fail with EIO until the peer is back (the safe default while
+    /// no controller holds quorum).
+    Fail,
+    /// Carry on ALONE, recording every change for the resync.
+    Alone,
+}
+
+/// The primary's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Role {
+    /// Connected and in sync.
+    Prim,
+    /// Connected, bringing the secondary up to date.
+    Resync,
+    /// No peer; changes are recorded for a later resync.
+    Alone,
+    /// No peer, and mutations fail (`--on-peer-loss=fail`).
+    Lost,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Prim => "PRIM",
+            Self::Resync => "RESYNC",
+            Self::Alone => "ALONE",
+            Self::Lost => "PRIM (peer lost: writes fail)",
+        })
+    }
+}
+
+/// How the mirror starts.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// How to reach the secondary.
+    pub link: LinkConfig,
+    /// What to do when it is lost.
+    pub on_peer_loss: OnPeerLoss,
+    /// Start ALONE, without waiting for the peer.
+    pub start_alone: bool,
+    /// Compare every file by checksum at the next resync.
+    pub full_resync: bool,
+    /// Upper bound of the resync's data rate, bytes per second (None: adaptive only).
+    pub resync_rate_limit: Option<u64>,
+}
+
+/// Resync progress counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResyncProgress {
+    /// Paths synchronised in this resync.
+    pub files_done: u64,
+    /// Paths still to do (grows while directories are walked).
+    pub files_left: u64,
+    /// Data bytes sent.
+    pub bytes_sent: u64,
+    /// Seconds since the resync started.
+    pub elapsed_secs: f64,
+    /// Bytes per second so far.
+    pub rate_bytes_per_sec: f64,
+    /// Whether every file is compared by checksum (first sync, or --full).
+    pub full: bool,
+    /// Estimated seconds left, from the pace of paths so far.
+    pub eta_secs: Option<f64>,
+}
+
+/// What `mirrorfs status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The role, as operators read it.
+    pub role: String,
+    /// The secondary's address.
+    pub peer: String,
+    /// The secondary's node name.
+    pub peer_node: String,
+    /// Connected to the secondary now.
+    pub connected: bool,
+    /// Current generation (hex).
+    pub generation: String,
+    /// Paths recorded as possibly different on the secondary.
+    pub dirty_files: u64,
+    /// Their current size on this side (the most a resync sends).
+    pub dirty_bytes: u64,
+    /// Ops sent and not yet acknowledged.
+    pub ops_in_flight: u64,
+    /// Resync progress, while resyncing.
+    pub resync: Option<ResyncProgress>,
+    /// The last connection problem, if any.
+    pub last_error: Option<String>,
+    /// Seconds in the current role.
+    pub role_secs: f64,
+}
+
+struct State {
+    role: Role,
+    link: Option<Arc<Link>>,
+    history: History,
+    dirty: DirtyLog,
+    /// Directories with mutations in the last epochs (crash safety).
+    activity: ActivityLog,
+    /// Paths the current resync still has to visit.
+    pending: BTreeSet<RelPath>,
+    /// Pending directories whose children are all compared (suspects).
+    full_dirs: BTreeSet<RelPath>,
+    /// Compare every file of the pending directories' subtrees.
+    full: bool,
+    last_error: Option<String>,
+    since: Instant,
+    progress: ResyncProgress,
+    resync_started: Instant,
+    /// When the application last submitted an op (the resync yields to it).
+    app_active: Instant,
+    shutdown: bool,
+}
+
+/// The primary's replication state.
+pub struct Mirror {
+    cfg: MirrorConfig,
+    meta: Meta,
+    state: Mutex<State>,
+    changed: Condvar,
+    limit: Duration,
+}
+
+impl fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror").finish_non_exhaustive()
+    }
+}
+
+/// Why the mirror could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The metadata area could not be read or written.
+    #[error("metadata area {dir}: {source}")]
+    Meta {
+        /// The directory.
+        dir: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The peer could not be reached at start (and --alone was not given).
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    /// The histories forbid replicating to this peer.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn random_id() -> GenerationId {
+    let mut b = [0u8; 8];
+    // SAFETY: b is a valid buffer of its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        // getrandom cannot fail for 8 bytes after boot; fall back to the clock.
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        return GenerationId(t ^ u64::from(std::process::id()));
+    }
+    GenerationId(u64::from_ne_bytes(b))
+}
+
+impl Mirror {
+    /// Opens the metadata area of `backing`, connects (unless starting ALONE)
+    /// and starts the supervisor. The returned mirror is ready for the overlay.
+    pub fn start(backing: &std::path::Path, cfg: MirrorConfig) -> Result<Arc<Self>, StartError> {
+        let meta_err = |source| StartError::Meta {
+            dir: backing.join(crate::meta::META_DIR).display().to_string(),
+            source,
+        };
+        let meta = Meta::open(backing).map_err(meta_err)?;
+        let mut history = meta.load_history().map_err(meta_err)?;
+        let dirty = meta.dirty_log().map_err(meta_err)?;
+        let activity = meta.activity_log().map_err(meta_err)?;
+        if history.current().is_none() {
+            history.advance(random_id());
+            meta.save_history(&history).map_err(meta_err)?;
+        }
+        let limit = cfg.link.peer_timeout * 2 + Duration::from_secs(1);
+        let mirror = Arc::new(Self {
+            meta,
+            state: Mutex::new(State {
+                role: Role::Alone,
+                link: None,
+                history,
+                dirty,
+                activity,
+                pending: BTreeSet::new(),
+                full_dirs: BTreeSet::new(),
+                full: cfg.full_resync,
+                last_error: None,
+                since: Instant::now(),
+                progress: ResyncProgress::default(),
+                resync_started: Instant::now(),
+                app_active: Instant::now(),
+                shutdown: false,
+            }),
+            changed: Condvar::new(),
+            limit,
+            cfg,
+        });
+        if mirror.cfg.start_alone {
+            // Whatever is written from now on was written without the peer.
+            mirror.go_alone_from("started with --alone".into(), true);
+        } else {
+            let link = {
+                let st = mirror.lock();
+                Link::connect(&mirror.cfg.link, &st.history)?
+            };
+            mirror.connected(link).map_err(StartError::Refused)?;
+        }
+        let m = mirror.clone();
+        thread::Builder::new()
+            .name("mirrorfs-supervisor".into())
+            .spawn(move || m.supervise())
+            .map_err(|e| StartError::Meta {
+                dir: "supervisor thread".into(),
+                source: e,
+            })?;
+        Ok(mirror)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a new activity epoch. The caller holds the overlay's sequencer
+    /// (no mutation half-applied) and has flushed the backing filesystem since
+    /// the previous rotation, so the epoch dropped now is durable locally.
+    pub fn rotate_activity(&self) {
+        if let Err(e) = self.lock().activity.rotate() {
+            warn!(error = %e, "cannot rotate the activity log; keeping the old epochs");
+        }
+    }
+
+    /// True once the mount is going away.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shutdown
+    }
+
+    /// Stops the supervisor (the mount is going away).
+    pub fn shutdown(&self) {
+        self.lock().shutdown = true;
+        self.changed.notify_all();
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.lock().role
+    }
+
+    /// A snapshot for `mirrorfs status`.
+    pub fn status(&self) -> Status {
+        let st = self.lock();
+        let progress = (st.role == Role::Resync).then(|| {
+            let mut p = st.progress.clone();
+            p.files_left = st.pending.len() as u64;
+            p.elapsed_secs = st.resync_started.elapsed().as_secs_f64();
+            p.rate_bytes_per_sec = if p.elapsed_secs > 0.0 {
+                p.bytes_sent as f64 / p.elapsed_secs
+            } else {
+                0.0
+            };
+            p.full = st.full;
+            p.eta_secs = (p.files_done > 0)
+                .then(|| p.elapsed_secs / p.files_done as f64 * p.files_left as f64);
+            p
+        });
+        // Sizes of the dirty paths as they are now (bounded work).
+        let dirty_bytes: u64 = st
+            .dirty
+            .paths()
+            .iter()
+            .take(100_000)
+            .filter_map(|p| std::fs::symlink_metadata(self.meta.root().join(p.as_os_str())).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
+        Status {
+            role: st.role.to_string(),
+            peer: self.cfg.link.peer.to_string(),
+            peer_node: self.cfg.link.pinned.name.clone(),
+            connected: st.link.as_ref().is_some_and(|l| l.lost().is_none()),
+            generation: st
+                .history
+                .current()
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+            dirty_files: st.dirty.len() as u64,
+            dirty_bytes,
+            ops_in_flight: st.link.as_ref().map_or(0, |l| l.in_flight()),
+            resync: progress,
+            last_error: st.last_error.clone(),
+            role_secs: st.since.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn set_role(st: &mut State, role: Role) {
+        if st.role != role {
+            info!(from = %st.role, to = %role, "role change");
+            st.role = role;
+            st.since = Instant::now();
+        }
+    }
+
+    /// The peer is gone: ALONE (new generation) or LOST, per configuration.
+    fn lost(&self, reason: String) {
+        match self.cfg.on_peer_loss {
+            OnPeerLoss::Alone => self.go_alone(reason),
+            OnPeerLoss::Fail => {
+                let mut st = self.lock();
+                st.link = None;
+                error!(%reason, "peer lost: mutations fail with EIO until it is back");
+                st.last_error = Some(reason);
+                Self::set_role(&mut st, Role::Lost);
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    fn go_alone(&self, reason: String) {
+        self.go_alone_from(reason, false);
+    }
+
+    /// Enters ALONE; a new generation starts unless already ALONE (`fresh`:
+    /// always, as at a start with `--alone`, where nothing was ALONE before).
+    fn go_alone_from(&self, reason: String, fresh: bool) {
+        let mut st = self.lock();
+        st.link = None;
+        if fresh || st.role != Role::Alone {
+            // A new generation marks "written without the peer".
+            let id = random_id();
+            st.history.advance(id);
+            if let Err(e) = self.meta.save_history(&st.history) {
+                error!(error = %e, "cannot record the new generation; staying without peer anyway");
+            }
+            warn!(%reason, generation = %id, "going ALONE: changes are recorded for the resync");
+            st.last_error = Some(reason);
+            Self::set_role(&mut st, Role::Alone);
+        }
+        self.changed.notify_all();
+    }
+
+    /// A connection is up: decide from the histories what to do with it.
+    fn connected(&self, link: Link) -> Result<(), String> {
+        let mut st = self.lock();
+        let relation = relate(&st.history, link.peer_history());
+        let peer_gen = link
+            .peer_history()
+            .current()
+            .map_or("none".to_string(), |g| g.to_string());
+        let me = st
+            .history
+            .current()
+            .map(|g| g.to_string())
+            .unwrap_or_default();
+        let refuse = |why: String| -> Result<(), String> { Err(why) };
+        // Directories where either side may hold a change the other lacks
+        // (writes in flight when a primary died): their files get compared.
+        let mut suspects = st.activity.suspects();
+        suspects.extend(link.peer_suspects().iter().cloned());
+        match relation {
+            Relation::InSync if st.dirty.is_empty() && !st.full && suspects.is_empty() => {
+                st.link = Some(Arc::new(link));
+                st.last_error = None;
+                Self::set_role(&mut st, Role::Prim);
+            }
+            Relation::InSync | Relation::PrimaryAhead | Relation::SecondaryNew => {
+                st.pending = st.dirty.paths().clone();
+                st.pending.extend(suspects.iter().cloned());
+                st.full_dirs = suspects;
+                let nothing_known = st.pending.is_empty() && relation != Relation::InSync;
+                if relation == Relation::SecondaryNew
+                    || st.full
+                    || nothing_known
+                    || st.full_dirs.contains(&RelPath::root())
+                {
+                    // Nothing tells what differs: compare everything.
+                    st.full = true;
+                    st.pending.insert(RelPath::root());
+                }
+                st.progress = ResyncProgress::default();
+                st.resync_started = Instant::now();
+                info!(
+                    ?relation,
+                    paths = st.pending.len(),
+                    full = st.full,
+                    "resync starts"
+                );
+                st.link = Some(Arc::new(link));
+                st.last_error = None;
+                Self::set_role(&mut st, Role::Resync);
+            }
+            Relation::SecondaryAhead => {
+                let why = format!(
+                    "the secondary {} holds newer data (its generation {peer_gen} follows ours, {me}): this node must not overwrite it; make {} the primary, or run `mirrorfs discard --root DIR` on {} to throw its changes away (they are kept in DIR/.mirrorfs/discarded-*)",
+                    self.cfg.link.pinned.name, self.cfg.link.pinned.name, self.cfg.link.pinned.name
+                );
+                st.last_error = Some(why.clone());
+                return refuse(why);
+            }
+            Relation::SplitBrain => {
+                let why = format!(
+                    "split brain: both this node ({} at generation {me}) and the secondary {} (at generation {peer_gen}) wrote since they parted; nothing was synchronised. Choose the side to keep and run `mirrorfs discard --root DIR` on the other (its changed files are kept in DIR/.mirrorfs/discarded-*)",
+                    self.cfg.link.identity.name, self.cfg.link.pinned.name
+                );
+                error!("{why}");
+                st.last_error = Some(why.clone());
+                return refuse(why);
+            }
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Reconnects with backoff while disconnected; notices connection loss.
+    fn supervise(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (link, shutdown) = {
+                let st = self.lock();
+                (st.link.clone(), st.shutdown)
+            };
+            if shutdown {
+                return;
+            }
+            match link {
+                Some(link) => {
+                    if link.wait_lost(Duration::from_millis(500)) {
+                        let reason = link.lost().unwrap_or_default();
+                        self.lost(reason);
+                        backoff = Duration::from_millis(200);
+                    }
+                }
+                None => {
+                    {
+                        let st = self.lock();
+                        let _ = self
+                            .changed
+                            .wait_timeout_while(st, backoff, |s| !s.shutdown)
+                            .unwrap_or_else(|e| e.into_inner());
+                    }
+                    if self.lock().shutdown {
+                        return;
+                    }
+                    let history = self.lock().history.clone();
+                    match Link::connect(&self.cfg.link, &history) {
+                        Ok(link) => match self.connected(link) {
+                            Ok(()) => backoff = Duration::from_millis(200),
+                            Err(_) => backoff = Duration::from_secs(5),
+                        },
+                        Err(e) => {
+                            self.lock().last_error = Some(e.to_string());
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records `paths` as possibly different on the secondary (durably), and
+    /// schedules them for the resync when connected.
+    fn mark(&self, st: &mut State, paths: &[RelPath]) -> io::Result<()> {
+        st.dirty.mark(paths)?;
+        if st.link.is_some() {
+            st.pending.extend(paths.iter().cloned());
+            if st.role == Role::Prim {
+                st.progress = ResyncProgress::default();
+                st.resync_started = Instant::now();
+                Self::set_role(st, Role::Resync);
+            }
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// True when `p`, one of its ancestors or one of its descendants is still
+    /// to be resynchronised.
+    fn pending_near(st: &State, p: &RelPath) -> bool {
+        if st.pending.contains(p) {
+            return true;
+        }
+        let mut cur = p.clone();
+        while let Some((parent, _)) = cur.split() {
+            if st.pending.contains(&parent) {
+                return true;
+            }
+            cur = parent;
+        }
+        let mut lo = p.as_bytes().to_vec();
+        lo.push(b'/');
+        let mut hi = p.as_bytes().to_vec();
+        hi.push(b'/' + 1);
+        let (Ok(lo), Ok(hi)) = (RelPath::new(lo), RelPath::new(hi)) else {
+            return false;
+        };
+        st.pending.range(lo..hi).next().is_some()
+    }
+
+    // ---- the resync worker's interface ---------------------------------------
+
+    /// Waits until there is resync work (or shutdown: `None`). Returns the next
+    /// path, whether the walk is full, and the link to use.
+    pub fn next_resync_path(&self) -> Option<(RelPath, bool, Arc<Link>)> {
+        let mut st = self.lock();
+        loop {
+            if st.shutdown {
+                return None;
+            }
+            if st.role == Role::Resync {
+                if let Some(link) = st.link.clone() {
+                    if let Some(p) = st.pending.pop_first() {
+                        let full = st.full || st.full_dirs.remove(&p);
+                        return Some((p, full, link));
+                    }
+                }
+            }
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(500))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The blocks of `p` to resend when only data blocks of it are dirty.
+    pub fn dirty_blocks(&self, p: &RelPath) -> Option<Vec<u64>> {
+        self.lock()
+            .dirty
+            .blocks(p)
+            .map(|b| b.iter().copied().collect())
+    }
+
+    /// The resync found more paths to visit (children of a directory).
+    pub fn add_pending(&self, paths: impl IntoIterator<Item = RelPath>) {
+        self.lock().pending.extend(paths);
+    }
+
+    /// A path could not be synchronised: visit it again, and say why.
+    pub fn retry_pending(&self, p: RelPath, why: Option<String>) {
+        let mut st = self.lock();
+        if let Some(why) = why {
+            st.last_error = Some(format!("resync of {p}: {why}; retrying"));
+        }
+        st.pending.insert(p);
+    }
+
+    /// True when the application submitted an op in the last `within`.
+    pub fn app_active(&self, within: Duration) -> bool {
+        self.lock().app_active.elapsed() < within
+    }
+
+    /// The configured cap on the resync's data rate, bytes per second.
+    pub fn resync_rate_limit(&self) -> Option<u64> {
+        self.cfg.resync_rate_limit
+    }
+
+    /// Counts a synchronised path and the data bytes it took.
+    pub fn resync_progress(&self, bytes: u64) {
+        let mut st = self.lock();
+        st.progress.files_done += 1;
+        st.progress.bytes_sent += bytes;
+    }
+
+    /// True when nothing is left to visit.
+    pub fn resync_idle(&self) -> bool {
+        self.lock().pending.is_empty()
+    }
+
+    /// The history the secondary must adopt when the resync is complete.
+    pub fn history_ids(&self) -> Vec<u64> {
+        self.lock().history.ids().iter().map(|g| g.0).collect()
+    }
+
+    /// The secondary confirmed the history: if nothing became pending in the
+    /// meantime (on the same connection), both sides hold the same data.
+    pub fn resync_complete(&self, link: &Arc<Link>) -> io::Result<bool> {
+        let mut st = self.lock();
+        let same = st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link));
+        if !same || !st.pending.is_empty() || st.role != Role::Resync {
+            return Ok(false);
+        }
+        st.dirty.clear()?;
+        st.full = false;
+        let p = &st.progress;
+        info!(
+            files = p.files_done,
+            bytes = p.bytes_sent,
+            secs = st.resync_started.elapsed().as_secs_f64(),
+            "resync complete: in sync"
+        );
+        Self::set_role(&mut st, Role::Prim);
+        Ok(true)
+    }
+
+    /// Called by a waiter whose op the secondary did not apply.
+    fn failed(&self, touched: &[RelPath], errno: i32) -> io::Result<()> {
+        let mut st = self.lock();
+        // Whatever happens next, the secondary may now differ on these paths.
+        if let Err(e) = self.mark(&mut st, touched) {
+            error!(error = %e, "cannot record a path in the dirty log");
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let connected = st.link.as_ref().is_some_and(|l| l.lost().is_none());
+        match self.cfg.on_peer_loss {
+            // Recorded: the resync will bring the secondary up to date.
+            OnPeerLoss::Alone => Ok(()),
+            OnPeerLoss::Fail if connected => Err(io::Error::from_raw_os_error(errno)),
+            OnPeerLoss::Fail => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+}
+
+/// The overlay's handle on the mirror.
+#[derive(Debug, Clone)]
+pub struct MirrorRef(pub Arc<Mirror>);
+
+impl Replicate for MirrorRef {
+    fn begin(&self, touched: &Touched) -> io::Result<()> {
+        let m = &self.0;
+        let mut st = m.lock();
+        match st.role {
+            Role::Prim => {
+                // Once per directory per epoch: if this node dies with the op
+                // in flight, the files of these directories are compared.
+                let dirs: Vec<RelPath> = touched
+                    .paths
+                    .iter()
+                    .map(|p| p.split().map_or(RelPath::root(), |(d, _)| d))
+                    .filter(|d| !st.activity.contains(d))
+                    .collect();
+                st.activity.record(&dirs).map_err(|e| {
+                    error!(error = %e, "cannot record activity: refusing the change");
+                    io::Error::from_raw_os_error(libc::EIO)
+                })
+            }
+            Role::Lost => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Role::Alone | Role::Resync => {
+                if st.role == Role::Resync {
+                    let dirs: Vec<RelPath> = touched
+                        .paths
+                        .iter()
+                        .map(|p| p.split().map_or(RelPath::root(), |(d, _)| d))
+                        .collect();
+                    st.activity.record(&dirs).map_err(|e| {
+                        error!(error = %e, "cannot record activity: refusing the change");
+                        io::Error::from_raw_os_error(libc::EIO)
+                    })?;
+                }
+                let mut paths = touched.paths.clone();
+                if let Some((from, to)) = &touched.rename {
+                    // Recorded paths below the old name follow it.
+                    let mut lo = from.as_bytes().to_vec();
+                    lo.push(b'/');
+                    let moved: Vec<RelPath> = st
+                        .dirty
+                        .paths()
+                        .iter()
+                        .filter(|p| p.as_bytes().starts_with(&lo))
+                        .filter_map(|p| {
+                            let rest = &p.as_bytes()[from.as_bytes().len()..];
+                            RelPath::new([to.as_bytes(), rest].concat()).ok()
+                        })
+                        .collect();
+                    paths.extend(moved);
+                }
+                let needed =
+                    st.role == Role::Alone || paths.iter().any(|p| Mirror::pending_near(&st, p));
+                if let (true, Some((offset, len)), [path]) = (needed, touched.data, &paths[..]) {
+                    // Only data changed: record the blocks, not the whole file.
+                    st.dirty.mark_range(path, offset, len).map_err(|e| {
+                        error!(error = %e, "cannot record a change in the dirty log: refusing it");
+                        io::Error::from_raw_os_error(libc::EIO)
+                    })?;
+                    if st.link.is_some() {
+                        st.pending.insert(path.clone());
+                        m.changed.notify_all();
+                    }
+                    return Ok(());
+                }
+                if needed {
+                    m.mark(&mut st, &paths).map_err(|e| {
+                        error!(error = %e, "cannot record a change in the dirty log: refusing it");
+                        io::Error::from_raw_os_error(libc::EIO)
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn submit(&self, op: Op, touched: &Touched) -> Ticket {
+        let m = &self.0;
+        let link = {
+            let mut st = m.lock();
+            st.app_active = Instant::now();
+            match st.role {
+                Role::Alone => return Ticket::done(Ok(Vec::new())),
+                Role::Lost => return Ticket::done(Err(libc::EIO)),
+                Role::Prim | Role::Resync => st.link.clone(),
+            }
+        };
+        let Some(link) = link else {
+            return Ticket::done(Err(libc::EIO));
+        };
+        let rx = link.submit(op);
+        let mirror = m.clone();
+        let paths = touched.paths.clone();
+        Ticket::wait_for(
+            rx,
+            m.limit,
+            Some(Box::new(move |errno| mirror.failed(&paths, errno))),
+        )
+    }
+}

@@ -1,0 +1,813 @@
+//! Issue 3: degraded mode, generations and resync. With `--on-peer-loss=alone`
+//! the primary carries on ALONE when the secondary dies (the application sees
+//! no error), records what it changed, and when the same `mirrorfs serve`
+//! returns brings the secondary up to date with only the changed files, and
+//! within a large file only the changed blocks, while the application keeps
+//! writing. The bytes that reach node2 over the wire (its interface's receive
+//! counter) show what a resync sent. A split brain (both sides wrote apart) is
+//! refused and synchronises nothing; a `--full` resync repairs a replica
+//! changed behind the mirror's back; `mirrorfs status` reports all of it, as
+//! text and as JSON.
+//!
+//! Every process is the fixture's (`Mirror`) or the `Writer` thread, which is
+//! declared after it and told to stop when dropped; so everything the test
+//! started stops, and only that, also when a test fails.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::util::mirror::{Mirror, PORT};
+use crate::util::{pseudo_random, sys, tree, wait_for, within, Probe};
+
+const MIB: u64 = 1 << 20;
+/// The mount options that make the primary carry on ALONE, and notice a lost
+/// secondary within a couple of seconds.
+const ALONE: [&str; 3] = ["--on-peer-loss=alone", "--peer-timeout", "2"];
+/// How long the primary may take to report ALONE once the secondary died
+/// (the peer timeout, twice, plus slack for a loaded machine).
+const ALONE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the primary may take to reconnect (its backoff reaches 5 s) and
+/// to finish a resync of a large file, or a `--full` one.
+const RESYNC_DEADLINE: Duration = Duration::from_secs(180);
+/// How long the resync of a few MiB of changes in a 64 MiB tree may take.
+const TREE_RESYNC_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a resync of a few small changes may take, reconnection included.
+const SMALL_RESYNC_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the first sync of an empty tree may take.
+const PRIM_DEADLINE: Duration = Duration::from_secs(30);
+/// How long file work through the mount may take before it counts as a hang.
+const FS_DEADLINE: Duration = Duration::from_secs(300);
+/// Size of the large file of `large_file_resync_sends_only_changed_blocks`
+/// in MiB, unless `MIRRORFS_E2E_LARGE_FILE_MIB` says otherwise (e.g. 1024).
+const LARGE_FILE_MIB: u64 = 256;
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
+    let (mut m, control) = start(&ALONE)?;
+    let mnt = m.mnt();
+    let static_mib = run_fs("writing the 64 MiB tree", &mnt, write_static_tree)?;
+    let tree_bytes = static_mib * MIB;
+    let before = m.status_json(&control)?;
+
+    let writer = Writer::start(mnt.join("live"))?;
+    writer.wait_writes(20, "the writer's first writes")?;
+    m.kill_serve()?;
+    let killed = Instant::now();
+    let alone = wait_alone(&mut m, &control)?;
+    let to_alone = killed.elapsed();
+    ensure!(alone["connected"] == false, "ALONE but connected: {alone}");
+    ensure!(
+        alone["generation"] != before["generation"],
+        "going ALONE did not start a new generation: {} before, {} now",
+        before["generation"],
+        alone["generation"]
+    );
+    // The application goes on: writes succeed while ALONE.
+    writer.wait_writes(writer.writes() + 20, "writes while ALONE")?;
+
+    run_fs("changes while ALONE", &mnt, change_while_alone)?;
+    let st = m.status_json(&control)?;
+    ensure!(role(&st) == "ALONE", "no longer ALONE: {st}");
+    ensure!(
+        st["dirty_files"].as_u64().unwrap_or(0) > 0,
+        "changes were made ALONE but status shows no dirty files: {st}"
+    );
+
+    let (rx0, w0) = (m.node2.rx_bytes()?, writer.writes());
+    let restarted = Instant::now();
+    m.start_serve()?;
+    let (synced, seen_resync_bytes) = wait_in_sync(&mut m, &control, TREE_RESYNC_DEADLINE)?;
+    let resync_time = restarted.elapsed();
+    let rx = m.node2.rx_bytes()? - rx0;
+    let live_bytes = (writer.writes() - w0) * Writer::WRITE_SIZE;
+    writer
+        .check_running()
+        .context("the writer must keep running through the resync")?;
+    ensure!(
+        synced["generation"] == alone["generation"],
+        "the resync changed the generation: ALONE {}, in sync {}",
+        alone["generation"],
+        synced["generation"]
+    );
+    // Back in synchronous mode: the writer keeps going, replicated as it writes.
+    writer.wait_writes(writer.writes() + 20, "writes after the resync")?;
+    let writes = writer.finish()?;
+
+    expect_identical(&m)?;
+    expect_generation_on_replica(&m, &synced)?;
+    // Resync: one changed 1 MiB block, a renamed 1 MiB file, a truncated
+    // one, ~100 kB of new files and the writer's files: a few MiB, against a
+    // 64 MiB tree. The writer's own writes during that time are on top.
+    let resync_estimate = rx.saturating_sub(live_bytes);
+    println!(
+        "secondary loss: ALONE {to_alone:?} after the SIGKILL; writer: {writes} writes, \
+         slowest {:?}; resync (serve restart to PRIM) {resync_time:?}; node2 received \
+         {rx} bytes, of which the writer wrote {live_bytes}; resync bytes: {} logged, \
+         {seen_resync_bytes} seen in status (0: no poll fell inside); tree {tree_bytes} bytes",
+        writer.slowest(),
+        logged_resync_bytes(&m)
+    );
+    ensure!(
+        rx < tree_bytes / 4 && resync_estimate < 8 * MIB,
+        "not incremental: node2 received {rx} bytes during the resync ({live_bytes} of them \
+         written live by the application) for a few MiB of changes on a {tree_bytes}-byte tree"
+    );
+    ensure!(
+        seen_resync_bytes < 8 * MIB,
+        "status reported {seen_resync_bytes} resync bytes sent for a few MiB of changes"
+    );
+    Ok(())
+}
+
+/// `rm -rf` of a directory, and the rename of a directory holding a file
+/// changed while ALONE, leave paths in the dirty log whose parent exists on
+/// neither side any more; the resync must still end, in sync.
+#[test]
+fn dirs_removed_or_renamed_while_alone_resync() -> Result<()> {
+    let (mut m, control) = start(&ALONE)?;
+    let mnt = m.mnt();
+    run_fs("dirs while connected", &mnt, |mnt| {
+        fs::create_dir_all(mnt.join("gone/sub"))?;
+        write_synced(&mnt.join("gone/f"), b"f")?;
+        write_synced(&mnt.join("gone/sub/g"), b"g")?;
+        fs::create_dir(mnt.join("old"))?;
+        write_synced(&mnt.join("old/f"), b"before")
+    })?;
+    m.kill_serve()?;
+    wait_alone(&mut m, &control)?;
+    run_fs("rm -rf, and a dir rename, while ALONE", &mnt, |mnt| {
+        fs::remove_dir_all(mnt.join("gone"))?;
+        write_synced(&mnt.join("old/f"), b"changed while ALONE")?;
+        fs::rename(mnt.join("old"), mnt.join("new"))
+    })?;
+    m.start_serve()?;
+    wait_in_sync(&mut m, &control, SMALL_RESYNC_DEADLINE)?;
+    expect_identical(&m)
+}
+
+#[test]
+fn status_reports_prim_and_json_is_parseable() -> Result<()> {
+    let (m, control) = start(&[])?;
+    let mode = fs::symlink_metadata(&control)?.permissions().mode() & 0o777;
+    ensure!(
+        mode == 0o600,
+        "the control socket is mode {mode:o}, not 0600 (root only)"
+    );
+
+    let out = m.status_cmd(&control, false)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "mirrorfs status exited {}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> Result<String> {
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+            .with_context(|| format!("no {name:?} line in mirrorfs status:\n{text}"))
+    };
+    ensure!(field("role")? == "PRIM", "text status:\n{text}");
+    ensure!(field("connected")? == "yes", "text status:\n{text}");
+    let peer = format!("{}:{PORT}", m.node2.ip);
+    ensure!(field("peer")?.contains(&peer), "text status:\n{text}");
+    let text_generation = field("generation")?;
+    ensure!(
+        is_generation(&text_generation),
+        "generation {text_generation:?} is not 16 hex digits:\n{text}"
+    );
+
+    let v = m.status_json(&control)?;
+    ensure!(role(&v) == "PRIM", "json status: {v}");
+    ensure!(v["connected"] == true, "json status: {v}");
+    let generation = v["generation"].as_str().unwrap_or_default();
+    ensure!(
+        is_generation(generation),
+        "generation {} is not a string of 16 hex digits: {v}",
+        v["generation"]
+    );
+    ensure!(
+        generation == text_generation,
+        "text ({text_generation}) and JSON ({generation}) disagree on the generation"
+    );
+    ensure!(v["peer"] == peer.as_str(), "peer is not {peer}: {v}");
+    ensure!(v["peer_node"] == "node2", "peer_node is not node2: {v}");
+    ensure!(v["dirty_files"] == 0, "dirty files while in sync: {v}");
+    ensure!(v["ops_in_flight"].is_u64(), "ops_in_flight: {v}");
+    ensure!(v["resync"].is_null(), "a resync while in sync: {v}");
+    ensure!(
+        v["role_secs"].as_f64().is_some_and(|s| s >= 0.0),
+        "role_secs: {v}"
+    );
+    ensure!(
+        v.get("last_error").is_some(),
+        "no last_error field (null when none): {v}"
+    );
+    expect_generation_on_replica(&m, &v)?;
+
+    // No socket, or something that is not one: exit 2, naming the path.
+    let not_a_socket = m.path().join("not-a-socket");
+    fs::write(&not_a_socket, b"")?;
+    for path in [Path::new("/nonexistent"), &not_a_socket] {
+        for json in [false, true] {
+            let out = m.status_cmd(path, json)?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(2),
+                "mirrorfs status --control {} (json: {json}) exited {}, want 2: {stderr}",
+                path.display(),
+                out.status
+            );
+            ensure!(
+                stderr.contains(&*path.to_string_lossy()),
+                "mirrorfs status --control {} does not name the path: {stderr}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn split_brain_is_detected_and_nothing_is_synchronised() -> Result<()> {
+    let (mut m, control) = start(&ALONE)?;
+    let (mnt, replica) = (m.mnt(), m.replica());
+    let common = pseudo_random(1, 50_000);
+    run_fs("the common file", &mnt, {
+        let common = common.clone();
+        move |mnt| write_synced(&mnt.join("common"), &common)
+    })?;
+
+    let parted = m.status_json(&control)?["generation"].clone();
+    // The primary loses the secondary and writes fileA ALONE.
+    m.kill_serve()?;
+    wait_alone(&mut m, &control)?;
+    let file_a = pseudo_random(2, 30_000);
+    run_fs("fileA on the primary", &mnt, {
+        let a = file_a.clone();
+        move |mnt| write_synced(&mnt.join("fileA"), &a)
+    })?;
+
+    // Meanwhile node2 is used as a primary of its own: its replica is mounted
+    // ALONE (its peer, node1's address, has no server) and fileB written.
+    let mnt2 = m.path().join("mnt-node2");
+    let control2 = m.path().join("ctl-node2.sock");
+    let mut args = m.node2_mount_args(replica.clone(), mnt2.clone());
+    args.extra = vec![
+        "--alone".into(),
+        "--control".into(),
+        control2.display().to_string(),
+    ];
+    m.start_mount(&args)?;
+    m.wait_status(&control2, ALONE_DEADLINE, "node2's mount ALONE", |v| {
+        role(v) == "ALONE"
+    })?;
+    let file_b = pseudo_random(3, 40_000);
+    run_fs("fileB on node2", &mnt2, {
+        let b = file_b.clone();
+        move |mnt2| write_synced(&mnt2.join("fileB"), &b)
+    })?;
+    // For the diagnosis below: writing ALONE should be a generation of its
+    // own, else nothing tells, when the two meet again, that node2 wrote.
+    let node2_generation = m.status_json(&control2)?["generation"].clone();
+    let exit = m.unmount(&mnt2)?;
+    ensure!(exit.success(), "node2's mount exited {exit} when unmounted");
+
+    // The secondary returns as before: the reconnect must be refused.
+    m.start_serve()?;
+    let refused = m.wait_status(
+        &control,
+        RESYNC_DEADLINE,
+        "last_error to report a split brain",
+        |v| last_error(v).contains("split brain") || role(v) != "ALONE",
+    )?;
+    if !last_error(&refused).contains("split brain") {
+        // Let the resync that should not have started end, then say what it did.
+        let end = m
+            .wait_status(
+                &control,
+                SMALL_RESYNC_DEADLINE,
+                "the resync to end",
+                in_sync,
+            )
+            .unwrap_or_else(|e| serde_json::json!(format!("{e:#}")));
+        bail!(
+            "the split brain was not detected: node1 resynchronised node2 (status then: \
+             {end}); on the replica now: fileA {}, fileB {} (fileB was written on node2 \
+             only). node2's mount --alone wrote at generation {node2_generation}; the \
+             generation both held when they parted was {parted}",
+            if replica.join("fileA").exists() {
+                "present"
+            } else {
+                "absent"
+            },
+            if replica.join("fileB").exists() {
+                "present"
+            } else {
+                "LOST"
+            },
+        );
+    }
+    let why = last_error(&refused);
+    ensure!(
+        why.contains("mirrorfs discard"),
+        "the split-brain message does not name `mirrorfs discard`: {why}"
+    );
+    ensure!(
+        role(&refused) == "ALONE",
+        "not ALONE after the refusal: {refused}"
+    );
+    ensure!(
+        refused["connected"] == false,
+        "connected despite the split brain: {refused}"
+    );
+
+    // The primary still works ALONE, and records it.
+    let file_a2 = pseudo_random(4, 1000);
+    run_fs("fileA2 after the refusal", &mnt, {
+        let a2 = file_a2.clone();
+        move |mnt| write_synced(&mnt.join("fileA2"), &a2)
+    })?;
+    let after = m.status_json(&control)?;
+    ensure!(role(&after) == "ALONE", "not ALONE: {after}");
+    ensure!(
+        after["dirty_files"].as_u64().unwrap_or(0) > 0,
+        "no dirty files: {after}"
+    );
+
+    // Nothing crossed in either direction; nothing was lost on either side.
+    let backing = m.backing();
+    for (root, name, want) in [
+        (&replica, "common", Some(&common)),
+        (&replica, "fileB", Some(&file_b)),
+        (&replica, "fileA", None),
+        (&replica, "fileA2", None),
+        (&backing, "common", Some(&common)),
+        (&backing, "fileA", Some(&file_a)),
+        (&backing, "fileA2", Some(&file_a2)),
+        (&backing, "fileB", None),
+    ] {
+        let path = root.join(name);
+        match (want, fs::read(&path)) {
+            (Some(want), Ok(got)) => ensure!(
+                &got == want,
+                "{} was changed by the split brain",
+                path.display()
+            ),
+            (Some(_), Err(e)) => bail!("{} was lost in the split brain: {e}", path.display()),
+            (None, Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            (None, Err(e)) => bail!("{}: {e}", path.display()),
+            (None, Ok(_)) => bail!(
+                "{} was synchronised despite the split brain",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
+    let mib = match std::env::var("MIRRORFS_E2E_LARGE_FILE_MIB") {
+        Ok(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 16)
+            .with_context(|| format!("MIRRORFS_E2E_LARGE_FILE_MIB={s:?}: want MiB, >= 16"))?,
+        Err(_) => LARGE_FILE_MIB,
+    };
+    let size = mib * MIB;
+    let (mut m, control) = start(&ALONE)?;
+    let mnt = m.mnt();
+    let t = Instant::now();
+    run_fs("writing the large file", &mnt, move |mnt| {
+        let mut f = File::create(mnt.join("large"))?;
+        for i in 0..mib {
+            f.write_all(&pseudo_random(1000 + i, MIB as usize))?;
+        }
+        f.sync_all()
+    })?;
+    let write_time = t.elapsed();
+
+    m.kill_serve()?;
+    wait_alone(&mut m, &control)?;
+    // Three 4 KiB regions, each in a different 1 MiB block.
+    let regions: Vec<(u64, Vec<u8>)> =
+        [7 * MIB + 1000, size / 2 + 5 * 4096, size - 3 * MIB + 12345]
+            .into_iter()
+            .zip(1..)
+            .map(|(offset, seed)| (offset, pseudo_random(7000 + seed, 4096)))
+            .collect();
+    run_fs("changing three regions ALONE", &mnt, {
+        let regions = regions.clone();
+        move |mnt| {
+            let f = OpenOptions::new().write(true).open(mnt.join("large"))?;
+            for (offset, data) in &regions {
+                f.write_all_at(data, *offset)?;
+            }
+            f.sync_all()
+        }
+    })?;
+    let st = m.status_json(&control)?;
+    ensure!(
+        st["dirty_files"].as_u64().unwrap_or(0) > 0,
+        "the large file was changed ALONE but status shows no dirty files: {st}"
+    );
+
+    let rx0 = m.node2.rx_bytes()?;
+    let restarted = Instant::now();
+    m.start_serve()?;
+    let (_, seen_resync_bytes) = wait_in_sync(&mut m, &control, RESYNC_DEADLINE)?;
+    let resync_time = restarted.elapsed();
+    let rx = m.node2.rx_bytes()? - rx0;
+
+    let replica = File::open(m.replica().join("large"))?;
+    for (offset, data) in &regions {
+        let mut got = vec![0u8; data.len()];
+        replica.read_exact_at(&mut got, *offset)?;
+        ensure!(
+            &got == data,
+            "the region changed ALONE at offset {offset} is not on the replica"
+        );
+    }
+    let t = Instant::now();
+    expect_identical(&m)?;
+    println!(
+        "large file: {mib} MiB written through the mount in {write_time:?}; 3 x 4 KiB changed \
+         ALONE; resync (serve restart to PRIM) {resync_time:?}; node2 received {rx} bytes; \
+         resync bytes: {} logged, {seen_resync_bytes} seen in status; verification {:?}",
+        logged_resync_bytes(&m),
+        t.elapsed()
+    );
+    ensure!(
+        rx < 16 * MIB,
+        "node2 received {rx} bytes to resync three changed 4 KiB regions of a {mib} MiB \
+         file: more than the changed 1 MiB blocks"
+    );
+    Ok(())
+}
+
+#[test]
+fn full_resync_after_tampering() -> Result<()> {
+    let (mut m, control) = start(&[])?;
+    let mnt = m.mnt();
+    run_fs("writing the tree", &mnt, |mnt| {
+        fs::create_dir(mnt.join("files"))?;
+        for i in 0..16 {
+            write_synced(
+                &mnt.join(format!("files/{i}")),
+                &pseudo_random(i, MIB as usize),
+            )?;
+        }
+        write_synced(&mnt.join("big"), &pseudo_random(100, 8 * MIB as usize))?;
+        write_synced(&mnt.join("notes"), b"the original notes\n")
+    })?;
+    let tree_bytes = 24 * MIB;
+    expect_identical(&m)?;
+
+    let exit = m.unmount(&mnt)?;
+    ensure!(
+        exit.success(),
+        "mirrorfs mount exited {exit} when unmounted"
+    );
+
+    // Same sizes, same mtimes, different bytes: only a checksum sees it.
+    let replica = m.replica();
+    for (name, offset, data) in [
+        ("files/5", 500_000, &b"tampered"[..]),
+        ("big", 5 * MIB + 4096, &pseudo_random(200, 4096)[..]),
+        ("notes", 4, &b"ORIGINAL"[..]),
+    ] {
+        let path = replica.join(name);
+        let mtime = fs::metadata(&path)?.modified()?;
+        let f = OpenOptions::new().write(true).open(&path)?;
+        f.write_all_at(data, offset)?;
+        f.set_modified(mtime)?;
+    }
+    let out = m.verify(&m.backing(), &replica)?;
+    ensure!(
+        out.status.code() == Some(1),
+        "mirrorfs verify does not see the tampering (exit {}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let rx0 = m.node2.rx_bytes()?;
+    let t = Instant::now();
+    let mut args = m.mount_args();
+    args.extra = vec![
+        "--full".into(),
+        "--control".into(),
+        control.display().to_string(),
+    ];
+    m.start_mount(&args)?;
+    let mut saw_full = false;
+    m.wait_status(&control, RESYNC_DEADLINE, "the --full resync to end", |v| {
+        saw_full |= v["resync"]["full"] == true;
+        in_sync(v)
+    })?;
+    let resync_time = t.elapsed();
+    let rx = m.node2.rx_bytes()? - rx0;
+    expect_identical(&m)?;
+    println!(
+        "full resync: remount to PRIM {resync_time:?}; node2 received {rx} bytes for a \
+         {tree_bytes}-byte tree with 3 tampered blocks ({} resync bytes logged); status \
+         showed a full resync: {saw_full}",
+        logged_resync_bytes(&m)
+    );
+    ensure!(
+        rx < 8 * MIB,
+        "node2 received {rx} bytes in a --full resync of a {tree_bytes}-byte tree that \
+         differed in 3 blocks: the files were sent, not compared by checksum"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// `serve` on node2 and `mount` on node1 with `extra` and a control socket
+/// in the fixture's dir; returns once the mount reports PRIM.
+fn start(extra: &[&str]) -> Result<(Mirror, PathBuf)> {
+    let mut m = Mirror::prepare()?;
+    m.start_serve()?;
+    let control = m.path().join("ctl.sock");
+    let mut args = m.mount_args();
+    args.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+    args.extra.push("--control".into());
+    args.extra.push(control.display().to_string());
+    m.start_mount(&args)?;
+    m.wait_status(&control, PRIM_DEADLINE, "the first sync to end", in_sync)?;
+    Ok((m, control))
+}
+
+/// Waits until the mount reports ALONE; returns that status.
+fn wait_alone(m: &mut Mirror, control: &Path) -> Result<Value> {
+    m.wait_status(control, ALONE_DEADLINE, "role ALONE", |v| {
+        role(v) == "ALONE"
+    })
+}
+
+/// The data bytes of the last resync, as the mount logged them: for the
+/// report only (a log line is not an interface to assert on).
+fn logged_resync_bytes(m: &Mirror) -> String {
+    let log = m.mount().map(|p| p.stderr()).unwrap_or_default();
+    log.lines()
+        .rev()
+        .find(|l| l.contains("resync complete"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("bytes=")))
+        .unwrap_or("?")
+        .to_owned()
+}
+
+fn role(v: &Value) -> &str {
+    v["role"].as_str().unwrap_or_default()
+}
+
+fn last_error(v: &Value) -> &str {
+    v["last_error"].as_str().unwrap_or_default()
+}
+
+/// PRIM, connected, nothing dirty, no resync running.
+fn in_sync(v: &Value) -> bool {
+    role(v) == "PRIM" && v["connected"] == true && v["dirty_files"] == 0 && v["resync"].is_null()
+}
+
+/// Waits for [`in_sync`]; returns that status and the largest
+/// `resync.bytes_sent` seen on the way (0 if no poll fell inside the resync).
+fn wait_in_sync(m: &mut Mirror, control: &Path, deadline: Duration) -> Result<(Value, u64)> {
+    let mut seen = 0;
+    let v = m.wait_status(
+        control,
+        deadline,
+        "PRIM, connected and no dirty files",
+        |v| {
+            seen = seen.max(v["resync"]["bytes_sent"].as_u64().unwrap_or(0));
+            in_sync(v)
+        },
+    )?;
+    Ok((v, seen))
+}
+
+fn is_generation(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The secondary persists the generation history it adopted at the end of a
+/// resync in its metadata area (current first): it must be the primary's.
+fn expect_generation_on_replica(m: &Mirror, status: &Value) -> Result<()> {
+    let path = m.replica().join(".mirrorfs/generation");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let current = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default();
+    ensure!(
+        status["generation"] == current,
+        "the secondary's current generation is {current:?}, the primary's {}",
+        status["generation"]
+    );
+    Ok(())
+}
+
+/// The replica equals the backing dir, by the independent comparison and by
+/// `mirrorfs verify`.
+fn expect_identical(m: &Mirror) -> Result<()> {
+    let (backing, replica) = (m.backing(), m.replica());
+    let diffs = tree::diff(&backing, &replica)?;
+    ensure!(
+        diffs.is_empty(),
+        "the replica differs from the backing dir ({} differences):\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    let out = m.verify(&backing, &replica)?;
+    ensure!(
+        out.status.code() == Some(0),
+        "mirrorfs verify backing replica exited {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Runs `work` on the mount point `mnt` on its own thread, failing (rather
+/// than hanging) if it takes longer than [`FS_DEADLINE`].
+fn run_fs<T: Send + 'static>(
+    what: &str,
+    mnt: &Path,
+    work: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let mnt = mnt.to_owned();
+    within(FS_DEADLINE, what, move || work(&mnt))?.with_context(|| what.to_owned())
+}
+
+/// create/truncate, write, fsync, close.
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// static/0..63 (1 MiB each), which changes little later, plus the entries
+/// [`change_while_alone`] works on; returns the MiB written.
+fn write_static_tree(mnt: &Path) -> io::Result<u64> {
+    fs::create_dir(mnt.join("static"))?;
+    for i in 0..64 {
+        write_synced(
+            &mnt.join(format!("static/{i}")),
+            &pseudo_random(i, MIB as usize),
+        )?;
+    }
+    fs::create_dir_all(mnt.join("tree/a/sub"))?;
+    write_synced(&mnt.join("tree/a/x"), b"x")?;
+    write_synced(&mnt.join("tree/a/sub/z"), &pseudo_random(70, 3000))?;
+    fs::create_dir(mnt.join("empty-dir"))?;
+    Ok(64)
+}
+
+/// Modify in place, truncate, chmod, set an xattr, rename a file and a dir,
+/// delete a file and an empty dir, create files and dirs, and a file created
+/// and deleted again. (Deleting a dir with contents, and renaming a dir holding
+/// a file changed ALONE: [`dirs_removed_or_renamed_while_alone_resync`].)
+fn change_while_alone(mnt: &Path) -> io::Result<()> {
+    let s = |p: &str| mnt.join(p);
+    let f = OpenOptions::new().write(true).open(s("static/3"))?;
+    f.write_all_at(&pseudo_random(300, 4096), 4096)?;
+    f.sync_all()?;
+    let f = OpenOptions::new().write(true).open(s("static/9"))?;
+    f.set_len(300_000)?;
+    f.sync_all()?;
+    fs::set_permissions(s("static/11"), fs::Permissions::from_mode(0o600))?;
+    fs::rename(s("static/5"), s("static/5-renamed"))?;
+    fs::remove_file(s("static/7"))?;
+    fs::create_dir_all(s("new/dir"))?;
+    write_synced(&s("new/dir/f"), &pseudo_random(301, 100_000))?;
+    fs::rename(s("tree/a"), s("tree/a-moved"))?;
+    write_synced(&s("tree/a-moved/sub/added"), b"added after the move")?;
+    fs::remove_dir(s("empty-dir"))?;
+    write_synced(&s("transient"), b"here and gone while ALONE")?;
+    fs::remove_file(s("transient"))?;
+    sys::set_xattr(&s("static/12"), "user.changed", b"while alone")
+}
+
+/// The application: rewrites one of 50 files in its dir with 8 KiB and fsyncs
+/// it, in a loop, until told to stop. The first error ends it and is kept.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    slowest_us: Arc<AtomicU64>,
+    done: mpsc::Receiver<Result<u64>>,
+}
+
+impl Writer {
+    const WRITE_SIZE: u64 = 8192;
+    const FILES: u64 = 50;
+    /// Pause between writes: a steady application, not a flood that would
+    /// drown the resync's bytes on the wire.
+    const PACE: Duration = Duration::from_millis(10);
+
+    fn start(dir: PathBuf) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let slowest_us = Arc::new(AtomicU64::new(0));
+        let (tx, done) = mpsc::channel();
+        let (s, w, l) = (stop.clone(), writes.clone(), slowest_us.clone());
+        thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || {
+                let _ = tx.send(Self::run(&dir, &s, &w, &l));
+            })?;
+        Ok(Self {
+            stop,
+            writes,
+            slowest_us,
+            done,
+        })
+    }
+
+    fn run(dir: &Path, stop: &AtomicBool, writes: &AtomicU64, slowest: &AtomicU64) -> Result<u64> {
+        fs::create_dir(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let path = dir.join(format!("w{}", i % Self::FILES));
+            let t = Instant::now();
+            write_synced(&path, &pseudo_random(i, Self::WRITE_SIZE as usize))
+                .with_context(|| format!("write + fsync #{i} of {}", path.display()))?;
+            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            slowest.fetch_max(us, Ordering::Relaxed);
+            i += 1;
+            writes.store(i, Ordering::Relaxed);
+            thread::sleep(Self::PACE);
+        }
+        Ok(i)
+    }
+
+    /// Writes acknowledged so far.
+    fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn slowest(&self) -> Duration {
+        Duration::from_micros(self.slowest_us.load(Ordering::Relaxed))
+    }
+
+    /// Fails if the writer has stopped (with its error, if it had one).
+    fn check_running(&self) -> Result<()> {
+        match self.done.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => Ok(()),
+            Ok(Ok(n)) => bail!("the writer stopped by itself after {n} writes"),
+            Ok(Err(e)) => Err(e.context("the application saw an error")),
+            Err(mpsc::TryRecvError::Disconnected) => bail!("the writer thread panicked"),
+        }
+    }
+
+    /// Waits until `n` writes have been acknowledged, failing early if the
+    /// writer stops.
+    fn wait_writes(&self, n: u64, what: &str) -> Result<()> {
+        wait_for(FS_DEADLINE, what, || {
+            if let Err(e) = self.check_running() {
+                return Probe::Fail(e);
+            }
+            match self.writes() {
+                done if done >= n => Probe::Ready(()),
+                done => Probe::Pending(format!("{done} of {n} writes acknowledged")),
+            }
+        })
+    }
+
+    /// Stops the writer and returns how many writes it made, or its error.
+    fn finish(&self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.done.recv_timeout(FS_DEADLINE) {
+            Ok(r) => r.context("the application saw an error"),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow!(
+                "the writer did not stop within {FS_DEADLINE:?}: a write hangs"
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the writer thread panicked"),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A writer stuck in the file system is released when the fixture
+        // unmounts; one between writes stops here.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
