@@ -331,11 +331,6 @@ fn run() {
     unsafe { libc::umask(0o022) };
     let mut notes = Vec::new();
     let cfg = Config::from_env(&mut notes);
-    // The mirrorfs mount holds a descriptor per inode the kernel has looked up:
-    // the tree, plus the other workloads' files, plus slack.
-    notes.extend(sys::raise_nofile_limit(
-        cfg.tree + cfg.files * cfg.rounds + 20_000,
-    ));
     let header = machine_header(&cfg);
     eprintln!("{header}");
 
@@ -749,6 +744,7 @@ fn machine_header(cfg: &Config) -> String {
          command: cargo bench --bench replication (MIRRORFS_BENCH_ROUNDS={} MIRRORFS_BENCH_SECS={} MIRRORFS_BENCH_SEQ_MIB={} MIRRORFS_BENCH_TREE={})\n\
          disk: /var/tmp on {fs_type}; mirrorfs backing and replica on the same file system\n\
          load average at start: {} (anything else running distorts the figures)\n\
+         open files limit (RLIMIT_NOFILE, inherited by the daemons): {}\n\
          mirrorfs: {}",
         mem_kib as f64 / (1 << 20) as f64,
         kernel.trim(),
@@ -759,6 +755,7 @@ fn machine_header(cfg: &Config) -> String {
         fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_default(),
+        sys::nofile_limit(),
         cfg.mirrorfs.display()
     )
 }

@@ -381,44 +381,16 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
         })
 }
 
-/// Raises our RLIMIT_NOFILE (inherited by the children) to at least `needed`
-/// if the hard limit is lower, and says what it did, or why it could not.
-/// The mirrorfs mount holds an O_PATH descriptor per inode the kernel has
-/// looked up, so a tree larger than its limit fails with EMFILE; an operator
-/// raises the limit for it (e.g. systemd's LimitNOFILE), and so do we.
-pub(crate) fn raise_nofile_limit(needed: u64) -> Option<String> {
+/// Our RLIMIT_NOFILE, soft/hard, as text: the daemons inherit it, and a FUSE
+/// daemon that keeps a descriptor per inode is bounded by it.
+pub(crate) fn nofile_limit() -> String {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_max >= needed {
-        return None;
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return format!("unknown ({})", io::Error::last_os_error());
     }
-    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1 << 20);
-    let n = nr_open.min(needed.max(1 << 20));
-    let new = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-        Some(format!(
-            "RLIMIT_NOFILE raised from {} to {n} for all the processes of the run: the mirrorfs \
-             mount holds an O_PATH descriptor per inode the kernel has looked up, and the tree \
-             workload needs about {needed}",
-            lim.rlim_max
-        ))
-    } else {
-        Some(format!(
-            "RLIMIT_NOFILE hard limit is {} and cannot be raised here ({}; no CAP_SYS_RESOURCE?): \
-             the mirrorfs mount holds an O_PATH descriptor per inode the kernel has looked up, \
-             so a tree walk over more inodes than that fails with EMFILE",
-            lim.rlim_max,
-            io::Error::last_os_error()
-        ))
-    }
+    format!("{} soft, {} hard", lim.rlim_cur, lim.rlim_max)
 }
