@@ -143,14 +143,28 @@ impl Meta {
 
 /// The durable set of paths that may differ between this side and its peer.
 ///
-/// Records are a big-endian `u16` length and the path bytes, appended and
-/// synced once per new path; a torn record at the tail (a crash while
-/// appending) is ignored and cut off on open.
+/// A path is dirty as a whole (created, renamed, chmod... anything), or only
+/// in some blocks ([`DIRTY_BLOCK`] bytes each) when data writes are all that
+/// changed it: then the resync sends just those blocks, with no checksum pass
+/// over the file. Records are a big-endian `u16` length and the path bytes
+/// (whole), or the length with its top bit set, the path and a `u64` block
+/// number (one block); each is appended and synced once per path (or block)
+/// per generation. A torn record at the tail (a crash while appending) is
+/// ignored and cut off on open.
 #[derive(Debug)]
 pub struct DirtyLog {
     file: File,
+    /// Every dirty path, whole or partial.
     set: BTreeSet<RelPath>,
+    /// The paths dirty only in these blocks.
+    partial: std::collections::BTreeMap<RelPath, BTreeSet<u64>>,
 }
+
+/// Granularity of the dirty blocks of a file.
+pub const DIRTY_BLOCK: u64 = 1 << 20;
+
+/// Marks the top bit of a record length: a block record.
+const BLOCK_RECORD: u16 = 0x8000;
 
 impl DirtyLog {
     fn open(path: &Path) -> io::Result<Self> {
@@ -162,29 +176,91 @@ impl DirtyLog {
             .open(path)?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf)?;
-        let mut set = BTreeSet::new();
+        let mut log = Self {
+            file,
+            set: BTreeSet::new(),
+            partial: std::collections::BTreeMap::new(),
+        };
         let mut pos = 0;
         while pos + 2 <= buf.len() {
-            let len = u16::from_be_bytes([buf[pos], buf[pos + 1]]) as usize;
-            if pos + 2 + len > buf.len() {
+            let head = u16::from_be_bytes([buf[pos], buf[pos + 1]]);
+            let len = (head & !BLOCK_RECORD) as usize;
+            let extra = if head & BLOCK_RECORD != 0 { 8 } else { 0 };
+            if pos + 2 + len + extra > buf.len() {
                 break;
             }
             match RelPath::new(buf[pos + 2..pos + 2 + len].to_vec()) {
+                Ok(p) if extra == 0 => log.set_whole(p),
                 Ok(p) => {
-                    set.insert(p);
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&buf[pos + 2 + len..pos + 2 + len + 8]);
+                    log.set_block(p, u64::from_be_bytes(b));
                 }
                 Err(e) => {
                     warn!(error = %e, log = %path.display(), "skipping an invalid dirty record")
                 }
             }
-            pos += 2 + len;
+            pos += 2 + len + extra;
         }
         if pos != buf.len() {
             warn!(log = %path.display(), "cutting a torn record off the dirty log");
-            file.set_len(pos as u64)?;
-            file.sync_all()?;
+            log.file.set_len(pos as u64)?;
+            log.file.sync_all()?;
         }
-        Ok(Self { file, set })
+        Ok(log)
+    }
+
+    fn set_whole(&mut self, p: RelPath) {
+        self.partial.remove(&p);
+        self.set.insert(p);
+    }
+
+    /// True when `p` is dirty as a whole.
+    fn whole(&self, p: &RelPath) -> bool {
+        self.set.contains(p) && !self.partial.contains_key(p)
+    }
+
+    fn set_block(&mut self, p: RelPath, block: u64) {
+        if self.whole(&p) {
+            return;
+        }
+        self.partial.entry(p.clone()).or_default().insert(block);
+        self.set.insert(p);
+    }
+
+    /// Records that the bytes `[offset, offset + len)` of `p` changed (the
+    /// blocks not yet recorded); returns once durable.
+    pub fn mark_range(&mut self, p: &RelPath, offset: u64, len: u64) -> io::Result<()> {
+        if self.whole(p) || len == 0 {
+            return Ok(());
+        }
+        let first = offset / DIRTY_BLOCK;
+        let last = (offset + len - 1) / DIRTY_BLOCK;
+        let known = self.partial.get(p);
+        let new: Vec<u64> = (first..=last)
+            .filter(|b| !known.is_some_and(|k| k.contains(b)))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for b in &new {
+            buf.extend_from_slice(&(p.as_bytes().len() as u16 | BLOCK_RECORD).to_be_bytes());
+            buf.extend_from_slice(p.as_bytes());
+            buf.extend_from_slice(&b.to_be_bytes());
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        for b in new {
+            self.set_block(p.clone(), b);
+        }
+        Ok(())
+    }
+
+    /// The dirty blocks of `p` when only data blocks changed; `None` when the
+    /// whole path is dirty (or it is not dirty).
+    pub fn blocks(&self, p: &RelPath) -> Option<&BTreeSet<u64>> {
+        self.partial.get(p)
     }
 
     /// Records the paths not yet recorded; returns once they are durable.
@@ -192,7 +268,7 @@ impl DirtyLog {
         let mut buf = Vec::new();
         let mut new = Vec::new();
         for p in paths {
-            if !self.set.contains(p) {
+            if !self.whole(p) {
                 buf.extend_from_slice(&(p.as_bytes().len() as u16).to_be_bytes());
                 buf.extend_from_slice(p.as_bytes());
                 new.push(p.clone());
@@ -203,7 +279,9 @@ impl DirtyLog {
         }
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
-        self.set.extend(new);
+        for p in new {
+            self.set_whole(p);
+        }
         Ok(())
     }
 
@@ -232,6 +310,7 @@ impl DirtyLog {
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.set.clear();
+        self.partial.clear();
         Ok(())
     }
 }
@@ -341,6 +420,30 @@ mod tests {
         assert_eq!(fs::metadata(m.dir().join("dirty")).unwrap().len(), len);
         log.clear().unwrap();
         assert!(m.dirty_log().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dirty_blocks_until_the_whole_path_is_dirty() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        let mut log = m.dirty_log().unwrap();
+        let big = p("big");
+        log.mark_range(&big, 10, 5).unwrap();
+        log.mark_range(&big, 3 * DIRTY_BLOCK - 1, 2).unwrap();
+        log.mark_range(&big, 20, 5).unwrap();
+        let want: BTreeSet<u64> = [0, 2, 3].into();
+        assert_eq!(log.blocks(&big), Some(&want));
+        drop(log);
+        let mut log = m.dirty_log().unwrap();
+        assert_eq!(log.blocks(&big), Some(&want), "blocks survive a reopen");
+        assert!(log.contains(&big));
+        log.mark([&big]).unwrap();
+        assert_eq!(log.blocks(&big), None);
+        log.mark_range(&big, 0, 1).unwrap();
+        drop(log);
+        let log = m.dirty_log().unwrap();
+        assert_eq!(log.blocks(&big), None, "whole stays whole");
+        assert_eq!(log.len(), 1);
     }
 
     #[test]

@@ -562,6 +562,14 @@ impl Mirror {
         }
     }
 
+    /// The blocks of `p` to resend when only data blocks of it are dirty.
+    pub fn dirty_blocks(&self, p: &RelPath) -> Option<Vec<u64>> {
+        self.lock()
+            .dirty
+            .blocks(p)
+            .map(|b| b.iter().copied().collect())
+    }
+
     /// The resync found more paths to visit (children of a directory).
     pub fn add_pending(&self, paths: impl IntoIterator<Item = RelPath>) {
         self.lock().pending.extend(paths);
@@ -697,6 +705,18 @@ impl Replicate for MirrorRef {
                 }
                 let needed =
                     st.role == Role::Alone || paths.iter().any(|p| Mirror::pending_near(&st, p));
+                if let (true, Some((offset, len)), [path]) = (needed, touched.data, &paths[..]) {
+                    // Only data changed: record the blocks, not the whole file.
+                    st.dirty.mark_range(path, offset, len).map_err(|e| {
+                        error!(error = %e, "cannot record a change in the dirty log: refusing it");
+                        io::Error::from_raw_os_error(libc::EIO)
+                    })?;
+                    if st.link.is_some() {
+                        st.pending.insert(path.clone());
+                        m.changed.notify_all();
+                    }
+                    return Ok(());
+                }
                 if needed {
                     m.mark(&mut st, &paths).map_err(|e| {
                         error!(error = %e, "cannot record a change in the dirty log: refusing it");

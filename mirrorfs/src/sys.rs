@@ -331,6 +331,20 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
     })
 }
 
+/// Reads as much of `buf` as the file holds from `offset` (short only at the
+/// end of the file).
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = pread(fd, &mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 /// `ftruncate`.
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a valid descriptor.

@@ -31,6 +31,27 @@ struct Peer {
 impl Peer {
     /// Connects with node1's identity and completes the hello exchange.
     async fn connect(keys: &Path, addr: SocketAddr) -> Self {
+        let mut p = Self::connect_with(
+            keys,
+            addr,
+            Hello {
+                version: PROTOCOL_VERSION,
+                node: "node1".into(),
+                peer: "node2".into(),
+                history: vec![],
+                suspects: vec![],
+            },
+        )
+        .await;
+        match p.next().await {
+            Some(Frame::Hello(h)) => assert_eq!(h.node, "node2"),
+            other => panic!("expected the server's hello, got {other:?}"),
+        }
+        p
+    }
+
+    /// Connects with node1's certificate and sends `hello`, whatever it says.
+    async fn connect_with(keys: &Path, addr: SocketAddr, hello: Hello) -> Self {
         let id = tls::load_identity(&keys.join("node1.key"), &keys.join("node1.crt")).unwrap();
         let pinned = tls::load_peer(&keys.join("node2.crt")).unwrap();
         let mut cfg = tls::client_config(&id, &pinned).unwrap();
@@ -42,28 +63,16 @@ impl Peer {
             .expect("handshake in time")
             .expect("pinned handshake");
         let (mut send, recv) = conn.open_bi().await.unwrap();
-        let mut hello = Vec::new();
-        Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            node: "node1".into(),
-            peer: "node2".into(),
-            history: vec![],
-            suspects: vec![],
-        })
-        .encode(&mut hello);
-        send.write_all(&hello).await.unwrap();
-        let mut p = Self {
+        let mut bytes = Vec::new();
+        Frame::Hello(hello).encode(&mut bytes);
+        send.write_all(&bytes).await.unwrap();
+        Self {
             _endpoint: endpoint,
             conn,
             send,
             recv,
             buf: Vec::new(),
-        };
-        match p.next().await {
-            Some(Frame::Hello(h)) => assert_eq!(h.node, "node2"),
-            other => panic!("expected the server's hello, got {other:?}"),
         }
-        p
     }
 
     /// The next frame from the server, or `None` once the stream ends.
@@ -200,6 +209,41 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
                 "{what}: the connection stays open"
             );
             drop(p.conn);
+        }
+
+        // 1b. A hello with another protocol version or identity is refused
+        //     with both sides' values named.
+        for (hello, want) in [
+            (
+                Hello {
+                    version: 99,
+                    node: "node1".into(),
+                    peer: "node2".into(),
+                    history: vec![],
+                    suspects: vec![],
+                },
+                ["protocol version mismatch", "version 99", "version 1"],
+            ),
+            (
+                Hello {
+                    version: PROTOCOL_VERSION,
+                    node: "impostor".into(),
+                    peer: "node9".into(),
+                    history: vec![],
+                    suspects: vec![],
+                },
+                ["identity mismatch", "impostor", "node9"],
+            ),
+        ] {
+            let mut p = Peer::connect_with(&keys, addr, hello).await;
+            match p.next().await {
+                Some(Frame::Refused { reason }) => {
+                    for w in want {
+                        assert!(reason.contains(w), "refusal {reason:?} lacks {w:?}");
+                    }
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
         }
 
         // 2. Valid frames aimed through symlinks: each op fails, the

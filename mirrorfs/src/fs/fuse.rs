@@ -117,6 +117,11 @@ fn attr(ino: u64, st: &libc::stat) -> FileAttr {
     }
 }
 
+fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
 fn reply_entry(reply: ReplyEntry, r: io::Result<Entry>) {
     match r {
         Ok(e) => reply.entry(&TTL, &attr(e.ino, &e.attr), Generation(0)),
@@ -192,7 +197,17 @@ impl Filesystem for MirrorFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.ops.lookup(parent.0, name));
+        match self.ops.lookup(parent.0, name) {
+            // A negative entry (node id 0) lets the kernel cache "no such
+            // name": it is dropped when the name is created through the mount,
+            // the only way the backing tree changes.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let mut none = attr(0, &zeroed_stat());
+                none.ino = INodeNo(0);
+                reply.entry(&TTL, &none, Generation(0));
+            }
+            r => reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

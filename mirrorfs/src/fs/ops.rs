@@ -529,6 +529,7 @@ impl Overlay {
         let touched = Touched {
             paths: vec![from.clone(), to.clone()],
             rename: Some((from.clone(), to.clone())),
+            data: None,
         };
         self.mutate(touched, || {
             let pfd = self.inodes.fd(parent)?;
@@ -738,7 +739,7 @@ impl Overlay {
         if !h.writable {
             return Err(err(libc::EBADF));
         }
-        self.mutate(self.touch_ino(h.ino), || {
+        self.mutate(self.touch_data(h.ino, offset, data.len() as u64), || {
             let n = sys::pwrite(h.file.as_fd(), data, offset)?;
             let ops = if h.replicated {
                 vec![Op::Write {
@@ -767,7 +768,7 @@ impl Overlay {
         if !h.writable {
             return Err(err(libc::EBADF));
         }
-        self.mutate(self.touch_ino(h.ino), || {
+        self.mutate(self.touch_data(h.ino, offset, len), || {
             sys::fallocate(h.file.as_fd(), mode, offset, len)?;
             let ops = if h.replicated {
                 vec![Op::Fallocate {
@@ -801,7 +802,7 @@ impl Overlay {
             return Err(err(libc::EBADF));
         }
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        self.mutate(self.touch_ino(dst.ino), || {
+        self.mutate(self.touch_data(dst.ino, offset_out, len), || {
             let n = sys::copy_file_range(
                 src.file.as_fd(),
                 offset_in,
@@ -987,6 +988,15 @@ impl Overlay {
     /// The mutation touches the inode `ino` (by its path; none if unlinked).
     fn touch_ino(&self, ino: u64) -> Touched {
         Touched::paths(self.inodes.path(ino).ok().into_iter().collect())
+    }
+
+    /// The mutation changes only bytes `[offset, offset + len)` of `ino`.
+    fn touch_data(&self, ino: u64, offset: u64, len: u64) -> Touched {
+        let mut t = self.touch_ino(ino);
+        if t.paths.len() == 1 {
+            t.data = Some((offset, len));
+        }
+        t
     }
 
     /// The backing root (an O_PATH directory) for the resync.

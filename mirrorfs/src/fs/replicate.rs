@@ -23,6 +23,9 @@ pub struct Touched {
     pub paths: Vec<RelPath>,
     /// For a rename: (from, to), so that state kept per path can follow it.
     pub rename: Option<(RelPath, RelPath)>,
+    /// For a data write to the one path: the byte range `(offset, len)` it
+    /// changes (nothing else about the file changes).
+    pub data: Option<(u64, u64)>,
 }
 
 impl Touched {
@@ -31,6 +34,7 @@ impl Touched {
         Self {
             paths,
             rename: None,
+            data: None,
         }
     }
 }

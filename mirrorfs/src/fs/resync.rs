@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::ops::Overlay;
-use crate::meta::META_DIR;
+use crate::meta::{DIRTY_BLOCK, META_DIR};
 use crate::mirror::Mirror;
 use crate::net::client::Link;
 use crate::proto::path::RelPath;
@@ -223,7 +223,11 @@ impl Worker<'_> {
                 self.sync_listing(path)?;
                 0
             }
-            libc::S_IFREG => self.sync_content(path)?,
+            libc::S_IFREG => match (self.full, self.mirror.dirty_blocks(path)) {
+                // Only some blocks were written while apart: send just those.
+                (false, Some(blocks)) => self.sync_blocks(path, &blocks)?,
+                _ => self.sync_content(path)?,
+            },
             _ => 0,
         };
         if kind != 0 && kind != libc::S_IFLNK {
@@ -299,17 +303,72 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Sends the blocks whose checksums differ, then size and times.
-    fn sync_content(&self, path: &RelPath) -> Result<u64, Stop> {
+    /// Sends the given dirty blocks (no checksum pass), then size and times.
+    fn sync_blocks(&self, path: &RelPath, blocks: &[u64]) -> Result<u64, Stop> {
+        let file = self.open_content(path)?;
+        let ident = sys::fstat(file.as_fd())?;
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; DIRTY_BLOCK as usize];
+        let mut window: VecDeque<Receiver<Completion>> = VecDeque::new();
+        let started = std::time::Instant::now();
+        for block in blocks {
+            let offset = block * DIRTY_BLOCK;
+            let rx = {
+                let _g = self.overlay.sequence();
+                if !self.same_inode(path, &ident)? {
+                    return Err(Stop::Changed);
+                }
+                let n = sys::pread_full(file.as_fd(), &mut buf, offset)?;
+                if n == 0 {
+                    // Beyond the end now: the final truncate settles it.
+                    continue;
+                }
+                sent += n as u64;
+                self.link.submit(Op::Write {
+                    target: Target::Path(path.clone()),
+                    offset,
+                    data: buf[..n].to_vec(),
+                })
+            };
+            window.push_back(rx);
+            self.throttle(&mut window)?;
+            self.pace(sent, started);
+        }
+        for rx in window {
+            self.wait(rx)?;
+        }
+        self.sync_size_and_times(path, &file, &ident)?;
+        Ok(sent)
+    }
+
+    fn open_content(&self, path: &RelPath) -> Result<OwnedFd, Stop> {
         let root = self.overlay.backing_root()?;
-        let file = sys::openat2(
+        sys::openat2(
             root.as_fd(),
             path.as_os_str(),
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
             0,
             sys::RESOLVE_STRICT,
         )
-        .map_err(|_| Stop::Changed)?;
+        .map_err(|_| Stop::Changed)
+    }
+
+    /// Keeps at most the allowed number of block writes in flight.
+    fn throttle(&self, window: &mut VecDeque<Receiver<Completion>>) -> Result<(), Stop> {
+        let limit = if self.mirror.app_active(ACTIVE) {
+            WINDOW_APP_ACTIVE
+        } else {
+            WINDOW
+        };
+        while window.len() >= limit {
+            self.wait(window.pop_front().expect("non-empty window"))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the blocks whose checksums differ, then size and times.
+    fn sync_content(&self, path: &RelPath) -> Result<u64, Stop> {
+        let file = self.open_content(path)?;
         let ident = sys::fstat(file.as_fd())?;
         let mut sent = 0u64;
         let mut first = 0u64;
@@ -343,7 +402,7 @@ impl Worker<'_> {
                     if !self.same_inode(path, &ident)? {
                         return Err(Stop::Changed);
                     }
-                    let n = read_full(file.as_fd(), &mut buf, offset)?;
+                    let n = sys::pread_full(file.as_fd(), &mut buf, offset)?;
                     if n == 0 {
                         break;
                     }
@@ -361,14 +420,7 @@ impl Worker<'_> {
                 };
                 if let Some(rx) = rx {
                     window.push_back(rx);
-                    let limit = if self.mirror.app_active(ACTIVE) {
-                        WINDOW_APP_ACTIVE
-                    } else {
-                        WINDOW
-                    };
-                    while window.len() >= limit {
-                        self.wait(window.pop_front().expect("non-empty window"))?;
-                    }
+                    self.throttle(&mut window)?;
                     self.pace(sent, started);
                 }
             }
@@ -377,10 +429,20 @@ impl Worker<'_> {
         for rx in window {
             self.wait(rx)?;
         }
-        // Size and times last, under the sequencer, from the file as it is now.
+        self.sync_size_and_times(path, &file, &ident)?;
+        Ok(sent)
+    }
+
+    /// Size and times last, under the sequencer, from the file as it is now.
+    fn sync_size_and_times(
+        &self,
+        path: &RelPath,
+        file: &OwnedFd,
+        ident: &libc::stat,
+    ) -> Result<(), Stop> {
         let rxs = {
             let _g = self.overlay.sequence();
-            if !self.same_inode(path, &ident)? {
+            if !self.same_inode(path, ident)? {
                 return Err(Stop::Changed);
             }
             let st = sys::fstat(file.as_fd())?;
@@ -403,7 +465,7 @@ impl Worker<'_> {
         for rx in rxs {
             self.wait(rx)?;
         }
-        Ok(sent)
+        Ok(())
     }
 
     fn sync_xattrs(&self, path: &RelPath) -> Result<(), Stop> {
@@ -473,16 +535,4 @@ impl Worker<'_> {
         }
         Ok(())
     }
-}
-
-fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = sys::pread(fd, &mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }

@@ -453,7 +453,7 @@ impl Applier {
                 let mut out = (st.st_size as u64).to_be_bytes().to_vec();
                 let mut buf = vec![0u8; *block as usize];
                 for i in *first..first + u64::from(*count) {
-                    let n = read_full(fd.as_fd(), &mut buf, i * u64::from(*block))?;
+                    let n = sys::pread_full(fd.as_fd(), &mut buf, i * u64::from(*block))?;
                     if n == 0 {
                         break;
                     }
@@ -614,19 +614,6 @@ pub fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u32)>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Reads as much of `buf` as the file has from `offset`.
-fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = sys::pread(fd, &mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }
 
 /// Removes `name` in `dir` and everything below it, never following a symlink;
