@@ -4,7 +4,7 @@
 //! Run as root: `cargo build --release -p mirrorfs && cargo bench --bench
 //! resync`. It runs the `mirrorfs` binary at `$MIRRORFS_BIN`, or beside the
 //! bench in the same target directory (`target/release/mirrorfs`). A default
-//! run takes about 8 minutes on 2 cores.
+//! run takes about 10 minutes on 2 cores.
 //!
 //! One run builds its own lab: two network namespaces (`mfr<pid>a`/`b`)
 //! joined by a veth pair, `mirrorfs serve` on node 2 and `mirrorfs mount
@@ -20,21 +20,25 @@
 //!    compares every file of the directories written in the last two 30 s
 //!    epochs at a reconnection, and the point here is the resync of a tree
 //!    written long ago.
-//! 2. Incremental resync: serve stopped (SIGTERM), the mount goes ALONE; 1% of
-//!    the files are rewritten and 10 separate 1 MiB blocks of the large file;
-//!    serve restarted; the time from the restart until the status shows PRIM
-//!    with nothing dirty (and the resync's own time, from the mount's log),
-//!    and the bytes node 2's interface received meanwhile. Baseline: a plain
-//!    TCP copy of exactly the changed bytes from node 1's backing directory to
-//!    files on node 2, fsynced at the end.
-//! 3. Sync writes, in `MIRRORFS_BENCH_RESYNC_ROUNDS` rounds (default 3; the
-//!    figures are medians), each `MIRRORFS_BENCH_RESYNC_SECS` seconds
-//!    (default 5), one writer, on a local directory, through the mount in
-//!    sync, and through the mount ALONE (serve stopped for it): 4 KiB writes
-//!    at random offsets of a preallocated 64 MiB file, each followed by
-//!    fdatasync (IOPS, p50, p99); and new files of 4 KiB, each created,
+//! 2. Incremental resync, in `MIRRORFS_BENCH_RESYNC_ROUNDS` rounds (default
+//!    5): serve stopped (SIGTERM), the mount goes ALONE; 1% of the files are
+//!    rewritten and 10 separate 1 MiB blocks of the large file; serve
+//!    restarted; the time from the restart until the status shows PRIM with
+//!    nothing dirty (and the resync's own time, from the mount's log), and the
+//!    bytes node 2's interface received meanwhile. Baseline, right after each
+//!    round: a plain TCP copy of exactly the changed bytes from node 1's
+//!    backing directory to new files on node 2, fsynced at the end.
+//! 3. Sync writes, in as many rounds, each run `MIRRORFS_BENCH_RESYNC_SECS`
+//!    seconds (default 4), one writer, on a local directory, through the
+//!    mount in sync, and through the mount ALONE (serve stopped for it): 4 KiB
+//!    writes at random offsets of a preallocated 64 MiB file, each followed
+//!    by fdatasync (IOPS, p50, p99); and new files of 4 KiB, each created,
 //!    written, fdatasynced and closed (files/s; dirty tracking records each
 //!    new path durably once).
+//!
+//!    Figures are medians over the rounds; a ratio of two figures measured in
+//!    the same rounds is the median of the rounds' ratios (the disk and CPUs
+//!    may be shared, and background load drifts).
 //! 4. A big change set while ALONE (the whole large file and 10% of the files
 //!    rewritten), serve restarted, and the random sync writes while that
 //!    resync runs: their p99 latency against the in-sync runs'.
@@ -148,7 +152,7 @@ impl Config {
             files: env_u64("MIRRORFS_BENCH_RESYNC_FILES", 100_000, 100),
             tree_mib: env_u64("MIRRORFS_BENCH_RESYNC_MIB", 2048, 1),
             large_mib: env_u64("MIRRORFS_BENCH_RESYNC_LARGE_MIB", 1024, 10),
-            secs: env_u64("MIRRORFS_BENCH_RESYNC_SECS", 5, 1),
+            secs: env_u64("MIRRORFS_BENCH_RESYNC_SECS", 4, 1),
             mirrorfs,
             target_dir,
         }
@@ -815,6 +819,13 @@ fn new_file_syncs(dir: &Path, secs: u64) -> f64 {
     rate
 }
 
+/// The median of the per-round ratios `a[i] / b[i]` (each pair measured
+/// moments apart, so drifting background load affects both alike).
+fn paired(a: &[f64], b: &[f64]) -> f64 {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    median(&r)
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
@@ -850,6 +861,96 @@ impl Mode {
             .map(|x| format!("{x:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// One round of the incremental resync and its baseline.
+struct Incremental {
+    to_alone: f64,
+    change_time: f64,
+    dirty_files: f64,
+    /// Serve restart to in sync.
+    total: f64,
+    /// The resync's own duration, paths and data bytes (mirrorfs' log).
+    own: f64,
+    files: f64,
+    bytes: u64,
+    /// Bytes node 2's interface received from the restart to in sync.
+    rx: u64,
+    /// The baseline: TCP copy of the changed bytes.
+    copy: f64,
+}
+
+/// Stops serve, rewrites the files `changed` and 10 blocks of the large file
+/// (round `k`'s contents), restarts serve and times the resync; then copies
+/// the same bytes over TCP into a fresh directory of `copy_dst`.
+fn incremental(
+    lab: &mut Lab,
+    tree: &Tree,
+    changed: &[u64],
+    large_mib: u64,
+    k: u64,
+    copy_dst: &Path,
+) -> Incremental {
+    let mnt = lab.mnt.clone();
+    let to_alone = secs(lab.stop_serve_wait_alone());
+    let t = Instant::now();
+    tree.write_many(&mnt, changed, 100 + k);
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(mnt.join("large.bin"))
+            .expect("open large.bin");
+        let mut buf = vec![0u8; MIB as usize];
+        for (j, off) in large_regions(large_mib).into_iter().enumerate() {
+            Rng(0xab5c ^ j as u64 ^ (k << 32)).fill(&mut buf);
+            f.write_all_at(&buf, off).expect("write large.bin");
+        }
+    }
+    let change_time = secs(t.elapsed());
+    let (dirty, _) = lab.wait("dirty files recorded", Duration::from_secs(10), |v| {
+        v["dirty_files"].as_u64().unwrap_or(0) > 0
+    });
+    settle();
+    let rx0 = lab.net.node2_rx_bytes();
+    let restart = Instant::now();
+    lab.start_serve();
+    let ended = lab.wait_in_sync("the incremental resync", Duration::from_secs(1800));
+    let rx = lab.net.node2_rx_bytes() - rx0;
+    let total = secs(ended - restart);
+    let (files, bytes, own) = logged_resync(&lab.log("mount"))
+        .map_or((f64::NAN, 0, f64::NAN), |(f, b, s)| (f as f64, b, s));
+
+    let mut pieces: Vec<Piece> = changed
+        .iter()
+        .map(|&i| Piece {
+            rel: tree.rel(i),
+            offset: 0,
+            len: tree.size(i),
+        })
+        .collect();
+    pieces.extend(large_regions(large_mib).into_iter().map(|off| Piece {
+        rel: "large.bin".into(),
+        offset: off,
+        len: MIB,
+    }));
+    settle();
+    let copy = secs(tcp_copy(
+        &lab.net,
+        &lab.backing,
+        &copy_dst.join(format!("r{k}")),
+        pieces,
+    ));
+    Incremental {
+        to_alone,
+        change_time,
+        dirty_files: dirty["dirty_files"].as_u64().unwrap_or(0) as f64,
+        total,
+        own,
+        files,
+        bytes,
+        rx,
+        copy,
     }
 }
 
@@ -939,101 +1040,99 @@ fn run() {
              compares every file of the recently written directories",
         ),
     }
-    eprintln!("resync: incremental resync");
+    let rounds = env_u64("MIRRORFS_BENCH_RESYNC_ROUNDS", 5, 1);
     let changed = Rng(1).pick(tree.files, tree.files.div_ceil(100));
-    let to_alone = lab.stop_serve_wait_alone();
-    let t = Instant::now();
-    tree.write_many(&mnt, &changed, 1);
-    {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(mnt.join("large.bin"))
-            .expect("open large.bin");
-        let mut buf = vec![0u8; MIB as usize];
-        for (k, off) in large_regions(cfg.large_mib).into_iter().enumerate() {
-            Rng(0xab5c ^ k as u64).fill(&mut buf);
-            f.write_all_at(&buf, off).expect("write large.bin");
-        }
-    }
-    let change_time = t.elapsed();
-    let (dirty, _) = lab.wait("dirty files recorded", Duration::from_secs(10), |v| {
-        v["dirty_files"].as_u64().unwrap_or(0) > 0
-    });
-    let dirty_files = dirty["dirty_files"].as_u64().unwrap_or(0);
     let changed_bytes: u64 = changed.iter().map(|&i| tree.size(i)).sum::<u64>() + 10 * MIB;
-    settle();
-    let rx0 = lab.net.node2_rx_bytes();
-    let restart = Instant::now();
-    lab.start_serve();
-    let ended = lab.wait_in_sync("the incremental resync", Duration::from_secs(1800));
-    let rx = lab.net.node2_rx_bytes() - rx0;
-    let inc_total = ended - restart;
-    let inc_log = logged_resync(&lab.log("mount"));
-
-    // Baseline: a plain copy of exactly the changed bytes.
-    eprintln!("resync: baseline copy of the changed bytes");
-    let mut pieces: Vec<Piece> = changed
-        .iter()
-        .map(|&i| Piece {
-            rel: tree.rel(i),
-            offset: 0,
-            len: tree.size(i),
-        })
-        .collect();
-    pieces.extend(large_regions(cfg.large_mib).into_iter().map(|off| Piece {
-        rel: "large.bin".into(),
-        offset: off,
-        len: MIB,
-    }));
-    settle();
-    let copy_time = tcp_copy(&lab.net, &lab.backing, &copy_dst, pieces);
-
+    let mut inc: Vec<Incremental> = Vec::new();
+    for k in 0..rounds {
+        eprintln!("resync: incremental resync, round {}/{rounds}", k + 1);
+        inc.push(incremental(
+            &mut lab,
+            &tree,
+            &changed,
+            cfg.large_mib,
+            k,
+            &copy_dst,
+        ));
+    }
+    let med = |f: &dyn Fn(&Incremental) -> f64| median(&inc.iter().map(f).collect::<Vec<_>>());
     rep.section(format!(
-        "incremental resync: {} files rewritten + 10 x 1 MiB of the large file, while ALONE",
+        "incremental resync: {} files rewritten + 10 x 1 MiB of the large file while ALONE; \
+         median of {rounds} rounds",
         changed.len()
     ));
-    rep.row("  serve stopped (SIGTERM) to ALONE", secs(to_alone), "s");
-    rep.row("  changes written while ALONE", secs(change_time), "s");
-    rep.row("  dirty files recorded", dirty_files as f64, "files");
+    rep.row(
+        "  serve stopped (SIGTERM) to ALONE",
+        med(&|i| i.to_alone),
+        "s",
+    );
+    rep.row(
+        "  changes written while ALONE",
+        med(&|i| i.change_time),
+        "s",
+    );
+    rep.row("  dirty files recorded", med(&|i| i.dirty_files), "files");
     rep.row("  changed bytes", mib(changed_bytes), "MiB");
     rep.row(
         "  serve restart to in sync (PRIM, 0 dirty)",
-        secs(inc_total),
+        med(&|i| i.total),
         "s",
     );
-    let inc_own = inc_log.map(|(_, _, s)| s);
-    if let Some((files, bytes, own)) = inc_log {
-        rep.row("    of which reconnecting", secs(inc_total) - own, "s");
-        rep.row("    of which the resync (mirrorfs' count)", own, "s");
-        rep.row("  paths resynced (mirrorfs' count)", files as f64, "paths");
-        rep.row("  data bytes sent (mirrorfs' count)", mib(bytes), "MiB");
-    }
-    rep.row("  bytes received by node 2 (veth rx)", mib(rx), "MiB");
+    rep.row("    of which reconnecting", med(&|i| i.total - i.own), "s");
+    rep.row(
+        "    of which the resync (mirrorfs' count)",
+        med(&|i| i.own),
+        "s",
+    );
+    rep.row(
+        "  paths resynced (mirrorfs' count)",
+        med(&|i| i.files),
+        "paths",
+    );
+    rep.row(
+        "  data bytes sent (mirrorfs' count)",
+        med(&|i| mib(i.bytes)),
+        "MiB",
+    );
+    rep.row(
+        "  bytes received by node 2 (veth rx)",
+        med(&|i| mib(i.rx)),
+        "MiB",
+    );
     rep.row(
         "  veth rx / changed bytes",
-        rx as f64 / changed_bytes as f64,
+        med(&|i| i.rx as f64) / changed_bytes as f64,
         "x",
     );
     rep.row(
         "  baseline: TCP copy of the changed bytes + fsync",
-        secs(copy_time),
+        med(&|i| i.copy),
         "s",
     );
     rep.ratio(
-        "  restart to in sync / baseline",
-        secs(inc_total) / secs(copy_time),
+        "  restart to in sync / baseline (median of the rounds' ratios)",
+        med(&|i| i.total / i.copy),
         Some(Goal::AtMost(1.5)),
     );
-    if let Some(own) = inc_own {
-        rep.ratio(
-            "  the resync alone (no reconnect wait) / baseline",
-            own / secs(copy_time),
-            Some(Goal::AtMost(1.5)),
-        );
-    }
+    rep.ratio(
+        "  the resync alone (no reconnect wait) / baseline",
+        med(&|i| i.own / i.copy),
+        Some(Goal::AtMost(1.5)),
+    );
+    let list = |f: &dyn Fn(&Incremental) -> f64| {
+        inc.iter()
+            .map(|i| format!("{:.2}", f(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rep.notes.push(format!(
+        "incremental rounds: restart to in sync s {}; the resync s {}; baseline copy s {}",
+        list(&|i| i.total),
+        list(&|i| i.own),
+        list(&|i| i.copy)
+    ));
 
     // 3. Sync writes in rounds: local directory, in sync, ALONE.
-    let rounds = env_u64("MIRRORFS_BENCH_RESYNC_ROUNDS", 3, 1);
     let (mut w_local, mut w_prim, mut w_alone) =
         (Mode::default(), Mode::default(), Mode::default());
     for r in 0..rounds {
@@ -1101,7 +1200,6 @@ fn run() {
     }
     settle();
     let w_after = sync_writes(&prim_file, cfg.secs, 50);
-    w_prim.add(&w_after);
 
     rep.section(format!(
         "sync writes: 4 KiB random write + fdatasync in a 64 MiB file, 1 writer, {} s; \
@@ -1121,22 +1219,21 @@ fn run() {
     rep.row("  mount, during the big resync: p50", w_busy.p50_us, "µs");
     rep.row("  mount, during the big resync: p99", w_busy.p99_us, "µs");
     rep.row("  mount, in sync just after it: p99", w_after.p99_us, "µs");
-    let (li, pi, ai) = (
-        median(&w_local.iops),
-        median(&w_prim.iops),
-        median(&w_alone.iops),
-    );
     rep.ratio(
         "  IOPS ALONE / in sync (dirty tracking vs synchronous mode)",
-        ai / pi,
+        paired(&w_alone.iops, &w_prim.iops),
         Some(Goal::AtLeast(0.9)),
     );
     rep.ratio(
         "  IOPS ALONE / local directory (FUSE + dirty tracking)",
-        ai / li,
+        paired(&w_alone.iops, &w_local.iops),
         None,
     );
-    rep.ratio("  IOPS in sync / local directory", pi / li, None);
+    rep.ratio(
+        "  IOPS in sync / local directory",
+        paired(&w_prim.iops, &w_local.iops),
+        None,
+    );
     rep.ratio(
         "  p99 during the big resync / in sync (median)",
         w_busy.p99_us / median(&w_prim.p99),
@@ -1149,7 +1246,7 @@ fn run() {
     );
     rep.ratio(
         "  IOPS during the big resync / in sync (median)",
-        w_busy.iops / pi,
+        w_busy.iops / median(&w_prim.iops),
         None,
     );
     rep.section(format!(
@@ -1168,8 +1265,16 @@ fn run() {
         an,
         "files/s",
     );
-    rep.ratio("  ALONE / in sync", an / pn, Some(Goal::AtLeast(0.9)));
-    rep.ratio("  ALONE / local directory", an / ln, None);
+    rep.ratio(
+        "  ALONE / in sync",
+        paired(&w_alone.new_files, &w_prim.new_files),
+        Some(Goal::AtLeast(0.9)),
+    );
+    rep.ratio(
+        "  ALONE / local directory",
+        paired(&w_alone.new_files, &w_local.new_files),
+        None,
+    );
     for (name, w) in [
         ("local", &w_local),
         ("in sync", &w_prim),
