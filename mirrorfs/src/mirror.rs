@@ -495,7 +495,9 @@ impl Mirror {
                         },
                         Err(e) => {
                             self.lock().last_error = Some(e.to_string());
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            // A returning peer is found within a second; a dead one
+                            // costs one handshake attempt a second.
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
                         }
                     }
                 }
