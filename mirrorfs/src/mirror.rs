@@ -307,17 +307,10 @@ impl Mirror {
                 .then(|| p.elapsed_secs / p.files_done as f64 * p.files_left as f64);
             p
         });
-        // Sizes of the dirty paths as they are now (bounded work).
-        let dirty_bytes: u64 = st
-            .dirty
-            .paths()
-            .iter()
-            .take(100_000)
-            .filter_map(|p| std::fs::symlink_metadata(self.meta.root().join(p.as_os_str())).ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum();
-        Status {
+        // Sizes of the dirty paths as they are now (bounded work, and done
+        // after the lock is released: mutations must not wait for status).
+        let dirty_paths: Vec<RelPath> = st.dirty.paths().iter().take(100_000).cloned().collect();
+        let mut status = Status {
             role: st.role.to_string(),
             peer: self.cfg.link.peer.to_string(),
             peer_node: self.cfg.link.pinned.name.clone(),
@@ -328,12 +321,20 @@ impl Mirror {
                 .map(|g| g.to_string())
                 .unwrap_or_default(),
             dirty_files: st.dirty.len() as u64,
-            dirty_bytes,
+            dirty_bytes: 0,
             ops_in_flight: st.link.as_ref().map_or(0, |l| l.in_flight()),
             resync: progress,
             last_error: st.last_error.clone(),
             role_secs: st.since.elapsed().as_secs_f64(),
-        }
+        };
+        drop(st);
+        status.dirty_bytes = dirty_paths
+            .iter()
+            .filter_map(|p| std::fs::symlink_metadata(self.meta.root().join(p.as_os_str())).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
+        status
     }
 
     fn set_role(st: &mut State, role: Role) {
