@@ -509,8 +509,14 @@ impl Mirror {
     /// Records `paths` as possibly different on the secondary (durably), and
     /// schedules them for the resync when connected.
     fn mark(&self, st: &mut State, paths: &[RelPath]) -> io::Result<()> {
+        if paths.is_empty() {
+            // Nothing to resync: a role change here would wait for nothing.
+            return Ok(());
+        }
         st.dirty.mark(paths)?;
-        if st.link.is_some() {
+        // Only a live connection resyncs; a lost one is the supervisor's to
+        // handle (ALONE or LOST), not a reason to start a resync.
+        if st.link.as_ref().is_some_and(|l| l.lost().is_none()) {
             st.pending.extend(paths.iter().cloned());
             if st.role == Role::Prim {
                 st.progress = ResyncProgress::default();

@@ -579,11 +579,9 @@ impl Overlay {
         }
         self.io_modes.open_write(ino)?;
         let oflags = libc::O_RDWR | (flags & (SYNC_FLAGS | libc::O_TRUNC | libc::O_NONBLOCK));
-        let touched = if oflags & libc::O_TRUNC != 0 {
-            self.touch_ino(ino)
-        } else {
-            Touched::default()
-        };
+        // The path, so that a secondary that cannot open it (its copy is
+        // missing or damaged) gets it resynced.
+        let touched = self.touch_ino(ino);
         let r = self.mutate(touched, || {
             let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
             let path = self.inodes.path(ino);
