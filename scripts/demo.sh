@@ -193,7 +193,6 @@ for ip in "$IP1" "$IP2"; do
   on client ping -c 1 -W 2 "$ip" | grep -E '\$ ping| received' || fail "the client cannot reach $ip"
 done
 
-
 # ------------------------------------------------------------------ mirrorfs
 STEP="starting mirrorfs"
 say "node2 serves its replica directory; node1 mounts its site directory replicated to it"
