@@ -144,6 +144,8 @@ struct State {
     since: Instant,
     progress: ResyncProgress,
     resync_started: Instant,
+    /// Counts connections: handles opened under another are unknown remotely.
+    epoch: u64,
     /// When the application last submitted an op (the resync yields to it).
     app_active: Instant,
     shutdown: bool,
@@ -230,6 +232,7 @@ impl Mirror {
                 since: Instant::now(),
                 progress: ResyncProgress::default(),
                 resync_started: Instant::now(),
+                epoch: 0,
                 app_active: Instant::now(),
                 shutdown: false,
             }),
@@ -382,6 +385,9 @@ impl Mirror {
     /// A connection is up: decide from the histories what to do with it.
     fn connected(&self, link: Link) -> Result<(), String> {
         let mut st = self.lock();
+        // A new connection: the secondary holds none of the handles opened
+        // before (they are named by path from now on).
+        st.epoch += 1;
         let relation = relate(&st.history, link.peer_history());
         let peer_gen = link
             .peer_history()
@@ -726,6 +732,10 @@ impl Replicate for MirrorRef {
                 Ok(())
             }
         }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.0.lock().epoch
     }
 
     fn submit(&self, op: Op, touched: &Touched) -> Ticket {

@@ -24,3 +24,6 @@ mod mirror_apps;
 
 /// Issue 3: ALONE on peer loss, incremental and --full resync, split brain refused, status.
 mod mirror_resync;
+
+/// Issue 3: SIGKILL of the primary in rounds, failover by hand, no acknowledged write lost; split brain resolved by discard.
+mod mirror_crash;

@@ -99,8 +99,11 @@ struct Handle {
     ino: u64,
     file: Arc<File>,
     writable: bool,
-    /// The secondary holds this handle too.
+    /// Its open was sent to the secondary...
     replicated: bool,
+    /// ... on this connection epoch (another epoch: the secondary does not
+    /// know the handle, and ops name the file by its path instead).
+    epoch: u64,
     /// Served by kernel passthrough.
     passthrough: bool,
 }
@@ -250,6 +253,7 @@ impl Overlay {
                     file: h.file.clone(),
                     writable: h.writable,
                     replicated: h.replicated,
+                    epoch: h.epoch,
                     passthrough: false,
                 });
             }
@@ -703,7 +707,7 @@ impl Overlay {
             .remove(&fh);
         let Some(h) = h else { return };
         self.io_modes.release(h.ino, h.writable, h.passthrough);
-        if h.replicated {
+        if self.remote(&h) {
             // Ordered after every write on the handle; nobody waits for it.
             let _guard = self.sequence();
             drop(self.repl.submit(
@@ -741,15 +745,15 @@ impl Overlay {
         }
         self.mutate(self.touch_data(h.ino, offset, data.len() as u64), || {
             let n = sys::pwrite(h.file.as_fd(), data, offset)?;
-            let ops = if h.replicated {
-                vec![Op::Write {
-                    target: Target::Handle(HandleId(fh)),
+            let ops = self
+                .handle_target(&h, fh)
+                .map(|target| Op::Write {
+                    target,
                     offset,
                     data: data[..n].to_vec(),
-                }]
-            } else {
-                Vec::new()
-            };
+                })
+                .into_iter()
+                .collect();
             Ok((n as u32, ops))
         })
     }
@@ -770,16 +774,16 @@ impl Overlay {
         }
         self.mutate(self.touch_data(h.ino, offset, len), || {
             sys::fallocate(h.file.as_fd(), mode, offset, len)?;
-            let ops = if h.replicated {
-                vec![Op::Fallocate {
-                    target: Target::Handle(HandleId(fh)),
+            let ops = self
+                .handle_target(&h, fh)
+                .map(|target| Op::Fallocate {
+                    target,
                     mode: mode as u32,
                     offset,
                     len,
-                }]
-            } else {
-                Vec::new()
-            };
+                })
+                .into_iter()
+                .collect();
             Ok(((), ops))
         })
     }
@@ -810,16 +814,15 @@ impl Overlay {
                 offset_out,
                 len,
             )?;
-            let ops = if dst.replicated && n > 0 {
-                vec![Op::CopyRange {
+            let ops = match self.handle_target(&dst, fh_out) {
+                Some(dst) if n > 0 => vec![Op::CopyRange {
                     src: self.target(ino_in, Some(fh_in))?,
                     src_offset: offset_in,
-                    dst: Target::Handle(HandleId(fh_out)),
+                    dst,
                     dst_offset: offset_out,
                     len: n as u64,
-                }]
-            } else {
-                Vec::new()
+                }],
+                _ => Vec::new(),
             };
             Ok((n as u32, ops))
         })
@@ -1047,10 +1050,29 @@ impl Overlay {
                     file,
                     writable,
                     replicated,
+                    epoch: self.repl.epoch(),
                     passthrough,
                 }),
             );
         fh
+    }
+
+    /// True when the secondary holds handle `h` (opened on this connection).
+    fn remote(&self, h: &Handle) -> bool {
+        h.replicated && h.epoch == self.repl.epoch()
+    }
+
+    /// How the secondary names the file of handle `fh` for a data op: the
+    /// handle if it knows it, else the file's path; `None` when neither exists
+    /// (unlinked while open, and opened before a reconnect).
+    fn handle_target(&self, h: &Handle, fh: u64) -> Option<Target> {
+        if self.remote(h) {
+            Some(Target::Handle(HandleId(fh)))
+        } else if h.writable {
+            self.inodes.path(h.ino).ok().map(Target::Path)
+        } else {
+            None
+        }
     }
 
     /// Open handles on `ino`.
@@ -1067,7 +1089,7 @@ impl Overlay {
     /// else its path, else (unlinked) any replicated writable handle on it.
     fn target(&self, ino: u64, fh: Option<u64>) -> io::Result<Target> {
         if let Some(fh) = fh {
-            if self.handle(fh).is_ok_and(|h| h.replicated) {
+            if self.handle(fh).is_ok_and(|h| self.remote(&h)) {
                 return Ok(Target::Handle(HandleId(fh)));
             }
         }
@@ -1078,7 +1100,7 @@ impl Overlay {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .find(|(_, h)| h.ino == ino && h.replicated)
+                .find(|(_, h)| h.ino == ino && self.remote(h))
                 .map(|(fh, _)| Target::Handle(HandleId(*fh)))
                 .ok_or(e),
         }

@@ -47,6 +47,9 @@ pub trait Replicate: Send + Sync {
     fn begin(&self, touched: &Touched) -> io::Result<()>;
     /// Queues `op` behind every op submitted before it.
     fn submit(&self, op: Op, touched: &Touched) -> Ticket;
+    /// Identifies the current connection to the secondary: handles opened
+    /// under another (or while none was up) are unknown to the secondary.
+    fn epoch(&self) -> u64;
 }
 
 /// What to do when the secondary did not apply an op: given its errno, decide
@@ -127,5 +130,8 @@ impl Replicate for Recorder {
     fn submit(&self, op: Op, _touched: &Touched) -> Ticket {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
         Ticket::done(Ok(Vec::new()))
+    }
+    fn epoch(&self) -> u64 {
+        1
     }
 }
