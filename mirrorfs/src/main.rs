@@ -395,8 +395,23 @@ fn mount(a: MountArgs) -> Result<(), String> {
     let mut session = fuser::Session::new(fs, &mountpoint, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let target = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("--mountpoint {}: contains a NUL byte", mountpoint.display()))?;
+    let detached = std::sync::atomic::AtomicBool::new(false);
     ctrlc::set_handler(move || {
-        let _ = unmounter.unmount();
+        if detached.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // A second signal while files were still open: stop now.
+            tracing::warn!("second stop signal: exiting with files still open on the detached mount");
+            std::process::exit(0);
+        }
+        if let Err(e) = unmounter.unmount() {
+            // Files are still open: detach the mount now (new opens cannot
+            // reach it); the open files keep working until they are closed,
+            // then the session ends and this process exits.
+            tracing::warn!(error = %e, "busy: detaching the mount; send the signal again to exit with files still open");
+            // SAFETY: valid C string; umount2 has no memory effects.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
     })
     .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     info!(backing = %backing.display(), mountpoint = %mountpoint.display(), peer = %a.peer, "mounted");
