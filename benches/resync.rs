@@ -1,8 +1,8 @@
 //! Resync benchmark (issue 3): what bringing a returning secondary up to date
 //! costs, against what the same work costs without mirrorfs.
 //!
-//! Run as root: `cargo build --release -p mirrorfs && cargo bench --bench
-//! resync`. It runs the `mirrorfs` binary at `$MIRRORFS_BIN`, or beside the
+//! Run as root: `scripts/bench.sh resync`, or `cargo build --release -p
+//! mirrorfs && cargo bench --bench resync`. It runs the `mirrorfs` binary at `$MIRRORFS_BIN`, or beside the
 //! bench in the same target directory (`target/release/mirrorfs`). A default
 //! run takes about 10 minutes on 2 cores.
 //!
@@ -617,10 +617,9 @@ impl Report {
             match (l, c) {
                 (Line::Section(s), _) => out += &format!("| **{s}** | | | | |\n"),
                 (_, Some(c)) => {
-                    let label = match c[0].strip_prefix("  ") {
-                        Some(rest) => format!("&nbsp;&nbsp;{rest}"),
-                        None => c[0].clone(),
-                    };
+                    // Markdown drops leading spaces: keep the indent.
+                    let rest = c[0].trim_start_matches(' ');
+                    let label = "&nbsp;".repeat(c[0].len() - rest.len()) + rest;
                     out += &format!("| {label} | {} | {} | {} | {} |\n", c[1], c[2], c[3], c[4]);
                 }
                 _ => {}

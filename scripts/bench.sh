@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
-# The replication benchmark, as root: the machine setup (if this checkout has
-# scripts/setup.sh), a release build of mirrorfs, then the bench, which runs
-# local vs bindfs vs mirrorfs in its own network namespaces and writes the
-# table to target/bench-replication.md. About 5 to 10 minutes on 2 cores.
-# Arguments go to the bench; settings are environment variables:
-#   MIRRORFS_BENCH_ROUNDS   rounds; each figure is their median (default 3)
-#   MIRRORFS_BENCH_SECS     duration of each timed run (default 5)
-#   MIRRORFS_BENCH_SEQ_MIB  size of the sequential write (default 512)
-#   MIRRORFS_BENCH_TREE     files in the tree walked by find (default 100000)
-#   MIRRORFS_BENCH_TARGETS  subset, e.g. local,mirrorfs (default all three)
+# The benchmarks, as root: the machine setup (if this checkout has
+# scripts/setup.sh), a release build of mirrorfs, then the benches, each in its
+# own network namespaces:
+#   scripts/bench.sh [all]               replication, then resync
+#   scripts/bench.sh replication [ARGS]  local vs bindfs vs mirrorfs, writes
+#                                        target/bench-replication.md (5-10 min on 2 cores)
+#   scripts/bench.sh resync [ARGS]       incremental and --full resync, sync writes
+#                                        ALONE and during a resync, writes
+#                                        target/bench-resync.md (about 10 min on 2 cores)
+# ARGS go to the bench; settings are environment variables:
+#   MIRRORFS_BENCH_ROUNDS   replication: rounds; each figure is their median (default 3)
+#   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
+#   MIRRORFS_BENCH_SEQ_MIB  replication: size of the sequential write (default 512)
+#   MIRRORFS_BENCH_TREE     replication: files in the tree walked by find (default 100000)
+#   MIRRORFS_BENCH_TARGETS  replication: subset, e.g. local,mirrorfs (default all three)
+#   MIRRORFS_BENCH_RESYNC_FILES      resync: files in the tree (default 100000)
+#   MIRRORFS_BENCH_RESYNC_MIB        resync: their total size (default 2048)
+#   MIRRORFS_BENCH_RESYNC_LARGE_MIB  resync: size of the large file (default 1024)
+#   MIRRORFS_BENCH_RESYNC_ROUNDS     resync: rounds of the incremental resync and
+#                                    of the sync writes (default 5)
+#   MIRRORFS_BENCH_RESYNC_SECS       resync: duration of each sync-write run (default 4)
 #   MIRRORFS_BIN            another mirrorfs binary (default target/release/mirrorfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+which=all
+case "${1:-}" in
+  all | replication | resync)
+    which=$1
+    shift
+    ;;
+esac
+if [ "$which" = all ] && [ $# -gt 0 ]; then
+  echo "bench: arguments go to one bench: $0 replication|resync ARGS..." >&2
+  exit 2
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "bench: must run as root (network namespaces, mounts, drop_caches): sudo $0" >&2
   exit 1
@@ -21,4 +43,12 @@ if [ -x scripts/setup.sh ]; then
   scripts/setup.sh
 fi
 cargo build --release -p mirrorfs
-exec cargo bench --bench replication -- "$@"
+case "$which" in
+  all)
+    cargo bench --bench replication
+    cargo bench --bench resync
+    ;;
+  *)
+    exec cargo bench --bench "$which" -- "$@"
+    ;;
+esac
