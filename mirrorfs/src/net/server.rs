@@ -267,24 +267,19 @@ async fn serve_connection(
                     core.handle_applied(seq, durable, Ok(()));
                 }
                 Ok(Applied::Sync { fd, datasync }) => {
-                    let alone = core.syncing() == 0;
                     core.handle_applied(seq, true, Ok(()));
-                    let sync = move || match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
-                        Ok(()) => 0,
-                        Err(e) => sys::errno_of(&e),
-                    };
-                    if alone {
-                        // The only sync in flight: doing it here saves two thread
-                        // hops on the latency-bound path.
-                        core.handle_synced(seq, sync());
-                    } else {
-                        // Concurrent syncs run in parallel so writers do not
-                        // queue behind each other's flushes.
-                        let tx = synced_tx.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let _ = tx.send((seq, sync()));
-                        });
-                    }
+                    // On the blocking pool, never inline: while one fsync runs,
+                    // the stream keeps flowing and other writers' fsyncs run
+                    // beside it (inline syncs serialised 4 writers to the pace
+                    // of one, for a gain of ~0.1 ms at 1 writer).
+                    let tx = synced_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let errno = match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
+                            Ok(()) => 0,
+                            Err(e) => sys::errno_of(&e),
+                        };
+                        let _ = tx.send((seq, errno));
+                    });
                 }
                 Err(e) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
