@@ -415,11 +415,12 @@ impl Mirror {
                 st.pending.extend(suspects.iter().cloned());
                 st.full_dirs = suspects;
                 let nothing_known = st.pending.is_empty() && relation != Relation::InSync;
-                if relation == Relation::SecondaryNew
-                    || st.full
-                    || nothing_known
-                    || st.full_dirs.contains(&RelPath::root())
-                {
+                // A peer with more suspect directories than a hello carries
+                // sends the root alone: compare everything. The root among
+                // other suspects (a write at the top level) means only its
+                // own entries, like any other directory.
+                let peer_overflow = link.peer_suspects() == [RelPath::root()];
+                if relation == Relation::SecondaryNew || st.full || nothing_known || peer_overflow {
                     // Nothing tells what differs: compare everything.
                     st.full = true;
                     st.pending.insert(RelPath::root());
