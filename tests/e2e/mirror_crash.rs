@@ -30,9 +30,10 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::util::lab::{Node, Proc};
-use crate::util::mirror::{Mirror, MountArgs, PORT, START_DEADLINE};
+use crate::util::mirror::{wait_serve_listening, Mirror, MountArgs, PORT, START_DEADLINE};
 use crate::util::{
-    is_fuse_mount, mirrorfs_bin, pseudo_random, run_ok, tail, tree, wait_for, within, Probe,
+    is_fuse_mount, mirrorfs_bin, pseudo_random, run_fs, run_ok, tail, tree, wait_for, within,
+    write_synced, Probe,
 };
 
 /// Kill rounds unless `MIRRORFS_E2E_CRASH_ROUNDS` says otherwise.
@@ -468,7 +469,7 @@ fn split_brain_resolved_by_discard_keeps_the_losers_files() -> Result<()> {
 
     let shared = pseudo_random(1, 20_000);
     let untouched = pseudo_random(2, 30_000);
-    run_fs("the common files", &mnt, {
+    run_fs(FS_DEADLINE, "the common files", &mnt, {
         let (shared, untouched) = (shared.clone(), untouched.clone());
         move |mnt| {
             write_synced(&mnt.join("shared"), &shared)?;
@@ -483,7 +484,7 @@ fn split_brain_resolved_by_discard_keeps_the_losers_files() -> Result<()> {
     })?;
     let file_a = pseudo_random(3, 30_000);
     let shared_a = pseudo_random(4, 25_000);
-    run_fs("node1's changes", &mnt, {
+    run_fs(FS_DEADLINE, "node1's changes", &mnt, {
         let (a, sa) = (file_a.clone(), shared_a.clone());
         move |mnt| {
             write_synced(&mnt.join("fileA"), &a)?;
@@ -506,7 +507,7 @@ fn split_brain_resolved_by_discard_keeps_the_losers_files() -> Result<()> {
     })?;
     let file_b = pseudo_random(5, 40_000);
     let shared_b = pseudo_random(6, 15_000);
-    run_fs("node2's changes", &mnt2, {
+    run_fs(FS_DEADLINE, "node2's changes", &mnt2, {
         let (b, sb) = (file_b.clone(), shared_b.clone());
         move |mnt2| {
             write_synced(&mnt2.join("fileB"), &b)?;
@@ -703,35 +704,7 @@ impl Cluster {
             keys.join(format!("{}.crt", peer.name)).into(),
         ];
         let mut serve = me.node.spawn("serve", argv)?;
-        let node = &me.node;
-        let port = format!(":{PORT} ");
-        wait_for(
-            START_DEADLINE,
-            &format!("serve on {} to listen", me.name),
-            || {
-                match serve.try_status() {
-                    Ok(Some(st)) => {
-                        return Probe::Fail(anyhow::anyhow!(
-                            "mirrorfs serve exited ({st}): {}",
-                            serve.stderr_tail()
-                        ))
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Probe::Fail(e),
-                }
-                match node.run(["ss", "-lun"]) {
-                    Ok(out) => {
-                        let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
-                        if sockets.contains(&port) {
-                            Probe::Ready(())
-                        } else {
-                            Probe::Pending(format!("ss -lun:\n{sockets}"))
-                        }
-                    }
-                    Err(e) => Probe::Fail(e),
-                }
-            },
-        )?;
+        wait_serve_listening(&me.node, &mut serve)?;
         self.serves[i] = Some(serve);
         Ok(())
     }
@@ -1090,24 +1063,6 @@ fn tamper_keeping_size_and_mtime(path: &Path, offset: u64, data: &[u8]) -> Resul
     f.set_modified(mtime)?;
     f.sync_all()?;
     Ok(())
-}
-
-/// Runs `work` on the mount point `mnt` on its own thread, failing (rather
-/// than hanging) if it takes longer than [`FS_DEADLINE`].
-fn run_fs<T: Send + 'static>(
-    what: &str,
-    mnt: &Path,
-    work: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
-) -> Result<T> {
-    let mnt = mnt.to_owned();
-    within(FS_DEADLINE, what, move || work(&mnt))?.with_context(|| what.to_owned())
-}
-
-/// create/truncate, write, fsync, close.
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

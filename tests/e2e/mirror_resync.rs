@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::util::mirror::{Mirror, PORT};
-use crate::util::{pseudo_random, sys, tree, wait_for, within, Probe};
+use crate::util::{pseudo_random, run_fs, sys, tree, wait_for, write_synced, Probe};
 
 const MIB: u64 = 1 << 20;
 /// The mount options that make the primary carry on ALONE, and notice a lost
@@ -56,7 +56,12 @@ const LARGE_FILE_MIB: u64 = 256;
 fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
     let (mut m, control) = start(&ALONE)?;
     let mnt = m.mnt();
-    let static_mib = run_fs("writing the 64 MiB tree", &mnt, write_static_tree)?;
+    let static_mib = run_fs(
+        FS_DEADLINE,
+        "writing the 64 MiB tree",
+        &mnt,
+        write_static_tree,
+    )?;
     let tree_bytes = static_mib * MIB;
     let before = m.status_json(&control)?;
 
@@ -76,7 +81,7 @@ fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
     // The application goes on: writes succeed while ALONE.
     writer.wait_writes(writer.writes() + 20, "writes while ALONE")?;
 
-    run_fs("changes while ALONE", &mnt, change_while_alone)?;
+    run_fs(FS_DEADLINE, "changes while ALONE", &mnt, change_while_alone)?;
     let st = m.status_json(&control)?;
     ensure!(role(&st) == "ALONE", "no longer ALONE: {st}");
     ensure!(
@@ -137,7 +142,7 @@ fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
 fn dirs_removed_or_renamed_while_alone_resync() -> Result<()> {
     let (mut m, control) = start(&ALONE)?;
     let mnt = m.mnt();
-    run_fs("dirs while connected", &mnt, |mnt| {
+    run_fs(FS_DEADLINE, "dirs while connected", &mnt, |mnt| {
         fs::create_dir_all(mnt.join("gone/sub"))?;
         write_synced(&mnt.join("gone/f"), b"f")?;
         write_synced(&mnt.join("gone/sub/g"), b"g")?;
@@ -146,11 +151,16 @@ fn dirs_removed_or_renamed_while_alone_resync() -> Result<()> {
     })?;
     m.kill_serve()?;
     wait_alone(&mut m, &control)?;
-    run_fs("rm -rf, and a dir rename, while ALONE", &mnt, |mnt| {
-        fs::remove_dir_all(mnt.join("gone"))?;
-        write_synced(&mnt.join("old/f"), b"changed while ALONE")?;
-        fs::rename(mnt.join("old"), mnt.join("new"))
-    })?;
+    run_fs(
+        FS_DEADLINE,
+        "rm -rf, and a dir rename, while ALONE",
+        &mnt,
+        |mnt| {
+            fs::remove_dir_all(mnt.join("gone"))?;
+            write_synced(&mnt.join("old/f"), b"changed while ALONE")?;
+            fs::rename(mnt.join("old"), mnt.join("new"))
+        },
+    )?;
     m.start_serve()?;
     wait_in_sync(&mut m, &control, SMALL_RESYNC_DEADLINE)?;
     expect_identical(&m)
@@ -247,7 +257,7 @@ fn split_brain_is_detected_and_nothing_is_synchronised() -> Result<()> {
     let (mut m, control) = start(&ALONE)?;
     let (mnt, replica) = (m.mnt(), m.replica());
     let common = pseudo_random(1, 50_000);
-    run_fs("the common file", &mnt, {
+    run_fs(FS_DEADLINE, "the common file", &mnt, {
         let common = common.clone();
         move |mnt| write_synced(&mnt.join("common"), &common)
     })?;
@@ -257,7 +267,7 @@ fn split_brain_is_detected_and_nothing_is_synchronised() -> Result<()> {
     m.kill_serve()?;
     wait_alone(&mut m, &control)?;
     let file_a = pseudo_random(2, 30_000);
-    run_fs("fileA on the primary", &mnt, {
+    run_fs(FS_DEADLINE, "fileA on the primary", &mnt, {
         let a = file_a.clone();
         move |mnt| write_synced(&mnt.join("fileA"), &a)
     })?;
@@ -277,7 +287,7 @@ fn split_brain_is_detected_and_nothing_is_synchronised() -> Result<()> {
         role(v) == "ALONE"
     })?;
     let file_b = pseudo_random(3, 40_000);
-    run_fs("fileB on node2", &mnt2, {
+    run_fs(FS_DEADLINE, "fileB on node2", &mnt2, {
         let b = file_b.clone();
         move |mnt2| write_synced(&mnt2.join("fileB"), &b)
     })?;
@@ -338,7 +348,7 @@ fn split_brain_is_detected_and_nothing_is_synchronised() -> Result<()> {
 
     // The primary still works ALONE, and records it.
     let file_a2 = pseudo_random(4, 1000);
-    run_fs("fileA2 after the refusal", &mnt, {
+    run_fs(FS_DEADLINE, "fileA2 after the refusal", &mnt, {
         let a2 = file_a2.clone();
         move |mnt| write_synced(&mnt.join("fileA2"), &a2)
     })?;
@@ -394,7 +404,7 @@ fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
     let (mut m, control) = start(&ALONE)?;
     let mnt = m.mnt();
     let t = Instant::now();
-    run_fs("writing the large file", &mnt, move |mnt| {
+    run_fs(FS_DEADLINE, "writing the large file", &mnt, move |mnt| {
         let mut f = File::create(mnt.join("large"))?;
         for i in 0..mib {
             f.write_all(&pseudo_random(1000 + i, MIB as usize))?;
@@ -412,7 +422,7 @@ fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
             .zip(1..)
             .map(|(offset, seed)| (offset, pseudo_random(7000 + seed, 4096)))
             .collect();
-    run_fs("changing three regions ALONE", &mnt, {
+    run_fs(FS_DEADLINE, "changing three regions ALONE", &mnt, {
         let regions = regions.clone();
         move |mnt| {
             let f = OpenOptions::new().write(true).open(mnt.join("large"))?;
@@ -465,7 +475,7 @@ fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
 fn full_resync_after_tampering() -> Result<()> {
     let (mut m, control) = start(&[])?;
     let mnt = m.mnt();
-    run_fs("writing the tree", &mnt, |mnt| {
+    run_fs(FS_DEADLINE, "writing the tree", &mnt, |mnt| {
         fs::create_dir(mnt.join("files"))?;
         for i in 0..16 {
             write_synced(
@@ -644,24 +654,6 @@ fn expect_identical(m: &Mirror) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// Runs `work` on the mount point `mnt` on its own thread, failing (rather
-/// than hanging) if it takes longer than [`FS_DEADLINE`].
-fn run_fs<T: Send + 'static>(
-    what: &str,
-    mnt: &Path,
-    work: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
-) -> Result<T> {
-    let mnt = mnt.to_owned();
-    within(FS_DEADLINE, what, move || work(&mnt))?.with_context(|| what.to_owned())
-}
-
-/// create/truncate, write, fsync, close.
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// static/0..63 (1 MiB each), which changes little later, plus the entries

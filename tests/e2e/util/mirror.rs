@@ -135,31 +135,7 @@ impl Mirror {
         argv.extend(flag("--cert", keys.join("node2.crt")));
         argv.extend(flag("--peer-cert", keys.join("node1.crt")));
         let mut serve = self.node2.spawn("serve", argv)?;
-        let node2 = &self.node2;
-        let port = format!(":{PORT} ");
-        wait_for(START_DEADLINE, "mirrorfs serve to listen", || {
-            match serve.try_status() {
-                Ok(Some(st)) => {
-                    return Probe::Fail(anyhow::anyhow!(
-                        "mirrorfs serve exited ({st}): {}",
-                        serve.stderr_tail()
-                    ))
-                }
-                Ok(None) => {}
-                Err(e) => return Probe::Fail(e),
-            }
-            match node2.run(["ss", "-lun"]) {
-                Ok(out) => {
-                    let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
-                    if sockets.contains(&port) {
-                        Probe::Ready(())
-                    } else {
-                        Probe::Pending(format!("ss -lun on node2:\n{sockets}"))
-                    }
-                }
-                Err(e) => Probe::Fail(e),
-            }
-        })?;
+        wait_serve_listening(&self.node2, &mut serve)?;
         self.serve = Some(serve);
         Ok(())
     }
@@ -444,6 +420,39 @@ fn status_json(bin: &Path, control: &Path) -> Result<Value> {
         bail!("mirrorfs status --json printed {v}, not an object");
     }
     Ok(v)
+}
+
+/// Waits until `node` has a UDP socket on [`PORT`], failing at once (with its
+/// stderr) if the `serve` process exits first.
+pub fn wait_serve_listening(node: &Node, serve: &mut Proc) -> Result<()> {
+    let port = format!(":{PORT} ");
+    wait_for(
+        START_DEADLINE,
+        &format!("mirrorfs serve on {} to listen", node.name),
+        || {
+            match serve.try_status() {
+                Ok(Some(st)) => {
+                    return Probe::Fail(anyhow::anyhow!(
+                        "mirrorfs serve exited ({st}): {}",
+                        serve.stderr_tail()
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Probe::Fail(e),
+            }
+            match node.run(["ss", "-lun"]) {
+                Ok(out) => {
+                    let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
+                    if sockets.contains(&port) {
+                        Probe::Ready(())
+                    } else {
+                        Probe::Pending(format!("ss -lun on {}:\n{sockets}", node.name))
+                    }
+                }
+                Err(e) => Probe::Fail(e),
+            }
+        },
+    )
 }
 
 fn flag(name: &str, value: impl Into<OsString>) -> [OsString; 2] {

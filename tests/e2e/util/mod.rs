@@ -81,6 +81,26 @@ pub fn within<T: Send + 'static>(
     }
 }
 
+/// Runs `work` on the mount point `mnt` on its own thread, failing (rather
+/// than hanging) if it takes longer than `deadline`.
+pub fn run_fs<T: Send + 'static>(
+    deadline: Duration,
+    what: &str,
+    mnt: &Path,
+    work: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let mnt = mnt.to_owned();
+    within(deadline, what, move || work(&mnt))?.with_context(|| what.to_owned())
+}
+
+/// create/truncate, write, fsync, close.
+pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 /// The `mirrorfs` binary under test: `$MIRRORFS_BIN`, or `release/mirrorfs` in
 /// `$CARGO_TARGET_DIR` (default: the workspace's `target/`).
 pub fn mirrorfs_bin() -> Result<PathBuf> {
