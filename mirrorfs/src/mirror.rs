@@ -15,7 +15,6 @@
 //! paths are recorded in the dirty log; mark anything in sync that was not
 //! confirmed by the secondary.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -30,7 +29,25 @@ use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::generation::{relate, GenerationId, History, Relation};
 use crate::proto::path::RelPath;
+use crate::proto::walk::Walk;
 use crate::proto::wire::Op;
+
+/// While the application submitted an op this recently, the resync keeps only
+/// one path in flight (each of its ops delays the application's behind it).
+pub const RESYNC_YIELD: Duration = Duration::from_millis(100);
+
+/// One path handed to a resync worker.
+#[derive(Debug)]
+pub struct ResyncJob {
+    /// The path to make equal on the secondary.
+    pub path: RelPath,
+    /// Compare every child of it (a directory), not just the differing ones.
+    pub full: bool,
+    /// The connection to use.
+    pub link: Arc<Link>,
+    /// The connection epoch it was handed out under.
+    epoch: u64,
+}
 
 /// What the primary does when the secondary is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,10 +151,8 @@ struct State {
     dirty: DirtyLog,
     /// Directories with mutations in the last epochs (crash safety).
     activity: ActivityLog,
-    /// Paths the current resync still has to visit.
-    pending: BTreeSet<RelPath>,
-    /// Pending directories whose children are all compared (suspects).
-    full_dirs: BTreeSet<RelPath>,
+    /// The paths the current resync still has to visit, or visits now.
+    walk: Walk,
     /// Compare every file of the pending directories' subtrees.
     full: bool,
     last_error: Option<String>,
@@ -225,8 +240,7 @@ impl Mirror {
                 history,
                 dirty,
                 activity,
-                pending: BTreeSet::new(),
-                full_dirs: BTreeSet::new(),
+                walk: Walk::default(),
                 full: cfg.full_resync,
                 last_error: None,
                 since: Instant::now(),
@@ -295,7 +309,7 @@ impl Mirror {
         let st = self.lock();
         let progress = (st.role == Role::Resync).then(|| {
             let mut p = st.progress.clone();
-            p.files_left = st.pending.len() as u64;
+            p.files_left = st.walk.left() as u64;
             p.elapsed_secs = st.resync_started.elapsed().as_secs_f64();
             p.rate_bytes_per_sec = if p.elapsed_secs > 0.0 {
                 p.bytes_sent as f64 / p.elapsed_secs
@@ -389,6 +403,9 @@ impl Mirror {
         // A new connection: the secondary holds none of the handles opened
         // before (they are named by path from now on).
         st.epoch += 1;
+        // Paths the workers still visit for the old connection are done with
+        // it; what they did not finish is in the dirty log or pending again.
+        st.walk.forget_in_flight();
         let relation = relate(&st.history, link.peer_history());
         let peer_gen = link
             .peer_history()
@@ -411,10 +428,10 @@ impl Mirror {
                 Self::set_role(&mut st, Role::Prim);
             }
             Relation::InSync | Relation::PrimaryAhead | Relation::SecondaryNew => {
-                st.pending = st.dirty.paths().clone();
-                st.pending.extend(suspects.iter().cloned());
-                st.full_dirs = suspects;
-                let nothing_known = st.pending.is_empty() && relation != Relation::InSync;
+                let mut pending = st.dirty.paths().clone();
+                pending.extend(suspects.iter().cloned());
+                st.walk.restart(pending, suspects);
+                let nothing_known = st.walk.nothing_pending() && relation != Relation::InSync;
                 // A peer with more suspect directories than a hello carries
                 // sends the root alone: compare everything. The root among
                 // other suspects (a write at the top level) means only its
@@ -423,13 +440,13 @@ impl Mirror {
                 if relation == Relation::SecondaryNew || st.full || nothing_known || peer_overflow {
                     // Nothing tells what differs: compare everything.
                     st.full = true;
-                    st.pending.insert(RelPath::root());
+                    st.walk.insert(RelPath::root());
                 }
                 st.progress = ResyncProgress::default();
                 st.resync_started = Instant::now();
                 info!(
                     ?relation,
-                    paths = st.pending.len(),
+                    paths = st.walk.left(),
                     full = st.full,
                     "resync starts"
                 );
@@ -518,7 +535,7 @@ impl Mirror {
         // Only a live connection resyncs; a lost one is the supervisor's to
         // handle (ALONE or LOST), not a reason to start a resync.
         if st.link.as_ref().is_some_and(|l| l.lost().is_none()) {
-            st.pending.extend(paths.iter().cloned());
+            st.walk.extend(paths.iter().cloned());
             if st.role == Role::Prim {
                 st.progress = ResyncProgress::default();
                 st.resync_started = Instant::now();
@@ -529,50 +546,39 @@ impl Mirror {
         Ok(())
     }
 
-    /// True when `p`, one of its ancestors or one of its descendants is still
-    /// to be resynchronised.
-    fn pending_near(st: &State, p: &RelPath) -> bool {
-        if st.pending.contains(p) {
-            return true;
-        }
-        let mut cur = p.clone();
-        while let Some((parent, _)) = cur.split() {
-            if st.pending.contains(&parent) {
-                return true;
-            }
-            cur = parent;
-        }
-        let mut lo = p.as_bytes().to_vec();
-        lo.push(b'/');
-        let mut hi = p.as_bytes().to_vec();
-        hi.push(b'/' + 1);
-        let (Ok(lo), Ok(hi)) = (RelPath::new(lo), RelPath::new(hi)) else {
-            return false;
-        };
-        st.pending.range(lo..hi).next().is_some()
-    }
+    // ---- the resync workers' interface --------------------------------------
 
-    // ---- the resync worker's interface ---------------------------------------
-
-    /// Waits until there is resync work (or shutdown: `None`). Returns the next
-    /// path, whether the walk is full, and the link to use.
-    pub fn next_resync_path(&self) -> Option<(RelPath, bool, Arc<Link>)> {
+    /// Waits until there is resync work a worker may take (or shutdown:
+    /// `None`). Several workers visit paths at once (see [`Walk`]); while the
+    /// application is writing, only one.
+    pub fn next_resync_path(&self) -> Option<ResyncJob> {
         let mut st = self.lock();
         loop {
             if st.shutdown {
                 return None;
             }
-            if st.role == Role::Resync {
+            let yield_to_app = st.walk.busy() && st.app_active.elapsed() < RESYNC_YIELD;
+            if st.role == Role::Resync && !yield_to_app {
                 if let Some(link) = st.link.clone() {
-                    if let Some(p) = st.pending.pop_first() {
-                        let full = st.full || st.full_dirs.remove(&p);
-                        return Some((p, full, link));
+                    let epoch = st.epoch;
+                    if let Some((path, full_dir)) = st.walk.take(epoch) {
+                        return Some(ResyncJob {
+                            full: st.full || full_dir,
+                            path,
+                            link,
+                            epoch,
+                        });
                     }
                 }
             }
+            let wait = if yield_to_app {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(500)
+            };
             st = self
                 .changed
-                .wait_timeout(st, Duration::from_millis(500))
+                .wait_timeout(st, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -588,16 +594,18 @@ impl Mirror {
 
     /// The resync found more paths to visit (children of a directory).
     pub fn add_pending(&self, paths: impl IntoIterator<Item = RelPath>) {
-        self.lock().pending.extend(paths);
+        self.lock().walk.extend(paths);
     }
 
-    /// A path could not be synchronised: visit it again, and say why.
-    pub fn retry_pending(&self, p: RelPath, why: Option<String>) {
+    /// `job`'s path could not be synchronised: visit it again, and say why.
+    pub fn resync_retry(&self, job: &ResyncJob, why: Option<String>) {
         let mut st = self.lock();
+        st.walk.release(&job.path, job.epoch);
         if let Some(why) = why {
-            st.last_error = Some(format!("resync of {p}: {why}; retrying"));
+            st.last_error = Some(format!("resync of {}: {why}; retrying", job.path));
         }
-        st.pending.insert(p);
+        st.walk.insert(job.path.clone());
+        self.changed.notify_all();
     }
 
     /// True when the application submitted an op in the last `within`.
@@ -610,16 +618,24 @@ impl Mirror {
         self.cfg.resync_rate_limit
     }
 
-    /// Counts a synchronised path and the data bytes it took.
-    pub fn resync_progress(&self, bytes: u64) {
-        let mut st = self.lock();
-        st.progress.files_done += 1;
-        st.progress.bytes_sent += bytes;
+    /// Counts data bytes sent by the resync (as they go, so that the rate of
+    /// a large file shows while it is copied).
+    pub fn resync_sent(&self, bytes: u64) {
+        self.lock().progress.bytes_sent += bytes;
     }
 
-    /// True when nothing is left to visit.
+    /// `job`'s path is synchronised.
+    pub fn resync_done(&self, job: &ResyncJob) {
+        let mut st = self.lock();
+        st.walk.release(&job.path, job.epoch);
+        st.progress.files_done += 1;
+        self.changed.notify_all();
+    }
+
+    /// True when nothing is left to visit and no worker is visiting anything.
     pub fn resync_idle(&self) -> bool {
-        self.lock().pending.is_empty()
+        let st = self.lock();
+        st.walk.is_idle()
     }
 
     /// The history the secondary must adopt when the resync is complete.
@@ -632,7 +648,7 @@ impl Mirror {
     pub fn resync_complete(&self, link: &Arc<Link>) -> io::Result<bool> {
         let mut st = self.lock();
         let same = st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link));
-        if !same || !st.pending.is_empty() || st.role != Role::Resync {
+        if !same || !st.walk.is_idle() || st.role != Role::Resync {
             return Ok(false);
         }
         st.dirty.clear()?;
@@ -720,7 +736,7 @@ impl Replicate for MirrorRef {
                     paths.extend(moved);
                 }
                 let needed =
-                    st.role == Role::Alone || paths.iter().any(|p| Mirror::pending_near(&st, p));
+                    st.role == Role::Alone || paths.iter().any(|p| st.walk.pending_near(p));
                 if let (true, Some((offset, len)), [path]) = (needed, touched.data, &paths[..]) {
                     // Only data changed: record the blocks, not the whole file.
                     st.dirty.mark_range(path, offset, len).map_err(|e| {
@@ -728,7 +744,7 @@ impl Replicate for MirrorRef {
                         io::Error::from_raw_os_error(libc::EIO)
                     })?;
                     if st.link.is_some() {
-                        st.pending.insert(path.clone());
+                        st.walk.insert(path.clone());
                         m.changed.notify_all();
                     }
                     return Ok(());

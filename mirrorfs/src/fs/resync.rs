@@ -1,7 +1,11 @@
-//! The resync worker: brings the secondary up to date path by path while the
+//! The resync workers: bring the secondary up to date path by path while the
 //! application keeps running.
 //!
-//! Owns the walk over the mirror's pending paths. For each path it reads the
+//! Owns the walk over the mirror's pending paths. [`WORKERS`] threads visit
+//! paths at once (the mirror never hands out a path together with an ancestor
+//! or descendant, and only one while the application is writing), and each
+//! submits a path's independent ops together, so the walk is bound by the
+//! disks rather than by round trips. For each path a worker reads the
 //! local state and submits the ops that make the secondary's copy equal
 //! (`Ensure*`, `Remove`, the blocks whose xxh3 checksums differ, size, times,
 //! extended attributes), each read-and-submit step under the overlay's
@@ -25,7 +29,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::ops::Overlay;
 use crate::meta::{DIRTY_BLOCK, META_DIR};
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, RESYNC_YIELD};
 use crate::net::client::Link;
 use crate::proto::path::RelPath;
 use crate::proto::stream::Completion;
@@ -35,13 +39,13 @@ use crate::sys;
 
 /// Resync block size: the unit compared by checksum and resent when it differs.
 pub const BLOCK: u32 = 1 << 20;
+/// Paths visited at once while the application is idle.
+pub const WORKERS: usize = 8;
 /// Block writes a file's resync keeps in flight while the application is idle.
 const WINDOW: usize = 16;
 /// ... and while it is active: every resync block in the stream delays the
 /// application's ops behind it, so only one is allowed ahead of them.
 const WINDOW_APP_ACTIVE: usize = 1;
-/// How recently an application op counts as "active".
-const ACTIVE: Duration = Duration::from_millis(100);
 
 /// Why one path's resync stopped.
 #[derive(Debug)]
@@ -58,32 +62,49 @@ impl From<io::Error> for Stop {
     }
 }
 
-/// Runs the resync worker until the mirror shuts down.
+/// Runs the resync workers until the mirror shuts down.
 pub fn run(overlay: Arc<Overlay>, mirror: Arc<Mirror>) {
+    std::thread::scope(|scope| {
+        for i in 1..WORKERS {
+            let (overlay, mirror) = (&overlay, &mirror);
+            let spawned = std::thread::Builder::new()
+                .name(format!("mirrorfs-resync-{i}"))
+                .spawn_scoped(scope, move || work(overlay, mirror));
+            if let Err(e) = spawned {
+                // Fewer workers only make the resync slower.
+                warn!(error = %e, "cannot start another resync worker");
+            }
+        }
+        work(&overlay, &mirror);
+    });
+}
+
+/// One worker: visits paths until the mirror shuts down.
+fn work(overlay: &Overlay, mirror: &Mirror) {
     let limit = Duration::from_secs(60);
     loop {
-        let Some((path, full, link)) = mirror.next_resync_path() else {
+        let Some(job) = mirror.next_resync_path() else {
             return;
         };
         let w = Worker {
-            overlay: &overlay,
-            mirror: &mirror,
-            link: &link,
+            overlay,
+            mirror,
+            link: &job.link,
             limit,
-            full,
+            full: job.full,
         };
-        match w.sync_path(&path) {
-            Ok(bytes) => {
-                mirror.resync_progress(bytes);
-                debug!(path = %path, bytes, "resynced");
+        match w.sync_path(&job.path) {
+            Ok(()) => {
+                mirror.resync_done(&job);
+                debug!(path = %job.path, "resynced");
             }
-            Err(Stop::Changed) => mirror.retry_pending(path, None),
+            Err(Stop::Changed) => mirror.resync_retry(&job, None),
             Err(Stop::Failed(why)) => {
-                warn!(path = %path, %why, "resync of a path failed; retrying");
-                mirror.retry_pending(path, Some(why));
+                warn!(path = %job.path, %why, "resync of a path failed; retrying");
+                mirror.resync_retry(&job, Some(why));
                 // Back off: the connection is probably going, or the secondary
                 // cannot apply this (e.g. its disk is full).
-                link.wait_lost(Duration::from_secs(1));
+                job.link.wait_lost(Duration::from_secs(1));
                 continue;
             }
         }
@@ -163,21 +184,30 @@ impl Worker<'_> {
         }
     }
 
-    /// Makes the secondary's `path` equal to ours; returns data bytes sent.
-    fn sync_path(&self, path: &RelPath) -> Result<u64, Stop> {
+    /// Makes the secondary's `path` equal to ours.
+    fn sync_path(&self, path: &RelPath) -> Result<(), Stop> {
         if path.as_bytes().split(|b| *b == b'/').next() == Some(META_DIR.as_bytes()) {
-            return Ok(0);
+            return Ok(());
         }
-        // Decide and submit the entry's kind under the sequencer, so no live
-        // op slips between what we read and what we send.
-        let (rx, kind) = {
+        // Read the entry and submit what does not need an answer first, all
+        // under the sequencer, so no live op slips between what we read and
+        // what we send. Ops of one path are submitted together: the stream
+        // applies them in order, and one failing fails the path.
+        let mut rxs = Vec::new();
+        let mut listing = None;
+        let mut first_sums = None;
+        // Which blocks to send, decided with the rest: the dirty ones when
+        // only data was written while apart, else those whose checksums differ.
+        let mut dirty_blocks = None;
+        let kind = {
             let _g = self.overlay.sequence();
             match self.lstat(path)? {
                 Local::Missing => {
                     if path.is_root() {
                         return Err(Stop::Failed("the backing root is gone".into()));
                     }
-                    (self.link.submit(Op::Remove { path: path.clone() }), 0)
+                    rxs.push(self.link.submit(Op::Remove { path: path.clone() }));
+                    0
                 }
                 Local::Present { dir, st } => {
                     let name = path.split().map(|(_, n)| n.to_owned());
@@ -213,61 +243,84 @@ impl Worker<'_> {
                             gid,
                         },
                     };
-                    (self.link.submit(op), kind)
+                    rxs.push(self.link.submit(op));
+                    match kind {
+                        libc::S_IFDIR => {
+                            rxs.push(self.link.submit(self.xattrs_op(path)?));
+                            let local = self.list_local(&dir, name.as_deref())?;
+                            let rx = self.link.submit(Op::List { path: path.clone() });
+                            listing = Some((local, rx));
+                        }
+                        libc::S_IFREG => {
+                            if !self.full {
+                                dirty_blocks = self.mirror.dirty_blocks(path);
+                            }
+                            let blocks = (st.st_size as u64).div_ceil(u64::from(BLOCK));
+                            if dirty_blocks.is_none() && blocks > 0 {
+                                let count = blocks.min(u64::from(MAX_CHECKSUM_BLOCKS)) as u32;
+                                let rx = self.link.submit(Op::Checksums {
+                                    path: path.clone(),
+                                    block: BLOCK,
+                                    first: 0,
+                                    count,
+                                });
+                                first_sums = Some((rx, count));
+                            }
+                        }
+                        libc::S_IFLNK => {}
+                        _ => rxs.push(self.link.submit(self.xattrs_op(path)?)),
+                    }
+                    kind
                 }
             }
         };
-        self.wait(rx)?;
-        let bytes = match kind {
-            libc::S_IFDIR => {
-                self.sync_listing(path)?;
-                0
-            }
-            libc::S_IFREG => match (self.full, self.mirror.dirty_blocks(path)) {
-                // Only some blocks were written while apart: send just those.
-                (false, Some(blocks)) => self.sync_blocks(path, &blocks)?,
-                _ => self.sync_content(path)?,
-            },
-            _ => 0,
-        };
-        if kind != 0 && kind != libc::S_IFLNK {
-            self.sync_xattrs(path)?;
+        for rx in rxs {
+            self.wait(rx)?;
         }
-        Ok(bytes)
+        if let Some((local, rx)) = listing {
+            self.sync_listing(path, local, rx)?;
+        }
+        if kind == libc::S_IFREG {
+            match dirty_blocks {
+                Some(blocks) => self.sync_blocks(path, &blocks)?,
+                None => self.sync_content(path, first_sums)?,
+            }
+        }
+        Ok(())
     }
 
-    /// Removes what the secondary has and we do not; queues what we have and
-    /// it does not (or all children, in a full resync).
-    fn sync_listing(&self, path: &RelPath) -> Result<(), Stop> {
-        let (local, rx) = {
-            let _g = self.overlay.sequence();
-            let Local::Present { dir, st } = self.lstat(path)? else {
-                return Err(Stop::Changed);
-            };
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                return Err(Stop::Changed);
-            }
-            let name = path.split().map(|(_, n)| n.to_owned());
-            let d = match name {
-                Some(n) => sys::openat(
-                    dir.as_fd(),
-                    &n,
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )?,
-                None => sys::openat(
-                    dir.as_fd(),
-                    OsStr::new("."),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                )?,
-            };
-            let mut local = list_dir(d.as_fd())?;
-            if path.is_root() {
-                local.retain(|(n, _)| n != META_DIR.as_bytes());
-            }
-            (local, self.link.submit(Op::List { path: path.clone() }))
+    /// Our entries of the directory `name` in `dir` (the root: `None`).
+    fn list_local(&self, dir: &OwnedFd, name: Option<&OsStr>) -> Result<Vec<(Vec<u8>, u32)>, Stop> {
+        let d = match name {
+            Some(n) => sys::openat(
+                dir.as_fd(),
+                n,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?,
+            None => sys::openat(
+                dir.as_fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?,
         };
+        let mut local = list_dir(d.as_fd())?;
+        if name.is_none() {
+            local.retain(|(n, _)| n != META_DIR.as_bytes());
+        }
+        Ok(local)
+    }
+
+    /// Given our listing and the secondary's answer to `List` (read and
+    /// submitted together), removes what the secondary has and we do not;
+    /// queues what we have and it does not (or all children, in a full resync).
+    fn sync_listing(
+        &self,
+        path: &RelPath,
+        local: Vec<(Vec<u8>, u32)>,
+        rx: Receiver<Completion>,
+    ) -> Result<(), Stop> {
         let remote = decode_listing(&self.wait(rx)?)
             .map_err(|e| Stop::Failed(format!("bad listing from the secondary: {e}")))?;
         let local: BTreeMap<Vec<u8>, u32> = local.into_iter().collect();
@@ -282,29 +335,27 @@ impl Worker<'_> {
                 queue.push(child(name)?);
             }
         }
-        for name in remote.keys().filter(|n| !local.contains_key(*n)) {
-            let p = child(name)?;
+        let mut removals = Vec::new();
+        {
             // Re-check under the sequencer: a live create may have made it.
-            let rx = {
-                let _g = self.overlay.sequence();
+            let _g = self.overlay.sequence();
+            for name in remote.keys().filter(|n| !local.contains_key(*n)) {
+                let p = child(name)?;
                 match self.lstat(&p)? {
-                    Local::Missing => Some(self.link.submit(Op::Remove { path: p.clone() })),
-                    Local::Present { .. } => {
-                        queue.push(p);
-                        None
-                    }
+                    Local::Missing => removals.push(self.link.submit(Op::Remove { path: p })),
+                    Local::Present { .. } => queue.push(p),
                 }
-            };
-            if let Some(rx) = rx {
-                self.wait(rx)?;
             }
+        }
+        for rx in removals {
+            self.wait(rx)?;
         }
         self.mirror.add_pending(queue);
         Ok(())
     }
 
     /// Sends the given dirty blocks (no checksum pass), then size and times.
-    fn sync_blocks(&self, path: &RelPath, blocks: &[u64]) -> Result<u64, Stop> {
+    fn sync_blocks(&self, path: &RelPath, blocks: &[u64]) -> Result<(), Stop> {
         let file = self.open_content(path)?;
         let ident = sys::fstat(file.as_fd())?;
         let mut sent = 0u64;
@@ -324,6 +375,7 @@ impl Worker<'_> {
                     continue;
                 }
                 sent += n as u64;
+                self.mirror.resync_sent(n as u64);
                 self.link.submit(Op::Write {
                     target: Target::Path(path.clone()),
                     offset,
@@ -337,8 +389,7 @@ impl Worker<'_> {
         for rx in window {
             self.wait(rx)?;
         }
-        self.sync_size_and_times(path, &file, &ident)?;
-        Ok(sent)
+        self.sync_tail(path, &file, &ident)
     }
 
     fn open_content(&self, path: &RelPath) -> Result<OwnedFd, Stop> {
@@ -355,7 +406,7 @@ impl Worker<'_> {
 
     /// Keeps at most the allowed number of block writes in flight.
     fn throttle(&self, window: &mut VecDeque<Receiver<Completion>>) -> Result<(), Stop> {
-        let limit = if self.mirror.app_active(ACTIVE) {
+        let limit = if self.mirror.app_active(RESYNC_YIELD) {
             WINDOW_APP_ACTIVE
         } else {
             WINDOW
@@ -366,8 +417,14 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Sends the blocks whose checksums differ, then size and times.
-    fn sync_content(&self, path: &RelPath) -> Result<u64, Stop> {
+    /// Sends the blocks whose checksums differ, then size, times and
+    /// extended attributes. `first_sums`: the first checksum request, already
+    /// submitted with the entry's kind, and its block count.
+    fn sync_content(
+        &self,
+        path: &RelPath,
+        mut first_sums: Option<(Receiver<Completion>, u32)>,
+    ) -> Result<(), Stop> {
         let file = self.open_content(path)?;
         let ident = sys::fstat(file.as_fd())?;
         let mut sent = 0u64;
@@ -376,18 +433,24 @@ impl Worker<'_> {
         let mut window: VecDeque<Receiver<Completion>> = VecDeque::new();
         let started = std::time::Instant::now();
         loop {
-            let size = sys::fstat(file.as_fd())?.st_size as u64;
-            let blocks = size.div_ceil(u64::from(BLOCK));
-            if first >= blocks {
-                break;
-            }
-            let count = (blocks - first).min(u64::from(MAX_CHECKSUM_BLOCKS)) as u32;
-            let reply = self.call(Op::Checksums {
-                path: path.clone(),
-                block: BLOCK,
-                first,
-                count,
-            })?;
+            let (reply, count) = match first_sums.take() {
+                Some((rx, count)) => (self.wait(rx)?, count),
+                None => {
+                    let size = sys::fstat(file.as_fd())?.st_size as u64;
+                    let blocks = size.div_ceil(u64::from(BLOCK));
+                    if first >= blocks {
+                        break;
+                    }
+                    let count = (blocks - first).min(u64::from(MAX_CHECKSUM_BLOCKS)) as u32;
+                    let reply = self.call(Op::Checksums {
+                        path: path.clone(),
+                        block: BLOCK,
+                        first,
+                        count,
+                    })?;
+                    (reply, count)
+                }
+            };
             let theirs: Vec<u64> = reply
                 .get(8..)
                 .unwrap_or_default()
@@ -411,6 +474,7 @@ impl Worker<'_> {
                         None
                     } else {
                         sent += n as u64;
+                        self.mirror.resync_sent(n as u64);
                         Some(self.link.submit(Op::Write {
                             target: Target::Path(path.clone()),
                             offset,
@@ -429,17 +493,12 @@ impl Worker<'_> {
         for rx in window {
             self.wait(rx)?;
         }
-        self.sync_size_and_times(path, &file, &ident)?;
-        Ok(sent)
+        self.sync_tail(path, &file, &ident)
     }
 
-    /// Size and times last, under the sequencer, from the file as it is now.
-    fn sync_size_and_times(
-        &self,
-        path: &RelPath,
-        file: &OwnedFd,
-        ident: &libc::stat,
-    ) -> Result<(), Stop> {
+    /// Size, times and extended attributes last, together, under the
+    /// sequencer, from the file as it is now.
+    fn sync_tail(&self, path: &RelPath, file: &OwnedFd, ident: &libc::stat) -> Result<(), Stop> {
         let rxs = {
             let _g = self.overlay.sequence();
             if !self.same_inode(path, ident)? {
@@ -450,6 +509,7 @@ impl Worker<'_> {
                 sec: s,
                 nsec: n as u32,
             };
+            let xattrs = self.xattrs_op(path)?;
             [
                 self.link.submit(Op::Truncate {
                     target: Target::Path(path.clone()),
@@ -460,6 +520,7 @@ impl Worker<'_> {
                     atime: Some(t(st.st_atime, st.st_atime_nsec)),
                     mtime: Some(t(st.st_mtime, st.st_mtime_nsec)),
                 }),
+                self.link.submit(xattrs),
             ]
         };
         for rx in rxs {
@@ -468,36 +529,34 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn sync_xattrs(&self, path: &RelPath) -> Result<(), Stop> {
-        let rx = {
-            let _g = self.overlay.sequence();
-            let root = self.overlay.backing_root()?;
-            let fd = sys::openat2(
-                root.as_fd(),
-                path.as_os_str(),
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-                sys::RESOLVE_STRICT,
-            )
-            .map_err(|_| Stop::Changed)?;
-            let mut attrs = Vec::new();
-            for name in list_xattrs(fd.as_fd())? {
-                if !replicated_xattr(&name) {
-                    continue;
-                }
-                let n = OsStr::from_bytes(&name);
-                let len = sys::getxattr_fd(fd.as_fd(), n, &mut [])?;
-                let mut v = vec![0u8; len];
-                let len = sys::getxattr_fd(fd.as_fd(), n, &mut v)?;
-                v.truncate(len);
-                attrs.push((name, v));
+    /// The op that makes the secondary's extended attributes of `path` equal
+    /// to ours. The caller holds the sequencer.
+    fn xattrs_op(&self, path: &RelPath) -> Result<Op, Stop> {
+        let root = self.overlay.backing_root()?;
+        let fd = sys::openat2(
+            root.as_fd(),
+            path.as_os_str(),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_STRICT,
+        )
+        .map_err(|_| Stop::Changed)?;
+        let mut attrs = Vec::new();
+        for name in list_xattrs(fd.as_fd())? {
+            if !replicated_xattr(&name) {
+                continue;
             }
-            self.link.submit(Op::ReplaceXattrs {
-                path: path.clone(),
-                attrs,
-            })
-        };
-        self.wait(rx).map(drop)
+            let n = OsStr::from_bytes(&name);
+            let len = sys::getxattr_fd(fd.as_fd(), n, &mut [])?;
+            let mut v = vec![0u8; len];
+            let len = sys::getxattr_fd(fd.as_fd(), n, &mut v)?;
+            v.truncate(len);
+            attrs.push((name, v));
+        }
+        Ok(Op::ReplaceXattrs {
+            path: path.clone(),
+            attrs,
+        })
     }
 
     /// Sleeps as long as needed to keep under the configured rate cap.

@@ -8,6 +8,7 @@
 pub mod generation;
 pub mod path;
 pub mod stream;
+pub mod walk;
 pub mod wire;
 
 #[cfg(test)]

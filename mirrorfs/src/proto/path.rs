@@ -105,6 +105,34 @@ impl RelPath {
         })
     }
 
+    /// The proper ancestors, nearest first, ending with the root.
+    pub fn ancestors(&self) -> impl Iterator<Item = Self> + '_ {
+        let b = &self.0;
+        let cuts = b
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, c)| **c == b'/')
+            .map(|(i, _)| i);
+        let root = (!b.is_empty()).then_some(0);
+        cuts.chain(root).map(move |i| Self(b[..i].to_vec()))
+    }
+
+    /// Bounds of the paths strictly below `self` in the sort order, for
+    /// range queries on ordered sets of paths (`None` for the root: all of
+    /// them). The bounds themselves are not valid paths and name nothing.
+    pub fn below(&self) -> Option<(Self, Self)> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let bound = |last: u8| {
+            let mut v = self.0.clone();
+            v.push(last);
+            Self(v)
+        };
+        Some((bound(b'/'), bound(b'/' + 1)))
+    }
+
     /// The raw bytes (no leading `/`, no NUL).
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

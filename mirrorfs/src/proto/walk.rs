@@ -1,0 +1,131 @@
+//! The resync walk, sans-IO: which paths a resync still has to visit, which
+//! ones workers are visiting now, and which path a free worker may take next.
+//!
+//! Owns the scheduling rule that lets several workers visit paths at once
+//! without racing each other on the secondary: a path is never handed out
+//! while one of its ancestors is still to be visited or being visited (the
+//! secondary may not hold the directory yet), nor while the path itself or
+//! anything below it is being visited (its outcome may remove or replace that
+//! subtree). Must not lose a path: one handed out stays accounted for until
+//! the worker releases it, and [`Walk::is_idle`] is true only when nothing is
+//! pending or in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::path::RelPath;
+
+/// Pending paths looked at per [`Walk::take`]. The first ones are normally
+/// free; a long blocked prefix only costs parallelism, never progress: with
+/// nothing in flight the first pending path is always free (its ancestors,
+/// which sort before it, are not pending).
+const SCAN: usize = 256;
+
+/// The paths of one resync.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Still to visit.
+    pending: BTreeSet<RelPath>,
+    /// Visited now, with the connection epoch they were handed out under.
+    in_flight: BTreeMap<RelPath, u64>,
+    /// Pending directories whose children are all compared (suspects).
+    full_dirs: BTreeSet<RelPath>,
+}
+
+impl Walk {
+    /// A new resync over `pending`, comparing every child of `full_dirs`.
+    /// Paths of an earlier walk still in flight are forgotten: their workers
+    /// use a connection that is gone.
+    pub fn restart(&mut self, pending: BTreeSet<RelPath>, full_dirs: BTreeSet<RelPath>) {
+        self.pending = pending;
+        self.full_dirs = full_dirs;
+        self.in_flight.clear();
+    }
+
+    /// Forgets what workers of an old connection are visiting.
+    pub fn forget_in_flight(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Adds a path to visit.
+    pub fn insert(&mut self, p: RelPath) {
+        self.pending.insert(p);
+    }
+
+    /// Adds paths to visit.
+    pub fn extend(&mut self, paths: impl IntoIterator<Item = RelPath>) {
+        self.pending.extend(paths);
+    }
+
+    /// Nothing left to hand out (workers may still be busy).
+    pub fn nothing_pending(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Nothing left to hand out and no worker busy: the walk is over.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// A worker is visiting something.
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Paths left: pending and in flight.
+    pub fn left(&self) -> usize {
+        self.pending.len() + self.in_flight.len()
+    }
+
+    /// True when `p`, one of its ancestors or (unless `p` is the root) one of
+    /// its descendants is still to be visited: a change there is carried by
+    /// the walk.
+    pub fn pending_near(&self, p: &RelPath) -> bool {
+        if self.pending.contains(p) || p.ancestors().any(|a| self.pending.contains(&a)) {
+            return true;
+        }
+        p.below()
+            .is_some_and(|(lo, hi)| self.pending.range(lo..hi).next().is_some())
+    }
+
+    /// True when `p` must wait (see the module doc).
+    fn blocked(&self, p: &RelPath) -> bool {
+        if self.in_flight.contains_key(p)
+            || p.ancestors()
+                .any(|a| self.pending.contains(&a) || self.in_flight.contains_key(&a))
+        {
+            return true;
+        }
+        if p.is_root() {
+            return !self.in_flight.is_empty();
+        }
+        p.below()
+            .is_some_and(|(lo, hi)| self.in_flight.range(lo..hi).next().is_some())
+    }
+
+    /// Hands out the first path a worker may visit now, under connection
+    /// `epoch`, with whether all its children are to be compared.
+    pub fn take(&mut self, epoch: u64) -> Option<(RelPath, bool)> {
+        let p = self
+            .pending
+            .iter()
+            .take(SCAN)
+            .find(|p| !self.blocked(p))?
+            .clone();
+        self.pending.remove(&p);
+        self.in_flight.insert(p.clone(), epoch);
+        let full = self.full_dirs.remove(&p);
+        Some((p, full))
+    }
+
+    /// The worker given `p` under `epoch` is done with it (whatever the
+    /// outcome: a failed path is [`Walk::insert`]ed again).
+    pub fn release(&mut self, p: &RelPath, epoch: u64) {
+        if self.in_flight.get(p) == Some(&epoch) {
+            self.in_flight.remove(p);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "walk_test.rs"]
+mod tests;
