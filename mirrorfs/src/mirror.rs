@@ -15,6 +15,7 @@
 //! paths are recorded in the dirty log; mark anything in sync that was not
 //! confirmed by the secondary.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -153,6 +154,9 @@ struct State {
     activity: ActivityLog,
     /// The paths the current resync still has to visit, or visits now.
     walk: Walk,
+    /// Files with several names visited by the current resync: the first
+    /// name of each inode (device, inode number); later names are linked.
+    first_names: HashMap<(u64, u64), RelPath>,
     /// Compare every file of the pending directories' subtrees.
     full: bool,
     last_error: Option<String>,
@@ -241,6 +245,7 @@ impl Mirror {
                 dirty,
                 activity,
                 walk: Walk::default(),
+                first_names: HashMap::new(),
                 full: cfg.full_resync,
                 last_error: None,
                 since: Instant::now(),
@@ -406,6 +411,7 @@ impl Mirror {
         // Paths the workers still visit for the old connection are done with
         // it; what they did not finish is in the dirty log or pending again.
         st.walk.forget_in_flight();
+        st.first_names.clear();
         let relation = relate(&st.history, link.peer_history());
         let peer_gen = link
             .peer_history()
@@ -582,6 +588,26 @@ impl Mirror {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Hard links: the name the resync gave inode `key` first, if another
+    /// than `path`; otherwise `path` becomes that name.
+    pub fn resync_first_name(&self, key: (u64, u64), path: &RelPath) -> Option<RelPath> {
+        let mut st = self.lock();
+        match st.first_names.get(&key) {
+            Some(first) if first != path => Some(first.clone()),
+            Some(_) => None,
+            None => {
+                st.first_names.insert(key, path.clone());
+                None
+            }
+        }
+    }
+
+    /// Hard links: `path` is now the first name of inode `key` (the one
+    /// recorded no longer names it).
+    pub fn resync_rename_first(&self, key: (u64, u64), path: &RelPath) {
+        self.lock().first_names.insert(key, path.clone());
     }
 
     /// The blocks of `p` to resend when only data blocks of it are dirty.

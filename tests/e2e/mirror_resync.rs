@@ -695,6 +695,17 @@ fn change_while_alone(mnt: &Path) -> io::Result<()> {
     fs::remove_dir(s("empty-dir"))?;
     write_synced(&s("transient"), b"here and gone while ALONE")?;
     fs::remove_file(s("transient"))?;
+    // Hard links, to an old file and among new ones, then a write through
+    // one name: the secondary must hold one inode with several names, not
+    // copies.
+    fs::hard_link(s("static/13"), s("static/13-link"))?;
+    write_synced(&s("new/linked"), &pseudo_random(302, 5000))?;
+    fs::hard_link(s("new/linked"), s("new/dir/linked-too"))?;
+    fs::hard_link(s("new/linked"), s("linked-three"))?;
+    OpenOptions::new()
+        .write(true)
+        .open(s("static/13-link"))?
+        .write_all_at(b"through the second name", 10)?;
     sys::set_xattr(&s("static/12"), "user.changed", b"while alone")
 }
 

@@ -15,6 +15,7 @@
 //! mirror is back in sync. Must not mark a path done that the secondary has
 //! not confirmed.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsStr;
 use std::io;
@@ -46,6 +47,10 @@ const WINDOW: usize = 16;
 /// ... and while it is active: every resync block in the stream delays the
 /// application's ops behind it, so only one is allowed ahead of them.
 const WINDOW_APP_ACTIVE: usize = 1;
+/// The size of the writes sent while the application is active.
+const PIECE: usize = 128 << 10;
+/// Blocks one checksum request asks for while the application is active.
+const CHECKSUM_BATCH_APP_ACTIVE: u64 = 2;
 
 /// Why one path's resync stopped.
 #[derive(Debug)]
@@ -82,6 +87,7 @@ pub fn run(overlay: Arc<Overlay>, mirror: Arc<Mirror>) {
 /// One worker: visits paths until the mirror shuts down.
 fn work(overlay: &Overlay, mirror: &Mirror) {
     let limit = Duration::from_secs(60);
+    let buf = RefCell::new(vec![0u8; (BLOCK as usize).max(DIRTY_BLOCK as usize)]);
     loop {
         let Some(job) = mirror.next_resync_path() else {
             return;
@@ -92,6 +98,7 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
             link: &job.link,
             limit,
             full: job.full,
+            buf: &buf,
         };
         match w.sync_path(&job.path) {
             Ok(()) => {
@@ -116,12 +123,45 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
     }
 }
 
+/// The data writes of one file's resync: what is in flight, and how much
+/// was sent since when (for the rate cap).
+struct Outgoing<'f> {
+    file: &'f OwnedFd,
+    /// The inode the file is; the path must still name it when we send.
+    ident: libc::stat,
+    window: VecDeque<Receiver<Completion>>,
+    sent: u64,
+    started: std::time::Instant,
+}
+
+impl<'f> Outgoing<'f> {
+    fn new(file: &'f OwnedFd) -> Result<Self, Stop> {
+        Ok(Self {
+            file,
+            ident: sys::fstat(file.as_fd())?,
+            window: VecDeque::new(),
+            sent: 0,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Waits for every write in flight.
+    fn drain(&mut self, w: &Worker<'_>) -> Result<(), Stop> {
+        while let Some(rx) = self.window.pop_front() {
+            w.wait(rx)?;
+        }
+        Ok(())
+    }
+}
+
 struct Worker<'a> {
     overlay: &'a Overlay,
     mirror: &'a Mirror,
     link: &'a Arc<Link>,
     limit: Duration,
     full: bool,
+    /// The worker's block buffer, reused from path to path.
+    buf: &'a RefCell<Vec<u8>>,
 }
 
 /// Local facts about one path.
@@ -201,15 +241,30 @@ impl Worker<'_> {
         let mut dirty_blocks = None;
         let kind = {
             let _g = self.overlay.sequence();
-            match self.lstat(path)? {
-                Local::Missing => {
+            let local = self.lstat(path)?;
+            let linked = match &local {
+                Local::Present { st, .. } => self.linked_name(path, st)?,
+                Local::Missing => None,
+            };
+            match (local, linked) {
+                (Local::Missing, _) => {
                     if path.is_root() {
                         return Err(Stop::Failed("the backing root is gone".into()));
                     }
                     rxs.push(self.link.submit(Op::Remove { path: path.clone() }));
                     0
                 }
-                Local::Present { dir, st } => {
+                (Local::Present { .. }, Some(first)) => {
+                    // Another name of this file was visited: link to it (its
+                    // visit carries the content, times and attributes).
+                    rxs.push(self.link.submit(Op::Remove { path: path.clone() }));
+                    rxs.push(self.link.submit(Op::Link {
+                        existing: first,
+                        new: path.clone(),
+                    }));
+                    0
+                }
+                (Local::Present { dir, st }, None) => {
                     let name = path.split().map(|(_, n)| n.to_owned());
                     let kind = st.st_mode & libc::S_IFMT;
                     let (uid, gid, mode) = (st.st_uid, st.st_gid, st.st_mode & 0o7777);
@@ -257,7 +312,7 @@ impl Worker<'_> {
                             }
                             let blocks = (st.st_size as u64).div_ceil(u64::from(BLOCK));
                             if dirty_blocks.is_none() && blocks > 0 {
-                                let count = blocks.min(u64::from(MAX_CHECKSUM_BLOCKS)) as u32;
+                                let count = blocks.min(self.checksum_batch()) as u32;
                                 let rx = self.link.submit(Op::Checksums {
                                     path: path.clone(),
                                     block: BLOCK,
@@ -287,6 +342,23 @@ impl Worker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// For a regular file with several names: another name of it this
+    /// resync visited, which still names it. The caller holds the sequencer.
+    fn linked_name(&self, path: &RelPath, st: &libc::stat) -> Result<Option<RelPath>, Stop> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return Ok(None);
+        }
+        let key = (st.st_dev, st.st_ino);
+        let Some(first) = self.mirror.resync_first_name(key, path) else {
+            return Ok(None);
+        };
+        if self.same_inode(&first, st)? {
+            return Ok(Some(first));
+        }
+        self.mirror.resync_rename_first(key, path);
+        Ok(None)
     }
 
     /// Our entries of the directory `name` in `dir` (the root: `None`).
@@ -357,39 +429,22 @@ impl Worker<'_> {
     /// Sends the given dirty blocks (no checksum pass), then size and times.
     fn sync_blocks(&self, path: &RelPath, blocks: &[u64]) -> Result<(), Stop> {
         let file = self.open_content(path)?;
-        let ident = sys::fstat(file.as_fd())?;
-        let mut sent = 0u64;
-        let mut buf = vec![0u8; DIRTY_BLOCK as usize];
-        let mut window: VecDeque<Receiver<Completion>> = VecDeque::new();
-        let started = std::time::Instant::now();
+        let mut out = Outgoing::new(&file)?;
+        let mut buf = self.buf.borrow_mut();
+        let buf = &mut buf[..DIRTY_BLOCK as usize];
         for block in blocks {
             let offset = block * DIRTY_BLOCK;
-            let rx = {
-                let _g = self.overlay.sequence();
-                if !self.same_inode(path, &ident)? {
-                    return Err(Stop::Changed);
-                }
-                let n = sys::pread_full(file.as_fd(), &mut buf, offset)?;
-                if n == 0 {
-                    // Beyond the end now: the final truncate settles it.
-                    continue;
-                }
-                sent += n as u64;
-                self.mirror.resync_sent(n as u64);
-                self.link.submit(Op::Write {
-                    target: Target::Path(path.clone()),
-                    offset,
-                    data: buf[..n].to_vec(),
-                })
-            };
-            window.push_back(rx);
-            self.throttle(&mut window)?;
-            self.pace(sent, started);
+            // Read once outside the sequencer, so that the read under it (the
+            // one sent) comes from the page cache and does not hold the
+            // application's mutations up while the disk seeks.
+            if sys::pread_full(file.as_fd(), buf, offset)? == 0 {
+                // Beyond the end now: the final truncate settles it.
+                continue;
+            }
+            self.send(path, &mut out, buf, offset)?;
         }
-        for rx in window {
-            self.wait(rx)?;
-        }
-        self.sync_tail(path, &file, &ident)
+        out.drain(self)?;
+        self.sync_tail(path, &file, &out.ident)
     }
 
     fn open_content(&self, path: &RelPath) -> Result<OwnedFd, Stop> {
@@ -404,15 +459,48 @@ impl Worker<'_> {
         .map_err(|_| Stop::Changed)
     }
 
-    /// Keeps at most the allowed number of block writes in flight.
-    fn throttle(&self, window: &mut VecDeque<Receiver<Completion>>) -> Result<(), Stop> {
-        let limit = if self.mirror.app_active(RESYNC_YIELD) {
-            WINDOW_APP_ACTIVE
-        } else {
-            WINDOW
-        };
-        while window.len() >= limit {
-            self.wait(window.pop_front().expect("non-empty window"))?;
+    /// Sends our bytes of `out`'s file at `offset` (`buf.len()` of them, fewer
+    /// at its end), read under the sequencer so that no live write to them
+    /// can be overtaken by older bytes. While the application is active,
+    /// in pieces of [`PIECE`] with one in flight: each piece in the stream
+    /// delays the application's ops behind it.
+    fn send(
+        &self,
+        path: &RelPath,
+        out: &mut Outgoing<'_>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), Stop> {
+        let mut done = 0;
+        while done < buf.len() {
+            let active = self.mirror.app_active(RESYNC_YIELD);
+            let piece = if active { PIECE } else { buf.len() };
+            let end = (done + piece).min(buf.len());
+            let at = offset + done as u64;
+            let rx = {
+                let _g = self.overlay.sequence();
+                if !self.same_inode(path, &out.ident)? {
+                    return Err(Stop::Changed);
+                }
+                let n = sys::pread_full(out.file.as_fd(), &mut buf[done..end], at)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                out.sent += n as u64;
+                self.mirror.resync_sent(n as u64);
+                self.link.submit(Op::Write {
+                    target: Target::Path(path.clone()),
+                    offset: at,
+                    data: buf[done..done + n].to_vec(),
+                })
+            };
+            out.window.push_back(rx);
+            let limit = if active { WINDOW_APP_ACTIVE } else { WINDOW };
+            while out.window.len() >= limit {
+                self.wait(out.window.pop_front().expect("non-empty window"))?;
+            }
+            self.pace(out);
+            done = end;
         }
         Ok(())
     }
@@ -426,12 +514,10 @@ impl Worker<'_> {
         mut first_sums: Option<(Receiver<Completion>, u32)>,
     ) -> Result<(), Stop> {
         let file = self.open_content(path)?;
-        let ident = sys::fstat(file.as_fd())?;
-        let mut sent = 0u64;
+        let mut out = Outgoing::new(&file)?;
         let mut first = 0u64;
-        let mut buf = vec![0u8; BLOCK as usize];
-        let mut window: VecDeque<Receiver<Completion>> = VecDeque::new();
-        let started = std::time::Instant::now();
+        let mut buf = self.buf.borrow_mut();
+        let buf = &mut buf[..BLOCK as usize];
         loop {
             let (reply, count) = match first_sums.take() {
                 Some((rx, count)) => (self.wait(rx)?, count),
@@ -441,7 +527,7 @@ impl Worker<'_> {
                     if first >= blocks {
                         break;
                     }
-                    let count = (blocks - first).min(u64::from(MAX_CHECKSUM_BLOCKS)) as u32;
+                    let count = (blocks - first).min(self.checksum_batch()) as u32;
                     let reply = self.call(Op::Checksums {
                         path: path.clone(),
                         block: BLOCK,
@@ -458,42 +544,35 @@ impl Worker<'_> {
                 .map(|c| u64::from_be_bytes(c.try_into().expect("8-byte chunk")))
                 .collect();
             for i in 0..u64::from(count) {
-                let block = first + i;
-                let offset = block * u64::from(BLOCK);
-                let rx = {
-                    let _g = self.overlay.sequence();
-                    if !self.same_inode(path, &ident)? {
-                        return Err(Stop::Changed);
-                    }
-                    let n = sys::pread_full(file.as_fd(), &mut buf, offset)?;
-                    if n == 0 {
-                        break;
-                    }
-                    let same = theirs.get(i as usize) == Some(&xxh3_64(&buf[..n]));
-                    if same {
-                        None
-                    } else {
-                        sent += n as u64;
-                        self.mirror.resync_sent(n as u64);
-                        Some(self.link.submit(Op::Write {
-                            target: Target::Path(path.clone()),
-                            offset,
-                            data: buf[..n].to_vec(),
-                        }))
-                    }
-                };
-                if let Some(rx) = rx {
-                    window.push_back(rx);
-                    self.throttle(&mut window)?;
-                    self.pace(sent, started);
+                let offset = (first + i) * u64::from(BLOCK);
+                // Compared outside the sequencer: a live write after the
+                // secondary's checksum reaches it through the stream anyway,
+                // so equal bytes now mean equal bytes then (as when compared
+                // under it: the checksum is older than the read either way).
+                let n = sys::pread_full(file.as_fd(), buf, offset)?;
+                if n == 0 {
+                    break;
                 }
+                if theirs.get(i as usize) == Some(&xxh3_64(&buf[..n])) {
+                    continue;
+                }
+                self.send(path, &mut out, &mut buf[..n], offset)?;
             }
             first += u64::from(count);
         }
-        for rx in window {
-            self.wait(rx)?;
+        out.drain(self)?;
+        self.sync_tail(path, &file, &out.ident)
+    }
+
+    /// Blocks one checksum request asks for: few while the application is
+    /// active (the secondary reads them all before the next op in the
+    /// stream), as many as allowed otherwise.
+    fn checksum_batch(&self) -> u64 {
+        if self.mirror.app_active(RESYNC_YIELD) {
+            CHECKSUM_BATCH_APP_ACTIVE
+        } else {
+            u64::from(MAX_CHECKSUM_BLOCKS)
         }
-        self.sync_tail(path, &file, &ident)
     }
 
     /// Size, times and extended attributes last, together, under the
@@ -559,11 +638,12 @@ impl Worker<'_> {
         })
     }
 
-    /// Sleeps as long as needed to keep under the configured rate cap.
-    fn pace(&self, sent: u64, started: std::time::Instant) {
+    /// Sleeps as long as needed to keep `out`'s file under the configured
+    /// rate cap.
+    fn pace(&self, out: &Outgoing<'_>) {
         if let Some(rate) = self.mirror.resync_rate_limit().filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
+            let due = Duration::from_secs_f64(out.sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(out.started.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
