@@ -37,6 +37,11 @@ use crate::proto::wire::Op;
 /// one path in flight (each of its ops delays the application's behind it).
 pub const RESYNC_YIELD: Duration = Duration::from_millis(100);
 
+/// How long one reconnection attempt waits for an answer.
+const RECONNECT_ATTEMPT: Duration = Duration::from_secs(1);
+/// The longest pause between reconnection attempts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
 /// One path handed to a resync worker.
 #[derive(Debug)]
 pub struct ResyncJob {
@@ -513,16 +518,24 @@ impl Mirror {
                         return;
                     }
                     let history = self.lock().history.clone();
-                    match Link::connect(&self.cfg.link, &history) {
+                    match Link::connect_within(&self.cfg.link, &history, RECONNECT_ATTEMPT) {
                         Ok(link) => match self.connected(link) {
                             Ok(()) => backoff = Duration::from_millis(200),
                             Err(_) => backoff = Duration::from_secs(5),
                         },
                         Err(e) => {
+                            backoff = match e {
+                                // Attempts of RECONNECT_ATTEMPT, RECONNECT_PAUSE
+                                // apart: a returning peer is found a few hundred
+                                // ms after it listens; a dead one costs a few
+                                // handshake packets a second.
+                                ConnectError::Unreachable { .. } => RECONNECT_PAUSE,
+                                // A peer that answers but refuses (certificates,
+                                // versions): an operator must act; do not
+                                // hammer it.
+                                _ => (backoff * 2).clamp(RECONNECT_PAUSE, Duration::from_secs(5)),
+                            };
                             self.lock().last_error = Some(e.to_string());
-                            // A returning peer is found within a second; a dead one
-                            // costs one handshake attempt a second.
-                            backoff = (backoff * 2).min(Duration::from_secs(1));
                         }
                     }
                 }

@@ -41,8 +41,8 @@ pub enum ConnectError {
     Unreachable {
         /// The peer address.
         addr: SocketAddr,
-        /// The wait.
-        secs: u64,
+        /// The wait, seconds.
+        secs: f64,
         /// The UDP port.
         port: u16,
     },
@@ -125,8 +125,20 @@ pub struct Link {
 
 impl Link {
     /// Connects to the secondary, exchanges hellos (ours carries `history`),
-    /// and starts the driver thread. Returns once the stream is ready.
+    /// and starts the driver thread. Returns once the stream is ready, or
+    /// fails after [`HANDSHAKE_TIMEOUT`].
     pub fn connect(cfg: &LinkConfig, history: &History) -> Result<Self, ConnectError> {
+        Self::connect_within(cfg, history, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`Link::connect`], giving up on an unreachable peer after `within`
+    /// (reconnection attempts: short ones, each starting the handshake's
+    /// retransmissions afresh, find a returning peer sooner than long ones).
+    pub fn connect_within(
+        cfg: &LinkConfig,
+        history: &History,
+        within: Duration,
+    ) -> Result<Self, ConnectError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
@@ -147,7 +159,7 @@ impl Link {
                     }
                 };
                 let span = info_span!("link", peer = %cfg.peer);
-                rt.block_on(drive(cfg, ids, rx, s, ready_tx).instrument(span));
+                rt.block_on(drive(cfg, ids, within, rx, s, ready_tx).instrument(span));
             })
             .map_err(ConnectError::Thread)?;
         match ready_rx.recv() {
@@ -225,17 +237,19 @@ impl Link {
 async fn drive(
     cfg: LinkConfig,
     history: Vec<u64>,
+    within: Duration,
     mut rx: mpsc::UnboundedReceiver<Submission>,
     shared: Arc<Shared>,
     ready: std::sync::mpsc::Sender<Result<PeerHello, ConnectError>>,
 ) {
-    let (endpoint, conn, mut send, mut recv, peer_history) = match handshake(&cfg, history).await {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
+    let (endpoint, conn, mut send, mut recv, peer_history) =
+        match handshake(&cfg, history, within).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
     info!(peer_node = %cfg.pinned.name, "connected to the secondary");
     let _ = ready.send(Ok(peer_history));
 
@@ -419,6 +433,7 @@ fn complete(
 async fn handshake(
     cfg: &LinkConfig,
     history: Vec<u64>,
+    within: Duration,
 ) -> Result<
     (
         quinn::Endpoint,
@@ -441,7 +456,7 @@ async fn handshake(
     let addr = cfg.peer;
     let unreachable = || ConnectError::Unreachable {
         addr,
-        secs: HANDSHAKE_TIMEOUT.as_secs(),
+        secs: within.as_secs_f64(),
         port: addr.port(),
     };
     let handshake_err = |e: &dyn std::fmt::Display| ConnectError::Handshake {
@@ -451,7 +466,7 @@ async fn handshake(
     let connecting = endpoint
         .connect(addr, &cfg.pinned.name)
         .map_err(|e| handshake_err(&e))?;
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+    let conn = match tokio::time::timeout(within, connecting).await {
         Err(_) => return Err(unreachable()),
         Ok(Err(quinn::ConnectionError::TimedOut)) => return Err(unreachable()),
         Ok(Err(e)) => return Err(handshake_err(&e)),
@@ -482,7 +497,7 @@ async fn handshake(
     })
     .encode(&mut hello);
     send.write_all(&hello).await.map_err(|e| closed(&e))?;
-    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv))
+    let reply = tokio::time::timeout(within.max(HANDSHAKE_TIMEOUT), read_frame(&mut recv))
         .await
         .map_err(|_| unreachable())?
         .map_err(|e| closed(&e))?;

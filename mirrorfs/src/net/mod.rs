@@ -25,5 +25,10 @@ pub fn transport(peer_timeout: Duration) -> quinn::TransportConfig {
     t.send_window(128 << 20);
     t.max_concurrent_uni_streams(0u32.into());
     t.max_concurrent_bidi_streams(1u32.into());
+    // Before the first RTT sample: the nodes of a cluster are close, and a
+    // short guess makes the handshake's first retransmissions come within a
+    // few hundred ms (the default, 333 ms, spaces them 1 s and more apart),
+    // so a returning secondary is found soon after it listens.
+    t.initial_rtt(Duration::from_millis(25));
     t
 }
