@@ -27,3 +27,7 @@ mod mirror_resync;
 
 /// Issue 3: SIGKILL of the primary in rounds, failover by hand, no acknowledged write lost; split brain resolved by discard.
 mod mirror_crash;
+
+/// Issue 3, items 5 and 6: the secondary killed mid-resync, a full disk on the
+/// secondary, files vanishing during a resync, a secondary restarted over and over.
+mod mirror_faults;

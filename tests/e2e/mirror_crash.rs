@@ -30,9 +30,12 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::util::lab::{Node, Proc};
-use crate::util::mirror::{wait_serve_listening, Mirror, MountArgs, PORT, START_DEADLINE};
+use crate::util::mirror::{
+    in_sync, last_error, role, wait_serve_listening, Mirror, MountArgs, ALONE_DEADLINE, PORT,
+    PRIM_DEADLINE, START_DEADLINE,
+};
 use crate::util::{
-    is_fuse_mount, mirrorfs_bin, pseudo_random, run_fs, run_ok, tail, tree, wait_for, within,
+    is_fuse_mount, mirrorfs_bin, pseudo_random, run_fs, run_ok, tail, wait_for, within,
     write_synced, Probe,
 };
 
@@ -46,13 +49,9 @@ const MAX_ACKS_BEFORE_KILL: u64 = 150;
 /// the record's operations, not always just after an acknowledgement. This
 /// places the kill; it waits for nothing.
 const MAX_KILL_JITTER_US: u64 = 3000;
-/// How long the first sync of an empty tree may take.
-const PRIM_DEADLINE: Duration = Duration::from_secs(30);
 /// From the start of the new primary's mount to PRIM with nothing dirty: its
 /// backoff (≤ 5 s) and a handshake (≤ 5 s), then a resync of a few directories.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
-/// How long the primary may take to report ALONE once the secondary died.
-const ALONE_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the writer may take to reach its kill point, and to exit once
 /// its mount is dead.
 const WRITER_DEADLINE: Duration = Duration::from_secs(30);
@@ -457,14 +456,7 @@ fn primary_kill_rounds_lose_no_acknowledged_write() -> Result<()> {
 #[test]
 fn split_brain_resolved_by_discard_keeps_the_losers_files() -> Result<()> {
     let mut m = Mirror::prepare()?;
-    m.start_serve()?;
-    let control = m.path().join("ctl.sock");
-    let mut args = m.mount_args();
-    args.extra = ALONE.iter().map(|s| (*s).to_owned()).collect();
-    args.extra
-        .extend(["--control".into(), control.display().to_string()]);
-    m.start_mount(&args)?;
-    m.wait_status(&control, PRIM_DEADLINE, "the first sync to end", in_sync)?;
+    let control = m.start_controlled(&ALONE)?;
     let (mnt, backing, replica) = (m.mnt(), m.backing(), m.replica());
 
     let shared = pseudo_random(1, 20_000);
@@ -479,9 +471,7 @@ fn split_brain_resolved_by_discard_keeps_the_losers_files() -> Result<()> {
 
     // The winner, node1, loses its secondary and writes ALONE.
     m.kill_serve()?;
-    m.wait_status(&control, ALONE_DEADLINE, "node1 ALONE", |v| {
-        role(v) == "ALONE"
-    })?;
+    m.wait_alone(&control)?;
     let file_a = pseudo_random(3, 30_000);
     let shared_a = pseudo_random(4, 25_000);
     run_fs(FS_DEADLINE, "node1's changes", &mnt, {
@@ -590,7 +580,7 @@ fn split_brain_resolved_by_discard_keeps_the_losers_files() -> Result<()> {
         },
     )?;
     let resync_time = t.elapsed();
-    expect_identical(&m, &backing, &replica)?;
+    m.expect_identical(&backing, &replica)?;
     for (root, side) in [(&backing, "node1"), (&replica, "node2")] {
         for (name, want) in [
             ("fileA", Some(&file_a)),
@@ -864,7 +854,8 @@ impl Cluster {
     /// The two sides' dirs are identical: `mirrorfs verify` and the
     /// independent comparison.
     fn expect_identical(&self) -> Result<()> {
-        expect_identical(&self.m, &self.sides[0].dir, &self.sides[1].dir)
+        self.m
+            .expect_identical(&self.sides[0].dir, &self.sides[1].dir)
     }
 }
 
@@ -1011,41 +1002,6 @@ impl SplitMix {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn role(v: &Value) -> &str {
-    v["role"].as_str().unwrap_or_default()
-}
-
-fn last_error(v: &Value) -> &str {
-    v["last_error"].as_str().unwrap_or_default()
-}
-
-/// PRIM, connected, nothing dirty, no resync running.
-fn in_sync(v: &Value) -> bool {
-    role(v) == "PRIM" && v["connected"] == true && v["dirty_files"] == 0 && v["resync"].is_null()
-}
-
-/// `mirrorfs verify a b` exits 0, and the independent comparison agrees.
-fn expect_identical(m: &Mirror, a: &Path, b: &Path) -> Result<()> {
-    let out = m.verify(a, b)?;
-    ensure!(
-        out.status.code() == Some(0),
-        "mirrorfs verify {} {} exited {}:\n{}{}",
-        a.display(),
-        b.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let diffs = tree::diff(a, b)?;
-    ensure!(
-        diffs.is_empty(),
-        "mirrorfs verify is clean but the trees differ ({} differences):\n{}",
-        diffs.len(),
-        diffs.join("\n")
-    );
-    Ok(())
 }
 
 fn describe(b: Option<&[u8]>) -> String {

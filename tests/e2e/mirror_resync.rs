@@ -17,24 +17,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::util::mirror::{Mirror, PORT};
-use crate::util::{pseudo_random, run_fs, sys, tree, wait_for, write_synced, Probe};
+use crate::util::mirror::{in_sync, last_error, role, Mirror, ALONE_DEADLINE, PORT};
+use crate::util::writer::Writer;
+use crate::util::{pseudo_random, run_fs, sys, write_synced};
 
 const MIB: u64 = 1 << 20;
 /// The mount options that make the primary carry on ALONE, and notice a lost
 /// secondary within a couple of seconds.
 const ALONE: [&str; 3] = ["--on-peer-loss=alone", "--peer-timeout", "2"];
-/// How long the primary may take to report ALONE once the secondary died
-/// (the peer timeout, twice, plus slack for a loaded machine).
-const ALONE_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the primary may take to reconnect (its backoff reaches 5 s) and
 /// to finish a resync of a large file, or a `--full` one.
 const RESYNC_DEADLINE: Duration = Duration::from_secs(180);
@@ -42,8 +37,6 @@ const RESYNC_DEADLINE: Duration = Duration::from_secs(180);
 const TREE_RESYNC_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a resync of a few small changes may take, reconnection included.
 const SMALL_RESYNC_DEADLINE: Duration = Duration::from_secs(30);
-/// How long the first sync of an empty tree may take.
-const PRIM_DEADLINE: Duration = Duration::from_secs(30);
 /// How long file work through the mount may take before it counts as a hang.
 const FS_DEADLINE: Duration = Duration::from_secs(300);
 /// Size of the large file of `large_file_resync_sends_only_changed_blocks`
@@ -69,7 +62,7 @@ fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
     writer.wait_writes(20, "the writer's first writes")?;
     m.kill_serve()?;
     let killed = Instant::now();
-    let alone = wait_alone(&mut m, &control)?;
+    let alone = m.wait_alone(&control)?;
     let to_alone = killed.elapsed();
     ensure!(alone["connected"] == false, "ALONE but connected: {alone}");
     ensure!(
@@ -92,7 +85,7 @@ fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
     let (rx0, w0) = (m.node2.rx_bytes()?, writer.writes());
     let restarted = Instant::now();
     m.start_serve()?;
-    let (synced, seen_resync_bytes) = wait_in_sync(&mut m, &control, TREE_RESYNC_DEADLINE)?;
+    let (synced, seen_resync_bytes) = m.wait_in_sync(&control, TREE_RESYNC_DEADLINE)?;
     let resync_time = restarted.elapsed();
     let rx = m.node2.rx_bytes()? - rx0;
     let live_bytes = (writer.writes() - w0) * Writer::WRITE_SIZE;
@@ -109,7 +102,7 @@ fn secondary_loss_goes_alone_and_resyncs_incrementally() -> Result<()> {
     writer.wait_writes(writer.writes() + 20, "writes after the resync")?;
     let writes = writer.finish()?;
 
-    expect_identical(&m)?;
+    m.expect_replica_identical()?;
     expect_generation_on_replica(&m, &synced)?;
     // Resync: one changed 1 MiB block, a renamed 1 MiB file, a truncated
     // one, ~100 kB of new files and the writer's files: a few MiB, against a
@@ -150,7 +143,7 @@ fn dirs_removed_or_renamed_while_alone_resync() -> Result<()> {
         write_synced(&mnt.join("old/f"), b"before")
     })?;
     m.kill_serve()?;
-    wait_alone(&mut m, &control)?;
+    m.wait_alone(&control)?;
     run_fs(
         FS_DEADLINE,
         "rm -rf, and a dir rename, while ALONE",
@@ -162,8 +155,8 @@ fn dirs_removed_or_renamed_while_alone_resync() -> Result<()> {
         },
     )?;
     m.start_serve()?;
-    wait_in_sync(&mut m, &control, SMALL_RESYNC_DEADLINE)?;
-    expect_identical(&m)
+    m.wait_in_sync(&control, SMALL_RESYNC_DEADLINE)?;
+    m.expect_replica_identical()
 }
 
 #[test]
@@ -265,7 +258,7 @@ fn split_brain_is_detected_and_nothing_is_synchronised() -> Result<()> {
     let parted = m.status_json(&control)?["generation"].clone();
     // The primary loses the secondary and writes fileA ALONE.
     m.kill_serve()?;
-    wait_alone(&mut m, &control)?;
+    m.wait_alone(&control)?;
     let file_a = pseudo_random(2, 30_000);
     run_fs(FS_DEADLINE, "fileA on the primary", &mnt, {
         let a = file_a.clone();
@@ -414,7 +407,7 @@ fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
     let write_time = t.elapsed();
 
     m.kill_serve()?;
-    wait_alone(&mut m, &control)?;
+    m.wait_alone(&control)?;
     // Three 4 KiB regions, each in a different 1 MiB block.
     let regions: Vec<(u64, Vec<u8>)> =
         [7 * MIB + 1000, size / 2 + 5 * 4096, size - 3 * MIB + 12345]
@@ -441,7 +434,7 @@ fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
     let rx0 = m.node2.rx_bytes()?;
     let restarted = Instant::now();
     m.start_serve()?;
-    let (_, seen_resync_bytes) = wait_in_sync(&mut m, &control, RESYNC_DEADLINE)?;
+    let (_, seen_resync_bytes) = m.wait_in_sync(&control, RESYNC_DEADLINE)?;
     let resync_time = restarted.elapsed();
     let rx = m.node2.rx_bytes()? - rx0;
 
@@ -455,7 +448,7 @@ fn large_file_resync_sends_only_changed_blocks() -> Result<()> {
         );
     }
     let t = Instant::now();
-    expect_identical(&m)?;
+    m.expect_replica_identical()?;
     println!(
         "large file: {mib} MiB written through the mount in {write_time:?}; 3 x 4 KiB changed \
          ALONE; resync (serve restart to PRIM) {resync_time:?}; node2 received {rx} bytes; \
@@ -487,7 +480,7 @@ fn full_resync_after_tampering() -> Result<()> {
         write_synced(&mnt.join("notes"), b"the original notes\n")
     })?;
     let tree_bytes = 24 * MIB;
-    expect_identical(&m)?;
+    m.expect_replica_identical()?;
 
     let exit = m.unmount(&mnt)?;
     ensure!(
@@ -532,7 +525,7 @@ fn full_resync_after_tampering() -> Result<()> {
     })?;
     let resync_time = t.elapsed();
     let rx = m.node2.rx_bytes()? - rx0;
-    expect_identical(&m)?;
+    m.expect_replica_identical()?;
     println!(
         "full resync: remount to PRIM {resync_time:?}; node2 received {rx} bytes for a \
          {tree_bytes}-byte tree with 3 tampered blocks ({} resync bytes logged); status \
@@ -549,26 +542,12 @@ fn full_resync_after_tampering() -> Result<()> {
 
 // ---------------------------------------------------------------- helpers
 
-/// `serve` on node2 and `mount` on node1 with `extra` and a control socket
-/// in the fixture's dir; returns once the mount reports PRIM.
+/// A prepared fixture started with `extra` and a control socket; returns once
+/// the mount reports PRIM.
 fn start(extra: &[&str]) -> Result<(Mirror, PathBuf)> {
     let mut m = Mirror::prepare()?;
-    m.start_serve()?;
-    let control = m.path().join("ctl.sock");
-    let mut args = m.mount_args();
-    args.extra = extra.iter().map(|s| (*s).to_owned()).collect();
-    args.extra.push("--control".into());
-    args.extra.push(control.display().to_string());
-    m.start_mount(&args)?;
-    m.wait_status(&control, PRIM_DEADLINE, "the first sync to end", in_sync)?;
+    let control = m.start_controlled(extra)?;
     Ok((m, control))
-}
-
-/// Waits until the mount reports ALONE; returns that status.
-fn wait_alone(m: &mut Mirror, control: &Path) -> Result<Value> {
-    m.wait_status(control, ALONE_DEADLINE, "role ALONE", |v| {
-        role(v) == "ALONE"
-    })
 }
 
 /// The data bytes of the last resync, as the mount logged them: for the
@@ -581,35 +560,6 @@ fn logged_resync_bytes(m: &Mirror) -> String {
         .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("bytes=")))
         .unwrap_or("?")
         .to_owned()
-}
-
-fn role(v: &Value) -> &str {
-    v["role"].as_str().unwrap_or_default()
-}
-
-fn last_error(v: &Value) -> &str {
-    v["last_error"].as_str().unwrap_or_default()
-}
-
-/// PRIM, connected, nothing dirty, no resync running.
-fn in_sync(v: &Value) -> bool {
-    role(v) == "PRIM" && v["connected"] == true && v["dirty_files"] == 0 && v["resync"].is_null()
-}
-
-/// Waits for [`in_sync`]; returns that status and the largest
-/// `resync.bytes_sent` seen on the way (0 if no poll fell inside the resync).
-fn wait_in_sync(m: &mut Mirror, control: &Path, deadline: Duration) -> Result<(Value, u64)> {
-    let mut seen = 0;
-    let v = m.wait_status(
-        control,
-        deadline,
-        "PRIM, connected and no dirty files",
-        |v| {
-            seen = seen.max(v["resync"]["bytes_sent"].as_u64().unwrap_or(0));
-            in_sync(v)
-        },
-    )?;
-    Ok((v, seen))
 }
 
 fn is_generation(s: &str) -> bool {
@@ -630,28 +580,6 @@ fn expect_generation_on_replica(m: &Mirror, status: &Value) -> Result<()> {
         status["generation"] == current,
         "the secondary's current generation is {current:?}, the primary's {}",
         status["generation"]
-    );
-    Ok(())
-}
-
-/// The replica equals the backing dir, by the independent comparison and by
-/// `mirrorfs verify`.
-fn expect_identical(m: &Mirror) -> Result<()> {
-    let (backing, replica) = (m.backing(), m.replica());
-    let diffs = tree::diff(&backing, &replica)?;
-    ensure!(
-        diffs.is_empty(),
-        "the replica differs from the backing dir ({} differences):\n{}",
-        diffs.len(),
-        diffs.join("\n")
-    );
-    let out = m.verify(&backing, &replica)?;
-    ensure!(
-        out.status.code() == Some(0),
-        "mirrorfs verify backing replica exited {}:\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }
@@ -707,110 +635,4 @@ fn change_while_alone(mnt: &Path) -> io::Result<()> {
         .open(s("static/13-link"))?
         .write_all_at(b"through the second name", 10)?;
     sys::set_xattr(&s("static/12"), "user.changed", b"while alone")
-}
-
-/// The application: rewrites one of 50 files in its dir with 8 KiB and fsyncs
-/// it, in a loop, until told to stop. The first error ends it and is kept.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    writes: Arc<AtomicU64>,
-    slowest_us: Arc<AtomicU64>,
-    done: mpsc::Receiver<Result<u64>>,
-}
-
-impl Writer {
-    const WRITE_SIZE: u64 = 8192;
-    const FILES: u64 = 50;
-    /// Pause between writes: a steady application, not a flood that would
-    /// drown the resync's bytes on the wire.
-    const PACE: Duration = Duration::from_millis(10);
-
-    fn start(dir: PathBuf) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writes = Arc::new(AtomicU64::new(0));
-        let slowest_us = Arc::new(AtomicU64::new(0));
-        let (tx, done) = mpsc::channel();
-        let (s, w, l) = (stop.clone(), writes.clone(), slowest_us.clone());
-        thread::Builder::new()
-            .name("writer".into())
-            .spawn(move || {
-                let _ = tx.send(Self::run(&dir, &s, &w, &l));
-            })?;
-        Ok(Self {
-            stop,
-            writes,
-            slowest_us,
-            done,
-        })
-    }
-
-    fn run(dir: &Path, stop: &AtomicBool, writes: &AtomicU64, slowest: &AtomicU64) -> Result<u64> {
-        fs::create_dir(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let path = dir.join(format!("w{}", i % Self::FILES));
-            let t = Instant::now();
-            write_synced(&path, &pseudo_random(i, Self::WRITE_SIZE as usize))
-                .with_context(|| format!("write + fsync #{i} of {}", path.display()))?;
-            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-            slowest.fetch_max(us, Ordering::Relaxed);
-            i += 1;
-            writes.store(i, Ordering::Relaxed);
-            thread::sleep(Self::PACE);
-        }
-        Ok(i)
-    }
-
-    /// Writes acknowledged so far.
-    fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
-    fn slowest(&self) -> Duration {
-        Duration::from_micros(self.slowest_us.load(Ordering::Relaxed))
-    }
-
-    /// Fails if the writer has stopped (with its error, if it had one).
-    fn check_running(&self) -> Result<()> {
-        match self.done.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => Ok(()),
-            Ok(Ok(n)) => bail!("the writer stopped by itself after {n} writes"),
-            Ok(Err(e)) => Err(e.context("the application saw an error")),
-            Err(mpsc::TryRecvError::Disconnected) => bail!("the writer thread panicked"),
-        }
-    }
-
-    /// Waits until `n` writes have been acknowledged, failing early if the
-    /// writer stops.
-    fn wait_writes(&self, n: u64, what: &str) -> Result<()> {
-        wait_for(FS_DEADLINE, what, || {
-            if let Err(e) = self.check_running() {
-                return Probe::Fail(e);
-            }
-            match self.writes() {
-                done if done >= n => Probe::Ready(()),
-                done => Probe::Pending(format!("{done} of {n} writes acknowledged")),
-            }
-        })
-    }
-
-    /// Stops the writer and returns how many writes it made, or its error.
-    fn finish(&self) -> Result<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.done.recv_timeout(FS_DEADLINE) {
-            Ok(r) => r.context("the application saw an error"),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow!(
-                "the writer did not stop within {FS_DEADLINE:?}: a write hangs"
-            )),
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the writer thread panicked"),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // A writer stuck in the file system is released when the fixture
-        // unmounts; one between writes stops here.
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }

@@ -174,10 +174,7 @@ impl Worker<'_> {
     fn wait(&self, rx: Receiver<Completion>) -> Result<Vec<u8>, Stop> {
         match rx.recv_timeout(self.limit) {
             Ok(Ok(data)) => Ok(data),
-            Ok(Err(errno)) => Err(Stop::Failed(format!(
-                "the secondary answered {}",
-                io::Error::from_raw_os_error(errno)
-            ))),
+            Ok(Err(errno)) => Err(Stop::Failed(refused_by_secondary(errno))),
             Err(_) => Err(Stop::Failed("no answer from the secondary".into())),
         }
     }
@@ -673,5 +670,36 @@ impl Worker<'_> {
             info!("the secondary holds the same data as the primary");
         }
         Ok(())
+    }
+}
+
+/// Why the secondary did not apply a resync op, as `mirrorfs status` shows
+/// it (after "resync of PATH: "): the error, and where the operator can act
+/// on it, the fix. The resync retries the path by itself either way.
+fn refused_by_secondary(errno: i32) -> String {
+    let err = io::Error::from_raw_os_error(errno);
+    match errno {
+        libc::ENOSPC | libc::EDQUOT => format!(
+            "the secondary answered {err}: make room on the secondary's replica file system \
+             (or raise its quota)"
+        ),
+        _ => format!("the secondary answered {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_on_the_secondary_names_the_fix() {
+        let msg = refused_by_secondary(libc::ENOSPC);
+        assert!(msg.contains("No space left on device"), "{msg}");
+        assert!(msg.contains("make room on the secondary"), "{msg}");
+        let msg = refused_by_secondary(libc::EACCES);
+        assert_eq!(
+            msg,
+            "the secondary answered Permission denied (os error 13)"
+        );
     }
 }

@@ -14,17 +14,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use super::lab::{Lab, Node, Proc};
-use super::{is_fuse_mount, mirrorfs_bin, run_ok, wait_for, Probe};
+use super::{is_fuse_mount, mirrorfs_bin, run_ok, tree, wait_for, Probe};
 
 /// The UDP port `serve` listens on in node2 (each lab has its own network).
 pub const PORT: u16 = 7411;
 /// How long `serve` gets to listen and `mount` to appear.
 pub const START_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the first sync of an empty tree may take.
+pub const PRIM_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the primary may take to report ALONE once the secondary died
+/// (the peer timeout, twice, plus slack for a loaded machine).
+pub const ALONE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Mirror {
     // Drop order matters and is spelled out in `Drop` below.
@@ -318,6 +323,72 @@ impl Mirror {
         })
     }
 
+    /// [`Mirror::start_serve`], then `mount` with `extra` and a control
+    /// socket (`ctl.sock` in the fixture's dir); returns the socket's path
+    /// once the mount reports [`in_sync`].
+    pub fn start_controlled(&mut self, extra: &[&str]) -> Result<PathBuf> {
+        self.start_serve()?;
+        let control = self.path().join("ctl.sock");
+        let mut args = self.mount_args();
+        args.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        args.extra.push("--control".into());
+        args.extra.push(control.display().to_string());
+        self.start_mount(&args)?;
+        self.wait_status(&control, PRIM_DEADLINE, "the first sync to end", in_sync)?;
+        Ok(control)
+    }
+
+    /// Waits until the mount at `control` reports ALONE; returns that status.
+    pub fn wait_alone(&mut self, control: &Path) -> Result<Value> {
+        self.wait_status(control, ALONE_DEADLINE, "role ALONE", |v| {
+            role(v) == "ALONE"
+        })
+    }
+
+    /// Waits for [`in_sync`]; returns that status and the largest
+    /// `resync.bytes_sent` seen on the way (0 if no poll fell inside the resync).
+    pub fn wait_in_sync(&mut self, control: &Path, deadline: Duration) -> Result<(Value, u64)> {
+        let mut seen = 0;
+        let v = self.wait_status(
+            control,
+            deadline,
+            "PRIM, connected and no dirty files",
+            |v| {
+                seen = seen.max(v["resync"]["bytes_sent"].as_u64().unwrap_or(0));
+                in_sync(v)
+            },
+        )?;
+        Ok((v, seen))
+    }
+
+    /// `mirrorfs verify a b` exits 0, and the independent comparison
+    /// ([`tree::diff`]) agrees.
+    pub fn expect_identical(&self, a: &Path, b: &Path) -> Result<()> {
+        let out = self.verify(a, b)?;
+        ensure!(
+            out.status.code() == Some(0),
+            "mirrorfs verify {} {} exited {}:\n{}{}",
+            a.display(),
+            b.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diffs = tree::diff(a, b)?;
+        ensure!(
+            diffs.is_empty(),
+            "mirrorfs verify is clean but the trees differ ({} differences):\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        );
+        Ok(())
+    }
+
+    /// The replica equals the backing dir (see [`Mirror::expect_identical`]).
+    pub fn expect_replica_identical(&self) -> Result<()> {
+        self.expect_identical(&self.backing(), &self.replica())
+    }
+
     /// The fixture's temp dir; tests may add their own entries under it.
     pub fn path(&self) -> &Path {
         self.dir
@@ -392,6 +463,21 @@ impl Drop for Mirror {
         }
         // 4. The lab (namespaces) goes when the fields drop.
     }
+}
+
+/// The role in a `mirrorfs status --json` object ("" if none).
+pub fn role(v: &Value) -> &str {
+    v["role"].as_str().unwrap_or_default()
+}
+
+/// Its last error ("" if none).
+pub fn last_error(v: &Value) -> &str {
+    v["last_error"].as_str().unwrap_or_default()
+}
+
+/// PRIM, connected, nothing dirty, no resync running.
+pub fn in_sync(v: &Value) -> bool {
+    role(v) == "PRIM" && v["connected"] == true && v["dirty_files"] == 0 && v["resync"].is_null()
 }
 
 fn status_cmd(bin: &Path, control: &Path, json: bool) -> Result<Output> {

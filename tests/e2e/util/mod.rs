@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests: waiting on conditions, finding the
-//! `mirrorfs` binary, running commands, and the fixtures in the submodules.
+//! `mirrorfs` binary, running commands, and the fixtures in the submodules
+//! (the netns lab, the two-node mirror, the writing application).
 //!
 //! Owns: nothing outside the test process's own temp dirs, namespaces and children.
 //! Every fixture cleans up in `Drop`, so a panicking test leaves nothing behind.
@@ -10,6 +11,7 @@ pub mod lab;
 pub mod mirror;
 pub mod sys;
 pub mod tree;
+pub mod writer;
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
