@@ -173,6 +173,9 @@ struct State {
     /// When the application last submitted an op (the resync yields to it).
     app_active: Instant,
     shutdown: bool,
+    /// The secondary holds our current generation: a change it does not
+    /// have must start a new one before it is acknowledged.
+    shares_generation: bool,
 }
 
 /// The primary's replication state.
@@ -259,6 +262,7 @@ impl Mirror {
                 epoch: 0,
                 app_active: Instant::now(),
                 shutdown: false,
+                shares_generation: false,
             }),
             changed: Condvar::new(),
             limit,
@@ -395,16 +399,24 @@ impl Mirror {
         st.link = None;
         if fresh || st.role != Role::Alone {
             // A new generation marks "written without the peer".
-            let id = random_id();
-            st.history.advance(id);
-            if let Err(e) = self.meta.save_history(&st.history) {
+            let id = self.advance(&mut st).unwrap_or_else(|e| {
                 error!(error = %e, "cannot record the new generation; staying without peer anyway");
-            }
+                GenerationId(0)
+            });
             warn!(%reason, generation = %id, "going ALONE: changes are recorded for the resync");
             st.last_error = Some(reason);
             Self::set_role(&mut st, Role::Alone);
         }
         self.changed.notify_all();
+    }
+
+    /// Starts a new generation, durably.
+    fn advance(&self, st: &mut State) -> io::Result<GenerationId> {
+        let id = random_id();
+        st.history.advance(id);
+        st.shares_generation = false;
+        self.meta.save_history(&st.history)?;
+        Ok(id)
     }
 
     /// A connection is up: decide from the histories what to do with it.
@@ -418,6 +430,7 @@ impl Mirror {
         st.walk.forget_in_flight();
         st.first_names.clear();
         let relation = relate(&st.history, link.peer_history());
+        st.shares_generation = relation == Relation::InSync;
         let peer_gen = link
             .peer_history()
             .current()
@@ -691,6 +704,7 @@ impl Mirror {
             return Ok(false);
         }
         st.dirty.clear()?;
+        st.shares_generation = true;
         st.full = false;
         let p = &st.progress;
         info!(
@@ -713,7 +727,21 @@ impl Mirror {
         }
         let connected = st.link.as_ref().is_some_and(|l| l.lost().is_none());
         match self.cfg.on_peer_loss {
-            // Recorded: the resync will bring the secondary up to date.
+            // Recorded: the resync will bring the secondary up to date. But
+            // acknowledged without the secondary: if it still holds our
+            // generation, a new one must mark that we are ahead, or a
+            // secondary promoted before the resync ends would look "in sync"
+            // or "ahead" and overwrite what was acknowledged here.
+            OnPeerLoss::Alone if st.shares_generation => match self.advance(&mut st) {
+                Ok(id) => {
+                    warn!(generation = %id, errno, "the secondary did not apply a change: new generation, the resync will bring it over");
+                    Ok(())
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot record a new generation: refusing the change");
+                    Err(io::Error::from_raw_os_error(libc::EIO))
+                }
+            },
             OnPeerLoss::Alone => Ok(()),
             OnPeerLoss::Fail if connected => Err(io::Error::from_raw_os_error(errno)),
             OnPeerLoss::Fail => Err(io::Error::from_raw_os_error(libc::EIO)),
@@ -774,8 +802,18 @@ impl Replicate for MirrorRef {
                         .collect();
                     paths.extend(moved);
                 }
-                let needed =
-                    st.role == Role::Alone || paths.iter().any(|p| st.walk.pending_near(p));
+                // A change near a path still to visit is carried by the walk;
+                // so is one that renames or removes a path being visited (its
+                // worker gives up on it). Data written to a file being visited
+                // needs nothing: the worker reads and sends under the
+                // sequencer, so the live write reaches the secondary after
+                // any older bytes (and marking it would revisit a busy file
+                // forever).
+                let data_only = touched.data.is_some() && touched.rename.is_none();
+                let needed = st.role == Role::Alone
+                    || paths.iter().any(|p| {
+                        st.walk.pending_near(p) || (!data_only && st.walk.in_flight_near(p))
+                    });
                 if let (true, Some((offset, len)), [path]) = (needed, touched.data, &paths[..]) {
                     // Only data changed: record the blocks, not the whole file.
                     st.dirty.mark_range(path, offset, len).map_err(|e| {

@@ -289,7 +289,7 @@ fn full_disk_on_the_secondary_in_sync_mode() -> Result<()> {
         .map(str::to_owned)
         .collect();
     m.start_mount(&args)?;
-    m.wait_in_sync(&control, RESYNC_DEADLINE)?;
+    let (shared, _) = m.wait_in_sync(&control, RESYNC_DEADLINE)?;
     let (acked, err) = run_fs(FS_DEADLINE, "filling the disk ALONE", &mnt, |mnt| {
         fill(&mnt.join("fill"), 400, 32)
     })?;
@@ -305,6 +305,14 @@ fn full_disk_on_the_secondary_in_sync_mode() -> Result<()> {
     ensure!(
         !in_sync(&st),
         "in sync although fill is not on the replica: {st}"
+    );
+    // Acknowledged without the secondary: this side is ahead now, so that a
+    // secondary promoted before the resync ends is seen as a split brain,
+    // not as "in sync" (which would lose the acknowledged bytes).
+    ensure!(
+        st["generation"] != shared["generation"],
+        "writes the secondary refused were acknowledged but the generation stayed {}",
+        shared["generation"]
     );
     disk.resize(64)?;
     m.wait_in_sync(&control, RESYNC_DEADLINE)?;

@@ -87,19 +87,25 @@ impl Walk {
             .is_some_and(|(lo, hi)| self.pending.range(lo..hi).next().is_some())
     }
 
-    /// True when `p` must wait (see the module doc).
-    fn blocked(&self, p: &RelPath) -> bool {
-        if self.in_flight.contains_key(p)
-            || p.ancestors()
-                .any(|a| self.pending.contains(&a) || self.in_flight.contains_key(&a))
+    /// True when `p`, one of its ancestors or (unless `p` is the root) one of
+    /// its descendants is being visited now. A worker that finds its path renamed or removed under it
+    /// gives up on that path, so a rename of it (or above it) must put the
+    /// new name in the walk: the secondary holds a half-visited copy there.
+    pub fn in_flight_near(&self, p: &RelPath) -> bool {
+        if self.in_flight.contains_key(p) || p.ancestors().any(|a| self.in_flight.contains_key(&a))
         {
             return true;
         }
-        if p.is_root() {
-            return !self.in_flight.is_empty();
-        }
+        // Not below the root: it cannot be renamed or removed.
         p.below()
             .is_some_and(|(lo, hi)| self.in_flight.range(lo..hi).next().is_some())
+    }
+
+    /// True when `p` must wait (see the module doc).
+    fn blocked(&self, p: &RelPath) -> bool {
+        p.ancestors().any(|a| self.pending.contains(&a))
+            || self.in_flight_near(p)
+            || (p.is_root() && !self.in_flight.is_empty())
     }
 
     /// Hands out the first path a worker may visit now, under connection

@@ -96,6 +96,23 @@ fn pending_near_sees_ancestors_and_descendants_but_not_siblings() {
     assert!(!w.pending_near(&RelPath::root()));
 }
 
+#[test]
+fn in_flight_near_sees_what_workers_visit_around_a_path() {
+    let mut w = Walk::default();
+    w.restart([p("d/b")].into(), BTreeSet::new());
+    assert!(!w.in_flight_near(&p("d/b")), "pending is not in flight");
+    assert_eq!(w.take(1), Some((p("d/b"), false)));
+    assert!(w.in_flight_near(&p("d/b")));
+    assert!(w.in_flight_near(&p("d")), "a rename of d moves d/b");
+    assert!(w.in_flight_near(&p("d/b/x")));
+    assert!(
+        !w.in_flight_near(&RelPath::root()),
+        "the root is never renamed"
+    );
+    assert!(!w.in_flight_near(&p("d/z")));
+    assert!(!w.pending_near(&p("d/b")), "in flight is not pending");
+}
+
 /// Paths over a small alphabet so that ancestors and siblings collide often.
 fn path_strategy() -> impl Strategy<Value = RelPath> {
     prop::collection::vec(prop::sample::select(vec!["a", "b", "ab"]), 0..4)
