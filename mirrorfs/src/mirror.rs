@@ -591,7 +591,9 @@ impl Mirror {
             }
             let yield_to_app = st.walk.busy() && st.app_active.elapsed() < RESYNC_YIELD;
             if st.role == Role::Resync && !yield_to_app {
-                if let Some(link) = st.link.clone() {
+                // Not on a lost connection: until the supervisor notices,
+                // every op on it would fail at once.
+                if let Some(link) = st.link.clone().filter(|l| l.lost().is_none()) {
                     let epoch = st.epoch;
                     if let Some((path, full_dir)) = st.walk.take(epoch) {
                         return Some(ResyncJob {

@@ -59,6 +59,8 @@ enum Stop {
     Failed(String),
     /// The local entry changed under us (replaced): start the path again.
     Changed,
+    /// The connection is gone: the next one starts a new walk.
+    Lost(String),
 }
 
 impl From<io::Error> for Stop {
@@ -106,6 +108,13 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
                 debug!(path = %job.path, "resynced");
             }
             Err(Stop::Changed) => mirror.resync_retry(&job, None),
+            Err(Stop::Lost(why)) => {
+                // The path stays in the dirty log; the supervisor notices the
+                // loss and the next connection walks again.
+                debug!(path = %job.path, %why, "resync of a path interrupted");
+                mirror.resync_retry(&job, None);
+                continue;
+            }
             Err(Stop::Failed(why)) => {
                 warn!(path = %job.path, %why, "resync of a path failed; retrying");
                 mirror.resync_retry(&job, Some(why));
@@ -174,6 +183,10 @@ impl Worker<'_> {
     fn wait(&self, rx: Receiver<Completion>) -> Result<Vec<u8>, Stop> {
         match rx.recv_timeout(self.limit) {
             Ok(Ok(data)) => Ok(data),
+            Ok(Err(_)) if self.link.lost().is_some() => Err(Stop::Lost(format!(
+                "the connection to the secondary is lost: {}",
+                self.link.lost().unwrap_or_default()
+            ))),
             Ok(Err(errno)) => Err(Stop::Failed(refused_by_secondary(errno))),
             Err(_) => Err(Stop::Failed("no answer from the secondary".into())),
         }
