@@ -501,6 +501,19 @@ fn full_resync_after_tampering() -> Result<()> {
         f.write_all_at(data, offset)?;
         f.set_modified(mtime)?;
     }
+    // Same bytes, other metadata: an hour-old mtime, a stray attribute, one
+    // extra byte. The comparison must not stop at equal block checksums.
+    let path = replica.join("files/6");
+    let mtime = fs::metadata(&path)?.modified()?;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_modified(mtime - Duration::from_secs(3600))?;
+    sys::set_xattr(&replica.join("files/7"), "user.stray", b"only on the replica")?;
+    OpenOptions::new()
+        .append(true)
+        .open(replica.join("files/8"))?
+        .write_all(b"+")?;
     let out = m.verify(&m.backing(), &replica)?;
     ensure!(
         out.status.code() == Some(1),
@@ -528,7 +541,8 @@ fn full_resync_after_tampering() -> Result<()> {
     m.expect_replica_identical()?;
     println!(
         "full resync: remount to PRIM {resync_time:?}; node2 received {rx} bytes for a \
-         {tree_bytes}-byte tree with 3 tampered blocks ({} resync bytes logged); status \
+         {tree_bytes}-byte tree with 3 tampered blocks and 3 tampered files' metadata ({} \
+         resync bytes logged); status \
          showed a full resync: {saw_full}",
         logged_resync_bytes(&m)
     );

@@ -34,8 +34,10 @@ use crate::mirror::{Mirror, RESYNC_YIELD};
 use crate::net::client::Link;
 use crate::proto::path::RelPath;
 use crate::proto::stream::Completion;
-use crate::proto::wire::{decode_listing, Op, Target, Timestamp, MAX_CHECKSUM_BLOCKS};
-use crate::replica::apply::{list_dir, list_xattrs, replicated_xattr};
+use crate::proto::wire::{
+    decode_checksums, decode_listing, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BLOCKS,
+};
+use crate::replica::apply::{list_dir, read_xattrs, xattr_digest};
 use crate::sys;
 
 /// Resync block size: the unit compared by checksum and resent when it differs.
@@ -321,7 +323,9 @@ impl Worker<'_> {
                                 dirty_blocks = self.mirror.dirty_blocks(path);
                             }
                             let blocks = (st.st_size as u64).div_ceil(u64::from(BLOCK));
-                            if dirty_blocks.is_none() && blocks > 0 {
+                            // Even for an empty file: the reply tells whether
+                            // size, times and attributes need sending.
+                            if dirty_blocks.is_none() {
                                 let count = blocks.min(self.checksum_batch()) as u32;
                                 let rx = self.link.submit(Op::Checksums {
                                     path: path.clone(),
@@ -528,6 +532,7 @@ impl Worker<'_> {
         let mut first = 0u64;
         let mut buf = self.buf.borrow_mut();
         let buf = &mut buf[..BLOCK as usize];
+        let mut theirs_first = None;
         loop {
             let (reply, count) = match first_sums.take() {
                 Some((rx, count)) => (self.wait(rx)?, count),
@@ -547,12 +552,9 @@ impl Worker<'_> {
                     (reply, count)
                 }
             };
-            let theirs: Vec<u64> = reply
-                .get(8..)
-                .unwrap_or_default()
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8-byte chunk")))
-                .collect();
+            let (facts, theirs) = decode_checksums(&reply)
+                .map_err(|e| Stop::Failed(format!("bad checksums from the secondary: {e}")))?;
+            theirs_first.get_or_insert(facts);
             for i in 0..u64::from(count) {
                 let offset = (first + i) * u64::from(BLOCK);
                 // Compared outside the sequencer: a live write after the
@@ -571,7 +573,24 @@ impl Worker<'_> {
             first += u64::from(count);
         }
         out.drain(self)?;
+        if out.sent == 0
+            && theirs_first.is_some_and(|t| Self::same_facts(&file, &t).unwrap_or(false))
+        {
+            // Equal bytes, size, time and attributes: nothing more to send
+            // (a live change since the checksums reaches both sides alike).
+            return Ok(());
+        }
         self.sync_tail(path, &file, &out.ident)
+    }
+
+    /// True when our file's size, modification time and replicated extended
+    /// attributes are what the secondary reported.
+    fn same_facts(file: &OwnedFd, theirs: &FileFacts) -> io::Result<bool> {
+        let st = sys::fstat(file.as_fd())?;
+        Ok(st.st_size as u64 == theirs.size
+            && st.st_mtime == theirs.mtime.sec
+            && st.st_mtime_nsec as u32 == theirs.mtime.nsec
+            && xattr_digest(&read_xattrs(file.as_fd())?) == theirs.xattrs)
     }
 
     /// Blocks one checksum request asks for: few while the application is
@@ -630,18 +649,7 @@ impl Worker<'_> {
             sys::RESOLVE_STRICT,
         )
         .map_err(|_| Stop::Changed)?;
-        let mut attrs = Vec::new();
-        for name in list_xattrs(fd.as_fd())? {
-            if !replicated_xattr(&name) {
-                continue;
-            }
-            let n = OsStr::from_bytes(&name);
-            let len = sys::getxattr_fd(fd.as_fd(), n, &mut [])?;
-            let mut v = vec![0u8; len];
-            let len = sys::getxattr_fd(fd.as_fd(), n, &mut v)?;
-            v.truncate(len);
-            attrs.push((name, v));
-        }
+        let attrs = read_xattrs(fd.as_fd())?;
         Ok(Op::ReplaceXattrs {
             path: path.clone(),
             attrs,

@@ -10,7 +10,7 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
@@ -327,6 +327,59 @@ pub enum Op {
 pub const MAX_CHECKSUM_BLOCKS: u32 = 4096;
 /// Most extended attributes one [`Op::ReplaceXattrs`] may carry.
 const MAX_XATTRS: usize = 1024;
+
+/// What an [`Op::Checksums`] reply tells of the secondary's file besides the
+/// block checksums: enough for the primary to skip resending size, times and
+/// extended attributes that are already equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFacts {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Digest of the replicated extended attributes (names and values).
+    pub xattrs: u64,
+}
+
+/// Bytes of [`FileFacts`] at the start of a checksums reply.
+const FACTS_LEN: usize = 8 + 8 + 4 + 8;
+
+/// Encodes an [`Op::Checksums`] reply: the facts, then one xxh3 per block.
+pub fn encode_checksums(facts: &FileFacts, sums: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FACTS_LEN + 8 * sums.len());
+    out.extend_from_slice(&facts.size.to_be_bytes());
+    out.extend_from_slice(&facts.mtime.sec.to_be_bytes());
+    out.extend_from_slice(&facts.mtime.nsec.to_be_bytes());
+    out.extend_from_slice(&facts.xattrs.to_be_bytes());
+    for s in sums {
+        out.extend_from_slice(&s.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_checksums`] bytes.
+pub fn decode_checksums(b: &[u8]) -> Result<(FileFacts, Vec<u64>), WireError> {
+    let be8 = |c: &[u8]| u64::from_be_bytes(c.try_into().expect("8-byte slice"));
+    if b.len() < FACTS_LEN || !(b.len() - FACTS_LEN).is_multiple_of(8) {
+        return Err(WireError::Malformed("checksums reply of a wrong length"));
+    }
+    let nsec = u32::from_be_bytes(b[16..20].try_into().expect("4-byte slice"));
+    if nsec >= 1_000_000_000 {
+        return Err(WireError::Malformed(
+            "checksums reply with nanoseconds out of range",
+        ));
+    }
+    let facts = FileFacts {
+        size: be8(&b[0..8]),
+        mtime: Timestamp {
+            sec: be8(&b[8..16]) as i64,
+            nsec,
+        },
+        xattrs: be8(&b[20..28]),
+    };
+    let sums = b[FACTS_LEN..].chunks_exact(8).map(be8).collect();
+    Ok((facts, sums))
+}
 
 /// Encodes a directory listing for a [`Frame::Data`] reply: per entry a type
 /// byte (`S_IFMT >> 12`) and a 16-bit-length name.

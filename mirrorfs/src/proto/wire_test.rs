@@ -213,6 +213,33 @@ fn every_frame_kind_round_trips() {
 }
 
 #[test]
+fn checksum_replies_round_trip_and_reject_bad_lengths() {
+    let facts = FileFacts {
+        size: 3 << 20,
+        mtime: Timestamp {
+            sec: -5,
+            nsec: 999_999_999,
+        },
+        xattrs: 0xdead_beef,
+    };
+    let sums = vec![1, u64::MAX, 7];
+    let raw = encode_checksums(&facts, &sums);
+    assert_eq!(decode_checksums(&raw), Ok((facts, sums)));
+    assert_eq!(
+        decode_checksums(&encode_checksums(&facts, &[])),
+        Ok((facts, vec![]))
+    );
+    assert!(decode_checksums(&raw[..raw.len() - 1]).is_err(), "torn sum");
+    assert!(decode_checksums(&raw[..10]).is_err(), "torn facts");
+    let mut bad_nsec = raw;
+    bad_nsec[16..20].copy_from_slice(&1_000_000_000u32.to_be_bytes());
+    assert!(
+        decode_checksums(&bad_nsec).is_err(),
+        "nanoseconds out of range"
+    );
+}
+
+#[test]
 fn listings_round_trip_and_reject_bad_names() {
     let entries = vec![
         (b"x".to_vec(), libc::S_IFLNK),

@@ -18,7 +18,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::meta::{Meta, META_DIR};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
-use crate::proto::wire::{encode_listing, HandleId, Op, Target, Timestamp, MAX_SUSPECTS};
+use crate::proto::wire::{
+    encode_checksums, encode_listing, FileFacts, HandleId, Op, Target, Timestamp, MAX_SUSPECTS,
+};
 use crate::sys;
 
 /// Flags a replicated open may carry to the secondary.
@@ -450,18 +452,26 @@ impl Applier {
                 if !is_kind(&st, libc::S_IFREG) {
                     return Err(io::Error::from_raw_os_error(libc::EINVAL));
                 }
-                let mut out = (st.st_size as u64).to_be_bytes().to_vec();
+                let facts = FileFacts {
+                    size: st.st_size as u64,
+                    mtime: Timestamp {
+                        sec: st.st_mtime,
+                        nsec: st.st_mtime_nsec as u32,
+                    },
+                    xattrs: xattr_digest(&read_xattrs(fd.as_fd())?),
+                };
                 // No bigger than the file: most files are far smaller than a
                 // block, and zeroing a block each time costs more than hashing.
                 let mut buf = vec![0u8; u64::from(*block).min(st.st_size as u64) as usize];
+                let mut sums = Vec::with_capacity(*count as usize);
                 for i in *first..first + u64::from(*count) {
                     let n = sys::pread_full(fd.as_fd(), &mut buf, i * u64::from(*block))?;
                     if n == 0 {
                         break;
                     }
-                    out.extend_from_slice(&xxh3_64(&buf[..n]).to_be_bytes());
+                    sums.push(xxh3_64(&buf[..n]));
                 }
-                return Ok(Applied::Reply(out));
+                return Ok(Applied::Reply(encode_checksums(&facts, &sums)));
             }
             Op::SetGeneration { ids } => {
                 let h = History::from_ids(ids.iter().map(|i| GenerationId(*i)).collect());
@@ -589,6 +599,38 @@ pub fn replicated_xattr(name: &[u8]) -> bool {
     name.starts_with(b"user.")
         || name.starts_with(b"trusted.")
         || name.starts_with(b"system.posix_acl_")
+}
+
+/// The replicated extended attributes of the inode `fd` holds, as (name,
+/// value), sorted by name.
+pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut attrs = Vec::new();
+    for name in list_xattrs(fd)? {
+        if !replicated_xattr(&name) {
+            continue;
+        }
+        let n = OsStr::from_bytes(&name);
+        let len = sys::getxattr_fd(fd, n, &mut [])?;
+        let mut v = vec![0u8; len];
+        let len = sys::getxattr_fd(fd, n, &mut v)?;
+        v.truncate(len);
+        attrs.push((name, v));
+    }
+    attrs.sort();
+    Ok(attrs)
+}
+
+/// A digest of [`read_xattrs`]' result: equal on both sides when the
+/// replicated extended attributes are.
+pub fn xattr_digest(attrs: &[(Vec<u8>, Vec<u8>)]) -> u64 {
+    let mut b = Vec::new();
+    for (name, value) in attrs {
+        b.extend_from_slice(&(name.len() as u64).to_be_bytes());
+        b.extend_from_slice(name);
+        b.extend_from_slice(&(value.len() as u64).to_be_bytes());
+        b.extend_from_slice(value);
+    }
+    xxh3_64(&b)
 }
 
 /// The names of the extended attributes of the inode `fd` holds.
