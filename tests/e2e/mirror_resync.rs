@@ -509,7 +509,11 @@ fn full_resync_after_tampering() -> Result<()> {
         .write(true)
         .open(&path)?
         .set_modified(mtime - Duration::from_secs(3600))?;
-    sys::set_xattr(&replica.join("files/7"), "user.stray", b"only on the replica")?;
+    sys::set_xattr(
+        &replica.join("files/7"),
+        "user.stray",
+        b"only on the replica",
+    )?;
     OpenOptions::new()
         .append(true)
         .open(replica.join("files/8"))?

@@ -197,6 +197,9 @@ async fn serve_connection(
         return Err(reason);
     }
     let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
+    let prefetch = applier
+        .prefetch()
+        .map_err(|e| format!("replica root: {e}"))?;
     let history = applier
         .history()
         .map_err(|e| format!("replica generation history: {e}"))?;
@@ -236,19 +239,34 @@ async fn serve_connection(
                 }
             }
         }
+        // Decode every complete frame first: the checksum requests among them
+        // get read-ahead hints, so their cold reads overlap instead of
+        // queueing behind each other. A malformed frame is refused after the
+        // frames before it are applied, as if they had come alone.
         let mut used = 0;
+        let mut batch = Vec::new();
+        let mut malformed = None;
         loop {
-            let (frame, len) = match Frame::decode(&buf[used..]) {
+            match Frame::decode(&buf[used..]) {
                 Ok(Decoded::Incomplete) => break,
-                Ok(Decoded::Frame(f, len)) => (f, len),
-                Err(e) => {
-                    let reason = format!("malformed frame from the primary: {e}");
-                    error!(%reason, "closing the connection; nothing of this frame was applied");
-                    refuse(&conn, &mut send, &reason).await;
-                    return Err(reason);
+                Ok(Decoded::Frame(f, len)) => {
+                    used += len;
+                    batch.push(f);
                 }
-            };
-            used += len;
+                Err(e) => {
+                    malformed = Some(e);
+                    break;
+                }
+            }
+        }
+        for f in &batch {
+            if let Frame::Op { op, .. } = f {
+                if let Some(job) = prefetch.job(op) {
+                    tokio::task::spawn_blocking(job);
+                }
+            }
+        }
+        for frame in batch {
             let Frame::Op { seq, op } = frame else {
                 let reason = "only operations may follow the hello".to_string();
                 refuse(&conn, &mut send, &reason).await;
@@ -288,6 +306,12 @@ async fn serve_connection(
                 }
             }
             stats.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(e) = malformed {
+            let reason = format!("malformed frame from the primary: {e}");
+            error!(%reason, "closing the connection; nothing of this frame was applied");
+            refuse(&conn, &mut send, &reason).await;
+            return Err(reason);
         }
         buf.drain(..used);
         core.handle_idle();
