@@ -59,15 +59,17 @@
 //! processes, the scratch directory /var/tmp/mfbench-<pid>) is removed at the
 //! end, on a panic, and on Ctrl-C/SIGTERM, by drop guards; children are
 //! stopped by PID. Traffic goes only over the veth pair and loopback.
+//!
+//! The lab, the processes, the table and the sync-write workload are shared
+//! with the resync bench (`common/`); `replication/` holds what only this
+//! bench does: its workloads, Apache and wrk, and its per-target table.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "replication/http.rs"]
 mod http;
-#[path = "replication/lab.rs"]
-mod lab;
 #[path = "replication/report.rs"]
 mod report;
-#[path = "replication/sys.rs"]
-mod sys;
 #[path = "replication/workloads.rs"]
 mod workloads;
 
@@ -76,33 +78,15 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use lab::{FuseMount, Netns, Scratch};
-use report::{Goal, Report, Row, Samples, Target};
-use workloads::RANDWRITE_FILE;
+use common::lab::{FuseMount, Mirrorfs, MountSpec, Netns, Scratch};
+use common::report::Goal;
+use common::{env_u64, syncwrite, sys};
+use report::{Report, Row, Samples, Target};
 
 fn main() {
-    // `cargo test --all-targets` runs benches without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "replication: a benchmark; run it with `cargo bench --bench replication` (as root)"
-        );
-        return;
-    }
-    sys::install_signal_handlers();
-    let code = match std::panic::catch_unwind(run) {
-        Ok(()) => 0,
-        Err(p) if p.is::<sys::Interrupted>() => {
-            eprintln!("replication: interrupted; everything it set up is removed");
-            130
-        }
-        Err(_) => {
-            eprintln!("replication: failed (see above); everything it set up is removed");
-            1
-        }
-    };
-    std::process::exit(code);
+    common::main("replication", run);
 }
 
 /// Settings, from the environment.
@@ -121,31 +105,8 @@ struct Config {
 
 impl Config {
     fn from_env(notes: &mut Vec<String>) -> Self {
-        let exe = std::env::current_exe().expect("cannot find the bench executable's path");
-        // The bench runs as TARGET/release/deps/replication-HASH.
-        let release = exe.parent().and_then(Path::parent).map(Path::to_path_buf);
-        let target_dir = release
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-        let mirrorfs = match std::env::var_os("MIRRORFS_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => release
-                .unwrap_or_else(|| target_dir.join("release"))
-                .join("mirrorfs"),
-        };
-        if !mirrorfs.is_file() {
-            panic!(
-                "no mirrorfs binary at {}: build it first with `cargo build --release -p mirrorfs` \
-                 (with the same CARGO_TARGET_DIR), or set MIRRORFS_BIN",
-                mirrorfs.display()
-            );
-        }
-        if let Some(note) = stale_binary(&mirrorfs) {
-            eprintln!("replication: WARNING: {note}");
-            notes.push(note);
-        }
+        let paths = common::Paths::find();
+        notes.extend(paths.stale);
         let targets = match std::env::var("MIRRORFS_BENCH_TARGETS") {
             Ok(list) => list
                 .split(',')
@@ -166,90 +127,61 @@ impl Config {
             files: 5000,
             churn: 2000,
             targets,
-            mirrorfs,
-            markdown: target_dir.join("bench-replication.md"),
+            mirrorfs: paths.mirrorfs,
+            markdown: paths.target_dir.join("bench-replication.md"),
         }
     }
 
     fn rows(&self) -> Vec<Row> {
-        let row = |key, label: &str, unit, goal| Row {
+        let row = |key, label: String, unit, goal| Row {
             key,
-            label: label.to_string(),
+            label,
             unit,
             ratio: true,
             goal,
         };
-        vec![
-            row(
-                "rw1_iops",
-                "4 KiB random write + fdatasync, 1 writer",
-                "IOPS",
-                Some(Goal::RatioAtLeast(0.5)),
-            ),
-            row("rw1_p50", "  p50 latency", "µs", None),
-            row("rw1_p99", "  p99 latency", "µs", None),
-            row(
-                "rw4_iops",
-                "4 KiB random write + fdatasync, 4 writers",
-                "IOPS",
-                None,
-            ),
-            row("rw4_p50", "  p50 latency", "µs", None),
-            row("rw4_p99", "  p99 latency", "µs", None),
-            Row {
-                ratio: false,
-                ..row(
-                    "rw_scale",
-                    "  4 writers / 1 writer (IOPS)",
-                    "x",
-                    Some(Goal::AtLeast(2.0)),
-                )
-            },
-            row(
-                "seq",
-                &format!("1 MiB sequential writes, {} MiB + fsync", self.seq_mib),
-                "MB/s",
-                Some(Goal::RatioAtLeast(0.3)),
-            ),
-            row(
-                "create",
-                &format!("create {} files of 4 KiB", self.files),
-                "files/s",
-                Some(Goal::RatioAtLeast(0.08)),
-            ),
-            row(
-                "churn",
-                &format!("create+rename+unlink x {}", self.churn),
-                "cycles/s",
-                Some(Goal::RatioAtLeast(0.08)),
-            ),
-            row(
-                "http_4k",
-                "HTTP GET of a 4 KiB file (Apache, wrk)",
-                "req/s",
-                Some(Goal::RatioAtLeast(0.9)),
-            ),
-            row(
-                "http_1m",
-                "HTTP GET of a 1 MiB file (Apache, wrk)",
-                "req/s",
-                Some(Goal::RatioAtLeast(0.9)),
-            ),
-            row(
-                "walk_cold",
-                &format!("find + stat, {} files, cold", self.tree),
-                "s",
-                Some(Goal::RatioAtMost(2.0)),
-            ),
-            row(
-                "walk_warm",
-                &format!("find + stat, {} files, warm", self.tree),
-                "s",
-                Some(Goal::RatioAtMost(2.0)),
-            ),
-        ]
+        let mut rows = Vec::new();
+        for (n, [iops, p50, p99]) in RANDWRITE_KEYS {
+            let (writers, goal) = match n {
+                1 => ("1 writer", Some(Goal::AtLeast(0.5))),
+                _ => ("4 writers", None),
+            };
+            let label = format!("4 KiB random write + fdatasync, {writers}");
+            rows.push(row(iops, label, "IOPS", goal));
+            rows.push(row(p50, "  p50 latency".into(), "µs", None));
+            rows.push(row(p99, "  p99 latency".into(), "µs", None));
+        }
+        let scale = "  4 writers / 1 writer (IOPS)".into();
+        rows.push(Row {
+            ratio: false,
+            ..row("rw_scale", scale, "x", Some(Goal::AtLeast(2.0)))
+        });
+        let seq = format!("1 MiB sequential writes, {} MiB + fsync", self.seq_mib);
+        rows.push(row("seq", seq, "MB/s", Some(Goal::AtLeast(0.3))));
+        let create = format!("create {} files of 4 KiB", self.files);
+        rows.push(row("create", create, "files/s", Some(Goal::AtLeast(0.08))));
+        let churn = format!("create+rename+unlink x {}", self.churn);
+        rows.push(row("churn", churn, "cycles/s", Some(Goal::AtLeast(0.08))));
+        for (key, size) in [("http_4k", "4 KiB"), ("http_1m", "1 MiB")] {
+            let label = format!("HTTP GET of a {size} file (Apache, wrk)");
+            rows.push(row(key, label, "req/s", Some(Goal::AtLeast(0.9))));
+        }
+        for (key, cache) in WALK_KEYS {
+            let label = format!("find + stat, {} files, {cache}", self.tree);
+            rows.push(row(key, label, "s", Some(Goal::AtMost(2.0))));
+        }
+        rows
     }
 }
+
+/// The random-write rows by writer count: IOPS, p50 and p99 latency.
+const RANDWRITE_KEYS: [(usize, [&str; 3]); 2] = [
+    (1, ["rw1_iops", "rw1_p50", "rw1_p99"]),
+    (4, ["rw4_iops", "rw4_p50", "rw4_p99"]),
+];
+
+/// The tree-walk rows, in the order they are walked.
+const WALK_KEYS: [(&str, &str); 2] = [("walk_cold", "cold"), ("walk_warm", "warm")];
 
 /// One target under test: where the workloads run and what serves them.
 /// Fields drop in order: Apache stops before the mount is unmounted.
@@ -323,29 +255,20 @@ impl Workload {
 
 fn run() {
     let started = Instant::now();
-    // SAFETY: plain syscalls without pointers.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("run the replication bench as root: it creates network namespaces and mounts, and drops caches");
-    }
-    // SAFETY: as above. Files the workloads create get 0644, dirs 0755, on every target.
+    // SAFETY: plain syscall without pointers. Files the workloads create get
+    // 0644, dirs 0755, on every target.
     unsafe { libc::umask(0o022) };
     let mut notes = Vec::new();
     let cfg = Config::from_env(&mut notes);
     let header = machine_header(&cfg);
     eprintln!("{header}");
 
-    let scratch = Scratch::create();
-    let net = Netns::create();
-    let keys = lab::Keys::generate(&cfg.mirrorfs, scratch.dir("keys"));
+    let scratch = Scratch::create("mfbench");
+    let net = Netns::create("mfb");
+    let mirrorfs = Mirrorfs::new(cfg.mirrorfs.clone(), scratch.dir("keys"), &net);
     let replica = scratch.dir("replica");
     let backing = scratch.dir("backing");
-    let mut serve = lab::start_serve(
-        &cfg.mirrorfs,
-        &net,
-        &keys,
-        &replica,
-        &scratch.path.join("serve.log"),
-    );
+    let mut serve = mirrorfs.serve(&replica, &scratch.log("serve"));
     let http = http::Tools::find().map_err(|note| notes.push(note)).ok();
 
     let mut subjects = Vec::new();
@@ -358,14 +281,21 @@ fn run() {
                     continue;
                 };
                 let (src, mnt) = (scratch.dir("bindfs-src"), scratch.dir("bindfs-mnt"));
-                let log = scratch.path.join("bindfs.log");
-                let m = FuseMount::start(lab::bindfs_spec(&bindfs, &src, &mnt, &log));
+                // A plain bindfs (it adds allow_other as root), in the foreground.
+                let m = FuseMount::start(MountSpec {
+                    name: "bindfs",
+                    netns: None,
+                    program: bindfs,
+                    args: vec!["-f".into(), src.into(), mnt.clone().into()],
+                    mountpoint: mnt.clone(),
+                    ready_file: None,
+                    log: scratch.log("bindfs"),
+                });
                 Subject::new(t, mnt, Some(m))
             }
             Target::Mirrorfs => {
                 let mnt = scratch.dir("mnt");
-                let log = scratch.path.join("mount.log");
-                let spec = lab::mirrorfs_spec(&cfg.mirrorfs, &net, &keys, &backing, &mnt, &log);
+                let spec = mirrorfs.mount_spec(&backing, &mnt, &scratch.log("mount"));
                 let m = FuseMount::start(spec);
                 smoke_test(m.mountpoint(), &replica);
                 Subject::new(t, mnt, Some(m))
@@ -381,7 +311,8 @@ fn run() {
             .map(|n| s.dir.join(format!("randwrite{n}.dat")))
             .collect();
         for p in &s.rw_files {
-            workloads::preallocate(p, RANDWRITE_FILE, Instant::now() + Duration::from_secs(120));
+            let deadline = Instant::now() + Duration::from_secs(120);
+            workloads::preallocate(p, syncwrite::FILE_SIZE, deadline);
         }
         if let Some(tools) = &http {
             let www = s.dir.join("www");
@@ -414,7 +345,13 @@ fn run() {
         }
         for w in Workload::ALL {
             for s in subjects.iter_mut() {
-                measure(s, w, &cfg, http.as_ref(), round, &mut notes);
+                s.settle();
+                // A failed measurement (say EMFILE or EIO from a FUSE target)
+                // becomes a note and an empty cell, not the end of the run.
+                if let Err(e) = measure(s, w, &cfg, http.as_ref(), round, &mut notes) {
+                    eprintln!("[{}] {w:?} failed: {e}", s.name());
+                    notes.push(format!("{}, round {round}: {w:?} failed: {e}", s.name()));
+                }
             }
         }
     }
@@ -495,8 +432,9 @@ fn run() {
         samples,
         notes,
     };
+    let table = report.table();
     let elapsed = format!("run time: {:.0} s", started.elapsed().as_secs_f64());
-    println!("\n{header}\n{elapsed}\n\n{}", report.text());
+    println!("\n{header}\n{elapsed}\n\n{}", table.text());
     for n in &report.notes {
         println!("note: {n}");
     }
@@ -508,7 +446,7 @@ fn run() {
             .map(|l| format!("- {l}"))
             .collect::<Vec<_>>()
             .join("\n"),
-        report.markdown(),
+        table.markdown(),
         report
             .notes
             .iter()
@@ -524,25 +462,8 @@ fn run() {
     println!("\nwritten to {}", cfg.markdown.display());
 }
 
-/// One measurement of `w` on `s`, recorded in its samples. A failed
-/// measurement (say EMFILE or EIO from a FUSE target) becomes a note and an
-/// empty cell, not the end of the run.
+/// One measurement of `w` on `s`, recorded in its samples.
 fn measure(
-    s: &mut Subject,
-    w: Workload,
-    cfg: &Config,
-    http: Option<&http::Tools>,
-    round: u64,
-    notes: &mut Vec<String>,
-) {
-    s.settle();
-    if let Err(e) = measure_one(s, w, cfg, http, round, notes) {
-        eprintln!("[{}] {w:?} failed: {e}", s.name());
-        notes.push(format!("{}, round {round}: {w:?} failed: {e}", s.name()));
-    }
-}
-
-fn measure_one(
     s: &mut Subject,
     w: Workload,
     cfg: &Config,
@@ -558,10 +479,10 @@ fn measure_one(
     match w {
         Workload::RandWrite1 | Workload::RandWrite4 => {
             let (n, [iops, p50, p99]) = match w {
-                Workload::RandWrite1 => (1, ["rw1_iops", "rw1_p50", "rw1_p99"]),
-                _ => (4, ["rw4_iops", "rw4_p50", "rw4_p99"]),
+                Workload::RandWrite1 => RANDWRITE_KEYS[0],
+                _ => RANDWRITE_KEYS[1],
             };
-            let r = workloads::randwrite(&s.rw_files[..n], secs)?;
+            let r = syncwrite::run(&s.rw_files[..n], secs, 0)?;
             eprintln!(
                 "[{name}] 4 KiB random write + fdatasync, {n} writer(s): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs",
                 r.iops, r.p50_us, r.p99_us
@@ -629,7 +550,7 @@ fn tree_walks(s: &mut Subject) -> Result<(), String> {
     }
     sys::drop_caches();
     let tree = s.dir.join("tree");
-    for key in ["walk_cold", "walk_warm"] {
+    for (key, cache) in WALK_KEYS {
         let (found, d) = workloads::walk(&tree, Instant::now() + Duration::from_secs(300))?;
         if found != expected {
             return Err(format!(
@@ -637,9 +558,8 @@ fn tree_walks(s: &mut Subject) -> Result<(), String> {
             ));
         }
         eprintln!(
-            "[{}] find + stat of {found} entries, {}: {:.3} s",
+            "[{}] find + stat of {found} entries, {cache}: {:.3} s",
             s.name(),
-            &key[5..],
             d.as_secs_f64()
         );
         s.record(key, d.as_secs_f64());
@@ -653,8 +573,9 @@ fn tree_failed(s: &mut Subject, e: &str, notes: &mut Vec<String>) {
     eprintln!("[{}] tree: {e}", s.name());
     notes.push(format!("{}: no tree-walk figures: {e}", s.name()));
     s.tree = None;
-    s.samples.remove("walk_cold");
-    s.samples.remove("walk_warm");
+    for (key, _) in WALK_KEYS {
+        s.samples.remove(key);
+    }
     if let Some(m) = s.mount.as_mut() {
         m.remount();
     }
@@ -705,28 +626,7 @@ fn verify_replica(mirrorfs: &Path, backing: &Path, replica: &Path, log: &Path) -
 
 /// Date, machine, kernel, command and settings, one per line.
 fn machine_header(cfg: &Config) -> String {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| format!("{:?}", SystemTime::now()));
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split(':').nth(1))
-        })
-        .map_or("unknown CPU".to_string(), |m| m.trim().to_string());
-    let mem_kib: u64 = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    use common::report::{cpu_model, cpus, date_utc, kernel, loadavg, memory};
     let fs_type = Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE,SOURCE", "--target", "/var/tmp"])
         .output()
@@ -739,61 +639,24 @@ fn machine_header(cfg: &Config) -> String {
         })
         .unwrap_or_default();
     format!(
-        "date: {date}\n\
-         machine: {cpus} CPUs ({model}), {:.1} GiB RAM, kernel {}\n\
+        "date: {}\n\
+         machine: {} CPUs ({}), {} RAM, kernel {}\n\
          command: cargo bench --bench replication (MIRRORFS_BENCH_ROUNDS={} MIRRORFS_BENCH_SECS={} MIRRORFS_BENCH_SEQ_MIB={} MIRRORFS_BENCH_TREE={})\n\
          disk: /var/tmp on {fs_type}; mirrorfs backing and replica on the same file system\n\
          load average at start: {} (anything else running distorts the figures)\n\
          open files limit (RLIMIT_NOFILE, inherited by the daemons): {}\n\
          mirrorfs: {}",
-        mem_kib as f64 / (1 << 20) as f64,
-        kernel.trim(),
+        date_utc(),
+        cpus(),
+        cpu_model(),
+        memory(),
+        kernel(),
         cfg.rounds,
         cfg.secs,
         cfg.seq_mib,
         cfg.tree,
-        fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default(),
+        loadavg(),
         sys::nofile_limit(),
         cfg.mirrorfs.display()
     )
-}
-
-/// A warning if the mirrorfs binary is older than its sources (we build nothing).
-fn stale_binary(bin: &Path) -> Option<String> {
-    let built = fs::metadata(bin).and_then(|m| m.modified()).ok()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("mirrorfs");
-    let newest = newest_mtime(&src, 4)?;
-    (newest > built).then(|| {
-        format!(
-            "{} is older than the sources in {}: rebuild it (cargo build --release -p mirrorfs)",
-            bin.display(),
-            src.display()
-        )
-    })
-}
-
-fn newest_mtime(dir: &Path, depth: u32) -> Option<SystemTime> {
-    let mut newest = None;
-    for e in fs::read_dir(dir).ok()?.flatten() {
-        let md = e.metadata().ok()?;
-        let t = if md.is_dir() && depth > 0 {
-            newest_mtime(&e.path(), depth - 1)
-        } else {
-            md.modified().ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-fn env_u64(name: &str, default: u64, min: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().parse() {
-            Ok(n) if n >= min => n,
-            _ => panic!("{name}={v:?}: expected a whole number >= {min}"),
-        },
-        Err(_) => default,
-    }
 }

@@ -54,9 +54,15 @@
 //! (namespaces, mounts, processes, the scratch directory) is removed at the
 //! end, on a panic, and on Ctrl-C/SIGTERM; children are stopped by PID.
 //! Traffic goes only over the veth pair between the two namespaces.
+//!
+//! The lab, the processes, the table and the sync-write workload are shared
+//! with the replication bench (`common/`); `resync/status.rs` reads the
+//! mount's state from its control socket.
 
-#[path = "resync/lab.rs"]
-mod lab;
+#[path = "common/mod.rs"]
+mod common;
+#[path = "resync/status.rs"]
+mod status;
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -69,49 +75,23 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lab::{in_sync, nap, role, settle, Mirrorfs, Netns, Proc, Scratch, COPY_PORT};
+use common::env_u64;
+use common::lab::{FuseMount, Mirrorfs, Netns, Scratch};
+use common::report::{loadavg, Goal, Table};
+use common::rng::Rng;
+use common::syncwrite::{self, SyncWrites};
+use common::sys::{self, nap, settle, Proc};
+use status::{in_sync, role};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-/// The sync-write workload's file size and write size.
-const SYNC_FILE: u64 = 64 * MIB;
-const SYNC_WRITE: usize = 4096;
 /// Threads that write the tree through the mount (and rewrite parts of it).
 const WRITERS: usize = 4;
+/// TCP port of the baseline copy's receiver on node 2.
+const COPY_PORT: u16 = 7412;
 
 fn main() {
-    // `cargo test --all-targets` runs benches without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("resync: a benchmark; run it with `cargo bench --bench resync` (as root)");
-        return;
-    }
-    lab::install_signal_handlers();
-    let code = match std::panic::catch_unwind(run) {
-        Ok(()) => 0,
-        Err(p) if p.is::<lab::Interrupted>() => {
-            eprintln!("resync: interrupted; everything it set up is removed");
-            130
-        }
-        Err(_) => {
-            eprintln!("resync: failed (see above); everything it set up is removed");
-            1
-        }
-    };
-    std::process::exit(code);
-}
-
-fn env_u64(name: &str, default: u64, min: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => {
-            let n: u64 = v
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}={v:?}: not a number"));
-            assert!(n >= min, "{name}={n}: at least {min}");
-            n
-        }
-        Err(_) => default,
-    }
+    common::main("resync", run);
 }
 
 /// Settings, from the environment.
@@ -120,79 +100,22 @@ struct Config {
     tree_mib: u64,
     large_mib: u64,
     secs: u64,
-    mirrorfs: PathBuf,
-    target_dir: PathBuf,
+    paths: common::Paths,
 }
 
 impl Config {
     fn from_env() -> Self {
-        let exe = std::env::current_exe().expect("the bench executable's path");
-        // The bench runs as TARGET/release/deps/resync-HASH.
-        let release = exe.parent().and_then(Path::parent).map(Path::to_path_buf);
-        let target_dir = release
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-        let mirrorfs = std::env::var_os("MIRRORFS_BIN").map_or_else(
-            || {
-                release
-                    .unwrap_or_else(|| target_dir.join("release"))
-                    .join("mirrorfs")
-            },
-            PathBuf::from,
-        );
-        assert!(
-            mirrorfs.is_file(),
-            "no mirrorfs binary at {}: build it with `cargo build --release -p mirrorfs` \
-             (same CARGO_TARGET_DIR), or set MIRRORFS_BIN",
-            mirrorfs.display()
-        );
         Self {
             files: env_u64("MIRRORFS_BENCH_RESYNC_FILES", 100_000, 100),
             tree_mib: env_u64("MIRRORFS_BENCH_RESYNC_MIB", 2048, 1),
             large_mib: env_u64("MIRRORFS_BENCH_RESYNC_LARGE_MIB", 1024, 10),
             secs: env_u64("MIRRORFS_BENCH_RESYNC_SECS", 4, 1),
-            mirrorfs,
-            target_dir,
+            paths: common::Paths::find(),
         }
     }
 }
 
 // ------------------------------------------------------------------ data
-
-/// splitmix64: fast, good enough for incompressible file contents and choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-
-    /// `k` distinct indices of `0..n`, ascending.
-    fn pick(&mut self, n: u64, k: u64) -> Vec<u64> {
-        let mut all: Vec<u64> = (0..n).collect();
-        let k = k.min(n) as usize;
-        for i in 0..k {
-            let j = i + (self.next() % (n - i as u64)) as usize;
-            all.swap(i, j);
-        }
-        let mut v = all[..k].to_vec();
-        v.sort_unstable();
-        v
-    }
-}
 
 /// The tree: file `i` lives at `tree/dNNN/fNNNNNN`; its content is a function
 /// of `(i, version)`.
@@ -253,7 +176,7 @@ impl Tree {
                     s.spawn(move || {
                         let mut buf = Vec::new();
                         for &i in which.iter().skip(t).step_by(WRITERS) {
-                            lab::check_interrupt();
+                            sys::check_interrupt();
                             self.write(root, i, version, &mut buf).unwrap_or_else(|e| {
                                 panic!("writing {}: {e}", root.join(self.rel(i)).display())
                             });
@@ -275,7 +198,7 @@ fn write_large(path: &Path, mib: u64, version: u64, fsync: bool) {
     let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     let mut buf = vec![0u8; MIB as usize];
     for b in 0..mib {
-        lab::check_interrupt();
+        sys::check_interrupt();
         Rng(b ^ (version << 40) ^ 0xdead_beef).fill(&mut buf);
         f.write_all(&buf)
             .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -294,58 +217,10 @@ fn large_regions(large_mib: u64) -> Vec<u64> {
 
 // ------------------------------------------------------- sync-write workload
 
-struct SyncStats {
-    iops: f64,
-    p50_us: f64,
-    p99_us: f64,
-    writes: usize,
-}
-
-/// 4 KiB writes at random 4 KiB-aligned offsets of `path` (preallocated, 64
-/// MiB), each followed by fdatasync, for `secs` seconds.
-fn sync_writes(path: &Path, secs: u64, seed: u64) -> SyncStats {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut rng = Rng(seed);
-    let mut buf = vec![0u8; SYNC_WRITE];
-    let slots = SYNC_FILE / SYNC_WRITE as u64;
-    let mut lat: Vec<u32> = Vec::with_capacity(100_000);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    while Instant::now() < end {
-        lab::check_interrupt();
-        rng.fill(&mut buf[..64]);
-        let off = rng.next() % slots * SYNC_WRITE as u64;
-        let t = Instant::now();
-        f.write_all_at(&buf, off)
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        // SAFETY: fdatasync on a descriptor we own.
-        if unsafe { libc::fdatasync(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
-            panic!(
-                "fdatasync {}: {}",
-                path.display(),
-                io::Error::last_os_error()
-            );
-        }
-        lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        f64::from(lat[i])
-    };
-    SyncStats {
-        iops: lat.len() as f64 / elapsed,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        writes: lat.len(),
-    }
+/// One writer of the shared sync-write workload on `path` for `secs`.
+fn sync_writes(path: &Path, secs: u64, seed: u64) -> SyncWrites {
+    syncwrite::run(&[path.to_path_buf()], Duration::from_secs(secs), seed)
+        .unwrap_or_else(|e| panic!("sync writes: {e}"))
 }
 
 // ---------------------------------------------------- baseline: plain copy
@@ -366,7 +241,7 @@ fn tcp_copy(net: &Netns, src: &Path, dst: &Path, pieces: Vec<Piece>) -> Duration
     let addr = SocketAddr::from((net.ip2, COPY_PORT));
     let (ready_tx, ready_rx) = mpsc::channel();
     let dst = dst.to_path_buf();
-    let receiver = lab::spawn_in_netns(&net.node2, move || {
+    let receiver = sys::spawn_in_netns(&net.node2, move || {
         let listener = TcpListener::bind(addr).expect("baseline receiver: bind");
         ready_tx.send(()).expect("baseline: ready");
         let (conn, _) = listener.accept().expect("baseline receiver: accept");
@@ -376,7 +251,7 @@ fn tcp_copy(net: &Netns, src: &Path, dst: &Path, pieces: Vec<Piece>) -> Duration
         .recv_timeout(Duration::from_secs(20))
         .expect("the baseline receiver did not start");
     let src = src.to_path_buf();
-    let sender = lab::spawn_in_netns(&net.node1, move || {
+    let sender = sys::spawn_in_netns(&net.node1, move || {
         let start = Instant::now();
         send(addr, &src, &pieces).expect("baseline sender");
         start.elapsed()
@@ -463,7 +338,7 @@ fn read_tree(root: &Path) -> (u64, Duration) {
         let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            lab::check_interrupt();
+            sys::check_interrupt();
             if skip_meta && e.file_name() == ".mirrorfs" {
                 continue;
             }
@@ -493,139 +368,44 @@ fn read_tree(root: &Path) -> (u64, Duration) {
 
 // ------------------------------------------------------------------ report
 
-#[derive(Clone, Copy)]
-enum Goal {
-    AtMost(f64),
-    AtLeast(f64),
-}
-
-enum Line {
-    Section(String),
-    Row {
-        label: String,
-        value: Option<f64>,
-        unit: &'static str,
-        goal: Option<Goal>,
-    },
-}
-
-#[derive(Default)]
+/// The figures, in sections, with issue 3's goals for some ratios; and notes.
 struct Report {
-    lines: Vec<Line>,
+    table: Table,
     notes: Vec<String>,
 }
 
 impl Report {
+    fn new() -> Self {
+        let head = ["figure", "value", "unit", "goal", "met"].map(String::from);
+        Self {
+            table: Table::new(head.to_vec(), |i| i == 1),
+            notes: Vec::new(),
+        }
+    }
+
     fn section(&mut self, s: impl Into<String>) {
-        self.lines.push(Line::Section(s.into()));
+        self.table.section(s.into());
     }
 
     fn row(&mut self, label: impl Into<String>, value: f64, unit: &'static str) {
-        self.lines.push(Line::Row {
-            label: label.into(),
-            value: Some(value),
-            unit,
-            goal: None,
-        });
+        let (label, v) = (label.into(), figure(value, unit));
+        self.table
+            .row(vec![label, v, unit.into(), String::new(), String::new()]);
     }
 
+    /// A ratio ("x"), with its goal if it has one; n/a unless finite.
     fn ratio(&mut self, label: impl Into<String>, value: f64, goal: Option<Goal>) {
-        self.lines.push(Line::Row {
-            label: label.into(),
-            value: value.is_finite().then_some(value),
-            unit: "x",
-            goal,
-        });
+        let value = value.is_finite().then_some(value);
+        let (g, met) = goal.map_or_else(Default::default, |g| (g.text("x"), g.met(value)));
+        let v = value.map_or_else(|| "n/a".into(), |v| figure(v, "x"));
+        self.table
+            .row(vec![label.into(), v, "x".into(), g, met.into()]);
     }
 
     fn note(&mut self, s: impl Into<String>) {
         let s = s.into();
         eprintln!("resync: note: {s}");
         self.notes.push(s);
-    }
-
-    fn cells(&self) -> Vec<Option<[String; 5]>> {
-        self.lines
-            .iter()
-            .map(|l| match l {
-                Line::Section(_) => None,
-                Line::Row {
-                    label,
-                    value,
-                    unit,
-                    goal,
-                } => {
-                    let v = value.map_or_else(|| "n/a".into(), |v| figure(v, unit));
-                    let (g, met) = match (goal, value) {
-                        (Some(g), v) => {
-                            let (text, ok) = match *g {
-                                Goal::AtMost(x) => (format!("<= {x}x"), v.map(|v| v <= x)),
-                                Goal::AtLeast(x) => (format!(">= {x}x"), v.map(|v| v >= x)),
-                            };
-                            let met = match ok {
-                                Some(true) => "yes",
-                                Some(false) => "NO",
-                                None => "",
-                            };
-                            (text, met.to_string())
-                        }
-                        (None, _) => (String::new(), String::new()),
-                    };
-                    Some([label.clone(), v, unit.to_string(), g, met])
-                }
-            })
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        const HEAD: [&str; 5] = ["figure", "value", "unit", "goal", "met"];
-        let cells = self.cells();
-        let mut w = HEAD.map(|h| h.chars().count());
-        for c in cells.iter().flatten() {
-            for (w, c) in w.iter_mut().zip(c) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |r: &[String]| {
-            let mut s = String::new();
-            for (i, (c, w)) in r.iter().zip(w).enumerate() {
-                let pad = " ".repeat(w - c.chars().count());
-                if i == 1 {
-                    let _ = write!(s, "{pad}{c}  ");
-                } else {
-                    let _ = write!(s, "{c}{pad}  ");
-                }
-            }
-            s.trim_end().to_string() + "\n"
-        };
-        let mut out = line(&HEAD.map(String::from));
-        out += &line(&w.map(|w| "-".repeat(w)));
-        for (l, c) in self.lines.iter().zip(&cells) {
-            match (l, c) {
-                (Line::Section(s), _) => out += &format!("{s}\n"),
-                (_, Some(c)) => out += &line(c),
-                _ => {}
-            }
-        }
-        out
-    }
-
-    fn markdown(&self) -> String {
-        let mut out =
-            String::from("| figure | value | unit | goal | met |\n|:--|--:|:--|:--|:--|\n");
-        for (l, c) in self.lines.iter().zip(self.cells()) {
-            match (l, c) {
-                (Line::Section(s), _) => out += &format!("| **{s}** | | | | |\n"),
-                (_, Some(c)) => {
-                    // Markdown drops leading spaces: keep the indent.
-                    let rest = c[0].trim_start_matches(' ');
-                    let label = "&nbsp;".repeat(c[0].len() - rest.len()) + rest;
-                    out += &format!("| {label} | {} | {} | {} | {} |\n", c[1], c[2], c[3], c[4]);
-                }
-                _ => {}
-            }
-        }
-        out
     }
 }
 
@@ -663,53 +443,25 @@ fn logged_resync(log: &Path) -> Option<(u64, u64, f64)> {
     ))
 }
 
-fn shell(cmd: &str) -> String {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 // --------------------------------------------------------------------- run
 
-/// The running lab. `Drop` stops the mount and serve; then the fields drop
-/// in declaration order: the namespaces, then the scratch directory.
+/// The running lab. Its fields drop in declaration order: the mount (unmounted,
+/// its daemon stopped), serve, the namespaces, then the scratch directory.
 struct Lab {
+    mount: Option<FuseMount>,
+    serve: Option<Proc>,
+    m: Mirrorfs,
     net: Netns,
     scratch: Scratch,
-    m: Mirrorfs,
-    serve: Option<Proc>,
-    mount: Option<Proc>,
     backing: PathBuf,
     replica: PathBuf,
     mnt: PathBuf,
     control: PathBuf,
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // The mount first (unmount, then its daemon), then serve; the
-        // namespaces and the scratch directory are dropped after this.
-        if let Some(mut p) = self.mount.take() {
-            lab::unmount(&self.mnt);
-            if p.wait_exit(Duration::from_secs(10)).is_none() {
-                p.stop();
-            }
-        }
-        self.serve.take();
-    }
-}
-
 impl Lab {
     fn log(&self, name: &str) -> PathBuf {
-        self.scratch.path.join(format!("{name}.log"))
+        self.scratch.log(name)
     }
 
     fn start_serve(&mut self) {
@@ -733,22 +485,26 @@ impl Lab {
         t.elapsed()
     }
 
+    /// Starts `mirrorfs mount` (ALONE after 2 s without its peer, with a
+    /// control socket) with `extra` arguments; waits until it is mounted.
     fn start_mount(&mut self, extra: &[&str]) {
         assert!(self.mount.is_none(), "mount already running");
-        let log = self.log("mount");
-        self.mount = Some(
-            self.m
-                .mount(&self.backing, &self.mnt, &self.control, extra, &log),
-        );
+        let mut spec = self
+            .m
+            .mount_spec(&self.backing, &self.mnt, &self.log("mount"));
+        spec.args
+            .extend(["--on-peer-loss=alone", "--peer-timeout", "2"].map(Into::into));
+        spec.args
+            .extend(["--control".into(), self.control.clone().into()]);
+        spec.args.extend(extra.iter().map(Into::into));
+        spec.ready_file = Some(self.control.clone());
+        self.mount = Some(FuseMount::start(spec));
     }
 
     /// `fusermount3 -u`, then waits for the mount's daemon to exit by itself.
     fn unmount_cleanly(&mut self) {
-        let mut p = self.mount.take().expect("mount is running");
-        lab::run(Command::new("fusermount3").arg("-u").arg(&self.mnt));
-        if p.wait_exit(Duration::from_secs(60)).is_none() {
-            panic!("mirrorfs mount did not exit within 60 s of fusermount3 -u");
-        }
+        let mount = self.mount.take().expect("mount is running");
+        mount.unmount_cleanly(Duration::from_secs(60));
     }
 
     fn wait(
@@ -758,7 +514,7 @@ impl Lab {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> (serde_json::Value, Instant) {
         let mount = self.mount.as_mut().expect("mount is running");
-        lab::wait_status(&self.control, mount, what, limit, |_| {}, done)
+        status::wait_status(&self.control, mount, what, limit, done)
     }
 
     /// Polls until in sync; returns when that was seen.
@@ -800,12 +556,12 @@ impl Lab {
 /// and closed, for `secs` seconds; returns files per second. Then removes them.
 fn new_file_syncs(dir: &Path, secs: u64) -> f64 {
     fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    let buf = vec![0x5au8; SYNC_WRITE];
+    let buf = vec![0x5au8; syncwrite::BLOCK];
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let mut n = 0u64;
     while Instant::now() < end {
-        lab::check_interrupt();
+        sys::check_interrupt();
         let p = dir.join(format!("n{n:06}"));
         let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
         f.write_all(&buf)
@@ -825,18 +581,9 @@ fn paired(a: &[f64], b: &[f64]) -> f64 {
     median(&r)
 }
 
+/// The median of the finite values; NaN if there are none.
 fn median(v: &[f64]) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+    common::report::median(v).unwrap_or(f64::NAN)
 }
 
 /// One mode's sync-write results over the rounds.
@@ -849,7 +596,7 @@ struct Mode {
 }
 
 impl Mode {
-    fn add(&mut self, w: &SyncStats) {
+    fn add(&mut self, w: &SyncWrites) {
         self.iops.push(w.iops);
         self.p50.push(w.p50_us);
         self.p99.push(w.p99_us);
@@ -955,7 +702,10 @@ fn incremental(
 
 fn run() {
     let cfg = Config::from_env();
-    let mut rep = Report::default();
+    let mut rep = Report::new();
+    if let Some(stale) = &cfg.paths.stale {
+        rep.notes.push(stale.clone());
+    }
     let load_start = loadavg();
     let started = Instant::now();
     let tree = Tree::new(cfg.files, cfg.tree_mib * MIB);
@@ -966,13 +716,12 @@ fn run() {
         cfg.files,
         mib(tree_bytes),
         cfg.large_mib,
-        cfg.mirrorfs.display()
+        cfg.paths.mirrorfs.display()
     );
 
-    let scratch = Scratch::create();
-    let net = Netns::create();
-    let keys = scratch.dir("keys");
-    let m = Mirrorfs::new(cfg.mirrorfs.clone(), keys, &net);
+    let scratch = Scratch::create("mfresync");
+    let net = Netns::create("mfr");
+    let m = Mirrorfs::new(cfg.paths.mirrorfs.clone(), scratch.dir("keys"), &net);
     let mut lab = Lab {
         backing: scratch.dir("backing"),
         replica: scratch.dir("replica"),
@@ -1007,7 +756,7 @@ fn run() {
     let (prim_file, alone_file) = (mnt.join("sync/prim.dat"), mnt.join("sync/alone.dat"));
     let local_file = local.join("sync.dat");
     for f in [&prim_file, &alone_file, &local_file] {
-        write_large(f, SYNC_FILE / MIB, 7, true);
+        write_large(f, syncwrite::FILE_SIZE / MIB, 7, true);
     }
     lab.wait_in_sync("in sync after the tree", Duration::from_secs(60));
     rep.section(format!(
@@ -1185,7 +934,7 @@ fn run() {
             w_busy.writes
         ));
     }
-    let after = lab::status(&lab.control).expect("status");
+    let after = status::status(&lab.control).expect("status");
     let still = role(&after) == "RESYNC";
     let busy_end = lab.wait_in_sync("the big resync", Duration::from_secs(3600));
     let busy_log = logged_resync(&lab.log("mount"));
@@ -1303,14 +1052,14 @@ fn run() {
     // 5. Full resync of the unchanged tree.
     eprintln!("resync: --full resync");
     lab.unmount_cleanly();
-    lab::drop_caches();
+    sys::drop_caches();
     let t = Instant::now();
     lab.start_mount(&["--full"]);
     let full_end = lab.wait_in_sync("the --full resync", Duration::from_secs(3600));
     let full_time = full_end - t;
     let full_log = logged_resync(&lab.log("mount"));
     eprintln!("resync: baseline: reading both trees");
-    lab::drop_caches();
+    sys::drop_caches();
     let t = Instant::now();
     let (b, r) = (lab.backing.clone(), lab.replica.clone());
     let ((bytes1, time1), (_, time2)) = thread::scope(|s| {
@@ -1385,24 +1134,23 @@ fn run() {
 }
 
 fn report(cfg: &Config, rep: &Report, load_start: &str, elapsed: Duration) {
-    let table = rep.text();
+    use common::report::{cpus, date_utc, kernel, memory};
+    let table = rep.table.text();
     println!("\n{table}");
     for n in &rep.notes {
         println!("note: {n}");
     }
-    let date = shell("date -u '+%Y-%m-%d %H:%M UTC'");
-    let mem_gib = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or_else(|| "?".into(), |kib| format!("{:.1} GiB", kib / 1048576.0));
-    let commit = shell(&format!(
-        "git -C {} rev-parse --short HEAD 2>/dev/null",
-        env!("CARGO_MANIFEST_DIR")
-    ));
+    let commit = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let settings: String = [
         "MIRRORFS_BENCH_RESYNC_FILES",
         "MIRRORFS_BENCH_RESYNC_MIB",
@@ -1413,13 +1161,14 @@ fn report(cfg: &Config, rep: &Report, load_start: &str, elapsed: Duration) {
     .iter()
     .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v} ")))
     .collect();
-    let mut md = format!("## Resync benchmark, {date}\n\n");
+    let mut md = format!("## Resync benchmark, {}\n\n", date_utc());
     let _ = writeln!(
         md,
-        "Machine: {} CPUs, {mem_gib} memory, Linux {}; load average {load_start} at the start, \
+        "Machine: {} CPUs, {} memory, Linux {}; load average {load_start} at the start, \
          {} at the end; commit {commit}; the run took {:.0} s.\n",
-        thread::available_parallelism().map_or(0, |n| n.get()),
-        shell("uname -r"),
+        cpus(),
+        memory(),
+        kernel(),
         loadavg(),
         secs(elapsed)
     );
@@ -1427,12 +1176,12 @@ fn report(cfg: &Config, rep: &Report, load_start: &str, elapsed: Duration) {
         md,
         "Command: `{settings}cargo bench --bench resync` (as root). Goals are issue 3's.\n"
     );
-    md += &rep.markdown();
+    md += &rep.table.markdown();
     md += "\n";
     for n in &rep.notes {
         let _ = writeln!(md, "- {n}");
     }
-    let out_path = cfg.target_dir.join("bench-resync.md");
+    let out_path = cfg.paths.target_dir.join("bench-resync.md");
     match fs::write(&out_path, &md) {
         Ok(()) => println!("\nMarkdown: {}", out_path.display()),
         Err(e) => eprintln!("resync: cannot write {}: {e}", out_path.display()),

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::sys::{self, Proc};
+use crate::common::sys::{self, Proc};
 
 /// TCP port of the benchmark's Apache inside node 1's namespace.
 pub(crate) const HTTP_PORT: u16 = 8080;

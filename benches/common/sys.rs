@@ -1,4 +1,4 @@
-//! Processes, commands, mounts and signals for the benchmark.
+//! Processes, commands, mounts, caches and stop signals for the benchmarks.
 //!
 //! Every child runs in its own process group (so a terminal's Ctrl-C reaches only
 //! the benchmark, which then stops its children in order) and is owned by a
@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::name;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -54,11 +56,11 @@ pub(crate) fn install_signal_handlers() {
             while !interrupted() {
                 thread::sleep(Duration::from_millis(100));
             }
-            eprintln!("\nreplication: interrupted, cleaning up");
+            eprintln!("\n{}: interrupted, cleaning up", name());
             thread::sleep(CLEANUP_GRACE);
             let pids = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
             for pid in pids {
-                eprintln!("replication: cleanup is stuck, killing pid {pid}");
+                eprintln!("{}: cleanup is stuck, killing pid {pid}", name());
                 // SAFETY: plain syscall on a PID we spawned and have not reaped.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
@@ -125,20 +127,23 @@ pub(crate) fn run_quietly(cmd: &mut Command) -> bool {
         Ok(out) if out.status.success() => true,
         Ok(out) => {
             eprintln!(
-                "replication: cleanup {cmd:?} failed ({}): {}",
+                "{}: cleanup {cmd:?} failed ({}): {}",
+                name(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
             false
         }
         Err(e) => {
-            eprintln!("replication: cleanup {cmd:?}: {e}");
+            eprintln!("{}: cleanup {cmd:?}: {e}", name());
             false
         }
     }
 }
 
 /// A child process, stopped by PID (SIGTERM, then SIGKILL) when dropped.
+/// Spawn children from the main thread only: mirrorfs asks for SIGTERM when
+/// the *thread* that started it exits.
 pub(crate) struct Proc {
     name: String,
     child: Child,
@@ -201,7 +206,7 @@ impl Proc {
 
     /// The last lines of its log, for error messages.
     pub(crate) fn log_tail(&self) -> String {
-        log_tail(&self.log, 8)
+        log_tail(&self.log, 12)
     }
 
     /// Panics with its log if it has exited.
@@ -225,19 +230,23 @@ impl Proc {
             return;
         }
         eprintln!(
-            "replication: {} ignored SIGTERM for 10 s, killing it",
+            "{}: {} ignored SIGTERM for 10 s, killing it",
+            name(),
             self.name
         );
         self.signal(libc::SIGKILL);
         match self.child.wait() {
             Ok(st) => self.reap(st),
-            Err(e) => eprintln!("replication: waiting for {}: {e}", self.name),
+            Err(e) => eprintln!("{}: waiting for {}: {e}", name(), self.name),
         }
     }
 
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: plain syscall on our own unreaped child's PID.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    /// Sends `sig` unless it has been reaped (its PID may be reused then).
+    pub(crate) fn signal(&self, sig: libc::c_int) {
+        if self.reaped.is_none() {
+            // SAFETY: plain syscall on our own unreaped child's PID.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        }
     }
 
     fn reap(&mut self, st: ExitStatus) {
@@ -271,9 +280,14 @@ pub(crate) fn log_tail(path: &Path, n: usize) -> String {
 
 /// True if a FUSE file system is mounted exactly at `path`.
 pub(crate) fn fuse_mounted(path: &Path) -> bool {
+    mounted_at(path).is_some_and(|fstype| fstype.starts_with("fuse"))
+}
+
+/// The type of the file system mounted exactly at `path`, if any.
+pub(crate) fn mounted_at(path: &Path) -> Option<String> {
     mounts_under(path)
-        .iter()
-        .any(|(p, fstype)| p == path && fstype.starts_with("fuse"))
+        .into_iter()
+        .find_map(|(p, fstype)| (p == path).then_some(fstype))
 }
 
 /// Mount points (with their type) at or below `path`, deepest first.
@@ -317,7 +331,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Unmounts `path`: `fusermount3 -u`, falling back to a lazy `umount -l`.
 /// Never panics; returns whether nothing is mounted there any more.
 pub(crate) fn unmount(path: &Path) -> bool {
-    if !mounts_under(path).iter().any(|(p, _)| p == path) {
+    if mounted_at(path).is_none() {
         return true;
     }
     let ok = Command::new("fusermount3")
@@ -333,25 +347,40 @@ pub(crate) fn unmount(path: &Path) -> bool {
     run_quietly(Command::new("umount").arg("-l").arg(path))
 }
 
+/// sync(2): writes every dirty page.
+pub(crate) fn sync() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// Writes dirty pages, then idles a second so background work (journal
 /// commits, block freeing) finishes before the next measurement.
 pub(crate) fn settle() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    sync();
     nap(Duration::from_secs(1));
 }
 
 /// Writes dirty pages and drops the page, dentry and inode caches.
 pub(crate) fn drop_caches() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    sync();
     fs::write("/proc/sys/vm/drop_caches", "3\n")
         .expect("cannot write /proc/sys/vm/drop_caches (needs root)");
 }
 
-/// Runs `f` on a thread that has joined network namespace `ns` (only that
-/// thread: the rest of the process stays where it is).
+/// Runs `f` on a thread that has joined network namespace `ns` and waits for
+/// its result (a panic in it goes on here).
 pub(crate) fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f)
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Runs `f` on a new thread that has joined network namespace `ns` (only that
+/// thread: the rest of the process stays where it is).
+pub(crate) fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
     thread::spawn(move || {
         let nsfd = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
@@ -361,8 +390,6 @@ pub(crate) fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send
         }
         f()
     })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Looks `program` up in PATH (and the sbin directories root has).
