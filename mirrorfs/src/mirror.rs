@@ -29,6 +29,7 @@ use crate::fs::replicate::{Replicate, Ticket, Touched};
 use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::generation::{relate, GenerationId, History, Relation};
+use crate::proto::pace::Pace;
 use crate::proto::path::RelPath;
 use crate::proto::walk::Walk;
 use crate::proto::wire::Op;
@@ -172,6 +173,9 @@ struct State {
     epoch: u64,
     /// When the application last submitted an op (the resync yields to it).
     app_active: Instant,
+    /// How long the application's ops take, and so how long a resync worker
+    /// pauses between pieces while it writes.
+    pace: Pace,
     shutdown: bool,
     /// The secondary holds our current generation: a change it does not
     /// have must start a new one before it is acknowledged.
@@ -261,6 +265,7 @@ impl Mirror {
                 resync_started: Instant::now(),
                 epoch: 0,
                 app_active: Instant::now(),
+                pace: Pace::default(),
                 shutdown: false,
                 shares_generation: false,
             }),
@@ -667,6 +672,28 @@ impl Mirror {
         self.lock().app_active.elapsed() < within
     }
 
+    /// How long a resync worker pauses after a piece or a path: while the
+    /// application writes, long enough to keep its ops close to their
+    /// latency in sync; nothing while it is idle.
+    pub fn resync_pause(&self) -> Duration {
+        let st = self.lock();
+        if st.app_active.elapsed() < RESYNC_YIELD {
+            st.pace.pause()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// An application op submitted in `role` was acknowledged after `took`.
+    fn observe_app_latency(&self, role: Role, took: Duration) {
+        let mut st = self.lock();
+        match role {
+            Role::Prim => st.pace.in_sync(took),
+            Role::Resync => st.pace.during_resync(took),
+            Role::Alone | Role::Lost => {}
+        }
+    }
+
     /// The configured cap on the resync's data rate, bytes per second.
     pub fn resync_rate_limit(&self) -> Option<u64> {
         self.cfg.resync_rate_limit
@@ -845,13 +872,13 @@ impl Replicate for MirrorRef {
 
     fn submit(&self, op: Op, touched: &Touched) -> Ticket {
         let m = &self.0;
-        let link = {
+        let (link, role) = {
             let mut st = m.lock();
             st.app_active = Instant::now();
             match st.role {
                 Role::Alone => return Ticket::done(Ok(Vec::new())),
                 Role::Lost => return Ticket::done(Err(libc::EIO)),
-                Role::Prim | Role::Resync => st.link.clone(),
+                Role::Prim | Role::Resync => (st.link.clone(), st.role),
             }
         };
         let Some(link) = link else {
@@ -860,10 +887,14 @@ impl Replicate for MirrorRef {
         let rx = link.submit(op);
         let mirror = m.clone();
         let paths = touched.paths.clone();
+        let observer = m.clone();
         Ticket::wait_for(
             rx,
             m.limit,
             Some(Box::new(move |errno| mirror.failed(&paths, errno))),
         )
+        .observed(Box::new(move |took| {
+            observer.observe_app_latency(role, took)
+        }))
     }
 }

@@ -8,7 +8,7 @@
 //! after the lock is released, so many ops are in flight at once.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -60,13 +60,19 @@ pub type Fallback = Box<dyn FnOnce(i32) -> io::Result<()> + Send>;
 pub struct Ticket {
     state: State,
     fallback: Option<Fallback>,
+    /// Told how long the secondary took, when it applied the op.
+    observer: Option<Observer>,
 }
+
+/// Receives the time from submission to acknowledgement of an op.
+pub type Observer = Box<dyn FnOnce(Duration) + Send>;
 
 enum State {
     Done(Completion),
     Wait {
         rx: Receiver<Completion>,
         limit: Duration,
+        since: Instant,
     },
 }
 
@@ -82,6 +88,7 @@ impl Ticket {
         Self {
             state: State::Done(c),
             fallback: None,
+            observer: None,
         }
     }
 
@@ -89,9 +96,20 @@ impl Ticket {
     /// driver itself is gone; `fallback` decides what a failure means.
     pub fn wait_for(rx: Receiver<Completion>, limit: Duration, fallback: Option<Fallback>) -> Self {
         Self {
-            state: State::Wait { rx, limit },
+            state: State::Wait {
+                rx,
+                limit,
+                since: Instant::now(),
+            },
             fallback,
+            observer: None,
         }
+    }
+
+    /// Has `observer` told how long the op took, if the secondary applies it.
+    pub fn observed(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Blocks until the secondary applied the op (or it failed); returns its
@@ -99,7 +117,13 @@ impl Ticket {
     pub fn wait(self) -> io::Result<Vec<u8>> {
         let outcome = match self.state {
             State::Done(o) => o,
-            State::Wait { rx, limit } => rx.recv_timeout(limit).unwrap_or(Err(libc::EIO)),
+            State::Wait { rx, limit, since } => {
+                let o = rx.recv_timeout(limit).unwrap_or(Err(libc::EIO));
+                if let (Ok(_), Some(observe)) = (&o, self.observer) {
+                    observe(since.elapsed());
+                }
+                o
+            }
         };
         match (outcome, self.fallback) {
             (Ok(data), _) => Ok(data),

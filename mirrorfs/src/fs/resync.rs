@@ -108,6 +108,8 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
             Ok(()) => {
                 mirror.resync_done(&job);
                 debug!(path = %job.path, "resynced");
+                // Between paths too, while the application writes.
+                std::thread::sleep(mirror.resync_pause());
             }
             Err(Stop::Changed) => mirror.resync_retry(&job, None),
             Err(Stop::Lost(why)) => {
@@ -514,6 +516,9 @@ impl Worker<'_> {
                 self.wait(out.window.pop_front().expect("non-empty window"))?;
             }
             self.pace(out);
+            if active {
+                std::thread::sleep(self.mirror.resync_pause());
+            }
             done = end;
         }
         Ok(())

@@ -6,6 +6,7 @@
 //! greps this directory to keep it that way.
 
 pub mod generation;
+pub mod pace;
 pub mod path;
 pub mod stream;
 pub mod walk;
