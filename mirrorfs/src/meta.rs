@@ -148,9 +148,11 @@ impl Meta {
 /// changed it: then the resync sends just those blocks, with no checksum pass
 /// over the file. Records are a big-endian `u16` length and the path bytes
 /// (whole), or the length with its top bit set, the path and a `u64` block
-/// number (one block); each is appended and synced once per path (or block)
-/// per generation. A torn record at the tail (a crash while appending) is
-/// ignored and cut off on open.
+/// number (one block), or the length with its next bit set and the path (a
+/// tree: the path and everything below it are compared in full, as after a
+/// directory was swapped with another); each is appended and synced once per
+/// path (or block) per generation. A torn record at the tail (a crash while
+/// appending) is ignored and cut off on open.
 #[derive(Debug)]
 pub struct DirtyLog {
     file: File,
@@ -158,6 +160,8 @@ pub struct DirtyLog {
     set: BTreeSet<RelPath>,
     /// The paths dirty only in these blocks.
     partial: std::collections::BTreeMap<RelPath, BTreeSet<u64>>,
+    /// The paths whose whole subtree is to be compared.
+    trees: BTreeSet<RelPath>,
 }
 
 /// Granularity of the dirty blocks of a file.
@@ -165,6 +169,8 @@ pub const DIRTY_BLOCK: u64 = 1 << 20;
 
 /// Marks the top bit of a record length: a block record.
 const BLOCK_RECORD: u16 = 0x8000;
+/// Marks the next bit of a record length: a tree record.
+const TREE_RECORD: u16 = 0x4000;
 
 impl DirtyLog {
     fn open(path: &Path) -> io::Result<Self> {
@@ -180,16 +186,21 @@ impl DirtyLog {
             file,
             set: BTreeSet::new(),
             partial: std::collections::BTreeMap::new(),
+            trees: BTreeSet::new(),
         };
         let mut pos = 0;
         while pos + 2 <= buf.len() {
             let head = u16::from_be_bytes([buf[pos], buf[pos + 1]]);
-            let len = (head & !BLOCK_RECORD) as usize;
+            let len = (head & !(BLOCK_RECORD | TREE_RECORD)) as usize;
             let extra = if head & BLOCK_RECORD != 0 { 8 } else { 0 };
             if pos + 2 + len + extra > buf.len() {
                 break;
             }
             match RelPath::new(buf[pos + 2..pos + 2 + len].to_vec()) {
+                Ok(p) if head & TREE_RECORD != 0 => {
+                    log.trees.insert(p.clone());
+                    log.set_whole(p);
+                }
                 Ok(p) if extra == 0 => log.set_whole(p),
                 Ok(p) => {
                     let mut b = [0u8; 8];
@@ -311,7 +322,40 @@ impl DirtyLog {
         self.file.sync_all()?;
         self.set.clear();
         self.partial.clear();
+        self.trees.clear();
         Ok(())
+    }
+
+    /// Records `paths` as trees (each whole, and everything below it, is to
+    /// be compared), those not yet recorded; returns once durable.
+    pub fn mark_trees<'a>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'a RelPath>,
+    ) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut new = Vec::new();
+        for p in paths {
+            if !self.trees.contains(p) {
+                buf.extend_from_slice(&(p.as_bytes().len() as u16 | TREE_RECORD).to_be_bytes());
+                buf.extend_from_slice(p.as_bytes());
+                new.push(p.clone());
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        for p in new {
+            self.trees.insert(p.clone());
+            self.set_whole(p);
+        }
+        Ok(())
+    }
+
+    /// The paths whose whole subtree is to be compared.
+    pub fn trees(&self) -> &BTreeSet<RelPath> {
+        &self.trees
     }
 }
 
@@ -444,6 +488,23 @@ mod tests {
         let log = m.dirty_log().unwrap();
         assert_eq!(log.blocks(&big), None, "whole stays whole");
         assert_eq!(log.len(), 1);
+    }
+
+    #[test]
+    fn trees_survive_reopen_are_whole_and_are_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        let mut log = m.dirty_log().unwrap();
+        log.mark_range(&p("d"), 0, 1).unwrap();
+        log.mark_trees([&p("d"), &p("e")]).unwrap();
+        log.mark_trees([&p("e")]).unwrap();
+        drop(log);
+        let mut log = m.dirty_log().unwrap();
+        assert_eq!(log.trees(), &[p("d"), p("e")].into());
+        assert_eq!(log.blocks(&p("d")), None, "a tree is dirty as a whole");
+        assert!(log.contains(&p("e")));
+        log.clear().unwrap();
+        assert!(m.dirty_log().unwrap().trees().is_empty());
     }
 
     #[test]

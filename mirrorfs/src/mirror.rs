@@ -460,6 +460,9 @@ impl Mirror {
                 let mut pending = st.dirty.paths().clone();
                 pending.extend(suspects.iter().cloned());
                 st.walk.restart(pending, suspects);
+                for t in st.dirty.trees().clone() {
+                    st.walk.insert_tree(t);
+                }
                 let nothing_known = st.walk.nothing_pending() && relation != Relation::InSync;
                 // A peer with more suspect directories than a hello carries
                 // sends the root alone: compare everything. The root among
@@ -573,6 +576,25 @@ impl Mirror {
         // handle (ALONE or LOST), not a reason to start a resync.
         if st.link.as_ref().is_some_and(|l| l.lost().is_none()) {
             st.walk.extend(paths.iter().cloned());
+            if st.role == Role::Prim {
+                st.progress = ResyncProgress::default();
+                st.resync_started = Instant::now();
+                Self::set_role(st, Role::Resync);
+            }
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Records renamed paths as trees: everything below each is compared,
+    /// since a directory swapped with another (`RENAME_EXCHANGE`) holds
+    /// entries of the same names and kinds but other contents.
+    fn mark_trees(&self, st: &mut State, paths: &[RelPath]) -> io::Result<()> {
+        st.dirty.mark_trees(paths)?;
+        if st.link.as_ref().is_some_and(|l| l.lost().is_none()) {
+            for p in paths {
+                st.walk.insert_tree(p.clone());
+            }
             if st.role == Role::Prim {
                 st.progress = ResyncProgress::default();
                 st.resync_started = Instant::now();
@@ -747,10 +769,14 @@ impl Mirror {
     }
 
     /// Called by a waiter whose op the secondary did not apply.
-    fn failed(&self, touched: &[RelPath], errno: i32) -> io::Result<()> {
+    fn failed(&self, touched: &Touched, errno: i32) -> io::Result<()> {
         let mut st = self.lock();
         // Whatever happens next, the secondary may now differ on these paths.
-        if let Err(e) = self.mark(&mut st, touched) {
+        let marked = match &touched.rename {
+            Some((from, to)) => self.mark_trees(&mut st, &[from.clone(), to.clone()]),
+            None => Ok(()),
+        };
+        if let Err(e) = marked.and_then(|()| self.mark(&mut st, &touched.paths)) {
             error!(error = %e, "cannot record a path in the dirty log");
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -855,6 +881,13 @@ impl Replicate for MirrorRef {
                     }
                     return Ok(());
                 }
+                if let (true, Some((from, to))) = (needed, &touched.rename) {
+                    m.mark_trees(&mut st, &[from.clone(), to.clone()])
+                        .map_err(|e| {
+                            error!(error = %e, "cannot record a change in the dirty log: refusing it");
+                            io::Error::from_raw_os_error(libc::EIO)
+                        })?;
+                }
                 if needed {
                     m.mark(&mut st, &paths).map_err(|e| {
                         error!(error = %e, "cannot record a change in the dirty log: refusing it");
@@ -886,12 +919,12 @@ impl Replicate for MirrorRef {
         };
         let rx = link.submit(op);
         let mirror = m.clone();
-        let paths = touched.paths.clone();
+        let touched = touched.clone();
         let observer = m.clone();
         Ticket::wait_for(
             rx,
             m.limit,
-            Some(Box::new(move |errno| mirror.failed(&paths, errno))),
+            Some(Box::new(move |errno| mirror.failed(&touched, errno))),
         )
         .observed(Box::new(move |took| {
             observer.observe_app_latency(role, took)

@@ -29,6 +29,8 @@ pub struct Walk {
     in_flight: BTreeMap<RelPath, u64>,
     /// Pending directories whose children are all compared (suspects).
     full_dirs: BTreeSet<RelPath>,
+    /// Paths below which everything is compared (swapped directories).
+    full_trees: BTreeSet<RelPath>,
 }
 
 impl Walk {
@@ -38,7 +40,14 @@ impl Walk {
     pub fn restart(&mut self, pending: BTreeSet<RelPath>, full_dirs: BTreeSet<RelPath>) {
         self.pending = pending;
         self.full_dirs = full_dirs;
+        self.full_trees.clear();
         self.in_flight.clear();
+    }
+
+    /// Visits `p` and compares everything below it.
+    pub fn insert_tree(&mut self, p: RelPath) {
+        self.full_trees.insert(p.clone());
+        self.pending.insert(p);
     }
 
     /// Forgets what workers of an old connection are visiting.
@@ -109,7 +118,8 @@ impl Walk {
     }
 
     /// Hands out the first path a worker may visit now, under connection
-    /// `epoch`, with whether all its children are to be compared.
+    /// `epoch`, with whether all its children are to be compared (a suspect
+    /// directory, or anything in or below a tree).
     pub fn take(&mut self, epoch: u64) -> Option<(RelPath, bool)> {
         let p = self
             .pending
@@ -119,7 +129,9 @@ impl Walk {
             .clone();
         self.pending.remove(&p);
         self.in_flight.insert(p.clone(), epoch);
-        let full = self.full_dirs.remove(&p);
+        let full = self.full_dirs.remove(&p)
+            || self.full_trees.contains(&p)
+            || p.ancestors().any(|a| self.full_trees.contains(&a));
         Some((p, full))
     }
 

@@ -85,6 +85,31 @@ fn full_dirs_are_reported_once_and_a_new_connection_forgets_old_workers() {
 }
 
 #[test]
+fn everything_in_and_below_a_tree_is_compared_in_full() {
+    let mut w = Walk::default();
+    w.restart(BTreeSet::new(), BTreeSet::new());
+    w.insert_tree(p("a"));
+    assert_eq!(w.take(1), Some((p("a"), true)));
+    w.release(&p("a"), 1);
+    w.extend([p("a/sub"), p("ab")]);
+    assert_eq!(w.take(1), Some((p("a/sub"), true)));
+    assert_eq!(
+        w.take(1),
+        Some((p("ab"), false)),
+        "a sibling is no part of it"
+    );
+    w.release(&p("a/sub"), 1);
+    w.insert(p("a/sub/deep"));
+    assert_eq!(w.take(1), Some((p("a/sub/deep"), true)));
+    w.restart([p("a/x")].into(), BTreeSet::new());
+    assert_eq!(
+        w.take(2),
+        Some((p("a/x"), false)),
+        "a new walk forgets the trees"
+    );
+}
+
+#[test]
 fn pending_near_sees_ancestors_and_descendants_but_not_siblings() {
     let mut w = Walk::default();
     w.restart([p("a/b")].into(), BTreeSet::new());
