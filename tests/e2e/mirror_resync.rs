@@ -159,14 +159,16 @@ fn dirs_removed_or_renamed_while_alone_resync() -> Result<()> {
     m.expect_replica_identical()
 }
 
-/// Directories swapped with `RENAME_EXCHANGE` while ALONE, holding entries of
-/// the same names and kinds (at two levels) but other contents: the resync
-/// cannot tell them apart by name and kind, yet every file must end up with
-/// the right bytes. The two trees are laid down on both sides before the
-/// first start (equal, so the start's full resync sends nothing), so no
-/// recent-activity record makes the resync compare them anyway.
+/// Look-alikes changed while ALONE: directories swapped with
+/// `RENAME_EXCHANGE`, holding entries of the same names and kinds (at two
+/// levels) but other contents; and one name of a hard-linked pair removed and
+/// created again. The resync cannot tell them apart by name and kind, yet
+/// every file must end up with the right bytes, and the other name of the
+/// pair must keep the old ones. The entries are laid down on both sides
+/// before the first start (equal, so the start's full resync sends nothing),
+/// so no recent-activity record makes the resync compare them anyway.
 #[test]
-fn exchanged_directories_while_alone_resync() -> Result<()> {
+fn look_alikes_changed_while_alone_resync() -> Result<()> {
     let mut m = Mirror::prepare()?;
     for root in [m.backing(), m.replica()] {
         for (dir, tag) in [("a", b"A"), ("b", b"B")] {
@@ -174,21 +176,40 @@ fn exchanged_directories_while_alone_resync() -> Result<()> {
             fs::write(root.join(dir).join("x"), tag)?;
             fs::write(root.join(dir).join("sub/y"), tag)?;
         }
+        fs::write(root.join("h1"), b"old")?;
+        fs::hard_link(root.join("h1"), root.join("h2"))?;
     }
     let control = m.start_controlled(&ALONE)?;
     m.wait_in_sync(&control, SMALL_RESYNC_DEADLINE)?;
     let mnt = m.mnt();
     m.kill_serve()?;
     m.wait_alone(&control)?;
-    run_fs(FS_DEADLINE, "RENAME_EXCHANGE a <-> b", &mnt, |mnt| {
-        sys::renameat2(&mnt.join("a"), &mnt.join("b"), libc::RENAME_EXCHANGE)
-    })?;
+    run_fs(
+        FS_DEADLINE,
+        "RENAME_EXCHANGE a <-> b, h1 anew",
+        &mnt,
+        |mnt| {
+            sys::renameat2(&mnt.join("a"), &mnt.join("b"), libc::RENAME_EXCHANGE)?;
+            fs::remove_file(mnt.join("h1"))?;
+            write_synced(&mnt.join("h1"), b"new")
+        },
+    )?;
     m.start_serve()?;
     m.wait_in_sync(&control, SMALL_RESYNC_DEADLINE)?;
     ensure!(
         fs::read(m.replica().join("a/sub/y"))? == b"B"
             && fs::read(m.replica().join("b/x"))? == b"A",
         "the replica's a/ and b/ were not swapped with the backing dir's"
+    );
+    let (h1, h2) = (
+        fs::read(m.replica().join("h1"))?,
+        fs::read(m.replica().join("h2"))?,
+    );
+    ensure!(
+        h1 == b"new" && h2 == b"old",
+        "h1 created anew while ALONE: the replica holds h1 {:?}, h2 {:?} (want \"new\", \"old\")",
+        String::from_utf8_lossy(&h1),
+        String::from_utf8_lossy(&h2)
     );
     m.expect_replica_identical()
 }

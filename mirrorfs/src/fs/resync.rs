@@ -294,6 +294,7 @@ impl Worker<'_> {
                             mode,
                             uid,
                             gid,
+                            single: st.st_nlink == 1,
                         },
                         libc::S_IFLNK => Op::EnsureSymlink {
                             path: path.clone(),

@@ -266,6 +266,10 @@ pub enum Op {
         uid: u32,
         /// Group.
         gid: u32,
+        /// The primary's file has this one name: a file there that shares
+        /// its inode with other names is replaced by a new one (its content
+        /// belongs to those names; writing it would change them too).
+        single: bool,
     },
     /// Resync: make `path` this symlink.
     EnsureSymlink {
@@ -929,12 +933,14 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
             mode,
             uid,
             gid,
+            single,
         } => {
             w.u8(opcode::ENSURE_FILE);
             w.path(path);
             w.u32(*mode);
             w.u32(*uid);
             w.u32(*gid);
+            w.u8(u8::from(*single));
         }
         Op::EnsureSymlink {
             path,
@@ -1142,6 +1148,11 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             mode: r.u32()?,
             uid: r.u32()?,
             gid: r.u32()?,
+            single: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Malformed("ensure-file flag not 0 or 1")),
+            },
         },
         opcode::ENSURE_SYMLINK => {
             let path = r.named_path()?;

@@ -179,6 +179,7 @@ fn every_frame_kind_round_trips() {
             mode: 0o600,
             uid: 1,
             gid: 2,
+            single: true,
         },
         Op::EnsureSymlink {
             path: p("l"),

@@ -418,10 +418,14 @@ impl Applier {
                 mode,
                 uid,
                 gid,
+                single,
             } => {
                 let (dir, name) = self.parent(path)?;
                 match sys::fstatat(dir.as_fd(), name) {
-                    Ok(st) if is_kind(&st, libc::S_IFREG) => {}
+                    // Shared with other names here but not on the primary:
+                    // those names keep the old inode; this one gets a new,
+                    // empty one (the comparison then sends its content).
+                    Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => {}
                     Ok(_) => {
                         remove_tree(dir.as_fd(), name)?;
                         drop(sys::openat(
