@@ -31,6 +31,7 @@ use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::generation::{relate, GenerationId, History, Relation};
 use crate::proto::pace::Pace;
 use crate::proto::path::RelPath;
+use crate::proto::renames::Renames;
 use crate::proto::walk::Walk;
 use crate::proto::wire::Op;
 
@@ -160,6 +161,9 @@ struct State {
     activity: ActivityLog,
     /// The paths the current resync still has to visit, or visits now.
     walk: Walk,
+    /// Renames made while ALONE, so that the resync can move the objects on
+    /// the secondary instead of sending them again.
+    renames: Renames,
     /// Files with several names visited by the current resync: the first
     /// name of each inode (device, inode number); later names are linked.
     first_names: HashMap<(u64, u64), RelPath>,
@@ -257,6 +261,7 @@ impl Mirror {
                 dirty,
                 activity,
                 walk: Walk::default(),
+                renames: Renames::default(),
                 first_names: HashMap::new(),
                 full: cfg.full_resync,
                 last_error: None,
@@ -665,6 +670,17 @@ impl Mirror {
         self.lock().first_names.insert(key, path.clone());
     }
 
+    /// The names the secondary may still hold what is now at `p` under (it
+    /// was renamed while ALONE; empty if not).
+    pub fn old_names(&self, p: &RelPath) -> Vec<RelPath> {
+        self.lock().renames.old_names(p)
+    }
+
+    /// The old names of objects renamed while ALONE that `p` is, or is below.
+    pub fn old_names_above(&self, p: &RelPath) -> Vec<RelPath> {
+        self.lock().renames.old_names_above(p)
+    }
+
     /// The blocks of `p` to resend when only data blocks of it are dirty.
     pub fn dirty_blocks(&self, p: &RelPath) -> Option<Vec<u64>> {
         self.lock()
@@ -755,6 +771,7 @@ impl Mirror {
             return Ok(false);
         }
         st.dirty.clear()?;
+        st.renames.clear();
         st.shares_generation = true;
         st.full = false;
         let p = &st.progress;
@@ -839,6 +856,9 @@ impl Replicate for MirrorRef {
                         error!(error = %e, "cannot record activity: refusing the change");
                         io::Error::from_raw_os_error(libc::EIO)
                     })?;
+                }
+                if let (Role::Alone, Some((from, to))) = (st.role, &touched.rename) {
+                    st.renames.renamed(from, to);
                 }
                 let mut paths = touched.paths.clone();
                 if let Some((from, to)) = &touched.rename {

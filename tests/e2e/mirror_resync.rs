@@ -214,6 +214,51 @@ fn look_alikes_changed_while_alone_resync() -> Result<()> {
     m.expect_replica_identical()
 }
 
+/// A log rotated, a directory renamed, a file renamed out of it, all while
+/// ALONE: the resync moves them on the secondary instead of sending their 32
+/// MiB again, and still finds the one block changed after the move.
+#[test]
+fn renames_while_alone_move_instead_of_copying() -> Result<()> {
+    let (mut m, control) = start(&ALONE)?;
+    let mnt = m.mnt();
+    run_fs(FS_DEADLINE, "a log and a directory", &mnt, |mnt| {
+        write_synced(&mnt.join("log"), &pseudo_random(400, 16 * MIB as usize))?;
+        fs::create_dir(mnt.join("d"))?;
+        for i in 0..4 {
+            write_synced(
+                &mnt.join(format!("d/f{i}")),
+                &pseudo_random(410 + i, 4 * MIB as usize),
+            )?;
+        }
+        Ok(())
+    })?;
+    m.kill_serve()?;
+    m.wait_alone(&control)?;
+    run_fs(FS_DEADLINE, "renames while ALONE", &mnt, |mnt| {
+        fs::rename(mnt.join("log"), mnt.join("log.1"))?;
+        write_synced(&mnt.join("log"), b"a new log\n")?;
+        fs::rename(mnt.join("d"), mnt.join("e"))?;
+        fs::rename(mnt.join("e/f1"), mnt.join("moved-f1"))?;
+        let f = OpenOptions::new().write(true).open(mnt.join("e/f0"))?;
+        f.write_all_at(b"changed after the move", 4096)?;
+        f.sync_all()
+    })?;
+    let rx0 = m.node2.rx_bytes()?;
+    m.start_serve()?;
+    m.wait_in_sync(&control, SMALL_RESYNC_DEADLINE)?;
+    let rx = m.node2.rx_bytes()? - rx0;
+    m.expect_replica_identical()?;
+    println!(
+        "renames while ALONE: node2 received {rx} bytes for 32 MiB renamed ({} resync bytes logged)",
+        logged_resync_bytes(&m)
+    );
+    ensure!(
+        rx < 4 * MIB,
+        "node2 received {rx} bytes: the 32 MiB renamed while ALONE were sent again, not moved"
+    );
+    Ok(())
+}
+
 #[test]
 fn status_reports_prim_and_json_is_parseable() -> Result<()> {
     let (m, control) = start(&[])?;

@@ -260,6 +260,34 @@ impl Worker<'_> {
                 Local::Present { st, .. } => self.linked_name(path, st)?,
                 Local::Missing => None,
             };
+            // Renamed while apart: move the object on the secondary instead
+            // of sending it again (the comparison that follows fixes what
+            // differs), and drop the old name there.
+            if matches!(local, Local::Missing) && self.moved_away(path)? {
+                // An old name (or below one): the visit of its new name
+                // moves it, then removes what is left.
+                return Ok(());
+            }
+            for o in self.mirror.old_names(path) {
+                let old_name_gone = matches!(self.lstat(&o)?, Local::Missing);
+                if matches!(local, Local::Present { .. }) {
+                    // May fail (nothing there, a kind or a non-empty directory
+                    // in the way, moved already): the comparison that follows
+                    // sends what it must.
+                    drop(self.link.submit(Op::Rename {
+                        from: o.clone(),
+                        to: path.clone(),
+                        flags: 0,
+                    }));
+                }
+                if old_name_gone {
+                    rxs.push(self.link.submit(Op::Remove { path: o }));
+                } else {
+                    // Made again here (a rotated log): the secondary's copy
+                    // may just have moved away, so visit it again.
+                    self.mirror.add_pending([o]);
+                }
+            }
             match (local, linked) {
                 (Local::Missing, _) => {
                     if path.is_root() {
@@ -378,6 +406,19 @@ impl Worker<'_> {
         Ok(None)
     }
 
+    /// True when `path` is, or is below, the old name of something renamed
+    /// while apart that is gone here: the visit of the new name moves it on
+    /// the secondary (and removes what is left), so nothing may remove it
+    /// first. The caller holds the sequencer.
+    fn moved_away(&self, path: &RelPath) -> Result<bool, Stop> {
+        for o in self.mirror.old_names_above(path) {
+            if matches!(self.lstat(&o)?, Local::Missing) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Our entries of the directory `name` in `dir` (the root: `None`).
     fn list_local(&self, dir: &OwnedFd, name: Option<&OsStr>) -> Result<Vec<(Vec<u8>, u32)>, Stop> {
         let d = match name {
@@ -431,6 +472,7 @@ impl Worker<'_> {
             for name in remote.keys().filter(|n| !local.contains_key(*n)) {
                 let p = child(name)?;
                 match self.lstat(&p)? {
+                    Local::Missing if self.moved_away(&p)? => {}
                     Local::Missing => removals.push(self.link.submit(Op::Remove { path: p })),
                     Local::Present { .. } => queue.push(p),
                 }

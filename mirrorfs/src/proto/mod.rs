@@ -8,6 +8,7 @@
 pub mod generation;
 pub mod pace;
 pub mod path;
+pub mod renames;
 pub mod stream;
 pub mod walk;
 pub mod wire;
