@@ -10,10 +10,14 @@
 //! (`Ensure*`, `Remove`, the blocks whose xxh3 checksums differ, size, times,
 //! extended attributes), each read-and-submit step under the overlay's
 //! sequencer lock: live mutations are replicated in the same stream, so the
-//! secondary sees every change in the order the primary made it. When nothing
-//! is pending, the secondary adopts the primary's generation history and the
-//! mirror is back in sync. Must not mark a path done that the secondary has
-//! not confirmed.
+//! secondary sees every change in the order the primary made it. A file with
+//! several names is sent once and linked under the others; an object renamed
+//! while apart is first moved on the secondary (then compared); a file whose
+//! checksums, size, mtime and attributes already match costs one round trip.
+//! While the application writes, blocks go in small pieces with pauses that
+//! follow its latency ([`crate::proto::pace`]). When nothing is pending, the
+//! secondary adopts the primary's generation history and the mirror is back
+//! in sync. Must not mark a path done that the secondary has not confirmed.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
