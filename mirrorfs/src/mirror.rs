@@ -39,6 +39,11 @@ use crate::proto::wire::Op;
 /// one path in flight (each of its ops delays the application's behind it).
 pub const RESYNC_YIELD: Duration = Duration::from_millis(100);
 
+/// The pause before a failed resync path is tried again, at first...
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// ... and at most.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// How long one reconnection attempt waits for an answer.
 const RECONNECT_ATTEMPT: Duration = Duration::from_secs(1);
 /// The longest pause between reconnection attempts.
@@ -161,6 +166,9 @@ struct State {
     activity: ActivityLog,
     /// The paths the current resync still has to visit, or visits now.
     walk: Walk,
+    /// Paths whose visit failed: when they may be tried again, and the
+    /// pause after the next failure (doubling up to RETRY_MAX).
+    retry: HashMap<RelPath, (Instant, Duration)>,
     /// Renames made while ALONE, so that the resync can move the objects on
     /// the secondary instead of sending them again.
     renames: Renames,
@@ -261,6 +269,7 @@ impl Mirror {
                 dirty,
                 activity,
                 walk: Walk::default(),
+                retry: HashMap::new(),
                 renames: Renames::default(),
                 first_names: HashMap::new(),
                 full: cfg.full_resync,
@@ -438,6 +447,7 @@ impl Mirror {
         // Paths the workers still visit for the old connection are done with
         // it; what they did not finish is in the dirty log or pending again.
         st.walk.forget_in_flight();
+        st.retry.clear();
         st.first_names.clear();
         let relation = relate(&st.history, link.peer_history());
         st.shares_generation = relation == Relation::InSync;
@@ -627,7 +637,10 @@ impl Mirror {
                 // every op on it would fail at once.
                 if let Some(link) = st.link.clone().filter(|l| l.lost().is_none()) {
                     let epoch = st.epoch;
-                    if let Some((path, full_dir)) = st.walk.take(epoch) {
+                    let now = Instant::now();
+                    let State { walk, retry, .. } = &mut *st;
+                    let ready = |p: &RelPath| retry.get(p).is_none_or(|(at, _)| now >= *at);
+                    if let Some((path, full_dir)) = walk.take_ready(epoch, ready) {
                         return Some(ResyncJob {
                             full: st.full || full_dir,
                             path,
@@ -694,12 +707,24 @@ impl Mirror {
         self.lock().walk.extend(paths);
     }
 
-    /// `job`'s path could not be synchronised: visit it again, and say why.
+    /// `job`'s path could not be synchronised: visit it again, and say why
+    /// (a failure: after a pause that doubles with each failure of the path,
+    /// from RETRY_FIRST to RETRY_MAX, while the other paths go on).
     pub fn resync_retry(&self, job: &ResyncJob, why: Option<String>) {
         let mut st = self.lock();
         st.walk.release(&job.path, job.epoch);
         if let Some(why) = why {
-            st.last_error = Some(format!("resync of {}: {why}; retrying", job.path));
+            let pause = st
+                .retry
+                .get(&job.path)
+                .map_or(RETRY_FIRST, |(_, p)| (*p * 2).min(RETRY_MAX));
+            st.retry
+                .insert(job.path.clone(), (Instant::now() + pause, pause));
+            st.last_error = Some(format!(
+                "resync of {}: {why}; retrying in {:.0} s",
+                job.path,
+                pause.as_secs_f64()
+            ));
         }
         st.walk.insert(job.path.clone());
         self.changed.notify_all();
@@ -747,6 +772,7 @@ impl Mirror {
     pub fn resync_done(&self, job: &ResyncJob) {
         let mut st = self.lock();
         st.walk.release(&job.path, job.epoch);
+        st.retry.remove(&job.path);
         st.progress.files_done += 1;
         self.changed.notify_all();
     }

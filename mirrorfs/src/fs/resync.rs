@@ -124,11 +124,10 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
                 continue;
             }
             Err(Stop::Failed(why)) => {
+                // The secondary cannot apply this (its disk is full, ...):
+                // the mirror pauses this path, the others go on.
                 warn!(path = %job.path, %why, "resync of a path failed; retrying");
                 mirror.resync_retry(&job, Some(why));
-                // Back off: the connection is probably going, or the secondary
-                // cannot apply this (e.g. its disk is full).
-                job.link.wait_lost(Duration::from_secs(1));
                 continue;
             }
         }

@@ -121,11 +121,21 @@ impl Walk {
     /// `epoch`, with whether all its children are to be compared (a suspect
     /// directory, or anything in or below a tree).
     pub fn take(&mut self, epoch: u64) -> Option<(RelPath, bool)> {
+        self.take_ready(epoch, |_| true)
+    }
+
+    /// [`Walk::take`], among the paths `ready` accepts (a path that just
+    /// failed waits out its retry pause).
+    pub fn take_ready(
+        &mut self,
+        epoch: u64,
+        ready: impl Fn(&RelPath) -> bool,
+    ) -> Option<(RelPath, bool)> {
         let p = self
             .pending
             .iter()
             .take(SCAN)
-            .find(|p| !self.blocked(p))?
+            .find(|p| ready(p) && !self.blocked(p))?
             .clone();
         self.pending.remove(&p);
         self.in_flight.insert(p.clone(), epoch);

@@ -110,6 +110,15 @@ fn everything_in_and_below_a_tree_is_compared_in_full() {
 }
 
 #[test]
+fn paths_not_ready_are_passed_over_not_lost() {
+    let mut w = Walk::default();
+    w.restart([p("a"), p("b")].into(), BTreeSet::new());
+    assert_eq!(w.take_ready(1, |x| x != &p("a")), Some((p("b"), false)));
+    assert_eq!(w.take_ready(1, |x| x != &p("a")), None);
+    assert_eq!(w.take(1), Some((p("a"), false)));
+}
+
+#[test]
 fn pending_near_sees_ancestors_and_descendants_but_not_siblings() {
     let mut w = Walk::default();
     w.restart([p("a/b")].into(), BTreeSet::new());
