@@ -19,7 +19,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::ops::{Ctx, Entry, Opened, Overlay, SetAttr};
 
@@ -624,6 +624,6 @@ impl Filesystem for MirrorFs {
     }
 
     fn destroy(&mut self) {
-        warn!("the kernel ended the FUSE session (unmounted)");
+        info!("the kernel ended the FUSE session (unmounted)");
     }
 }
