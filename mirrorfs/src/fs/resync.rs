@@ -57,6 +57,9 @@ const WINDOW_APP_ACTIVE: usize = 1;
 const PIECE: usize = 128 << 10;
 /// Blocks one checksum request asks for while the application is active.
 const CHECKSUM_BATCH_APP_ACTIVE: u64 = 2;
+/// A file changed as a whole and no bigger than this is sent without a
+/// checksum round trip first.
+const SMALL_FILE: u64 = PIECE as u64;
 
 /// Why one path's resync stopped.
 #[derive(Debug)]
@@ -256,6 +259,7 @@ impl Worker<'_> {
         // Which blocks to send, decided with the rest: the dirty ones when
         // only data was written while apart, else those whose checksums differ.
         let mut dirty_blocks = None;
+        let mut sent_whole = false;
         let kind = {
             let _g = self.overlay.sequence();
             let local = self.lstat(path)?;
@@ -357,9 +361,29 @@ impl Worker<'_> {
                                 dirty_blocks = self.mirror.dirty_blocks(path);
                             }
                             let blocks = (st.st_size as u64).div_ceil(u64::from(BLOCK));
-                            // Even for an empty file: the reply tells whether
-                            // size, times and attributes need sending.
-                            if dirty_blocks.is_none() {
+                            if !self.full
+                                && dirty_blocks.is_none()
+                                && st.st_size as u64 <= SMALL_FILE
+                            {
+                                // A small file changed as a whole: sending it
+                                // costs less than a checksum round trip first.
+                                let file = sys::openat(
+                                    dir.as_fd(),
+                                    name.as_deref().unwrap_or(OsStr::new("")),
+                                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                                    0,
+                                )
+                                .map_err(|_| Stop::Changed)?;
+                                let now = sys::fstat(file.as_fd())?;
+                                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                                    return Err(Stop::Changed);
+                                }
+                                rxs.extend(self.submit_whole(path, &file, &now)?);
+                                sent_whole = true;
+                            } else if dirty_blocks.is_none() {
+                                // Even for an empty file: the reply tells
+                                // whether size, times and attributes need
+                                // sending.
                                 let count = blocks.min(self.checksum_batch()) as u32;
                                 let rx = self.link.submit(Op::Checksums {
                                     path: path.clone(),
@@ -383,7 +407,7 @@ impl Worker<'_> {
         if let Some((local, rx)) = listing {
             self.sync_listing(path, local, rx)?;
         }
-        if kind == libc::S_IFREG {
+        if kind == libc::S_IFREG && !sent_whole {
             match dirty_blocks {
                 Some(blocks) => self.sync_blocks(path, &blocks)?,
                 None => self.sync_content(path, first_sums)?,
@@ -505,8 +529,7 @@ impl Worker<'_> {
             }
             self.send(path, &mut out, buf, offset)?;
         }
-        out.drain(self)?;
-        self.sync_tail(path, &file, &out.ident)
+        self.sync_tail(path, &mut out)
     }
 
     fn open_content(&self, path: &RelPath) -> Result<OwnedFd, Stop> {
@@ -623,7 +646,6 @@ impl Worker<'_> {
             }
             first += u64::from(count);
         }
-        out.drain(self)?;
         if out.sent == 0
             && theirs_first.is_some_and(|t| Self::same_facts(&file, &t).unwrap_or(false))
         {
@@ -631,7 +653,7 @@ impl Worker<'_> {
             // (a live change since the checksums reaches both sides alike).
             return Ok(());
         }
-        self.sync_tail(path, &file, &out.ident)
+        self.sync_tail(path, &mut out)
     }
 
     /// True when our file's size, modification time and replicated extended
@@ -655,37 +677,69 @@ impl Worker<'_> {
         }
     }
 
+    /// Submits all of a small file (`st`: its state now): content, size,
+    /// times, extended attributes. The caller holds the sequencer.
+    fn submit_whole(
+        &self,
+        path: &RelPath,
+        file: &OwnedFd,
+        st: &libc::stat,
+    ) -> Result<Vec<Receiver<Completion>>, Stop> {
+        let mut data = vec![0u8; st.st_size as usize];
+        let n = sys::pread_full(file.as_fd(), &mut data, 0)?;
+        data.truncate(n);
+        self.mirror.resync_sent(n as u64);
+        let mut rxs = Vec::with_capacity(4);
+        if n > 0 {
+            rxs.push(self.link.submit(Op::Write {
+                target: Target::Path(path.clone()),
+                offset: 0,
+                data,
+            }));
+        }
+        rxs.extend(self.tail_ops(path, st)?);
+        Ok(rxs)
+    }
+
     /// Size, times and extended attributes last, together, under the
-    /// sequencer, from the file as it is now.
-    fn sync_tail(&self, path: &RelPath, file: &OwnedFd, ident: &libc::stat) -> Result<(), Stop> {
+    /// sequencer, from the file as it is now; then waits for them and for
+    /// the data writes still in flight (all in one round trip).
+    fn sync_tail(&self, path: &RelPath, out: &mut Outgoing<'_>) -> Result<(), Stop> {
         let rxs = {
             let _g = self.overlay.sequence();
-            if !self.same_inode(path, ident)? {
+            if !self.same_inode(path, &out.ident)? {
                 return Err(Stop::Changed);
             }
-            let st = sys::fstat(file.as_fd())?;
-            let t = |s: i64, n: i64| Timestamp {
-                sec: s,
-                nsec: n as u32,
-            };
-            let xattrs = self.xattrs_op(path)?;
-            [
-                self.link.submit(Op::Truncate {
-                    target: Target::Path(path.clone()),
-                    size: st.st_size as u64,
-                }),
-                self.link.submit(Op::SetTimes {
-                    target: Target::Path(path.clone()),
-                    atime: Some(t(st.st_atime, st.st_atime_nsec)),
-                    mtime: Some(t(st.st_mtime, st.st_mtime_nsec)),
-                }),
-                self.link.submit(xattrs),
-            ]
+            let st = sys::fstat(out.file.as_fd())?;
+            self.tail_ops(path, &st)?
         };
+        out.drain(self)?;
         for rx in rxs {
             self.wait(rx)?;
         }
         Ok(())
+    }
+
+    /// Submits the size, times and extended attributes of `path`, whose
+    /// state is `st`. The caller holds the sequencer.
+    fn tail_ops(&self, path: &RelPath, st: &libc::stat) -> Result<[Receiver<Completion>; 3], Stop> {
+        let t = |s: i64, n: i64| Timestamp {
+            sec: s,
+            nsec: n as u32,
+        };
+        let xattrs = self.xattrs_op(path)?;
+        Ok([
+            self.link.submit(Op::Truncate {
+                target: Target::Path(path.clone()),
+                size: st.st_size as u64,
+            }),
+            self.link.submit(Op::SetTimes {
+                target: Target::Path(path.clone()),
+                atime: Some(t(st.st_atime, st.st_atime_nsec)),
+                mtime: Some(t(st.st_mtime, st.st_mtime_nsec)),
+            }),
+            self.link.submit(xattrs),
+        ])
     }
 
     /// The op that makes the secondary's extended attributes of `path` equal
