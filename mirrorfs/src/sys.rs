@@ -351,6 +351,21 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
 }
 
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: start writing the range back
+/// now (waits only if the device queue is full).
+pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    cvt(unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    })
+    .map(drop)
+}
+
 /// `posix_fadvise(POSIX_FADV_WILLNEED)`: start reading the range into the
 /// page cache without waiting for it.
 pub fn fadvise_willneed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {

@@ -52,6 +52,9 @@ pub struct Applier {
     meta: Meta,
 }
 
+/// Writes by path (the resync's) at least this big are written back at once.
+const WRITEBACK_AT: usize = 64 << 10;
+
 /// Read-ahead hints for the files the stream will soon checksum. The
 /// secondary applies ops one at a time, so without hints the cold reads of a
 /// `--full` resync (several files asked for at once) would happen one after
@@ -277,6 +280,13 @@ impl Applier {
             } => {
                 let fd = self.writable(target)?;
                 sys::pwrite_all(fd.fd(), data, *offset)?;
+                if matches!(target, Target::Path(_)) && data.len() >= WRITEBACK_AT {
+                    // A resync block: start writing it back now, so that the
+                    // application's next fsync here (a journal commit that
+                    // must flush every file's pending new blocks) does not
+                    // find the resync's backlog in its way. Only a hint.
+                    let _ = sys::start_writeback(fd.fd(), *offset, data.len() as u64);
+                }
             }
             Op::Truncate { target, size } => {
                 let fd = self.writable(target)?;
