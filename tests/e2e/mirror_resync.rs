@@ -259,6 +259,47 @@ fn renames_while_alone_move_instead_of_copying() -> Result<()> {
     Ok(())
 }
 
+/// A file with only some dirty blocks, gone from the replica behind the
+/// mirror's back (an operator, a restore): the resync must not send just the
+/// dirty blocks into a new, empty file and call it in sync. The file is laid
+/// down on both sides before the first start, so no recent-activity record
+/// makes the resync compare it in full anyway.
+#[test]
+fn dirty_blocks_of_a_file_missing_on_the_replica_resync_all_of_it() -> Result<()> {
+    let mut m = Mirror::prepare()?;
+    let data = pseudo_random(500, 4 * MIB as usize);
+    fs::write(m.backing().join("big"), &data)?;
+    fs::write(m.replica().join("big"), &data)?;
+    let control = m.start_controlled(&ALONE)?;
+    m.wait_in_sync(&control, SMALL_RESYNC_DEADLINE)?;
+    let mnt = m.mnt();
+    // Opened while in sync (a writable open marks the whole file), written
+    // while ALONE: only that block is dirty.
+    let f = run_fs(FS_DEADLINE, "opening big", &mnt, |mnt| {
+        OpenOptions::new().write(true).open(mnt.join("big"))
+    })?;
+    m.kill_serve()?;
+    m.wait_alone(&control)?;
+    run_fs(
+        FS_DEADLINE,
+        "one block changed while ALONE",
+        &mnt,
+        move |_| {
+            f.write_all_at(b"changed while ALONE", MIB + 10)?;
+            f.sync_all()
+        },
+    )?;
+    let st = m.status_json(&control)?;
+    ensure!(
+        st["dirty_files"] == 1,
+        "one file dirty (in one block) expected, status: {st}"
+    );
+    fs::remove_file(m.replica().join("big"))?;
+    m.start_serve()?;
+    m.wait_in_sync(&control, SMALL_RESYNC_DEADLINE)?;
+    m.expect_replica_identical()
+}
+
 #[test]
 fn status_reports_prim_and_json_is_parseable() -> Result<()> {
     let (m, control) = start(&[])?;

@@ -260,6 +260,7 @@ impl Worker<'_> {
         // only data was written while apart, else those whose checksums differ.
         let mut dirty_blocks = None;
         let mut sent_whole = false;
+        let mut ensure_rx = None;
         let kind = {
             let _g = self.overlay.sequence();
             let local = self.lstat(path)?;
@@ -348,7 +349,11 @@ impl Worker<'_> {
                             gid,
                         },
                     };
-                    rxs.push(self.link.submit(op));
+                    if kind == libc::S_IFREG {
+                        ensure_rx = Some(self.link.submit(op));
+                    } else {
+                        rxs.push(self.link.submit(op));
+                    }
                     match kind {
                         libc::S_IFDIR => {
                             rxs.push(self.link.submit(self.xattrs_op(path)?));
@@ -401,6 +406,11 @@ impl Worker<'_> {
                 }
             }
         };
+        // The file's kind first: the ops after it depend on it.
+        let kept = match ensure_rx {
+            Some(rx) => self.wait(rx)?.first() == Some(&1),
+            None => false,
+        };
         for rx in rxs {
             self.wait(rx)?;
         }
@@ -409,8 +419,10 @@ impl Worker<'_> {
         }
         if kind == libc::S_IFREG && !sent_whole {
             match dirty_blocks {
-                Some(blocks) => self.sync_blocks(path, &blocks)?,
-                None => self.sync_content(path, first_sums)?,
+                Some(blocks) if kept => self.sync_blocks(path, &blocks)?,
+                // Not there any more (removed behind our back, or made anew
+                // above): the dirty blocks are not all it lacks.
+                _ => self.sync_content(path, first_sums)?,
             }
         }
         Ok(())

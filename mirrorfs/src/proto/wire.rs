@@ -257,6 +257,8 @@ pub enum Op {
     },
     /// Resync: make `path` a regular file with this owner and mode (replacing
     /// anything else there; the content is left for block comparison).
+    /// Answered with one byte: 1 if the file there was kept, 0 if it was made
+    /// (empty).
     EnsureFile {
         /// The file.
         path: RelPath,

@@ -431,11 +431,11 @@ impl Applier {
                 single,
             } => {
                 let (dir, name) = self.parent(path)?;
-                match sys::fstatat(dir.as_fd(), name) {
+                let kept = match sys::fstatat(dir.as_fd(), name) {
                     // Shared with other names here but not on the primary:
                     // those names keep the old inode; this one gets a new,
                     // empty one (the comparison then sends its content).
-                    Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => {}
+                    Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => true,
                     Ok(_) => {
                         remove_tree(dir.as_fd(), name)?;
                         drop(sys::openat(
@@ -444,6 +444,7 @@ impl Applier {
                             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                             0o600,
                         )?);
+                        false
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                         drop(sys::openat(
@@ -452,11 +453,16 @@ impl Applier {
                             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                             0o600,
                         )?);
+                        false
                     }
                     Err(e) => return Err(e),
-                }
+                };
                 let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
                 set_owner_and_mode(fd.as_fd(), *uid, *gid, *mode)?;
+                // Tells the primary whether the file it knows only some
+                // changed blocks of is really there: a new, empty one needs
+                // all of them.
+                return Ok(Applied::Reply(vec![u8::from(kept)]));
             }
             Op::EnsureSymlink {
                 path,

@@ -243,3 +243,38 @@ fn removing_below_a_missing_directory_is_done() {
     .unwrap();
     assert!(f.root.join("file").exists());
 }
+
+#[test]
+fn ensure_file_says_whether_the_file_was_kept() {
+    let mut f = fixture();
+    let ensure = |single| Op::EnsureFile {
+        path: p("f"),
+        mode: 0o640,
+        uid: 0,
+        gid: 0,
+        single,
+    };
+    let kept = |r: io::Result<Applied>| match r.unwrap() {
+        Applied::Reply(b) => b == [1],
+        _ => panic!("EnsureFile must answer"),
+    };
+    assert!(!kept(f.a.apply(&ensure(true))), "made anew");
+    fs::write(f.root.join("f"), b"data").unwrap();
+    assert!(kept(f.a.apply(&ensure(true))), "kept");
+    assert_eq!(fs::read(f.root.join("f")).unwrap(), b"data");
+    fs::hard_link(f.root.join("f"), f.root.join("g")).unwrap();
+    assert!(
+        kept(f.a.apply(&ensure(false))),
+        "shared, and the primary's is too"
+    );
+    assert!(
+        !kept(f.a.apply(&ensure(true))),
+        "shared here only: made anew"
+    );
+    assert_eq!(
+        fs::read(f.root.join("g")).unwrap(),
+        b"data",
+        "the other name keeps its bytes"
+    );
+    assert!(fs::read(f.root.join("f")).unwrap().is_empty());
+}
