@@ -256,12 +256,9 @@ impl DirtyLog {
         }
         let mut buf = Vec::new();
         for b in &new {
-            buf.extend_from_slice(&(p.as_bytes().len() as u16 | BLOCK_RECORD).to_be_bytes());
-            buf.extend_from_slice(p.as_bytes());
-            buf.extend_from_slice(&b.to_be_bytes());
+            record(&mut buf, BLOCK_RECORD, p, &b.to_be_bytes());
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        self.append(&buf)?;
         for b in new {
             self.set_block(p.clone(), b);
         }
@@ -276,20 +273,12 @@ impl DirtyLog {
 
     /// Records the paths not yet recorded; returns once they are durable.
     pub fn mark<'a>(&mut self, paths: impl IntoIterator<Item = &'a RelPath>) -> io::Result<()> {
-        let mut buf = Vec::new();
-        let mut new = Vec::new();
-        for p in paths {
-            if !self.whole(p) {
-                buf.extend_from_slice(&(p.as_bytes().len() as u16).to_be_bytes());
-                buf.extend_from_slice(p.as_bytes());
-                new.push(p.clone());
-            }
-        }
-        if new.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        let new: Vec<RelPath> = paths
+            .into_iter()
+            .filter(|p| !self.whole(p))
+            .cloned()
+            .collect();
+        self.append_paths(0, &new)?;
         for p in new {
             self.set_whole(p);
         }
@@ -332,20 +321,12 @@ impl DirtyLog {
         &mut self,
         paths: impl IntoIterator<Item = &'a RelPath>,
     ) -> io::Result<()> {
-        let mut buf = Vec::new();
-        let mut new = Vec::new();
-        for p in paths {
-            if !self.trees.contains(p) {
-                buf.extend_from_slice(&(p.as_bytes().len() as u16 | TREE_RECORD).to_be_bytes());
-                buf.extend_from_slice(p.as_bytes());
-                new.push(p.clone());
-            }
-        }
-        if new.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        let new: Vec<RelPath> = paths
+            .into_iter()
+            .filter(|p| !self.trees.contains(*p))
+            .cloned()
+            .collect();
+        self.append_paths(TREE_RECORD, &new)?;
         for p in new {
             self.trees.insert(p.clone());
             self.set_whole(p);
@@ -357,6 +338,32 @@ impl DirtyLog {
     pub fn trees(&self) -> &BTreeSet<RelPath> {
         &self.trees
     }
+
+    /// Appends one record of kind `head` per path (none: nothing written).
+    fn append_paths(&mut self, head: u16, paths: &[RelPath]) -> io::Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for p in paths {
+            record(&mut buf, head, p, &[]);
+        }
+        self.append(&buf)
+    }
+
+    /// Appends encoded records; returns once durable.
+    fn append(&mut self, records: &[u8]) -> io::Result<()> {
+        self.file.write_all(records)?;
+        self.file.sync_data()
+    }
+}
+
+/// Encodes one dirty-log record: the path's length with the kind bits
+/// `head`, the path, then `extra` (a block record's block number).
+fn record(buf: &mut Vec<u8>, head: u16, p: &RelPath, extra: &[u8]) {
+    buf.extend_from_slice(&(p.as_bytes().len() as u16 | head).to_be_bytes());
+    buf.extend_from_slice(p.as_bytes());
+    buf.extend_from_slice(extra);
 }
 
 /// Directories with recent mutations, in two epochs (see the module doc).

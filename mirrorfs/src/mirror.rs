@@ -587,17 +587,7 @@ impl Mirror {
             return Ok(());
         }
         st.dirty.mark(paths)?;
-        // Only a live connection resyncs; a lost one is the supervisor's to
-        // handle (ALONE or LOST), not a reason to start a resync.
-        if st.link.as_ref().is_some_and(|l| l.lost().is_none()) {
-            st.walk.extend(paths.iter().cloned());
-            if st.role == Role::Prim {
-                st.progress = ResyncProgress::default();
-                st.resync_started = Instant::now();
-                Self::set_role(st, Role::Resync);
-            }
-            self.changed.notify_all();
-        }
+        self.schedule(st, paths, false);
         Ok(())
     }
 
@@ -606,18 +596,31 @@ impl Mirror {
     /// entries of the same names and kinds but other contents.
     fn mark_trees(&self, st: &mut State, paths: &[RelPath]) -> io::Result<()> {
         st.dirty.mark_trees(paths)?;
-        if st.link.as_ref().is_some_and(|l| l.lost().is_none()) {
-            for p in paths {
-                st.walk.insert_tree(p.clone());
-            }
-            if st.role == Role::Prim {
-                st.progress = ResyncProgress::default();
-                st.resync_started = Instant::now();
-                Self::set_role(st, Role::Resync);
-            }
-            self.changed.notify_all();
-        }
+        self.schedule(st, paths, true);
         Ok(())
+    }
+
+    /// Puts recorded paths in the walk (as trees: compared down to every
+    /// file), starting a resync if in sync. Only a live connection resyncs;
+    /// a lost one is the supervisor's to handle (ALONE or LOST), not a reason
+    /// to start a resync.
+    fn schedule(&self, st: &mut State, paths: &[RelPath], trees: bool) {
+        if st.link.as_ref().is_none_or(|l| l.lost().is_some()) {
+            return;
+        }
+        for p in paths {
+            if trees {
+                st.walk.insert_tree(p.clone());
+            } else {
+                st.walk.insert(p.clone());
+            }
+        }
+        if st.role == Role::Prim {
+            st.progress = ResyncProgress::default();
+            st.resync_started = Instant::now();
+            Self::set_role(st, Role::Resync);
+        }
+        self.changed.notify_all();
     }
 
     // ---- the resync workers' interface --------------------------------------

@@ -33,6 +33,17 @@ pub struct Walk {
     full_trees: BTreeSet<RelPath>,
 }
 
+/// True when `p` or an ancestor of it is in a set (`has`), or something
+/// strictly below it (`has_in`, given the bounds of that range; never for the
+/// root, which cannot be renamed or removed).
+fn near(
+    p: &RelPath,
+    has: impl Fn(&RelPath) -> bool,
+    has_in: impl Fn(RelPath, RelPath) -> bool,
+) -> bool {
+    has(p) || p.ancestors().any(|a| has(&a)) || p.below().is_some_and(|(lo, hi)| has_in(lo, hi))
+}
+
 impl Walk {
     /// A new resync over `pending`, comparing every child of `full_dirs`.
     /// Paths of an earlier walk still in flight are forgotten: their workers
@@ -89,25 +100,24 @@ impl Walk {
     /// its descendants is still to be visited: a change there is carried by
     /// the walk.
     pub fn pending_near(&self, p: &RelPath) -> bool {
-        if self.pending.contains(p) || p.ancestors().any(|a| self.pending.contains(&a)) {
-            return true;
-        }
-        p.below()
-            .is_some_and(|(lo, hi)| self.pending.range(lo..hi).next().is_some())
+        near(
+            p,
+            |x| self.pending.contains(x),
+            |lo, hi| self.pending.range(lo..hi).next().is_some(),
+        )
     }
 
     /// True when `p`, one of its ancestors or (unless `p` is the root) one of
-    /// its descendants is being visited now. A worker that finds its path renamed or removed under it
-    /// gives up on that path, so a rename of it (or above it) must put the
-    /// new name in the walk: the secondary holds a half-visited copy there.
+    /// its descendants is being visited now. A worker that finds its path
+    /// renamed or removed under it gives up on that path, so a rename of it
+    /// (or above it) must put the new name in the walk: the secondary holds a
+    /// half-visited copy there.
     pub fn in_flight_near(&self, p: &RelPath) -> bool {
-        if self.in_flight.contains_key(p) || p.ancestors().any(|a| self.in_flight.contains_key(&a))
-        {
-            return true;
-        }
-        // Not below the root: it cannot be renamed or removed.
-        p.below()
-            .is_some_and(|(lo, hi)| self.in_flight.range(lo..hi).next().is_some())
+        near(
+            p,
+            |x| self.in_flight.contains_key(x),
+            |lo, hi| self.in_flight.range(lo..hi).next().is_some(),
+        )
     }
 
     /// True when `p` must wait (see the module doc).
