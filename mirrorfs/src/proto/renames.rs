@@ -9,14 +9,16 @@
 //! bytes, never correctness. Chains (`a` to `b` to `c`) and renames into or
 //! out of renamed directories resolve to the oldest name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::path::RelPath;
 
-/// New name → the name the secondary knows the object by.
+/// New name → the name the secondary knows the object by, and the reverse.
 #[derive(Debug, Default, Clone)]
 pub struct Renames {
     origin: BTreeMap<RelPath, RelPath>,
+    /// Old name → the new names of the objects known by it.
+    targets: BTreeMap<RelPath, BTreeSet<RelPath>>,
 }
 
 /// `p` with its prefix `old` replaced by `new` (`p` is `old` or below it).
@@ -28,12 +30,53 @@ fn rebase(p: &RelPath, old: &RelPath, new: &RelPath) -> Option<RelPath> {
     RelPath::new([new.as_bytes(), rest].concat()).ok()
 }
 
-/// True when `p` is `base` or below it.
-fn at_or_below(p: &RelPath, base: &RelPath) -> bool {
-    p == base || p.ancestors().any(|a| &a == base)
+/// `p` and its ancestors, nearest first.
+fn self_and_ancestors(p: &RelPath) -> impl Iterator<Item = RelPath> + '_ {
+    std::iter::once(p.clone()).chain(p.ancestors())
 }
 
 impl Renames {
+    fn put(&mut self, to: RelPath, origin: RelPath) {
+        self.targets
+            .entry(origin.clone())
+            .or_default()
+            .insert(to.clone());
+        if let Some(old) = self.origin.insert(to.clone(), origin) {
+            self.forget_target(&old, &to);
+        }
+    }
+
+    fn take(&mut self, to: &RelPath) -> Option<RelPath> {
+        let origin = self.origin.remove(to)?;
+        self.forget_target(&origin, to);
+        Some(origin)
+    }
+
+    fn forget_target(&mut self, origin: &RelPath, to: &RelPath) {
+        if let Some(ts) = self.targets.get_mut(origin) {
+            ts.remove(to);
+            if ts.is_empty() {
+                self.targets.remove(origin);
+            }
+        }
+    }
+
+    /// The new names at or below `p`.
+    fn keys_at_or_below(&self, p: &RelPath) -> Vec<RelPath> {
+        let mut keys: Vec<RelPath> = self
+            .origin
+            .get_key_value(p)
+            .map(|(k, _)| k.clone())
+            .into_iter()
+            .collect();
+        match p.below() {
+            Some((lo, hi)) => keys.extend(self.origin.range(lo..hi).map(|(k, _)| k.clone())),
+            // The root: everything.
+            None => keys = self.origin.keys().cloned().collect(),
+        }
+        keys
+    }
+
     /// The name the secondary knows what is now at `p` by.
     pub fn origin_of(&self, p: &RelPath) -> RelPath {
         if let Some(o) = self.origin.get(p) {
@@ -51,25 +94,19 @@ impl Renames {
     pub fn renamed(&mut self, from: &RelPath, to: &RelPath) {
         let origin = self.origin_of(from);
         // What was at `to` is gone; what was below `from` moves below `to`.
-        self.origin.retain(|k, _| !at_or_below(k, to));
-        self.origin.remove(from);
-        let moved: Vec<(RelPath, RelPath)> = self
-            .origin
-            .iter()
-            .filter(|(k, _)| at_or_below(k, from))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, v) in moved {
-            self.origin.remove(&k);
+        for k in self.keys_at_or_below(to) {
+            self.take(&k);
+        }
+        self.take(from);
+        for k in self.keys_at_or_below(from) {
+            let Some(v) = self.take(&k) else { continue };
             match rebase(&k, from, to) {
-                Some(nk) if nk != v => {
-                    self.origin.insert(nk, v);
-                }
+                Some(nk) if nk != v => self.put(nk, v),
                 _ => {}
             }
         }
         if origin != *to {
-            self.origin.insert(to.clone(), origin);
+            self.put(to.clone(), origin);
         }
     }
 
@@ -82,26 +119,44 @@ impl Renames {
             return Vec::new();
         };
         let mut names = vec![o.clone()];
-        for (t2, o2) in &self.origin {
-            if t2 != p && o.ancestors().any(|a| &a == o2) {
-                names.extend(rebase(o, o2, t2));
+        for o2 in o.ancestors() {
+            for t2 in self.targets.get(&o2).into_iter().flatten() {
+                names.extend(rebase(o, &o2, t2));
             }
         }
         names
     }
 
-    /// The old names (of every renamed object) that `p` is, or is below.
+    /// The old names (of every renamed object) that `p` is, or is below
+    /// (each once). Called for every path the resync finds gone, so it looks
+    /// up `p`'s ancestors rather than walking every entry.
     pub fn old_names_above(&self, p: &RelPath) -> Vec<RelPath> {
-        self.origin
-            .keys()
-            .flat_map(|t| self.old_names(t))
-            .filter(|o| at_or_below(p, o))
-            .collect()
+        // Old names themselves.
+        let mut out: Vec<RelPath> = self_and_ancestors(p)
+            .filter(|a| self.targets.contains_key(a))
+            .collect();
+        // Old names moved along with a renamed directory `t2` above `p`
+        // (known by `o2`): those of the objects whose old name is below `o2`.
+        for t2 in p.ancestors() {
+            let Some(o2) = self.origin.get(&t2) else {
+                continue;
+            };
+            let Some(q) = rebase(p, &t2, o2) else {
+                continue;
+            };
+            for a in self_and_ancestors(&q).take_while(|a| a != o2) {
+                if self.targets.contains_key(&a) {
+                    out.extend(rebase(&a, o2, &t2));
+                }
+            }
+        }
+        out
     }
 
     /// In sync again: nothing to remember.
     pub fn clear(&mut self) {
         self.origin.clear();
+        self.targets.clear();
     }
 }
 
@@ -166,5 +221,71 @@ mod tests {
         above.sort();
         assert_eq!(above, vec![p("e/f1")]);
         assert_eq!(r.old_names(&p("e")), vec![p("d")]);
+    }
+
+    /// The definitions, by brute force over every entry.
+    fn old_names_brute(r: &Renames, p: &RelPath) -> Vec<RelPath> {
+        let Some(o) = r.origin.get(p) else {
+            return Vec::new();
+        };
+        let mut names = vec![o.clone()];
+        for (t2, o2) in &r.origin {
+            if t2 != p && o.ancestors().any(|a| &a == o2) {
+                names.extend(rebase(o, o2, t2));
+            }
+        }
+        names
+    }
+
+    fn at_or_below(p: &RelPath, base: &RelPath) -> bool {
+        p == base || p.ancestors().any(|a| &a == base)
+    }
+
+    fn path_strategy() -> impl proptest::strategy::Strategy<Value = RelPath> {
+        use proptest::prelude::*;
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..4)
+            .prop_map(|parts| p(&parts.join("/")))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn indexed_lookups_match_the_definitions(
+            renames in proptest::collection::vec((path_strategy(), path_strategy()), 0..12),
+            probes in proptest::collection::vec(path_strategy(), 1..8),
+        ) {
+            let mut r = Renames::default();
+            for (from, to) in &renames {
+                if !at_or_below(to, from) {
+                    r.renamed(from, to);
+                }
+            }
+            for (t, o) in &r.origin {
+                proptest::prop_assert!(r.targets.get(o).is_some_and(|ts| ts.contains(t)));
+            }
+            proptest::prop_assert_eq!(
+                r.targets.values().map(BTreeSet::len).sum::<usize>(),
+                r.origin.len()
+            );
+            for q in &probes {
+                let mut got = r.old_names(q);
+                let mut want = old_names_brute(&r, q);
+                got.sort();
+                want.sort();
+                proptest::prop_assert_eq!(got, want);
+                let mut got = r.old_names_above(q);
+                let mut want: Vec<RelPath> = r
+                    .origin
+                    .keys()
+                    .flat_map(|t| old_names_brute(&r, t))
+                    .filter(|o| at_or_below(q, o))
+                    .collect();
+                got.sort();
+                want.sort();
+                // As sets: an old name shared by two new names counts once.
+                got.dedup();
+                want.dedup();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 }
