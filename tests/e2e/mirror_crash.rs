@@ -31,8 +31,8 @@ use serde_json::Value;
 
 use crate::util::lab::{Node, Proc};
 use crate::util::mirror::{
-    in_sync, last_error, role, wait_serve_listening, Mirror, MountArgs, ALONE_DEADLINE, PORT,
-    PRIM_DEADLINE, START_DEADLINE,
+    in_sync, last_error, role, wait_mounted, wait_serve_listening, Mirror, MountArgs,
+    ALONE_DEADLINE, PORT, PRIM_DEADLINE,
 };
 use crate::util::{
     is_fuse_mount, mirrorfs_bin, pseudo_random, run_fs, run_ok, tail, wait_for, within,
@@ -733,24 +733,7 @@ impl Cluster {
         args.extra
             .extend(["--control".into(), s.control.display().to_string()]);
         let mut mount = self.m.spawn_mount(&args)?;
-        let mnt = &s.mnt;
-        wait_for(START_DEADLINE, &format!("the mount on {}", s.name), || {
-            match mount.try_status() {
-                Ok(Some(st)) => {
-                    return Probe::Fail(anyhow::anyhow!(
-                        "mirrorfs mount exited ({st}): {}",
-                        mount.stderr_tail()
-                    ))
-                }
-                Ok(None) => {}
-                Err(e) => return Probe::Fail(e),
-            }
-            match is_fuse_mount(mnt) {
-                Ok(true) => Probe::Ready(()),
-                Ok(false) => Probe::Pending(format!("not mounted yet: {}", mount.stderr_tail())),
-                Err(e) => Probe::Fail(e),
-            }
-        })?;
+        wait_mounted(&mut mount, &s.mnt).with_context(|| format!("the mount on {}", s.name))?;
         self.mounts[i] = Some(mount);
         Ok(())
     }

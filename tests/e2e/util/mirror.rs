@@ -65,6 +65,36 @@ pub struct MountArgs {
     pub on_node2: bool,
 }
 
+/// Waits until `mnt` is a FUSE mount served by the `mirrorfs mount` process
+/// `mount`; fails at once if that process exits first.
+pub fn wait_mounted(mount: &mut Proc, mnt: &Path) -> Result<()> {
+    wait_for(
+        START_DEADLINE,
+        &format!("mirrorfs to mount {}", mnt.display()),
+        || {
+            match mount.try_status() {
+                Ok(Some(st)) => {
+                    return Probe::Fail(anyhow::anyhow!(
+                        "mirrorfs mount exited ({st}): {}",
+                        mount.stderr_tail()
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Probe::Fail(e),
+            }
+            match is_fuse_mount(mnt) {
+                Ok(true) => Probe::Ready(()),
+                Ok(false) => Probe::Pending(format!(
+                    "{} not a FUSE mount yet; mount stderr: {}",
+                    mnt.display(),
+                    mount.stderr_tail()
+                )),
+                Err(e) => Probe::Fail(e),
+            }
+        },
+    )
+}
+
 impl Mirror {
     /// The lab, keys for node1 and node2, and empty backing/, replica/ and mnt/;
     /// nothing running yet.
@@ -206,27 +236,7 @@ impl Mirror {
     pub fn start_mount(&mut self, args: &MountArgs) -> Result<()> {
         let mut mount = self.spawn_mount(args)?;
         let mnt = &args.mountpoint;
-        wait_for(START_DEADLINE, "mirrorfs mount to mount", || {
-            match mount.try_status() {
-                Ok(Some(st)) => {
-                    return Probe::Fail(anyhow::anyhow!(
-                        "mirrorfs mount exited ({st}): {}",
-                        mount.stderr_tail()
-                    ))
-                }
-                Ok(None) => {}
-                Err(e) => return Probe::Fail(e),
-            }
-            match is_fuse_mount(mnt) {
-                Ok(true) => Probe::Ready(()),
-                Ok(false) => Probe::Pending(format!(
-                    "{} not a FUSE mount yet; mount stderr: {}",
-                    mnt.display(),
-                    mount.stderr_tail()
-                )),
-                Err(e) => Probe::Fail(e),
-            }
-        })?;
+        wait_mounted(&mut mount, mnt)?;
         self.mounts.push((mnt.clone(), mount));
         Ok(())
     }
