@@ -189,22 +189,22 @@ fn check_records(root: &Path, acked: &[u64]) -> io::Result<Vec<String>> {
             if ok.is_none() {
                 // The record in flight at a kill may be torn (the kernel may
                 // split one write into several requests, and the kill can
-                // fall between them): a prefix of it, then nothing or the
-                // next whole record appended by a later round.
-                if let Some((r, s)) = parse_id(id) {
-                    let in_flight = usize::try_from(r).is_ok_and(|r| r < acked.len())
-                        && s == acked[r as usize]
-                        && s % LOGS == k;
-                    let full = record_line(r, s);
-                    let torn = (1..full.len()).rev().find(|&cut| {
-                        line.starts_with(&full[..cut])
-                            && (line.len() == cut
-                                || valid(&line[cut..]).is_some_and(|rs| seen.insert(rs)))
+                // fall between them): a prefix of it (maybe shorter than its
+                // id), then nothing or the next whole record appended by a
+                // later round.
+                ok = acked
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &s)| (r as u64, s))
+                    .filter(|&(_, s)| s % LOGS == k)
+                    .find(|&(r, s)| {
+                        let full = record_line(r, s);
+                        (1..full.len()).rev().any(|cut| {
+                            line.starts_with(&full[..cut])
+                                && (line.len() == cut
+                                    || valid(&line[cut..]).is_some_and(|rs| seen.insert(rs)))
+                        })
                     });
-                    if in_flight && torn.is_some() {
-                        ok = Some((r, s));
-                    }
-                }
             }
             match ok {
                 Some(rs) if seen.insert(rs) => {}
@@ -1034,6 +1034,18 @@ mod tests {
         fs::write(root.join("files/r0-2"), file_content(0, 2)).unwrap();
         fs::write(root.join("files/r0-4"), file_content(0, 4)).unwrap();
         assert_eq!(check_records(root, &[5]).unwrap(), Vec::<String>::new());
+        // The in-flight record torn before its id was whole.
+        let in_flight_log = root.join(format!("logs/log{}", 5 % LOGS));
+        let whole = fs::read(&in_flight_log).unwrap();
+        fs::write(&in_flight_log, [&whole[..], b"r0-"].concat()).unwrap();
+        assert_eq!(check_records(root, &[5]).unwrap(), Vec::<String>::new());
+        fs::write(&in_flight_log, [&whole[..], b"r1-"].concat()).unwrap();
+        assert_eq!(
+            check_records(root, &[5]).unwrap().len(),
+            1,
+            "not a prefix of it"
+        );
+        fs::write(&in_flight_log, &whole).unwrap();
         // The in-flight move of r0-2 may have happened.
         fs::rename(root.join("files/r0-2"), root.join("moved/r0-2")).unwrap();
         assert_eq!(check_records(root, &[5]).unwrap(), Vec::<String>::new());
