@@ -31,3 +31,7 @@ mod mirror_crash;
 /// Issue 3, items 5 and 6: the secondary killed mid-resync, a full disk on the
 /// secondary, files vanishing during a resync, a secondary restarted over and over.
 mod mirror_faults;
+
+/// Issue 7: the review's findings and the churn-under-restarts scenario, each a
+/// regression test.
+mod mirror_review;
