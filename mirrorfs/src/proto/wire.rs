@@ -1031,7 +1031,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         opcode::SYMLINK => {
             let path = r.named_path()?;
-            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            let target = r.bytes16(super::path::MAX_SYMLINK_TARGET)?.to_vec();
             if target.is_empty() || target.contains(&0) {
                 return Err(WireError::Malformed("symlink target empty or with NUL"));
             }
@@ -1158,7 +1158,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         opcode::ENSURE_SYMLINK => {
             let path = r.named_path()?;
-            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            let target = r.bytes16(super::path::MAX_SYMLINK_TARGET)?.to_vec();
             if target.is_empty() || target.contains(&0) {
                 return Err(WireError::Malformed("symlink target empty or with NUL"));
             }
