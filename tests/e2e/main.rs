@@ -31,3 +31,6 @@ mod mirror_crash;
 /// Issue 3, items 5 and 6: the secondary killed mid-resync, a full disk on the
 /// secondary, files vanishing during a resync, a secondary restarted over and over.
 mod mirror_faults;
+
+/// Issue 7, item 10: trees deeper than PATH_MAX replicate, resync and verify up to the 32 KiB bound.
+mod mirror_deep;
