@@ -35,3 +35,6 @@ mod mirror_faults;
 /// Issue 7: the review's findings and the churn-under-restarts scenario, each a
 /// regression test.
 mod mirror_review;
+
+/// Issue 7, item 10: trees deeper than PATH_MAX replicate, resync and verify up to the 32 KiB bound.
+mod mirror_deep;

@@ -10,13 +10,23 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB.)
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
 pub const MAX_XATTR_VALUE: usize = 64 << 10;
-/// Largest frame body; anything longer is refused before reading it.
+/// Largest frame body; anything longer is refused before reading it. Holds
+/// the largest op: a write of [`MAX_DATA`] bytes by a path of
+/// [`MAX_PATH`](super::path::MAX_PATH) bytes (a rename's two paths, or a
+/// path and an xattr value, are smaller).
 pub const MAX_FRAME: usize = MAX_DATA + (64 << 10);
+/// Bytes of a write frame's body besides its path and data: tag, sequence
+/// number, opcode, target kind, path length, offset and data length.
+const WRITE_OVERHEAD: usize = 1 + 8 + 1 + 1 + 2 + 8 + 4;
+const _: () = assert!(WRITE_OVERHEAD + super::path::MAX_PATH + MAX_DATA <= MAX_FRAME);
+// Paths travel with a 16-bit length.
+const _: () = assert!(super::path::MAX_PATH <= u16::MAX as usize);
 /// Largest free-text field (node names, refusal reasons).
 const MAX_TEXT: usize = 4096;
 
@@ -1031,7 +1041,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         opcode::SYMLINK => {
             let path = r.named_path()?;
-            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            let target = r.bytes16(super::path::MAX_SYMLINK_TARGET)?.to_vec();
             if target.is_empty() || target.contains(&0) {
                 return Err(WireError::Malformed("symlink target empty or with NUL"));
             }
@@ -1158,7 +1168,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         opcode::ENSURE_SYMLINK => {
             let path = r.named_path()?;
-            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            let target = r.bytes16(super::path::MAX_SYMLINK_TARGET)?.to_vec();
             if target.is_empty() || target.contains(&0) {
                 return Err(WireError::Malformed("symlink target empty or with NUL"));
             }

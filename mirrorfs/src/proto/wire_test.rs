@@ -5,6 +5,7 @@ use pretty_assertions::assert_eq;
 use proptest::prelude::*;
 
 use super::*;
+use crate::proto::path::{MAX_PATH, MAX_SYMLINK_TARGET};
 
 fn p(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
@@ -381,4 +382,114 @@ proptest! {
         buf[i] = byte;
         let _ = Frame::decode(&buf);
     }
+}
+
+/// A path of exactly `len` bytes.
+fn long_path(len: usize) -> RelPath {
+    RelPath::new(crate::proto::path::deep_path_bytes(len)).unwrap()
+}
+
+#[test]
+fn the_longest_paths_round_trip_and_the_largest_frame_fits() {
+    let longest = long_path(MAX_PATH);
+    let write = op_frame(Op::Write {
+        target: Target::Path(longest.clone()),
+        offset: 1 << 40,
+        data: vec![0xa5; MAX_DATA],
+    });
+    let mut buf = Vec::new();
+    write.encode(&mut buf);
+    assert!(
+        buf.len() - 4 <= MAX_FRAME,
+        "{} > {MAX_FRAME}",
+        buf.len() - 4
+    );
+    assert!(Frame::decode(&buf) == Ok(Decoded::Frame(write, buf.len())));
+    let other = RelPath::new([&b"x/"[..], &longest.as_bytes()[2..]].concat()).unwrap();
+    for op in [
+        Op::Rename {
+            from: longest.clone(),
+            to: other,
+            flags: 0,
+        },
+        Op::Symlink {
+            path: longest.clone(),
+            target: vec![b't'; MAX_SYMLINK_TARGET],
+            uid: 0,
+            gid: 0,
+        },
+        Op::SetXattr {
+            target: Target::Path(longest.clone()),
+            name: vec![b'n'; 255],
+            value: vec![1; MAX_XATTR_VALUE],
+            flags: 0,
+        },
+        Op::EnsureDir {
+            path: longest.clone(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+    ] {
+        let f = op_frame(op);
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        assert!(buf.len() - 4 <= MAX_FRAME);
+        assert!(
+            Frame::decode(&buf) == Ok(Decoded::Frame(f.clone(), buf.len())),
+            "{}",
+            match &f {
+                Frame::Op { op, .. } => op.name(),
+                _ => "",
+            }
+        );
+    }
+    round_trip(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: "node1".into(),
+        peer: "node2".into(),
+        history: vec![1],
+        suspects: vec![long_path(10_000), longest],
+    }));
+}
+
+#[test]
+fn one_byte_over_the_bounds_is_refused() {
+    // A path of MAX_PATH + 1 bytes, otherwise valid.
+    let over = crate::proto::path::deep_path_bytes(MAX_PATH + 1);
+    assert_eq!(
+        Frame::decode(&unlink_frame_with_raw_path(&over)),
+        Err(WireError::Malformed("field longer than its limit"))
+    );
+    let at = crate::proto::path::deep_path_bytes(MAX_PATH);
+    assert!(matches!(
+        Frame::decode(&unlink_frame_with_raw_path(&at)),
+        Ok(Decoded::Frame(
+            Frame::Op {
+                op: Op::Unlink { .. },
+                ..
+            },
+            _
+        ))
+    ));
+    // A symlink target keeps the kernel's limit.
+    let symlink = |len: usize| {
+        let mut buf = Vec::new();
+        op_frame(Op::Symlink {
+            path: p("l"),
+            target: vec![b't'; len],
+            uid: 0,
+            gid: 0,
+        })
+        .encode(&mut buf);
+        Frame::decode(&buf)
+    };
+    assert!(matches!(
+        symlink(MAX_SYMLINK_TARGET),
+        Ok(Decoded::Frame(..))
+    ));
+    assert_eq!(
+        symlink(MAX_SYMLINK_TARGET + 1),
+        Err(WireError::Malformed("field longer than its limit"))
+    );
 }
