@@ -10,7 +10,7 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
@@ -322,10 +322,18 @@ pub enum Op {
         /// How many blocks (at most [`MAX_CHECKSUM_BLOCKS`]).
         count: u32,
     },
-    /// End of a resync: the secondary now holds generation history `ids`.
+    /// End of a resync: the secondary now holds generation history `ids`
+    /// (and its inconsistent mark goes).
     SetGeneration {
         /// The history, current first.
         ids: Vec<u64>,
+    },
+    /// Start of a resync: until the [`Op::SetGeneration`] that ends it, the
+    /// secondary's tree is a mix of old and new data. The secondary marks it
+    /// inconsistent, durably, before it acknowledges this op.
+    BeginResync {
+        /// The primary's current generation (what the resync brings over).
+        generation: u64,
     },
 }
 
@@ -463,6 +471,7 @@ impl Op {
             Self::List { .. } => "list",
             Self::Checksums { .. } => "checksums",
             Self::SetGeneration { .. } => "set-generation",
+            Self::BeginResync { .. } => "begin-resync",
         }
     }
 
@@ -612,6 +621,7 @@ mod opcode {
     pub(super) const LIST: u8 = 27;
     pub(super) const CHECKSUMS: u8 = 28;
     pub(super) const SET_GENERATION: u8 = 29;
+    pub(super) const BEGIN_RESYNC: u8 = 30;
 }
 
 impl Frame {
@@ -1003,6 +1013,10 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
                 w.u64(*id);
             }
         }
+        Op::BeginResync { generation } => {
+            w.u8(opcode::BEGIN_RESYNC);
+            w.u64(*generation);
+        }
     }
 }
 
@@ -1212,6 +1226,9 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             }
         }
         opcode::SET_GENERATION => Op::SetGeneration { ids: r.ids()? },
+        opcode::BEGIN_RESYNC => Op::BeginResync {
+            generation: r.u64()?,
+        },
         c => return Err(WireError::UnknownOp(c)),
     })
 }
