@@ -166,6 +166,7 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
             identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt")).unwrap(),
             pinned: tls::load_peer(&keys.join("node1.crt")).unwrap(),
             idle_timeout: Duration::from_secs(5),
+            control: None,
         })
         .unwrap();
         let addr = server.local_addr().unwrap();
