@@ -31,3 +31,6 @@ mod mirror_crash;
 /// Issue 3, items 5 and 6: the secondary killed mid-resync, a full disk on the
 /// secondary, files vanishing during a resync, a secondary restarted over and over.
 mod mirror_faults;
+
+/// Issue 7, section 3: the control API (ctl status/watch on mount and serve, state --root, an inconsistent replica refused, root only, hold orders).
+mod mirror_control;
