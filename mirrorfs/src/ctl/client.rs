@@ -88,8 +88,17 @@ impl Client {
         line.push('\n');
         self.stream
             .set_read_timeout(timeout)
-            .and_then(|()| self.stream.write_all(line.as_bytes()))
-            .map_err(|source| self.io(source))
+            .map_err(|source| self.io(source))?;
+        match self.stream.write_all(line.as_bytes()) {
+            Ok(()) => Ok(()),
+            // The server may have refused this client (not root, too many
+            // clients) and closed before the request went out: its answer
+            // says why.
+            Err(e) => match self.answer() {
+                Err(refused @ ClientError::Refused(_)) => Err(refused),
+                _ => Err(self.io(e)),
+            },
+        }
     }
 
     /// The next answer: the line as received (without its newline) and the

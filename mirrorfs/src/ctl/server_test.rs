@@ -378,3 +378,27 @@ fn run_as_nobody(path: &Path) -> i32 {
     assert!(libc::WIFEXITED(status), "the child died: {status}");
     libc::WEXITSTATUS(status)
 }
+
+/// Found by the e2e test: a refused client whose request went out after the
+/// server had answered and closed saw only "Broken pipe", not the refusal.
+#[test]
+fn a_refusal_sent_before_the_request_reaches_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let refusal = ErrorAnswer::encode(&CtlError::NotRoot { uid: 65534 });
+        writeln!(s, "{refusal}").unwrap();
+        drop(s);
+        closed_tx.send(()).unwrap();
+    });
+    let mut c = Client::connect(&path).unwrap();
+    closed_rx.recv_timeout(DEADLINE).unwrap();
+    match c.request(&Request::Status) {
+        Err(ClientError::Refused(msg)) => assert!(msg.contains("root only"), "{msg}"),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    server.join().unwrap();
+}
