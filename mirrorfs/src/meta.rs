@@ -3,7 +3,8 @@
 //!
 //! Owns the durable files a replicated directory keeps, in whichever role it
 //! is: `generation` (the generation history, current first, written
-//! atomically), `dirty` (the append-only log of paths that may differ from the
+//! atomically), `inconsistent` (present while a resync into this tree has
+//! begun and not finished: the tree mixes old and new data), `dirty` (the append-only log of paths that may differ from the
 //! peer, synced before a mutation it covers is acknowledged) and `activity` /
 //! `activity.prev` (the directories with mutations in the current and the
 //! previous epoch: after a crash of this node, the files in them are compared
@@ -62,31 +63,7 @@ impl Meta {
 
     /// The generation history (empty if this tree was never part of a mirror).
     pub fn load_history(&self) -> io::Result<History> {
-        let path = self.dir.join("generation");
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(History::default()),
-            Err(e) => return Err(e),
-        };
-        let mut ids = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let id = u64::from_str_radix(line, 16).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}:{}: {line:?} is not a generation id (16 hex digits); the file is damaged: restore it, or run `mirrorfs verify` and start over with a --full resync",
-                        path.display(),
-                        n + 1
-                    ),
-                )
-            })?;
-            ids.push(GenerationId(id));
-        }
-        Ok(History::from_ids(ids))
+        read_history(&self.dir)
     }
 
     /// Replaces the generation history atomically and durably.
@@ -96,6 +73,26 @@ impl Meta {
             text.push_str(&format!("{id}\n"));
         }
         self.replace("generation", text.as_bytes())
+    }
+
+    /// Marks this tree inconsistent, durably: a resync into it begins.
+    pub fn mark_inconsistent(&self, marker: &Inconsistent) -> io::Result<()> {
+        self.replace(INCONSISTENT, marker.encode().as_bytes())
+    }
+
+    /// Removes the inconsistent mark, durably (a resync into this tree is
+    /// complete, or the operator accepted the tree as it is).
+    pub fn clear_inconsistent(&self) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(INCONSISTENT)) {
+            Ok(()) => File::open(&self.dir)?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The inconsistent mark, if this tree has one.
+    pub fn inconsistent(&self) -> io::Result<Option<Inconsistent>> {
+        read_inconsistent(&self.dir)
     }
 
     /// Opens the dirty log, loading the paths it holds.
@@ -140,6 +137,133 @@ impl Meta {
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join(name))?;
         File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// The file that marks a tree inconsistent.
+const INCONSISTENT: &str = "inconsistent";
+
+/// What the inconsistent mark records: a resync into this tree began (the
+/// secondary writes it before it acknowledges the primary's `BeginResync`)
+/// and has not finished (the resync's `SetGeneration` removes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inconsistent {
+    /// When the resync began, seconds since the Unix epoch (0: unknown).
+    pub since_unix: u64,
+    /// The node name of the primary it came from.
+    pub from: String,
+    /// The primary's generation the resync was bringing over.
+    pub generation: Option<GenerationId>,
+}
+
+impl Inconsistent {
+    fn encode(&self) -> String {
+        let mut text = format!(
+            "# mirrorfs: a resync into this directory began and has not finished: its data is a mix of old and new\nsince {}\nfrom {}\n",
+            self.since_unix, self.from
+        );
+        if let Some(g) = self.generation {
+            text.push_str(&format!("generation {g}\n"));
+        }
+        text
+    }
+
+    /// Reads the mark's fields; whatever is missing or damaged is unknown
+    /// (the mark's presence is what counts).
+    fn parse(text: &str) -> Self {
+        let mut m = Self {
+            since_unix: 0,
+            from: "unknown".into(),
+            generation: None,
+        };
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            match line.split_once(' ') {
+                Some(("since", v)) => m.since_unix = v.trim().parse().unwrap_or(0),
+                Some(("from", v)) => m.from = v.trim().to_owned(),
+                Some(("generation", v)) => {
+                    m.generation = u64::from_str_radix(v.trim(), 16).ok().map(GenerationId)
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+/// What a tree's metadata says, as [`inspect`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootMeta {
+    /// `ROOT/.mirrorfs` exists (the tree was served or mounted).
+    pub meta_dir: bool,
+    /// The generation history (empty: never part of a mirror).
+    pub history: History,
+    /// The inconsistent mark, if any.
+    pub inconsistent: Option<Inconsistent>,
+}
+
+/// Reads `root`'s metadata without creating, truncating or rewriting
+/// anything (safe while a serve or mount runs on it). Fails if `root` is not
+/// a readable directory.
+pub fn inspect(root: &Path) -> io::Result<RootMeta> {
+    fs::read_dir(root)?;
+    let dir = root.join(META_DIR);
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(RootMeta {
+            meta_dir: true,
+            history: read_history(&dir)?,
+            inconsistent: read_inconsistent(&dir)?,
+        }),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} exists but is not a directory: move it away",
+                dir.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(RootMeta {
+            meta_dir: false,
+            history: History::default(),
+            inconsistent: None,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the generation history in the metadata directory `dir`.
+fn read_history(dir: &Path) -> io::Result<History> {
+    let path = dir.join("generation");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(History::default()),
+        Err(e) => return Err(e),
+    };
+    let mut ids = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let id = u64::from_str_radix(line, 16).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}:{}: {line:?} is not a generation id (16 hex digits); the file is damaged: restore it, or run `mirrorfs verify` and start over with a --full resync",
+                    path.display(),
+                    n + 1
+                ),
+            )
+        })?;
+        ids.push(GenerationId(id));
+    }
+    Ok(History::from_ids(ids))
+}
+
+/// Reads the inconsistent mark in the metadata directory `dir`.
+fn read_inconsistent(dir: &Path) -> io::Result<Option<Inconsistent>> {
+    match fs::read(dir.join(INCONSISTENT)) {
+        Ok(b) => Ok(Some(Inconsistent::parse(&String::from_utf8_lossy(&b)))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -876,6 +1000,53 @@ mod tests {
         assert!(log.contains(&p("e")));
         log.clear().unwrap();
         assert!(m.dirty_log().unwrap().trees().is_empty());
+    }
+
+    #[test]
+    fn inconsistent_mark_is_durable_read_back_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        assert_eq!(m.inconsistent().unwrap(), None);
+        let mark = Inconsistent {
+            since_unix: 1_700_000_000,
+            from: "node1".into(),
+            generation: Some(GenerationId(0xabc)),
+        };
+        m.mark_inconsistent(&mark).unwrap();
+        assert_eq!(m.inconsistent().unwrap(), Some(mark.clone()));
+        assert!(!m.dir().join("inconsistent.tmp").exists());
+        assert_eq!(inspect(dir.path()).unwrap().inconsistent, Some(mark));
+        m.clear_inconsistent().unwrap();
+        assert_eq!(m.inconsistent().unwrap(), None);
+        m.clear_inconsistent().unwrap();
+        // A damaged mark still marks the tree.
+        fs::write(m.dir().join("inconsistent"), "garbage").unwrap();
+        let damaged = m.inconsistent().unwrap().unwrap();
+        assert_eq!((damaged.since_unix, damaged.generation), (0, None));
+    }
+
+    #[test]
+    fn inspect_reads_without_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = inspect(dir.path()).unwrap();
+        assert!(!fresh.meta_dir);
+        assert_eq!(fresh.history, History::default());
+        assert!(
+            !dir.path().join(META_DIR).exists(),
+            "inspect created .mirrorfs"
+        );
+        let m = Meta::open(dir.path()).unwrap();
+        let mut h = History::default();
+        h.advance(GenerationId(7));
+        m.save_history(&h).unwrap();
+        // A torn dirty log is left as it is (its owner cuts it, not a reader).
+        fs::write(m.dir().join("dirty"), [0, 9, b'x']).unwrap();
+        let seen = inspect(dir.path()).unwrap();
+        assert!(seen.meta_dir);
+        assert_eq!(seen.history, h);
+        assert_eq!(seen.inconsistent, None);
+        assert_eq!(fs::read(m.dir().join("dirty")).unwrap(), [0, 9, b'x']);
+        assert!(inspect(&dir.path().join("missing")).is_err());
     }
 
     #[test]

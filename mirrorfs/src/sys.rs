@@ -504,9 +504,30 @@ pub fn readlinkat(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
 }
 
 /// Sets the process umask (both sides set 0: modes arrive already masked).
+/// Process-wide: only the binary calls it, before it starts a serve or mount.
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(mask) };
+}
+
+/// The process umask, from /proc/self/status (umask(2) would change it to
+/// read it); `None` if the kernel does not say.
+pub fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+/// Warns when the process umask is not 0: a serve or mount applies modes as
+/// they arrive (already masked by the application's umask), and a mask here
+/// would take bits off them again.
+pub fn warn_umask() {
+    if let Some(mask) = umask().filter(|m| *m != 0) {
+        tracing::warn!(
+            umask = format!("{mask:03o}"),
+            "the process umask is not 0: created files lose mode bits; set it to 0 before starting (the mirrorfs binary does)"
+        );
+    }
 }
 
 /// Raises the open-files soft limit to the hard limit (the inode table holds

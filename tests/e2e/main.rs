@@ -38,3 +38,6 @@ mod mirror_review;
 
 /// Issue 7, item 10: trees deeper than PATH_MAX replicate, resync and verify up to the 32 KiB bound.
 mod mirror_deep;
+
+/// Issue 7, section 3: the control API (ctl status/watch on mount and serve, state --root, an inconsistent replica refused, root only, hold orders).
+mod mirror_control;

@@ -7,7 +7,9 @@
 //! queues. A malformed frame, a hostile path or a protocol violation ends that
 //! connection with a `Refused` frame and a log line, never the server. A newer
 //! connection from the pinned primary replaces an older one (a restarted
-//! primary must not wait for the old connection to time out).
+//! primary must not wait for the old connection to time out). With
+//! `--control`, a control socket reports the secondary's state
+//! ([`ServeState`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,8 +22,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::client::read_frame;
+use super::serve_state::ServeState;
 use super::tls::{server_config, Identity, PinnedPeer, TlsError};
 use super::{transport, HANDSHAKE_TIMEOUT};
+use crate::ctl::server::ControlServer;
+use crate::meta::Meta;
 use crate::proto::stream::Receiver;
 use crate::proto::wire::{Decoded, Frame, Hello, Seq, PROTOCOL_VERSION};
 use crate::replica::{Applied, Applier};
@@ -49,6 +54,14 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The control socket.
+    #[error("--control {path}: {source}")]
+    Control {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Configuration of `mirrorfs serve`.
@@ -62,8 +75,11 @@ pub struct ServeConfig {
     pub identity: Identity,
     /// The primary's pinned certificate.
     pub pinned: PinnedPeer,
-    /// Idle timeout of the connection (the primary's peer timeout).
+    /// Idle timeout of the connection (the primary's peer timeout); an op
+    /// busy on the disk for longer shows as stalled.
     pub idle_timeout: Duration,
+    /// The control socket to answer on (`--control`), if any.
+    pub control: Option<PathBuf>,
 }
 
 /// Counters of a serve process.
@@ -88,19 +104,36 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
 pub struct Server {
     cfg: ServeConfig,
     endpoint: quinn::Endpoint,
+    state: Arc<ServeState>,
+    control: Option<ControlServer>,
 }
 
 impl Server {
-    /// Checks the root and the TLS files, and binds the UDP socket. Must be
-    /// called inside a tokio runtime.
+    /// Checks the root and the TLS files, binds the UDP socket and the
+    /// control socket. Must be called inside a tokio runtime. The process
+    /// umask should be 0 (modes arrive exactly as the primary applied them);
+    /// setting it is the caller's, as it is process-wide.
     pub fn bind(cfg: ServeConfig) -> Result<Self, ServeError> {
-        // Modes arrive exactly as the primary applied them.
-        sys::set_umask(0);
+        sys::warn_umask();
         // Check the root now, so a typo fails at start, not at the first op.
-        Applier::open(&cfg.root).map_err(|source| ServeError::Root {
+        let root_err = |source| ServeError::Root {
             path: cfg.root.clone(),
             source,
-        })?;
+        };
+        let applier = Applier::open(&cfg.root).map_err(root_err)?;
+        let history = applier.history().map_err(root_err)?;
+        let inconsistent = Meta::open(&cfg.root)
+            .and_then(|m| m.inconsistent())
+            .map_err(root_err)?;
+        if let Some(i) = &inconsistent {
+            warn!(since = i.since_unix, from = %i.from, "this replica is marked inconsistent: a resync into it has not finished; the primary's next resync completes it");
+        }
+        let state = Arc::new(ServeState::new(
+            &cfg.pinned.name,
+            cfg.idle_timeout,
+            history,
+            inconsistent.is_some(),
+        ));
         let mut server = server_config(&cfg.identity, &cfg.pinned)?;
         server.transport_config(Arc::new(transport(cfg.idle_timeout)));
         let endpoint =
@@ -108,7 +141,26 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
-        Ok(Self { cfg, endpoint })
+        let control = match &cfg.control {
+            Some(path) => Some(crate::ctl::server::serve(path, state.clone()).map_err(
+                |source| ServeError::Control {
+                    path: path.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            endpoint,
+            state,
+            control,
+        })
+    }
+
+    /// What the control socket reports (tests read it directly).
+    pub fn state(&self) -> Arc<ServeState> {
+        self.state.clone()
     }
 
     /// The bound UDP address.
@@ -118,7 +170,12 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { cfg, endpoint } = self;
+        let Self {
+            cfg,
+            endpoint,
+            state,
+            control,
+        } = self;
         info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
         let cfg = Arc::new(cfg);
         let stats = Arc::new(ServeStats::default());
@@ -136,21 +193,27 @@ impl Server {
             let Some(incoming) = incoming else { break };
             generation += 1;
             let (cfg, stats, current) = (cfg.clone(), stats.clone(), current.clone());
+            let state = state.clone();
             let remote = incoming.remote_address();
             let span = info_span!("conn", %remote, n = generation);
             tokio::spawn(
                 async move {
                     match incoming.await {
                         Ok(conn) => {
-                            if let Err(reason) =
-                                serve_connection(&cfg, &stats, conn, generation, current).await
-                            {
+                            let r =
+                                serve_connection(&cfg, &stats, &state, conn, generation, current)
+                                    .await;
+                            if let Err(reason) = &r {
                                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                                 warn!(%reason, "connection closed");
                             }
+                            state.disconnected(generation, r.err());
                         }
                         // Wrong certificate and the like: rustls/quinn say why.
-                        Err(e) => warn!(error = %e, "handshake refused"),
+                        Err(e) => {
+                            warn!(error = %e, "handshake refused");
+                            state.error(format!("a handshake from {remote} was refused: {e}"));
+                        }
                     }
                 }
                 .instrument(span),
@@ -161,6 +224,7 @@ impl Server {
         tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle())
             .await
             .ok();
+        drop(control);
     }
 }
 
@@ -169,6 +233,7 @@ impl Server {
 async fn serve_connection(
     cfg: &ServeConfig,
     stats: &ServeStats,
+    state: &Arc<ServeState>,
     conn: quinn::Connection,
     generation: u64,
     current_tx: Arc<watch::Sender<u64>>,
@@ -197,6 +262,7 @@ async fn serve_connection(
         return Err(reason);
     }
     let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
+    applier.set_primary(&cfg.pinned.name);
     let prefetch = applier
         .prefetch()
         .map_err(|e| format!("replica root: {e}"))?;
@@ -217,6 +283,7 @@ async fn serve_connection(
     send.write_all(&out).await.map_err(|e| e.to_string())?;
     current_tx.send_replace(generation);
     let mut current = current_tx.subscribe();
+    state.connected(generation, conn.remote_address());
     info!(primary = %cfg.pinned.name, "primary connected");
 
     let mut core = Receiver::new();
@@ -278,7 +345,10 @@ async fn serve_connection(
                 return Err(reason);
             }
             let durable = op.is_durability();
-            match applier.apply(&op) {
+            let busy = state.busy();
+            let applied = applier.apply(&op);
+            state.applied(generation, seq, &op, applied.is_ok());
+            match applied {
                 Ok(Applied::Done) => core.handle_applied(seq, durable, Ok(())),
                 Ok(Applied::Reply(payload)) => {
                     core.handle_reply(seq, payload);
@@ -289,19 +359,22 @@ async fn serve_connection(
                     // On the blocking pool, never inline: while one fsync runs,
                     // the stream keeps flowing and other writers' fsyncs run
                     // beside it (inline syncs serialised 4 writers to the pace
-                    // of one, for a gain of ~0.1 ms at 1 writer).
+                    // of one, for a gain of ~0.1 ms at 1 writer). The op stays
+                    // busy (for the stall report) until the sync is done.
                     let tx = synced_tx.clone();
                     tokio::task::spawn_blocking(move || {
                         let errno = match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
                             Ok(()) => 0,
                             Err(e) => sys::errno_of(&e),
                         };
+                        drop(busy);
                         let _ = tx.send((seq, errno));
                     });
                 }
                 Err(e) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     warn!(seq = seq.0, op = op.name(), error = %e, "operation failed on the replica");
+                    state.error(format!("{} failed on the replica: {e}", op.name()));
                     core.handle_applied(seq, durable, Err(sys::errno_of(&e)));
                 }
             }

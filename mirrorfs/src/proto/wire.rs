@@ -10,7 +10,7 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
-/// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB.)
+/// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB; BeginResync.)
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
@@ -332,10 +332,18 @@ pub enum Op {
         /// How many blocks (at most [`MAX_CHECKSUM_BLOCKS`]).
         count: u32,
     },
-    /// End of a resync: the secondary now holds generation history `ids`.
+    /// End of a resync: the secondary now holds generation history `ids`
+    /// (and its inconsistent mark goes).
     SetGeneration {
         /// The history, current first.
         ids: Vec<u64>,
+    },
+    /// Start of a resync: until the [`Op::SetGeneration`] that ends it, the
+    /// secondary's tree is a mix of old and new data. The secondary marks it
+    /// inconsistent, durably, before it acknowledges this op.
+    BeginResync {
+        /// The primary's current generation (what the resync brings over).
+        generation: u64,
     },
 }
 
@@ -473,6 +481,7 @@ impl Op {
             Self::List { .. } => "list",
             Self::Checksums { .. } => "checksums",
             Self::SetGeneration { .. } => "set-generation",
+            Self::BeginResync { .. } => "begin-resync",
         }
     }
 
@@ -622,6 +631,7 @@ mod opcode {
     pub(super) const LIST: u8 = 27;
     pub(super) const CHECKSUMS: u8 = 28;
     pub(super) const SET_GENERATION: u8 = 29;
+    pub(super) const BEGIN_RESYNC: u8 = 30;
 }
 
 impl Frame {
@@ -1013,6 +1023,10 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
                 w.u64(*id);
             }
         }
+        Op::BeginResync { generation } => {
+            w.u8(opcode::BEGIN_RESYNC);
+            w.u64(*generation);
+        }
     }
 }
 
@@ -1222,6 +1236,9 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             }
         }
         opcode::SET_GENERATION => Op::SetGeneration { ids: r.ids()? },
+        opcode::BEGIN_RESYNC => Op::BeginResync {
+            generation: r.u64()?,
+        },
         c => return Err(WireError::UnknownOp(c)),
     })
 }

@@ -209,6 +209,9 @@ fn every_frame_kind_round_trips() {
             count: 10,
         },
         Op::SetGeneration { ids: vec![9, 8] },
+        Op::BeginResync {
+            generation: u64::MAX,
+        },
     ] {
         round_trip(&op_frame(op));
     }
@@ -302,6 +305,25 @@ fn unknown_tags_and_trailing_bytes_are_malformed() {
     );
 }
 
+#[test]
+fn begin_resync_is_opcode_30_with_the_generation() {
+    let mut buf = Vec::new();
+    op_frame(Op::BeginResync {
+        generation: 0x0102_0304_0506_0708,
+    })
+    .encode(&mut buf);
+    // Length, tag, sequence number, opcode, generation.
+    assert_eq!(buf.len(), 4 + 1 + 8 + 1 + 8);
+    assert_eq!(buf[4 + 1 + 8], 30);
+    assert_eq!(&buf[buf.len() - 8..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    // A body cut short inside the generation is malformed, not a panic.
+    let mut short = buf[..buf.len() - 3].to_vec();
+    let body = (short.len() - 4) as u32;
+    short[..4].copy_from_slice(&body.to_be_bytes());
+    assert!(Frame::decode(&short).is_err());
+    assert_eq!(PROTOCOL_VERSION, 3);
+}
+
 fn arb_path() -> impl Strategy<Value = RelPath> {
     prop::collection::vec("[a-z0-9._-]{1,12}", 1..4).prop_filter_map("valid path", |parts| {
         RelPath::new(parts.join("/").into_bytes()).ok()
@@ -357,6 +379,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         ),
         (arb_target(), any::<bool>()).prop_map(|(target, datasync)| Op::Fsync { target, datasync }),
         arb_path().prop_map(|path| Op::Unlink { path }),
+        any::<u64>().prop_map(|generation| Op::BeginResync { generation }),
     ]
 }
 

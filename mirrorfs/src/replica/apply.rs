@@ -14,10 +14,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::meta::{Meta, META_DIR};
+use crate::meta::{Inconsistent, Meta, META_DIR};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::wire::{
@@ -50,6 +51,8 @@ pub struct Applier {
     root: OwnedFd,
     handles: HashMap<HandleId, File>,
     meta: Meta,
+    /// The primary's node name, recorded in the inconsistent mark.
+    primary: String,
 }
 
 /// Writes by path (the resync's) at least this big are written back at once.
@@ -125,7 +128,14 @@ impl Applier {
             root: dir.into(),
             handles: HashMap::new(),
             meta: Meta::open(root)?,
+            primary: "unknown".into(),
         })
+    }
+
+    /// The node name of the primary whose ops this applies (authenticated
+    /// by its certificate), for the inconsistent mark.
+    pub fn set_primary(&mut self, name: &str) {
+        name.clone_into(&mut self.primary);
     }
 
     /// This replica's generation history.
@@ -561,6 +571,19 @@ impl Applier {
                 // on its own has been compared and replaced.
                 self.meta.dirty_log()?.clear()?;
                 self.meta.activity_log()?.clear()?;
+                // Last: the tree is consistent only once the history says
+                // whose data it holds.
+                self.meta.clear_inconsistent()?;
+            }
+            Op::BeginResync { generation } => {
+                let since_unix = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.meta.mark_inconsistent(&Inconsistent {
+                    since_unix,
+                    from: self.primary.clone(),
+                    generation: Some(GenerationId(*generation)),
+                })?;
             }
         }
         Ok(Applied::Done)
@@ -671,7 +694,7 @@ fn touches_meta(op: &Op) -> bool {
         | Op::Fallocate { target, .. }
         | Op::Fsync { target, .. } => in_meta(target),
         Op::CopyRange { src, dst, .. } => in_meta(src) || in_meta(dst),
-        Op::Close { .. } | Op::SetGeneration { .. } => false,
+        Op::Close { .. } | Op::SetGeneration { .. } | Op::BeginResync { .. } => false,
     }
 }
 

@@ -371,3 +371,32 @@ fn paths_longer_than_path_max_apply_beneath_the_root() {
     assert_eq!(left, [".mirrorfs", "escape", "secret-link"]);
     assert_eq!(fs::read(f.outside.join("secret")).unwrap(), b"keep");
 }
+
+#[test]
+fn begin_resync_marks_the_tree_inconsistent_until_set_generation() {
+    let mut f = fixture();
+    f.a.set_primary("node1");
+    assert!(matches!(
+        f.a.apply(&Op::BeginResync { generation: 0xab }),
+        Ok(Applied::Done)
+    ));
+    let meta = Meta::open(&f.root).unwrap();
+    let mark = meta.inconsistent().unwrap().expect("marked inconsistent");
+    assert_eq!(mark.from, "node1");
+    assert_eq!(mark.generation, Some(GenerationId(0xab)));
+    assert!(mark.since_unix > 1_700_000_000, "{}", mark.since_unix);
+    let text = fs::read_to_string(f.root.join(".mirrorfs/inconsistent")).unwrap();
+    assert!(text.contains("mix of old and new"), "{text}");
+    // A second resync start (after a reconnect) keeps it marked.
+    f.a.apply(&Op::BeginResync { generation: 0xac }).unwrap();
+    assert!(meta.inconsistent().unwrap().is_some());
+    f.a.apply(&Op::SetGeneration {
+        ids: vec![0xac, 0xab],
+    })
+    .unwrap();
+    assert_eq!(meta.inconsistent().unwrap(), None, "the resync completed");
+    assert_eq!(
+        meta.load_history().unwrap().current(),
+        Some(GenerationId(0xac))
+    );
+}

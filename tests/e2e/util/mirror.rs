@@ -159,6 +159,11 @@ impl Mirror {
     /// a UDP socket on [`PORT`]. After [`Mirror::kill_serve`] this restarts the
     /// secondary with the same command on the same replica.
     pub fn start_serve(&mut self) -> Result<()> {
+        self.start_serve_with(&[])
+    }
+
+    /// [`Mirror::start_serve`] with further options, e.g. `["--control", SOCK]`.
+    pub fn start_serve_with(&mut self, extra: &[&str]) -> Result<()> {
         if self.serve.is_some() {
             bail!("serve is already running: kill it first");
         }
@@ -169,6 +174,7 @@ impl Mirror {
         argv.extend(flag("--key", keys.join("node2.key")));
         argv.extend(flag("--cert", keys.join("node2.crt")));
         argv.extend(flag("--peer-cert", keys.join("node1.crt")));
+        argv.extend(extra.iter().map(OsString::from));
         let mut serve = self.node2.spawn("serve", argv)?;
         wait_serve_listening(&self.node2, &mut serve)?;
         self.serve = Some(serve);
@@ -397,6 +403,11 @@ impl Mirror {
     /// The replica equals the backing dir (see [`Mirror::expect_identical`]).
     pub fn expect_replica_identical(&self) -> Result<()> {
         self.expect_identical(&self.backing(), &self.replica())
+    }
+
+    /// The `mirrorfs` binary under test.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// The fixture's temp dir; tests may add their own entries under it.
