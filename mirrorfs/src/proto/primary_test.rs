@@ -1,0 +1,404 @@
+//! [`Primary`] in known states, one event, exact outcomes. The regression
+//! tests of issue 7's findings are named `issue_7_*`.
+
+use pretty_assertions::assert_eq;
+
+use super::*;
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+fn core(mode: OnPeerLoss) -> (Primary, Instant) {
+    let now = Instant::now();
+    let cfg = Config {
+        on_peer_loss: mode,
+        hold_timeout: Duration::from_secs(10),
+        full: false,
+        seed: 42,
+        me: "node1".into(),
+        peer: "node2".into(),
+    };
+    let mut c = Primary::new(
+        cfg,
+        now,
+        History::from_ids(vec![GenerationId(1)]),
+        DirtySet::default(),
+    );
+    c.handle_start(now, false);
+    assert_eq!(c.take_durable(), None);
+    (c, now)
+}
+
+/// Connected and in sync with a secondary at generation 1.
+fn in_sync(mode: OnPeerLoss) -> (Primary, Instant, u64) {
+    let (mut c, now) = core(mode);
+    let e = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    assert_eq!(c.role(), Role::Prim);
+    drain(&mut c);
+    (c, now, e)
+}
+
+fn drain(c: &mut Primary) -> Vec<Action> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn write(path: &str) -> Touched {
+    Touched {
+        paths: vec![p(path)],
+        data: Some((0, 10)),
+        ..Touched::default()
+    }
+}
+
+/// Commits what the last event staged; returns it.
+fn durable(c: &mut Primary) -> Durable {
+    let d = c.take_durable().unwrap_or_default();
+    c.commit();
+    d
+}
+
+#[test]
+fn issue_7_an_op_begun_in_prim_and_submitted_after_the_loss_is_recorded_not_dropped() {
+    // Finding 1: an op begun in PRIM (only activity recorded) and submitted
+    // after the role became ALONE was acknowledged, neither sent nor marked.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Alone);
+    let b = c.handle_begin(now, write("f")).unwrap();
+    assert_eq!(b.epoch, Some(e));
+    assert!(b.record_activity);
+    assert_eq!(c.take_durable(), None, "in sync: nothing recorded first");
+    c.handle_link_lost(now, e, "gone".into());
+    let going_alone = durable(&mut c);
+    assert!(
+        going_alone.history.is_some(),
+        "going ALONE: a new generation"
+    );
+    assert_eq!(c.role(), Role::Alone);
+    assert_eq!(
+        c.handle_submit(now, b.op),
+        None,
+        "not sent on another connection"
+    );
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::NotSent, None),
+        Verdict::Ack
+    );
+    let d = durable(&mut c);
+    assert_eq!(
+        d.marks.range,
+        Some((p("f"), 0, 10)),
+        "recorded before acknowledged"
+    );
+    assert_eq!(
+        d.history, None,
+        "already in a generation the secondary lacks"
+    );
+    assert!(c.dirty().contains(&p("f")));
+}
+
+#[test]
+fn issue_7_an_op_begun_on_one_connection_is_never_sent_on_the_next() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Fail);
+    let b = c.handle_begin(now, write("f")).unwrap();
+    c.handle_link_lost(now, e, "gone".into());
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    assert_ne!(e, e2);
+    assert_eq!(c.handle_submit(now, b.op), None);
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::NotSent, None),
+        Verdict::Fail(libc::EIO),
+        "fail mode: not replicated means not acknowledged"
+    );
+    assert_eq!(durable(&mut c).marks.range, Some((p("f"), 0, 10)));
+    assert_eq!(c.role(), Role::Resync, "the new connection resyncs it");
+}
+
+#[test]
+fn issue_7_a_refusal_after_set_generation_is_sent_starts_a_new_generation() {
+    // Finding 4: after SetGeneration and before the resync completes, the
+    // secondary already holds our generation.
+    let (mut c, now) = core(OnPeerLoss::Alone);
+    let old = History::from_ids(vec![GenerationId(9)]);
+    let e = c.handle_link_up(now, &old, &[], BTreeSet::new());
+    assert!(e.is_err(), "split brain: refused");
+    let mut c = in_sync(OnPeerLoss::Alone).0;
+    let now = Instant::now();
+    // A failed op makes a resync; the walk visits its path.
+    let b = c.handle_begin(now, write("f")).unwrap();
+    let e = c.handle_submit(now, b.op).unwrap();
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOSPC), None),
+        Verdict::Ack
+    );
+    let d = durable(&mut c);
+    assert!(
+        d.history.is_some(),
+        "acknowledged while the secondary shares generation 1"
+    );
+    assert!(matches!(
+        drain(&mut c)[..],
+        [Action::BeginResync { .. }, ..]
+    ));
+    let job = c.next_job(now).unwrap();
+    c.handle_job_done(&job);
+    let ids = c
+        .handle_generation_sent(e)
+        .expect("walk idle, nothing in flight");
+    assert_eq!(ids.len(), 2);
+    // Before the resync is confirmed, a live op is refused.
+    let b = c.handle_begin(now, write("g")).unwrap();
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOSPC), None),
+        Verdict::Ack
+    );
+    let d = durable(&mut c);
+    assert!(
+        d.history.is_some(),
+        "the secondary may hold our generation once SetGeneration is sent: a new one"
+    );
+    assert!(
+        !c.handle_resync_complete(now, e),
+        "g is pending: not in sync"
+    );
+}
+
+#[test]
+fn issue_7_a_copied_range_whose_source_the_resync_still_has_to_visit_carries_its_data() {
+    // Finding 2: copy_file_range during RESYNC copied on the secondary from
+    // a source that may still be stale there.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Fail);
+    let b = c.handle_begin(now, write("src")).unwrap();
+    c.handle_submit(now, b.op);
+    c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOSPC), None);
+    durable(&mut c);
+    assert_eq!(c.role(), Role::Resync);
+    let copy = Touched {
+        paths: vec![p("dst")],
+        data: Some((0, 10)),
+        reads: vec![p("src")],
+        ..Touched::default()
+    };
+    let b = c.handle_begin(now, copy.clone()).unwrap();
+    assert!(!b.source_clean, "src is still to visit: send the bytes");
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    // Once src is visited, a copy may be a copy again.
+    let mut visited = Vec::new();
+    while let Some(j) = c.next_job(now) {
+        visited.push(j.path.clone());
+        c.handle_job_done(&j);
+    }
+    assert!(visited.contains(&p("src")), "{visited:?}");
+    let b2 = c.handle_begin(now, copy).unwrap();
+    assert!(b2.source_clean);
+}
+
+#[test]
+fn issue_7_ops_sent_behind_a_refused_one_on_the_same_path_are_not_acknowledged_as_replicated() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Fail);
+    let a = c.handle_begin(now, write("x")).unwrap();
+    assert_eq!(c.handle_submit(now, a.op), Some(e));
+    let rename = Touched {
+        paths: vec![p("x"), p("y")],
+        rename: Some((p("x"), p("y"))),
+        ..Touched::default()
+    };
+    let b = c.handle_begin(now, rename).unwrap();
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    let other = c.handle_begin(now, write("z")).unwrap();
+    assert_eq!(c.handle_submit(now, other.op), Some(e));
+    assert_eq!(
+        c.handle_outcome(now, a.op, OpResult::Refused(libc::ENOSPC), None),
+        Verdict::Fail(libc::ENOSPC)
+    );
+    durable(&mut c);
+    // The secondary renamed its old x: y is wrong there.
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Applied, None),
+        Verdict::Fail(libc::EIO)
+    );
+    let d = durable(&mut c);
+    assert_eq!(d.marks.trees, vec![p("x"), p("y")]);
+    assert_eq!(
+        c.handle_outcome(now, other.op, OpResult::Applied, None),
+        Verdict::Ack
+    );
+}
+
+#[test]
+fn set_generation_waits_until_nothing_is_in_flight() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Alone);
+    let a = c.handle_begin(now, write("x")).unwrap();
+    c.handle_submit(now, a.op);
+    c.handle_outcome(now, a.op, OpResult::Refused(libc::ENOSPC), None);
+    durable(&mut c);
+    let job = c.next_job(now).unwrap();
+    c.handle_job_done(&job);
+    let b = c.handle_begin(now, write("y")).unwrap();
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert_eq!(c.handle_generation_sent(e), None, "y is in flight");
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Applied, None),
+        Verdict::Ack
+    );
+    assert!(c.handle_generation_sent(e).is_some());
+    assert!(c.handle_resync_complete(now, e));
+    assert!(durable(&mut c).clear_dirty);
+    assert_eq!(c.role(), Role::Prim);
+    assert!(c.snapshot(now).in_sync);
+}
+
+#[test]
+fn hold_waits_for_the_controller_alone_releases_and_runs_out() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    assert_eq!(c.take_durable(), None, "no grant: no new generation yet");
+    assert_eq!(c.role(), Role::Hold);
+    let b = c.handle_begin(now, write("f")).unwrap();
+    assert_eq!(b.epoch, None);
+    assert!(
+        durable(&mut c).marks.range.is_some(),
+        "recorded before applied"
+    );
+    assert_eq!(c.handle_submit(now, b.op), None);
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::NotSent, None),
+        Verdict::Hold
+    );
+    assert_eq!(c.held(), 1);
+    let t = now + Duration::from_secs(1);
+    c.handle_alone(t, Duration::from_secs(3)).unwrap();
+    let d = c.take_durable().unwrap();
+    assert!(
+        d.history.is_some(),
+        "acknowledged alone: a new generation first"
+    );
+    assert!(
+        drain(&mut c)
+            .iter()
+            .all(|a| !matches!(a, Action::Release(..))),
+        "not before it is durable"
+    );
+    c.commit();
+    let acts = drain(&mut c);
+    assert!(
+        acts.contains(&Action::Release(b.op, Verdict::Ack)),
+        "{acts:?}"
+    );
+    assert_eq!(c.role(), Role::Alone);
+    assert_eq!(c.poll_timeout(), Some(t + Duration::from_secs(3)));
+    // The grant runs out unrenewed: HOLD again, by itself.
+    c.handle_tick(t + Duration::from_secs(3));
+    assert_eq!(c.role(), Role::Hold);
+    let b = c
+        .handle_begin(t + Duration::from_secs(4), write("g"))
+        .unwrap();
+    durable(&mut c);
+    let now2 = t + Duration::from_secs(4);
+    c.handle_submit(now2, b.op);
+    assert_eq!(
+        c.handle_outcome(now2, b.op, OpResult::NotSent, None),
+        Verdict::Hold
+    );
+    // fence: held ops fail, new ones are refused.
+    c.handle_fence(now2, "fenced by the controller");
+    assert!(drain(&mut c).contains(&Action::Release(b.op, Verdict::Fail(libc::EIO))));
+    assert_eq!(c.role(), Role::Fenced);
+    assert_eq!(c.handle_begin(now2, write("h")), Err(libc::EIO));
+    assert!(c.handle_alone(now2, Duration::from_secs(1)).is_err());
+    c.handle_unfence(now2);
+    assert_eq!(c.role(), Role::Hold);
+}
+
+#[test]
+fn a_hold_that_lasts_too_long_fences() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    let b = c.handle_begin(now, write("f")).unwrap();
+    durable(&mut c);
+    c.handle_submit(now, b.op);
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::NotSent, None),
+        Verdict::Hold
+    );
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(10)));
+    c.handle_tick(now + Duration::from_secs(10));
+    assert_eq!(c.role(), Role::Fenced);
+    assert!(drain(&mut c).contains(&Action::Release(b.op, Verdict::Fail(libc::EIO))));
+    assert!(c
+        .snapshot(now)
+        .last_error
+        .unwrap()
+        .contains("--hold-timeout"));
+}
+
+#[test]
+fn held_ops_are_acknowledged_when_the_resync_that_brings_them_over_completes() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    let b = c.handle_begin(now, write("f")).unwrap();
+    durable(&mut c);
+    c.handle_submit(now, b.op);
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::NotSent, None),
+        Verdict::Hold
+    );
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    assert_eq!(c.role(), Role::Resync);
+    let job = c.next_job(now).unwrap();
+    c.handle_job_done(&job);
+    c.handle_generation_sent(e2).unwrap();
+    assert!(c.handle_resync_complete(now, e2));
+    durable(&mut c);
+    assert!(drain(&mut c).contains(&Action::Release(b.op, Verdict::Ack)));
+    assert_eq!(c.role(), Role::Prim);
+}
+
+#[test]
+fn alone_is_an_order_for_mounts_under_a_controller_only() {
+    let (mut c, now, _) = in_sync(OnPeerLoss::Fail);
+    let e = c.handle_alone(now, Duration::from_secs(5)).unwrap_err();
+    assert!(e.contains("--on-peer-loss=hold"), "{e}");
+    let (mut c, now, _) = in_sync(OnPeerLoss::Hold);
+    c.handle_alone(now, Duration::from_secs(5)).unwrap();
+    assert_eq!(c.take_durable(), None, "connected: nothing to do yet");
+    assert_eq!(c.role(), Role::Prim);
+}
+
+#[test]
+fn a_record_that_cannot_be_made_durable_refuses_the_op_and_keeps_nothing() {
+    let (mut c, now) = core(OnPeerLoss::Alone);
+    c.handle_start(now, true);
+    durable(&mut c);
+    let b = c.handle_begin(now, write("f")).unwrap();
+    assert!(c.take_durable().is_some());
+    c.abort(Some(b.op), false);
+    assert!(c.dirty().is_empty());
+    assert!(c.volatile().is_empty());
+    let b = c.handle_begin(now, write("f")).unwrap();
+    assert!(c.take_durable().is_some(), "recorded again next time");
+    c.commit();
+    assert_eq!(c.handle_submit(now, b.op), None);
+}
