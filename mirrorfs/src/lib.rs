@@ -3,8 +3,8 @@
 //! Owns: the primary's passthrough overlay of a backing directory (`fs`), the
 //! ordered, pipelined operation stream to the secondary (`proto`, sans-IO), the
 //! secondary's application of that stream beneath its replica root (`replica`), the
-//! QUIC/mutual-TLS transport between the two (`net`), and the tree comparison
-//! (`verify`).
+//! QUIC/mutual-TLS transport between the two (`net`), the tree comparison
+//! (`verify`), and which extended attributes are replicated data (`xattr`).
 //!
 //! Must not: touch any path outside the backing directory (primary) or the replica
 //! root (secondary); acknowledge to an application a mutation the secondary has not
@@ -20,3 +20,4 @@ pub mod proto;
 pub mod replica;
 pub mod sys;
 pub mod verify;
+pub mod xattr;

@@ -120,6 +120,66 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     fstatat(fd, OsStr::new(""))
 }
 
+/// The entries of the directory `fd` (opened `O_RDONLY`) except `.` and `..`,
+/// as (name, `d_type`), in the order the file system gives them. Read through
+/// `fd` itself, from its start, so that no name is resolved again (`d_type`
+/// may be `DT_UNKNOWN` on file systems that do not fill it).
+pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
+    /// Closes the stream (and the duplicate descriptor it owns).
+    struct Stream(std::ptr::NonNull<libc::DIR>);
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            // SAFETY: the stream came from fdopendir and is closed once.
+            unsafe { libc::closedir(self.0.as_ptr()) };
+        }
+    }
+    // The stream gets its own descriptor (sharing `fd`'s position, which the
+    // rewind resets), so that `fd` stays the caller's.
+    // SAFETY: plain fcntl on a valid descriptor.
+    let dup = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is ours; on success the stream owns it.
+    let Some(stream) = std::ptr::NonNull::new(unsafe { libc::fdopendir(dup) }) else {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        drop(unsafe { OwnedFd::from_raw_fd(dup) });
+        return Err(e);
+    };
+    let stream = Stream(stream);
+    // SAFETY: valid stream.
+    unsafe { libc::rewinddir(stream.0.as_ptr()) };
+    let mut out = Vec::new();
+    loop {
+        // readdir reports errors only through errno: clear it first.
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: valid stream until `stream` drops.
+        let entry = unsafe { libc::readdir(stream.0.as_ptr()) };
+        if entry.is_null() {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(0) => Ok(out),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: a non-null entry is valid until the next readdir, and its
+        // name is NUL-terminated.
+        let (name, kind) = unsafe {
+            (
+                std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()).to_bytes(),
+                (*entry).d_type,
+            )
+        };
+        if name != b"." && name != b".." {
+            out.push((name.to_vec(), kind));
+        }
+    }
+}
+
+/// The names in the directory `fd` (see [`read_dir`]).
+pub fn read_dir_names(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    Ok(read_dir(fd)?.into_iter().map(|(n, _)| n).collect())
+}
+
 /// `mkdirat`.
 pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let c = cstr(name)?;

@@ -31,3 +31,7 @@ mod mirror_crash;
 /// Issue 3, items 5 and 6: the secondary killed mid-resync, a full disk on the
 /// secondary, files vanishing during a resync, a secondary restarted over and over.
 mod mirror_faults;
+
+/// Issue 7, section 1, the secondary's side: the peer's reach, one definition of
+/// equal xattrs, size limits, working vs stalled vs dead, the server's limits.
+mod mirror_serve_limits;

@@ -41,8 +41,8 @@ use crate::proto::stream::Completion;
 use crate::proto::wire::{
     decode_checksums, decode_listing, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BLOCKS,
 };
-use crate::replica::apply::{list_dir, read_xattrs, xattr_digest};
-use crate::sys;
+use crate::replica::apply::list_dir;
+use crate::{sys, xattr};
 
 /// Resync block size: the unit compared by checksum and resent when it differs.
 pub const BLOCK: u32 = 1 << 20;
@@ -675,7 +675,7 @@ impl Worker<'_> {
         Ok(st.st_size as u64 == theirs.size
             && st.st_mtime == theirs.mtime.sec
             && st.st_mtime_nsec as u32 == theirs.mtime.nsec
-            && xattr_digest(&read_xattrs(file.as_fd())?) == theirs.xattrs)
+            && xattr::digest(&xattr::read(file.as_fd())?) == theirs.xattrs)
     }
 
     /// Blocks one checksum request asks for: few while the application is
@@ -766,7 +766,7 @@ impl Worker<'_> {
             sys::RESOLVE_STRICT,
         )
         .map_err(|_| Stop::Changed)?;
-        let attrs = read_xattrs(fd.as_fd())?;
+        let attrs = xattr::read(fd.as_fd())?;
         Ok(Op::ReplaceXattrs {
             path: path.clone(),
             attrs,

@@ -23,7 +23,7 @@ use crate::proto::path::RelPath;
 use crate::proto::wire::{
     encode_checksums, encode_listing, FileFacts, HandleId, Op, Target, Timestamp, MAX_SUSPECTS,
 };
-use crate::sys;
+use crate::{sys, xattr};
 
 /// Flags a replicated open may carry to the secondary.
 const OPEN_FLAGS_KEPT: i32 = libc::O_SYNC | libc::O_DSYNC;
@@ -328,10 +328,12 @@ impl Applier {
                 value,
                 flags,
             } => {
+                refuse_unreplicated(name)?;
                 let fd = self.object(target)?;
                 sys::setxattr_fd(fd.fd(), OsStr::from_bytes(name), value, *flags as i32)?;
             }
             Op::RemoveXattr { target, name } => {
+                refuse_unreplicated(name)?;
                 let fd = self.object(target)?;
                 sys::removexattr_fd(fd.fd(), OsStr::from_bytes(name))?;
             }
@@ -502,9 +504,12 @@ impl Applier {
                 set_owner_and_mode(fd.as_fd(), *uid, *gid, *mode)?;
             }
             Op::ReplaceXattrs { path, attrs } => {
+                for (name, _) in attrs {
+                    refuse_unreplicated(name)?;
+                }
                 let fd = self.resolve(path, libc::O_PATH | libc::O_NOFOLLOW)?;
-                for name in list_xattrs(fd.as_fd())? {
-                    if replicated_xattr(&name) && !attrs.iter().any(|(n, _)| *n == name) {
+                for name in xattr::names(fd.as_fd())? {
+                    if xattr::is_replicated(&name) && !attrs.iter().any(|(n, _)| *n == name) {
                         sys::removexattr_fd(fd.as_fd(), OsStr::from_bytes(&name))?;
                     }
                 }
@@ -539,7 +544,7 @@ impl Applier {
                         sec: st.st_mtime,
                         nsec: st.st_mtime_nsec as u32,
                     },
-                    xattrs: xattr_digest(&read_xattrs(fd.as_fd())?),
+                    xattrs: xattr::digest(&xattr::read(fd.as_fd())?),
                 };
                 // No bigger than the file: most files are far smaller than a
                 // block, and zeroing a block each time costs more than hashing.
@@ -675,67 +680,18 @@ fn touches_meta(op: &Op) -> bool {
     }
 }
 
-/// Extended attributes that travel with the data (not host-specific labels).
-pub fn replicated_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.")
-        || name.starts_with(b"trusted.")
-        || name.starts_with(b"system.posix_acl_")
-}
-
-/// The replicated extended attributes of the inode `fd` holds, as (name,
-/// value), sorted by name.
-pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut attrs = Vec::new();
-    for name in list_xattrs(fd)? {
-        if !replicated_xattr(&name) {
-            continue;
-        }
-        let n = OsStr::from_bytes(&name);
-        let len = sys::getxattr_fd(fd, n, &mut [])?;
-        let mut v = vec![0u8; len];
-        let len = sys::getxattr_fd(fd, n, &mut v)?;
-        v.truncate(len);
-        attrs.push((name, v));
-    }
-    attrs.sort();
-    Ok(attrs)
-}
-
-/// A digest of [`read_xattrs`]' result: equal on both sides when the
-/// replicated extended attributes are.
-pub fn xattr_digest(attrs: &[(Vec<u8>, Vec<u8>)]) -> u64 {
-    let mut b = Vec::new();
-    for (name, value) in attrs {
-        b.extend_from_slice(&(name.len() as u64).to_be_bytes());
-        b.extend_from_slice(name);
-        b.extend_from_slice(&(value.len() as u64).to_be_bytes());
-        b.extend_from_slice(value);
-    }
-    xxh3_64(&b)
-}
-
-/// The names of the extended attributes of the inode `fd` holds.
-pub fn list_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let n = sys::listxattr_fd(fd, &mut [])?;
-    let mut buf = vec![0u8; n + 256];
-    let n = sys::listxattr_fd(fd, &mut buf)?;
-    Ok(buf[..n]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
-}
-
-/// Entries of the directory `fd` (an O_RDONLY directory) as (name, S_IFMT).
+/// Entries of the directory `fd` (an O_RDONLY directory) as (name, S_IFMT),
+/// sorted by name.
 pub fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u32)>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(Path::new(OsStr::from_bytes(
-        sys::proc_fd_path(fd).as_bytes(),
-    )))? {
-        let e = e?;
-        let name = e.file_name().as_bytes().to_vec();
-        let st = sys::fstatat(fd, OsStr::from_bytes(&name))?;
-        out.push((name, st.st_mode & libc::S_IFMT));
+    for (name, d_type) in sys::read_dir(fd)? {
+        // The directory entry's type (`DT_*` is `S_IFMT >> 12`), or a stat
+        // where the file system does not tell.
+        let kind = match d_type {
+            libc::DT_UNKNOWN => sys::fstatat(fd, OsStr::from_bytes(&name))?.st_mode & libc::S_IFMT,
+            t => u32::from(t) << 12,
+        };
+        out.push((name, kind));
     }
     out.sort();
     Ok(out)
@@ -762,6 +718,17 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
     } else {
         sys::unlinkat(dir, name, 0)
+    }
+}
+
+/// The peer may only set and remove the extended attributes that are part of
+/// the replicated data ([`xattr::is_replicated`]): anything else (a host's
+/// security label) is this node's own, and refused with `EPERM`.
+fn refuse_unreplicated(name: &[u8]) -> io::Result<()> {
+    if xattr::is_replicated(name) {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 }
 

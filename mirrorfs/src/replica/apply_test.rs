@@ -278,3 +278,61 @@ fn ensure_file_says_whether_the_file_was_kept() {
     );
     assert!(fs::read(f.root.join("f")).unwrap().is_empty());
 }
+
+/// Issue 7, item 11: the peer sets and removes only the extended attributes
+/// that are replicated data (file capabilities among them); a host label is
+/// this node's own: refused from the peer, and left alone by ReplaceXattrs.
+#[test]
+fn only_replicated_xattrs_are_applied() {
+    let mut f = fixture();
+    fs::write(f.root.join("f"), b"x").unwrap();
+    let cap = vec![1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.a.apply(&Op::SetXattr {
+        target: Target::Path(p("f")),
+        name: b"security.capability".to_vec(),
+        value: cap.clone(),
+        flags: 0,
+    })
+    .unwrap();
+    let file = File::open(f.root.join("f")).unwrap();
+    assert_eq!(
+        xattr::value(file.as_fd(), b"security.capability").unwrap(),
+        Some(cap.clone())
+    );
+    for op in [
+        Op::SetXattr {
+            target: Target::Path(p("f")),
+            name: b"security.selinux".to_vec(),
+            value: b"system_u:object_r:x_t:s0".to_vec(),
+            flags: 0,
+        },
+        Op::RemoveXattr {
+            target: Target::Path(p("f")),
+            name: b"security.selinux".to_vec(),
+        },
+        Op::ReplaceXattrs {
+            path: p("f"),
+            attrs: vec![(b"security.ima".to_vec(), b"x".to_vec())],
+        },
+    ] {
+        assert_eq!(errno(f.a.apply(&op)), libc::EPERM, "{op:?}");
+    }
+    // This node's own label (where root may set one) survives a resync's
+    // ReplaceXattrs, which replaces only the replicated ones.
+    let label = sys::setxattr_fd(file.as_fd(), OsStr::new("security.selinux"), b"l_t", 0).is_ok();
+    f.a.apply(&Op::ReplaceXattrs {
+        path: p("f"),
+        attrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+    })
+    .unwrap();
+    assert_eq!(
+        xattr::read(file.as_fd()).unwrap(),
+        vec![(b"user.k".to_vec(), b"v".to_vec())]
+    );
+    if label {
+        assert_eq!(
+            xattr::value(file.as_fd(), b"security.selinux").unwrap(),
+            Some(b"l_t".to_vec())
+        );
+    }
+}
