@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,6 +102,16 @@ impl Server {
             path: cfg.root.clone(),
             source,
         })?;
+        match std::fs::File::open(&cfg.root).and_then(|d| sys::mount_flags(d.as_fd())) {
+            Ok(flags) => {
+                if let Some(advice) = mount_advice(flags) {
+                    warn!(root = %cfg.root.display(), "{advice}");
+                }
+            }
+            Err(e) => {
+                warn!(root = %cfg.root.display(), error = %e, "cannot read the replica file system's mount flags")
+            }
+        }
         let mut server = server_config(&cfg.identity, &cfg.pinned)?;
         server.transport_config(Arc::new(transport(cfg.idle_timeout)));
         let endpoint =
@@ -292,7 +303,7 @@ async fn serve_connection(
                     // of one, for a gain of ~0.1 ms at 1 writer).
                     let tx = synced_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let errno = match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
+                        let errno = match sys::fsync(fd.as_fd(), datasync) {
                             Ok(()) => 0,
                             Err(e) => sys::errno_of(&e),
                         };
@@ -328,6 +339,29 @@ async fn serve_connection(
     }
 }
 
+/// What to tell the operator when the replica's file system is mounted
+/// without `nodev` or `nosuid` (`flags`: its `statvfs` mount flags). The
+/// primary's device nodes, setuid bits and file capabilities are replicated
+/// as metadata (POSIX fidelity); only those two mount options keep them from
+/// acting on this node.
+pub fn mount_advice(flags: u64) -> Option<String> {
+    let missing: Vec<&str> = [(libc::ST_NODEV, "nodev"), (libc::ST_NOSUID, "nosuid")]
+        .into_iter()
+        .filter(|(bit, _)| flags & bit == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the replica's file system is mounted without {}: device nodes, setuid/setgid bits and \
+         file capabilities the primary creates are replicated as metadata and would work on this \
+         node; mount the replica's file system with nodev,nosuid (e.g. `mount -o \
+         remount,nodev,nosuid MOUNTPOINT`, and in /etc/fstab)",
+        missing.join(",")
+    ))
+}
+
 /// Sends a refusal and closes the connection.
 async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
     let mut out = Vec::new();
@@ -339,4 +373,22 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     conn.close(3u32.into(), b"refused");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_names_the_missing_mount_options_and_the_fix() {
+        assert_eq!(mount_advice(libc::ST_NODEV | libc::ST_NOSUID), None);
+        let both = mount_advice(0).unwrap();
+        assert!(both.contains("without nodev,nosuid:"), "{both}");
+        assert!(
+            both.contains("mount the replica's file system with nodev,nosuid"),
+            "{both}"
+        );
+        let one = mount_advice(libc::ST_NODEV).unwrap();
+        assert!(one.contains("without nosuid:"), "{one}");
+    }
 }

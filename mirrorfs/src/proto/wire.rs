@@ -19,6 +19,10 @@ pub const MAX_XATTR_VALUE: usize = 64 << 10;
 pub const MAX_FRAME: usize = MAX_DATA + (64 << 10);
 /// Largest free-text field (node names, refusal reasons).
 const MAX_TEXT: usize = 4096;
+/// Largest file offset or size (`off_t` is signed 64-bit): offsets, sizes and
+/// the ends of ranges (`offset + len`, `block × index`) beyond it are refused
+/// by the decoder, never wrapped.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
 
 /// Sequence number of an operation on the stream; the first is 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1072,16 +1076,19 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             if len > MAX_DATA {
                 return Err(WireError::Malformed("write larger than the data limit"));
             }
+            range_end(offset, len as u64)?;
             Op::Write {
                 target,
                 offset,
                 data: r.take(len)?.to_vec(),
             }
         }
-        opcode::TRUNCATE => Op::Truncate {
-            target: r.target()?,
-            size: r.u64()?,
-        },
+        opcode::TRUNCATE => {
+            let target = r.target()?;
+            let size = r.u64()?;
+            range_end(size, 0)?;
+            Op::Truncate { target, size }
+        }
         opcode::CHMOD => Op::Chmod {
             target: r.target()?,
             mode: r.u32()?,
@@ -1115,19 +1122,29 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             target: r.target()?,
             name: r.xattr_name()?,
         },
-        opcode::FALLOCATE => Op::Fallocate {
-            target: r.target()?,
-            mode: r.u32()?,
-            offset: r.u64()?,
-            len: r.u64()?,
-        },
-        opcode::COPYRANGE => Op::CopyRange {
-            src: r.target()?,
-            src_offset: r.u64()?,
-            dst: r.target()?,
-            dst_offset: r.u64()?,
-            len: r.u64()?,
-        },
+        opcode::FALLOCATE => {
+            let (target, mode, offset, len) = (r.target()?, r.u32()?, r.u64()?, r.u64()?);
+            range_end(offset, len)?;
+            Op::Fallocate {
+                target,
+                mode,
+                offset,
+                len,
+            }
+        }
+        opcode::COPYRANGE => {
+            let (src, src_offset) = (r.target()?, r.u64()?);
+            let (dst, dst_offset, len) = (r.target()?, r.u64()?, r.u64()?);
+            range_end(src_offset, len)?;
+            range_end(dst_offset, len)?;
+            Op::CopyRange {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                len,
+            }
+        }
         opcode::FSYNC => Op::Fsync {
             target: r.target()?,
             datasync: match r.u8()? {
@@ -1204,6 +1221,10 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
                     "checksum block size or count out of range",
                 ));
             }
+            let start = first
+                .checked_mul(u64::from(block))
+                .ok_or(WireError::Malformed("range beyond the largest file offset"))?;
+            range_end(start, u64::from(count) * u64::from(block))?;
             Op::Checksums {
                 path,
                 block,
@@ -1214,6 +1235,14 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         opcode::SET_GENERATION => Op::SetGeneration { ids: r.ids()? },
         c => return Err(WireError::UnknownOp(c)),
     })
+}
+
+/// Checks that the range `[offset, offset + len)` lies within [`MAX_OFFSET`].
+fn range_end(offset: u64, len: u64) -> Result<u64, WireError> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= MAX_OFFSET)
+        .ok_or(WireError::Malformed("range beyond the largest file offset"))
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);

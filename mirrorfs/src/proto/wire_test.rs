@@ -301,6 +301,97 @@ fn unknown_tags_and_trailing_bytes_are_malformed() {
     );
 }
 
+/// Issue 7, item 9: products and sums of wire values (offset + len,
+/// block × index) that leave `off_t` are malformed frames, never wrapped
+/// offsets; the largest valid ranges still pass.
+#[test]
+fn ranges_beyond_the_largest_offset_are_malformed() {
+    let h = || Target::Handle(HandleId(1));
+    let bad = [
+        Op::Write {
+            target: h(),
+            offset: MAX_OFFSET,
+            data: vec![1],
+        },
+        Op::Write {
+            target: h(),
+            offset: u64::MAX,
+            data: vec![1],
+        },
+        Op::Truncate {
+            target: h(),
+            size: MAX_OFFSET + 1,
+        },
+        Op::Fallocate {
+            target: h(),
+            mode: 0,
+            offset: u64::MAX - 1,
+            len: 5,
+        },
+        Op::CopyRange {
+            src: h(),
+            src_offset: 0,
+            dst: h(),
+            dst_offset: MAX_OFFSET - 1,
+            len: 2,
+        },
+        Op::CopyRange {
+            src: h(),
+            src_offset: u64::MAX,
+            dst: h(),
+            dst_offset: 0,
+            len: 2,
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: u64::MAX / 4096,
+            count: 1,
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: (MAX_OFFSET >> 20) - 1,
+            count: 2,
+        },
+    ];
+    for op in bad {
+        let mut buf = Vec::new();
+        op_frame(op.clone()).encode(&mut buf);
+        assert_eq!(
+            Frame::decode(&buf),
+            Err(WireError::Malformed("range beyond the largest file offset")),
+            "{op:?}"
+        );
+    }
+    for op in [
+        Op::Write {
+            target: h(),
+            offset: MAX_OFFSET - 1,
+            data: vec![1],
+        },
+        Op::Truncate {
+            target: h(),
+            size: MAX_OFFSET,
+        },
+        Op::CopyRange {
+            src: h(),
+            src_offset: MAX_OFFSET - 2,
+            dst: h(),
+            dst_offset: 0,
+            len: 2,
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: (MAX_OFFSET >> 20) - 1,
+            count: 1,
+        },
+    ] {
+        round_trip(&op_frame(op));
+    }
+}
+
 fn arb_path() -> impl Strategy<Value = RelPath> {
     prop::collection::vec("[a-z0-9._-]{1,12}", 1..4).prop_filter_map("valid path", |parts| {
         RelPath::new(parts.join("/").into_bytes()).ok()
@@ -338,7 +429,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         }),
         (
             arb_target(),
-            any::<u64>(),
+            0..=MAX_OFFSET - 300,
             prop::collection::vec(any::<u8>(), 0..300)
         )
             .prop_map(|(target, offset, data)| Op::Write {

@@ -3,7 +3,11 @@
 //! Owns the root directory descriptor and the handles the primary opened for
 //! writing. Must not follow a symlink or `..` out of the root: parents are
 //! resolved with [`sys::openat2`] and [`sys::RESOLVE_STRICT`], final names with
-//! `*at` calls and `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`.
+//! `*at` calls and `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`. Must not open anything
+//! but a regular file for data (write, truncate, fallocate, copy range,
+//! checksums, read-ahead, open of a handle; fsync also a directory): a device
+//! node the primary replicated is metadata here, never a way to this node's
+//! disks (see `open_regular`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -86,20 +90,17 @@ impl Prefetch {
             return None;
         }
         let (me, path) = (self.clone(), path.clone());
-        let (offset, len) = (
-            first * u64::from(*block),
-            u64::from(*count) * u64::from(*block),
-        );
+        // Checked like every product of wire values (the decoder bounds them
+        // already): an overflow hints nothing rather than a wrapped range.
+        let range = first
+            .checked_mul(u64::from(*block))
+            .zip(u64::from(*count).checked_mul(u64::from(*block)));
         Some(move || {
-            if let Ok(fd) = sys::openat2(
-                me.root.as_fd(),
-                path.as_os_str(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-                0,
-                sys::RESOLVE_STRICT,
-            ) {
-                // Only a hint: whatever fails, the checksum reads anyway.
-                let _ = sys::fadvise_willneed(fd.as_fd(), offset, len.max(1));
+            if let Some((offset, len)) = range {
+                if let Ok(fd) = open_regular(me.root.as_fd(), &path, libc::O_RDONLY) {
+                    // Only a hint: whatever fails, the checksum reads anyway.
+                    let _ = sys::fadvise_willneed(fd.as_fd(), offset, len.max(1));
+                }
             }
             me.busy.fetch_sub(1, Ordering::Relaxed);
         })
@@ -262,10 +263,7 @@ impl Applier {
                 if *flags as i32 & libc::O_TRUNC != 0 {
                     oflags |= libc::O_TRUNC;
                 }
-                let fd = self.resolve(path, oflags | libc::O_NOFOLLOW)?;
-                if !sys::fstat(fd.as_fd()).is_ok_and(|st| is_kind(&st, libc::S_IFREG)) {
-                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
-                }
+                let fd = open_regular(self.root.as_fd(), path, oflags)?;
                 self.handles.insert(*handle, File::from(fd));
             }
             Op::Close { handle } => {
@@ -359,9 +357,9 @@ impl Applier {
                 while done < *len {
                     let n = sys::copy_file_range(
                         s.fd(),
-                        src_offset + done,
+                        checked_add(*src_offset, done)?,
                         d.fd(),
-                        dst_offset + done,
+                        checked_add(*dst_offset, done)?,
                         len - done,
                     )?;
                     if n == 0 {
@@ -375,8 +373,17 @@ impl Applier {
             Op::Fsync { target, datasync } => {
                 let fd = match target {
                     Target::Handle(h) => self.handle(*h)?.try_clone()?.into(),
+                    // A regular file or a directory, nothing else (opening a
+                    // device or a FIFO could act on this node).
                     Target::Path(p) => {
-                        self.resolve(p, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW)?
+                        let o = self.resolve(p, libc::O_PATH | libc::O_NOFOLLOW)?;
+                        let st = sys::fstat(o.as_fd())?;
+                        if is_kind(&st, libc::S_IFDIR) {
+                            sys::reopen(o.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?
+                        } else {
+                            check_regular(&st)?;
+                            sys::reopen(o.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?
+                        }
                     }
                 };
                 return Ok(Applied::Sync {
@@ -532,12 +539,8 @@ impl Applier {
                 first,
                 count,
             } => {
-                let fd =
-                    self.resolve(path, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?;
+                let fd = open_regular(self.root.as_fd(), path, libc::O_RDONLY)?;
                 let st = sys::fstat(fd.as_fd())?;
-                if !is_kind(&st, libc::S_IFREG) {
-                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
-                }
                 let facts = FileFacts {
                     size: st.st_size as u64,
                     mtime: Timestamp {
@@ -550,8 +553,11 @@ impl Applier {
                 // block, and zeroing a block each time costs more than hashing.
                 let mut buf = vec![0u8; u64::from(*block).min(st.st_size as u64) as usize];
                 let mut sums = Vec::with_capacity(*count as usize);
-                for i in *first..first + u64::from(*count) {
-                    let n = sys::pread_full(fd.as_fd(), &mut buf, i * u64::from(*block))?;
+                for i in *first..checked_add(*first, u64::from(*count))? {
+                    let at = i
+                        .checked_mul(u64::from(*block))
+                        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+                    let n = sys::pread_full(fd.as_fd(), &mut buf, at)?;
                     if n == 0 {
                         break;
                     }
@@ -607,21 +613,27 @@ impl Applier {
         }
     }
 
+    /// A regular file to write (handles are regular files by construction).
     fn writable(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(
-                self.resolve(p, libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?,
-            )),
+            Target::Path(p) => Ok(Fd::Owned(open_regular(
+                self.root.as_fd(),
+                p,
+                libc::O_WRONLY,
+            )?)),
         }
     }
 
+    /// A regular file to read.
     fn readable(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(
-                self.resolve(p, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?,
-            )),
+            Target::Path(p) => Ok(Fd::Owned(open_regular(
+                self.root.as_fd(),
+                p,
+                libc::O_RDONLY,
+            )?)),
         }
     }
 }
@@ -719,6 +731,41 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     } else {
         sys::unlinkat(dir, name, 0)
     }
+}
+
+/// Opens `path` beneath `root` for a data op, only if it is a regular file,
+/// and without side effects: resolved as an `O_PATH` descriptor (which opens
+/// nothing: a device's driver or a FIFO never sees it), checked, then that
+/// very inode opened with `flags` (plus `O_NONBLOCK`: a lease held on the
+/// file must not hold the stream up). Anything else is refused: a symlink
+/// with `ELOOP` (as `O_NOFOLLOW` would), any other kind (device, FIFO,
+/// socket, directory) with `EINVAL`. Device nodes and setuid bits are still
+/// replicated as metadata; they are never read or written through.
+fn open_regular(root: BorrowedFd<'_>, path: &RelPath, flags: i32) -> io::Result<OwnedFd> {
+    let o = sys::openat2(
+        root,
+        path.as_os_str(),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_STRICT,
+    )?;
+    check_regular(&sys::fstat(o.as_fd())?)?;
+    sys::reopen(o.as_fd(), flags | libc::O_NONBLOCK)
+}
+
+/// `Ok` for a regular file; `ELOOP` for a symlink, `EINVAL` for anything else.
+fn check_regular(st: &libc::stat) -> io::Result<()> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFLNK => Err(io::Error::from_raw_os_error(libc::ELOOP)),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
+/// `a + b` for offsets from the wire: `EINVAL` on overflow, never a wrap.
+fn checked_add(a: u64, b: u64) -> io::Result<u64> {
+    a.checked_add(b)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// The peer may only set and remove the extended attributes that are part of

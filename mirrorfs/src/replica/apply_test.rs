@@ -336,3 +336,146 @@ fn only_replicated_xattrs_are_applied() {
         );
     }
 }
+
+/// Issue 7, item 9: data ops open only regular files. A FIFO, a device node
+/// or a directory named by a data op is refused (EINVAL; a symlink ELOOP)
+/// without being opened: a FIFO with no reader would block an open for
+/// writing, and a device's open already acts on this node.
+#[test]
+fn data_ops_open_only_regular_files() {
+    let mut f = fixture();
+    f.a.apply(&Op::Mknod {
+        path: p("fifo"),
+        mode: libc::S_IFIFO | 0o600,
+        rdev: 0,
+        uid: 0,
+        gid: 0,
+    })
+    .unwrap();
+    // /dev/null's numbers: writing it would "succeed" and write nothing
+    // visible, which is exactly what must not pass silently.
+    f.a.apply(&Op::Mknod {
+        path: p("null"),
+        mode: libc::S_IFCHR | 0o666,
+        rdev: libc::makedev(1, 3),
+        uid: 0,
+        gid: 0,
+    })
+    .unwrap();
+    fs::create_dir(f.root.join("dir")).unwrap();
+    fs::write(f.root.join("reg"), b"data").unwrap();
+    for (name, want) in [
+        ("fifo", libc::EINVAL),
+        ("null", libc::EINVAL),
+        ("dir", libc::EINVAL),
+        ("secret-link", libc::ELOOP),
+    ] {
+        let t = || Target::Path(p(name));
+        for op in [
+            Op::Write {
+                target: t(),
+                offset: 0,
+                data: b"x".to_vec(),
+            },
+            Op::Truncate {
+                target: t(),
+                size: 0,
+            },
+            Op::Fallocate {
+                target: t(),
+                mode: 0,
+                offset: 0,
+                len: 4096,
+            },
+            Op::CopyRange {
+                src: t(),
+                src_offset: 0,
+                dst: Target::Path(p("reg")),
+                dst_offset: 0,
+                len: 4,
+            },
+            Op::CopyRange {
+                src: Target::Path(p("reg")),
+                src_offset: 0,
+                dst: t(),
+                dst_offset: 0,
+                len: 4,
+            },
+            Op::Checksums {
+                path: p(name),
+                block: 4096,
+                first: 0,
+                count: 1,
+            },
+            Op::Open {
+                path: p(name),
+                handle: HandleId(9),
+                flags: 0,
+            },
+        ] {
+            assert_eq!(errno(f.a.apply(&op)), want, "{name}: {op:?}");
+        }
+        let sync = f.a.apply(&Op::Fsync {
+            target: t(),
+            datasync: false,
+        });
+        if name == "dir" {
+            assert!(matches!(sync, Ok(Applied::Sync { .. })), "{sync:?}");
+        } else {
+            assert_eq!(errno(sync), want, "{name}: fsync");
+        }
+        // Not even a read-ahead hint opens it.
+        let prefetch = f.a.prefetch().unwrap();
+        let job = prefetch.job(&Op::Checksums {
+            path: p(name),
+            block: 4096,
+            first: 0,
+            count: 1,
+        });
+        job.expect("a hint job")();
+    }
+    assert_eq!(fs::read(f.root.join("reg")).unwrap(), b"data");
+    assert_eq!(f.a.open_handles(), 0);
+}
+
+/// Issue 7, item 9: ranges computed from wire values are checked: an op that
+/// reaches the applier with an overflowing range (the decoder refuses such
+/// frames) fails with EINVAL instead of reading or writing a wrapped offset.
+#[test]
+fn overflowing_ranges_fail_with_einval() {
+    let mut f = fixture();
+    fs::write(f.root.join("reg"), b"data").unwrap();
+    for op in [
+        Op::Checksums {
+            path: p("reg"),
+            block: 1 << 20,
+            first: u64::MAX - 1,
+            count: 4,
+        },
+        Op::Checksums {
+            path: p("reg"),
+            block: 1 << 20,
+            first: u64::MAX / (1 << 20),
+            count: 1,
+        },
+        Op::CopyRange {
+            src: Target::Path(p("reg")),
+            src_offset: u64::MAX - 1,
+            dst: Target::Path(p("reg")),
+            dst_offset: 0,
+            len: 4,
+        },
+        Op::Write {
+            target: Target::Path(p("reg")),
+            offset: u64::MAX - 1,
+            data: b"xy".to_vec(),
+        },
+        Op::Truncate {
+            target: Target::Path(p("reg")),
+            size: u64::MAX,
+        },
+    ] {
+        assert_eq!(errno(f.a.apply(&op)), libc::EINVAL, "{op:?}");
+    }
+    assert_eq!(fs::read(f.root.join("reg")).unwrap(), b"data");
+}
