@@ -17,7 +17,7 @@ use mirrorfs::fs::fuse::MirrorFs;
 use mirrorfs::fs::Overlay;
 use mirrorfs::meta::META_DIR;
 use mirrorfs::mirror::{Mirror, MirrorConfig, MirrorRef, OnPeerLoss, Status};
-use mirrorfs::net::client::LinkConfig;
+use mirrorfs::net::client::{LinkConfig, DEFAULT_STALL_TIMEOUT};
 use mirrorfs::net::server::{self, ServeConfig};
 use mirrorfs::net::tls;
 
@@ -121,7 +121,9 @@ struct MountArgs {
     /// Stay in the foreground (otherwise detach once mounted, logging to --log).
     #[arg(long)]
     foreground: bool,
-    /// Seconds an operation may wait for the secondary before the peer counts as lost.
+    /// Seconds without anything from the secondary before it counts as lost
+    /// (QUIC idle timeout); with operations waiting and no progress reported,
+    /// it shows as stalled after this long, and is lost after the stall timeout.
     #[arg(long = "peer-timeout", default_value_t = 5.0, value_parser = parse_secs)]
     peer_timeout: f64,
     /// When the peer is lost: `fail` (mutations fail with EIO until it is back)
@@ -332,6 +334,7 @@ fn mount(a: MountArgs) -> Result<(), String> {
                 identity: Arc::new(identity),
                 pinned,
                 peer_timeout: Duration::from_secs_f64(a.peer_timeout),
+                stall_timeout: DEFAULT_STALL_TIMEOUT.max(Duration::from_secs_f64(a.peer_timeout)),
             },
             on_peer_loss,
             start_alone: a.alone,

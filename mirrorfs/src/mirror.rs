@@ -259,7 +259,9 @@ impl Mirror {
             history.advance(random_id());
             meta.save_history(&history).map_err(meta_err)?;
         }
-        let limit = cfg.link.peer_timeout * 2 + Duration::from_secs(1);
+        // A backstop only: the link completes every op itself (EIO once the
+        // peer is lost, which takes at most the stall timeout without progress).
+        let limit = cfg.link.stall_timeout.max(cfg.link.peer_timeout) * 2 + Duration::from_secs(1);
         let mirror = Arc::new(Self {
             meta,
             state: Mutex::new(State {

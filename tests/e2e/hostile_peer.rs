@@ -43,6 +43,7 @@ impl Peer {
                 node: "node1".into(),
                 peer: "node2".into(),
                 history: vec![],
+                peer_timeout_ms: 5000,
                 suspects: vec![],
             },
         )
@@ -224,6 +225,7 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
                     node: "node1".into(),
                     peer: "node2".into(),
                     history: vec![],
+                    peer_timeout_ms: 5000,
                     suspects: vec![],
                 },
                 [
@@ -238,6 +240,7 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
                     node: "impostor".into(),
                     peer: "node9".into(),
                     history: vec![],
+                    peer_timeout_ms: 5000,
                     suspects: vec![],
                 },
                 [
@@ -543,4 +546,126 @@ fn issue_07_device_nodes_are_metadata_never_a_way_to_this_nodes_disks() {
     assert_eq!(fs::read(root.join("reg")).unwrap(), b"regular");
     let node = fs::symlink_metadata(root.join("blk")).unwrap();
     assert!(node.file_type().is_block_device() && node.rdev() == rdev);
+}
+
+/// Issue 7, item 8 ("an old connection may still apply buffered frames after
+/// a newer one took over"): once a newer connection of the primary passed
+/// its hello, no op of the older one is applied any more, not even one the
+/// server had already received. The older connection sends a `Remove` of a
+/// large tree and a `Mkdir` behind it; while the secondary works on the
+/// removal (it says so with progress frames), a newer connection says hello:
+/// the removal, begun before, completes; the `Mkdir` is never applied, and
+/// the older connection gets no answer for it.
+#[test]
+fn issue_07_a_newer_connection_takes_over_exclusively() {
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-takeover")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let (root, keys) = (dir.path().join("replica"), dir.path().join("keys"));
+    for d in 0..100 {
+        let sub = root.join("big").join(format!("d{d}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..1000 {
+            fs::File::create(sub.join(format!("f{f}"))).unwrap();
+        }
+    }
+    tls::keygen(&keys, "node1").unwrap();
+    tls::keygen(&keys, "node2").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Server::bind(ServeConfig {
+            root: root.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt")).unwrap(),
+            pinned: tls::load_peer(&keys.join("node1.crt")).unwrap(),
+            idle_timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let srv = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: "node1".into(),
+            peer: "node2".into(),
+            history: vec![],
+            peer_timeout_ms: 400,
+            suspects: vec![],
+        };
+        let mut old = Peer::connect_with(&keys, addr, hello).await;
+        assert!(matches!(old.next().await, Some(Frame::Hello(_))));
+        let mut both = Vec::new();
+        Frame::Op {
+            seq: Seq(1),
+            op: Op::Remove { path: rel("big") },
+        }
+        .encode(&mut both);
+        Frame::Op {
+            seq: Seq(2),
+            op: Op::Mkdir {
+                path: rel("late"),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        }
+        .encode(&mut both);
+        old.send_raw(&both).await;
+        match old.next().await {
+            Some(Frame::Progress { .. }) => {}
+            other => panic!("expected progress during the removal, got {other:?}"),
+        }
+        // The newer connection's hello is answered once the apply thread
+        // switched to it: after the removal, and after skipping the Mkdir.
+        let mut new = Peer::connect(&keys, addr).await;
+        assert!(
+            !root.join("big").exists(),
+            "the removal begun before did not complete"
+        );
+        assert!(
+            !root.join("late").exists(),
+            "an op of the replaced connection was applied after the takeover"
+        );
+        loop {
+            match old.next().await {
+                None => break,
+                Some(Frame::Ack { upto }) => {
+                    assert!(
+                        upto < Seq(2),
+                        "the replaced connection's op was acknowledged"
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        new.send_op(
+            1,
+            Op::Mkdir {
+                path: rel("new"),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .await;
+        loop {
+            match new.next().await {
+                Some(Frame::Ack { upto: Seq(1) }) => break,
+                Some(Frame::Ack { .. } | Frame::Progress { .. }) => {}
+                other => panic!("expected the ack of the newer connection's op, got {other:?}"),
+            }
+        }
+        assert!(root.join("new").is_dir());
+        let _ = stop.send(());
+        tokio::time::timeout(TIMEOUT, srv)
+            .await
+            .expect("server stops")
+            .unwrap();
+    });
 }

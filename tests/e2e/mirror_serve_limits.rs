@@ -5,12 +5,34 @@
 //! told apart from a dead one (item 6), and the server's own limits (item 8).
 
 use std::fs;
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
-use crate::util::mirror::Mirror;
-use crate::util::{run_fs, sys};
+use crate::util::lab::Proc;
+use crate::util::mirror::{Mirror, ServeOpts};
+use crate::util::{is_fuse_mount, run_fs, sys, wait_for, Probe};
+
+/// What the primary logs when it gives up on the secondary.
+const LOST: &str = "connection to the secondary lost";
+/// What it logs when the secondary is reachable but makes no progress.
+const STALLED: &str = "the secondary is stalled";
+
+/// Makes `n` empty files with 40-byte names in `dir`, spread over
+/// subdirectories of 1000.
+fn many_files(dir: &Path, n: usize) -> Result<()> {
+    for i in 0..n {
+        let sub = dir.join(format!("d{:04}", i / 1000));
+        if i % 1000 == 0 {
+            fs::create_dir_all(&sub)?;
+        }
+        fs::File::create(sub.join(format!("{i:040}")))?;
+    }
+    Ok(())
+}
 
 /// A file capability (v2, `cap_net_raw` permitted): metadata of the file,
 /// replicated like its setuid bit.
@@ -55,4 +77,145 @@ fn issue_07_capabilities_replicate_host_labels_stay_local() -> Result<()> {
         eprintln!("security.selinux is not settable here: host labels not exercised");
     }
     m.expect_replica_identical()
+}
+
+/// Item 6: one long op does not make a working secondary look dead. The
+/// replica holds a tree of 200 000 files the primary does not have; the
+/// first resync removes it with one `Remove`, which takes the secondary
+/// seconds, far beyond `--peer-timeout 1`. Its apply thread works off the
+/// runtime, which keeps answering keepalives and reports progress: the
+/// primary neither loses nor even shows stalled the peer, and the pair ends
+/// in sync.
+#[test]
+fn issue_07_a_long_remove_does_not_lose_a_working_peer() -> Result<()> {
+    let mut m = Mirror::prepare()?;
+    many_files(&m.replica().join("junk"), 200_000)?;
+    let started = Instant::now();
+    let control = m.start_controlled(&["--peer-timeout", "1"])?;
+    m.wait_in_sync(&control, Duration::from_secs(120))?;
+    eprintln!("in sync {:?} after the mount started", started.elapsed());
+    ensure!(
+        !m.replica().join("junk").exists(),
+        "the tree is still on the replica"
+    );
+    let log = m.mount().context("mount")?.stderr();
+    ensure!(
+        !log.contains(LOST),
+        "the primary lost a working peer:\n{log}"
+    );
+    ensure!(
+        !log.contains(STALLED),
+        "a working peer showed as stalled:\n{log}"
+    );
+    m.expect_replica_identical()
+}
+
+/// Sends SIGCONT to a stopped process when dropped (so that a failing test
+/// leaves no frozen file system behind).
+struct Frozen<'a>(&'a mut Proc);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal(libc::SIGCONT);
+    }
+}
+
+/// Item 6: a secondary whose disk hangs is stalled, then lost after the
+/// stall timeout, not after the peer timeout, and the application's call
+/// then fails instead of hanging unseen. The hung disk is honest: the
+/// replica root is a bindfs (FUSE) mount whose daemon is SIGSTOPped, so the
+/// secondary's apply thread blocks in the kernel on its next op while its
+/// process and network stay alive. (The stall timeout is the default, 30 s,
+/// until `mount` takes a flag for it.)
+#[test]
+fn issue_07_a_hung_disk_on_the_secondary_is_stalled_then_lost_after_the_stall_timeout() -> Result<()>
+{
+    const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+    let mut m = Mirror::prepare()?;
+    let disk = m.path().join("disk");
+    fs::create_dir(&disk)?;
+    let mut cmd = Command::new("bindfs");
+    cmd.arg("-f").arg(&disk).arg(m.replica());
+    let mut bindfs = Proc::spawn(cmd, "bindfs", m.lab.log_dir())?;
+    let replica = m.replica();
+    wait_for(
+        Duration::from_secs(15),
+        "bindfs to mount the replica",
+        || match is_fuse_mount(&replica) {
+            Ok(true) => Probe::Ready(()),
+            Ok(false) => Probe::Pending(bindfs.stderr_tail()),
+            Err(e) => Probe::Fail(e),
+        },
+    )?;
+    m.start_serve_with(&ServeOpts {
+        root: Some(replica),
+        ..ServeOpts::default()
+    })?;
+    let control = m.path().join("ctl.sock");
+    let mut args = m.mount_args();
+    args.extra = vec!["--peer-timeout".into(), "1".into(), "--control".into()];
+    args.extra.push(control.display().to_string());
+    m.start_mount(&args)?;
+    m.wait_in_sync(&control, Duration::from_secs(30))?;
+
+    bindfs.signal(libc::SIGSTOP)?;
+    let frozen = Frozen(&mut bindfs);
+    let t0 = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let file = m.mnt().join("during-the-hang");
+    std::thread::spawn(move || {
+        let _ = tx.send((fs::write(&file, b"x"), Instant::now()));
+    });
+    let mount_log = |m: &Mirror| m.mount().map(Proc::stderr).unwrap_or_default();
+    wait_for(
+        Duration::from_secs(20),
+        "the primary to show the peer stalled",
+        || {
+            let log = mount_log(&m);
+            if log.contains(LOST) {
+                return Probe::Fail(anyhow::anyhow!("lost before stalled:\n{log}"));
+            }
+            if log.contains(STALLED) {
+                Probe::Ready(())
+            } else {
+                Probe::Pending(log)
+            }
+        },
+    )?;
+    let stalled_after = t0.elapsed();
+    wait_for(
+        STALL_TIMEOUT + Duration::from_secs(30),
+        "the primary to lose the stalled peer",
+        || {
+            let log = mount_log(&m);
+            if log.contains(LOST) {
+                Probe::Ready(())
+            } else {
+                Probe::Pending(format!("{:?} after the hang", t0.elapsed()))
+            }
+        },
+    )?;
+    let lost_after = t0.elapsed();
+    let (written, when) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the application's write still hangs after the peer was lost")?;
+    drop(frozen);
+    eprintln!("stalled after {stalled_after:?}, lost after {lost_after:?}, write answered after {:?}: {written:?}", when - t0);
+    ensure!(
+        stalled_after < STALL_TIMEOUT,
+        "stalled shown only after {stalled_after:?}"
+    );
+    ensure!(
+        lost_after >= STALL_TIMEOUT - Duration::from_millis(100),
+        "a hung secondary was lost after {lost_after:?}, before the stall timeout"
+    );
+    let log = mount_log(&m);
+    ensure!(
+        log.contains("--stall-timeout"),
+        "the loss does not name --stall-timeout:\n{log}"
+    );
+    match written {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(()),
+        other => bail!("the write during the hang gave {other:?}, not EIO (--on-peer-loss=fail)"),
+    }
 }

@@ -39,7 +39,7 @@ use crate::net::client::Link;
 use crate::proto::path::RelPath;
 use crate::proto::stream::Completion;
 use crate::proto::wire::{
-    decode_checksums, decode_listing, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BLOCKS,
+    decode_checksums, decode_listing, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BYTES,
 };
 use crate::replica::apply::list_dir;
 use crate::{sys, xattr};
@@ -200,15 +200,6 @@ impl Worker<'_> {
             Ok(Err(errno)) => Err(Stop::Failed(refused_by_secondary(errno))),
             Err(_) => Err(Stop::Failed("no answer from the secondary".into())),
         }
-    }
-
-    /// Submits under the sequencer and waits.
-    fn call(&self, op: Op) -> Result<Vec<u8>, Stop> {
-        let rx = {
-            let _g = self.overlay.sequence();
-            self.link.submit(op)
-        };
-        self.wait(rx)
     }
 
     fn lstat(&self, path: &RelPath) -> io::Result<Local> {
@@ -619,25 +610,35 @@ impl Worker<'_> {
         let mut buf = self.buf.borrow_mut();
         let buf = &mut buf[..BLOCK as usize];
         let mut theirs_first = None;
-        loop {
-            let (reply, count) = match first_sums.take() {
-                Some((rx, count)) => (self.wait(rx)?, count),
-                None => {
-                    let size = sys::fstat(file.as_fd())?.st_size as u64;
-                    let blocks = size.div_ceil(u64::from(BLOCK));
-                    if first >= blocks {
-                        break;
-                    }
-                    let count = (blocks - first).min(self.checksum_batch()) as u32;
-                    let reply = self.call(Op::Checksums {
-                        path: path.clone(),
-                        block: BLOCK,
-                        first,
-                        count,
-                    })?;
-                    (reply, count)
-                }
+        // The next batch's checksums are asked for before this batch is
+        // compared, so that the secondary reads while we compare.
+        let ask = |first: u64| -> Result<Option<(Receiver<Completion>, u32)>, Stop> {
+            let size = sys::fstat(file.as_fd())?.st_size as u64;
+            let blocks = size.div_ceil(u64::from(BLOCK));
+            if first >= blocks {
+                return Ok(None);
+            }
+            let count = (blocks - first).min(self.checksum_batch()) as u32;
+            let rx = {
+                let _g = self.overlay.sequence();
+                self.link.submit(Op::Checksums {
+                    path: path.clone(),
+                    block: BLOCK,
+                    first,
+                    count,
+                })
             };
+            Ok(Some((rx, count)))
+        };
+        if first_sums.is_none() {
+            first_sums = ask(0)?;
+        }
+        loop {
+            let Some((rx, count)) = first_sums.take() else {
+                break;
+            };
+            let reply = self.wait(rx)?;
+            first_sums = ask(first + u64::from(count))?;
             let (facts, theirs) = decode_checksums(&reply)
                 .map_err(|e| Stop::Failed(format!("bad checksums from the secondary: {e}")))?;
             theirs_first.get_or_insert(facts);
@@ -680,12 +681,13 @@ impl Worker<'_> {
 
     /// Blocks one checksum request asks for: few while the application is
     /// active (the secondary reads them all before the next op in the
-    /// stream), as many as allowed otherwise.
+    /// stream), as many as one request may cover otherwise
+    /// ([`MAX_CHECKSUM_BYTES`]: no single op keeps the secondary busy long).
     fn checksum_batch(&self) -> u64 {
         if self.mirror.app_active(RESYNC_YIELD) {
             CHECKSUM_BATCH_APP_ACTIVE
         } else {
-            u64::from(MAX_CHECKSUM_BLOCKS)
+            MAX_CHECKSUM_BYTES / u64::from(BLOCK)
         }
     }
 

@@ -10,7 +10,7 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
@@ -316,14 +316,16 @@ pub enum Op {
     },
     /// Resync: xxh3 checksums of `count` blocks of `block` bytes from block
     /// `first`; answered with [`Frame::Data`] holding the file size and the sums.
+    /// One request covers at most [`MAX_CHECKSUM_BYTES`] (`count × block`),
+    /// so that no single op keeps the secondary's disk busy for long.
     Checksums {
         /// The file.
         path: RelPath,
-        /// Block size in bytes.
+        /// Block size in bytes (4 KiB to 16 MiB).
         block: u32,
-        /// First block.
+        /// First block (`first × block` must be a valid file offset).
         first: u64,
-        /// How many blocks (at most [`MAX_CHECKSUM_BLOCKS`]).
+        /// How many blocks (`count × block` at most [`MAX_CHECKSUM_BYTES`]).
         count: u32,
     },
     /// End of a resync: the secondary now holds generation history `ids`.
@@ -333,8 +335,9 @@ pub enum Op {
     },
 }
 
-/// Most blocks one [`Op::Checksums`] may ask for.
-pub const MAX_CHECKSUM_BLOCKS: u32 = 4096;
+/// Most bytes one [`Op::Checksums`] may cover (`count × block`): 64 MiB,
+/// a fraction of a second of reading and hashing.
+pub const MAX_CHECKSUM_BYTES: u64 = 64 << 20;
 /// Most extended attributes one [`Op::ReplaceXattrs`] may carry.
 const MAX_XATTRS: usize = 1024;
 
@@ -491,6 +494,11 @@ pub struct Hello {
     pub peer: String,
     /// The sender's generation history, current first (empty: never synced).
     pub history: Vec<u64>,
+    /// The sender's peer timeout in milliseconds (`--peer-timeout`): after
+    /// that long without a frame while ops are in flight, the primary shows
+    /// the secondary as stalled. The secondary, while it works on ops, sends
+    /// [`Frame::Progress`] several times within the primary's value.
+    pub peer_timeout_ms: u32,
     /// Directories whose files this side may have changed without the other
     /// knowing (writes in flight when it crashed as primary): their files are
     /// compared by the resync. The root alone means "compare everything".
@@ -545,6 +553,16 @@ pub enum Frame {
         /// 0, or the OS error of the fsync.
         errno: i32,
     },
+    /// Secondary → primary: still working on the ops received and not yet
+    /// answered (a long `Remove`, a checksum pass), and some work was done
+    /// since the last report. Sent periodically, a fraction of the primary's
+    /// peer timeout apart; never when the secondary makes no progress (a
+    /// hung disk), so that the primary can tell stalled from working.
+    Progress {
+        /// The secondary's work counter (ops applied, entries removed, MiB
+        /// read or copied): it only grows; its value is for logs.
+        work: u64,
+    },
 }
 
 /// What [`Frame::decode`] found at the front of a buffer.
@@ -584,6 +602,7 @@ mod tag {
     pub(super) const FAILED: u8 = 5;
     pub(super) const SYNCED: u8 = 6;
     pub(super) const DATA: u8 = 7;
+    pub(super) const PROGRESS: u8 = 8;
 }
 
 mod opcode {
@@ -634,6 +653,7 @@ impl Frame {
                 for id in &h.history {
                     w.u64(*id);
                 }
+                w.u32(h.peer_timeout_ms);
                 w.u32(h.suspects.len() as u32);
                 for p in &h.suspects {
                     w.path(p);
@@ -668,6 +688,10 @@ impl Frame {
                 w.u64(seq.0);
                 w.u32(*errno as u32);
             }
+            Self::Progress { work } => {
+                w.u8(tag::PROGRESS);
+                w.u64(*work);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -693,6 +717,7 @@ impl Frame {
                 node: r.text()?,
                 peer: r.text()?,
                 history: r.ids()?,
+                peer_timeout_ms: r.u32()?,
                 suspects: {
                     let n = r.u32()? as usize;
                     if n > MAX_SUSPECTS {
@@ -728,6 +753,7 @@ impl Frame {
                 seq: Seq(r.u64()?),
                 errno: r.u32()? as i32,
             },
+            tag::PROGRESS => Self::Progress { work: r.u64()? },
             t => return Err(WireError::UnknownFrame(t)),
         };
         if !r.0.is_empty() {
@@ -1216,7 +1242,9 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             let block = r.u32()?;
             let first = r.u64()?;
             let count = r.u32()?;
-            if !(4096..=(16 << 20)).contains(&block) || count > MAX_CHECKSUM_BLOCKS {
+            if !(4096..=(16 << 20)).contains(&block)
+                || u64::from(count) * u64::from(block) > MAX_CHECKSUM_BYTES
+            {
                 return Err(WireError::Malformed(
                     "checksum block size or count out of range",
                 ));

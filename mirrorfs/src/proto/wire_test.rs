@@ -46,6 +46,7 @@ fn every_frame_kind_round_trips() {
         node: "node1".into(),
         peer: "node2".into(),
         history: vec![3, 2, 1],
+        peer_timeout_ms: 1500,
         suspects: vec![RelPath::root(), p("a/b")],
     }));
     round_trip(&Frame::Data {
@@ -67,6 +68,7 @@ fn every_frame_kind_round_trips() {
         seq: Seq(4),
         errno: 0,
     });
+    round_trip(&Frame::Progress { work: 12345 });
     let h = Target::Handle(HandleId(5));
     let t = Timestamp { sec: -1, nsec: 5 };
     for op in [
@@ -389,6 +391,41 @@ fn ranges_beyond_the_largest_offset_are_malformed() {
         },
     ] {
         round_trip(&op_frame(op));
+    }
+}
+
+/// Issue 7, item 6: one checksum request covers at most
+/// MAX_CHECKSUM_BYTES, so that no single op occupies the secondary for long.
+#[test]
+fn checksum_requests_are_bounded_in_bytes() {
+    let ok = Op::Checksums {
+        path: p("f"),
+        block: 1 << 20,
+        first: 0,
+        count: (MAX_CHECKSUM_BYTES >> 20) as u32,
+    };
+    round_trip(&op_frame(ok));
+    for (block, count) in [
+        (1u32 << 20, 65u32),
+        (16 << 20, 5),
+        (4096, 16385),
+        (1 << 20, 4096),
+    ] {
+        let mut buf = Vec::new();
+        op_frame(Op::Checksums {
+            path: p("f"),
+            block,
+            first: 0,
+            count,
+        })
+        .encode(&mut buf);
+        assert_eq!(
+            Frame::decode(&buf),
+            Err(WireError::Malformed(
+                "checksum block size or count out of range"
+            )),
+            "{count} blocks of {block}"
+        );
     }
 }
 

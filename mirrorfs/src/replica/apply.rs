@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -54,7 +54,12 @@ pub struct Applier {
     root: OwnedFd,
     handles: HashMap<HandleId, File>,
     meta: Meta,
+    /// Work done so far (see [`Applier::work`]).
+    work: Arc<AtomicU64>,
 }
+
+/// Bytes one `copy_file_range` call of a replicated copy covers at most.
+const COPY_PIECE: u64 = 16 << 20;
 
 /// Writes by path (the resync's) at least this big are written back at once.
 const WRITEBACK_AT: usize = 64 << 10;
@@ -126,7 +131,17 @@ impl Applier {
             root: dir.into(),
             handles: HashMap::new(),
             meta: Meta::open(root)?,
+            work: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// A counter of the work done, which only grows: one per op applied, per
+    /// entry removed, per block checksummed (MiB-sized) and per piece copied
+    /// (at most [`COPY_PIECE`]). It moves while a long op makes progress,
+    /// and stands still while the disk hangs: `serve` reports it to the
+    /// primary, which tells working from stalled by it.
+    pub fn work(&self) -> Arc<AtomicU64> {
+        self.work.clone()
     }
 
     /// This replica's generation history.
@@ -156,6 +171,12 @@ impl Applier {
 
     /// Applies `op`; an error is the errno to report to the primary.
     pub fn apply(&mut self, op: &Op) -> io::Result<Applied> {
+        let r = self.apply_op(op);
+        self.work.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn apply_op(&mut self, op: &Op) -> io::Result<Applied> {
         // The metadata area is never a replication target.
         if touches_meta(op) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
@@ -355,13 +376,15 @@ impl Applier {
                 let d = self.writable(dst)?;
                 let mut done = 0u64;
                 while done < *len {
+                    // In pieces, so that a long copy shows as progress.
                     let n = sys::copy_file_range(
                         s.fd(),
                         checked_add(*src_offset, done)?,
                         d.fd(),
                         checked_add(*dst_offset, done)?,
-                        len - done,
+                        (len - done).min(COPY_PIECE),
                     )?;
+                    self.work.fetch_add(1, Ordering::Relaxed);
                     if n == 0 {
                         // The replica's source is shorter than the primary's was:
                         // the trees differ, which must not pass silently.
@@ -400,7 +423,7 @@ impl Applier {
                     }
                     Err(e) => return Err(e),
                 };
-                remove_tree(dir.as_fd(), name)?;
+                remove_tree(dir.as_fd(), name, &self.work)?;
             }
             Op::EnsureDir {
                 path,
@@ -415,7 +438,7 @@ impl Applier {
                     match sys::fstatat(dir.as_fd(), name) {
                         Ok(st) if is_kind(&st, libc::S_IFDIR) => {}
                         Ok(_) => {
-                            remove_tree(dir.as_fd(), name)?;
+                            remove_tree(dir.as_fd(), name, &self.work)?;
                             sys::mkdirat(dir.as_fd(), name, 0o700)?;
                         }
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -446,7 +469,7 @@ impl Applier {
                     // empty one (the comparison then sends its content).
                     Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => true,
                     Ok(_) => {
-                        remove_tree(dir.as_fd(), name)?;
+                        remove_tree(dir.as_fd(), name, &self.work)?;
                         drop(sys::openat(
                             dir.as_fd(),
                             name,
@@ -484,7 +507,7 @@ impl Applier {
                     .is_ok_and(|st| is_kind(&st, libc::S_IFLNK))
                     && sys::readlinkat(dir.as_fd(), name).is_ok_and(|t| t == *target);
                 if !same {
-                    remove_tree(dir.as_fd(), name)?;
+                    remove_tree(dir.as_fd(), name, &self.work)?;
                     sys::symlinkat(OsStr::from_bytes(target), dir.as_fd(), name)?;
                 }
                 sys::fchownat(dir.as_fd(), name, *uid, *gid)?;
@@ -504,7 +527,7 @@ impl Applier {
                 let same = sys::fstatat(dir.as_fd(), name)
                     .is_ok_and(|st| st.st_mode & libc::S_IFMT == kind && st.st_rdev == *rdev);
                 if !same {
-                    remove_tree(dir.as_fd(), name)?;
+                    remove_tree(dir.as_fd(), name, &self.work)?;
                     sys::mknodat(dir.as_fd(), name, kind | (mode & 0o7777), *rdev)?;
                 }
                 let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
@@ -562,6 +585,7 @@ impl Applier {
                         break;
                     }
                     sums.push(xxh3_64(&buf[..n]));
+                    self.work.fetch_add(1, Ordering::Relaxed);
                 }
                 return Ok(Applied::Reply(encode_checksums(&facts, &sums)));
             }
@@ -709,27 +733,99 @@ pub fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u32)>> {
     Ok(out)
 }
 
-/// Removes `name` in `dir` and everything below it, never following a symlink;
-/// absent is fine.
-pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let st = match sys::fstatat(dir, name) {
-        Ok(st) => st,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if is_kind(&st, libc::S_IFDIR) {
-        let sub = sys::openat(
-            dir,
-            name,
+/// Removes `name` in `dir` and everything below it, never following a
+/// symlink; absent is fine. Iterative, with one directory descriptor open at
+/// a time whatever the depth (trees may be thousands of levels deep): it
+/// climbs back through `..`, checking that it reaches the very directory it
+/// came down from (`ESTALE` if the tree moved meanwhile). Advances `work`
+/// per entry removed, so that a long removal shows as progress.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr, work: &AtomicU64) -> io::Result<()> {
+    /// One directory on the way down: who it is, its name in its parent,
+    /// and its entries not removed yet.
+    struct Level {
+        ident: (u64, u64),
+        name: Vec<u8>,
+        left: Vec<(Vec<u8>, u32)>,
+    }
+    let open_dir = |parent: BorrowedFd<'_>, n: &OsStr| {
+        sys::openat(
+            parent,
+            n,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
-        )?;
-        for (child, _) in list_dir(sub.as_fd())? {
-            remove_tree(sub.as_fd(), OsStr::from_bytes(&child))?;
+        )
+    };
+    let ident = |fd: &OwnedFd| sys::fstat(fd.as_fd()).map(|st| (st.st_dev, st.st_ino));
+    let gone = |e: &io::Error| e.raw_os_error() == Some(libc::ENOENT);
+    match sys::fstatat(dir, name) {
+        Ok(st) if is_kind(&st, libc::S_IFDIR) => {}
+        Ok(_) => {
+            sys::unlinkat(dir, name, 0)?;
+            work.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
-        sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
-    } else {
-        sys::unlinkat(dir, name, 0)
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut cur = open_dir(dir, name)?;
+    let mut stack = vec![Level {
+        ident: ident(&cur)?,
+        name: name.as_bytes().to_vec(),
+        left: list_dir(cur.as_fd())?,
+    }];
+    loop {
+        let top = stack
+            .last_mut()
+            .expect("the stack is empty only at the end");
+        if let Some((child, kind)) = top.left.pop() {
+            let c = OsStr::from_bytes(&child);
+            if kind == libc::S_IFDIR {
+                match open_dir(cur.as_fd(), c) {
+                    Ok(sub) => {
+                        stack.push(Level {
+                            ident: ident(&sub)?,
+                            name: child,
+                            left: list_dir(sub.as_fd())?,
+                        });
+                        cur = sub;
+                        continue;
+                    }
+                    Err(e) if gone(&e) => continue,
+                    // Not a directory any more: removed as a file below.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match sys::unlinkat(cur.as_fd(), c, 0) {
+                Ok(()) => {
+                    work.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if gone(&e) => {}
+                // Listed as a file, a directory now: go down into it.
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                    top.left.push((child, libc::S_IFDIR));
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let done = stack.pop().expect("the top exists");
+            let Some(parent_level) = stack.last() else {
+                sys::unlinkat(dir, name, libc::AT_REMOVEDIR)?;
+                work.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            };
+            let parent = open_dir(cur.as_fd(), OsStr::new(".."))?;
+            if ident(&parent)? != parent_level.ident {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE));
+            }
+            sys::unlinkat(
+                parent.as_fd(),
+                OsStr::from_bytes(&done.name),
+                libc::AT_REMOVEDIR,
+            )?;
+            work.fetch_add(1, Ordering::Relaxed);
+            cur = parent;
+        }
     }
 }
 
