@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use mirrorfs::fs::fuse::MirrorFs;
 use mirrorfs::fs::Overlay;
@@ -264,6 +264,14 @@ fn shutdown_signal() -> Result<tokio::sync::oneshot::Receiver<()>, String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     let (identity, pinned) = load_identity(&a.id)?;
+    // One descriptor per writable handle the primary's applications hold
+    // open: the default soft limit (1024) would refuse them beyond that.
+    match mirrorfs::sys::raise_nofile_limit() {
+        Ok(limit) => info!(limit, "open-files limit"),
+        Err(e) => {
+            warn!(error = %e, "could not raise the open-files limit: beyond it, opens replicated from the primary fail with EMFILE")
+        }
+    }
     let cfg = ServeConfig {
         root: a.root,
         listen: a.listen,
