@@ -44,7 +44,6 @@ impl Peer {
                 peer: "node2".into(),
                 history: vec![],
                 peer_timeout_ms: 5000,
-                suspects: vec![],
             },
         )
         .await;
@@ -52,7 +51,24 @@ impl Peer {
             Some(Frame::Hello(h)) => assert_eq!(h.node, "node2"),
             other => panic!("expected the server's hello, got {other:?}"),
         }
+        p.suspects().await;
         p
+    }
+
+    /// Reads the suspect directories the server sends after its hello.
+    async fn suspects(&mut self) -> Vec<RelPath> {
+        let mut all = Vec::new();
+        loop {
+            match self.next().await {
+                Some(Frame::Suspects { paths, last }) => {
+                    all.extend(paths);
+                    if last {
+                        return all;
+                    }
+                }
+                other => panic!("expected the server's suspect directories, got {other:?}"),
+            }
+        }
     }
 
     /// Connects with node1's certificate and sends `hello`, whatever it says.
@@ -226,7 +242,6 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
                     peer: "node2".into(),
                     history: vec![],
                     peer_timeout_ms: 5000,
-                    suspects: vec![],
                 },
                 [
                     "protocol version mismatch".to_owned(),
@@ -241,7 +256,6 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
                     peer: "node9".into(),
                     history: vec![],
                     peer_timeout_ms: 5000,
-                    suspects: vec![],
                 },
                 [
                     "identity mismatch".to_owned(),
@@ -596,10 +610,10 @@ fn issue_07_a_newer_connection_takes_over_exclusively() {
             peer: "node2".into(),
             history: vec![],
             peer_timeout_ms: 400,
-            suspects: vec![],
         };
         let mut old = Peer::connect_with(&keys, addr, hello).await;
         assert!(matches!(old.next().await, Some(Frame::Hello(_))));
+        old.suspects().await;
         let mut both = Vec::new();
         Frame::Op {
             seq: Seq(1),

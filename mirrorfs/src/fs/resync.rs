@@ -39,7 +39,7 @@ use crate::net::client::Link;
 use crate::proto::path::RelPath;
 use crate::proto::stream::Completion;
 use crate::proto::wire::{
-    decode_checksums, decode_listing, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BYTES,
+    decode_checksums, decode_listing_page, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BYTES,
 };
 use crate::replica::apply::list_dir;
 use crate::{sys, xattr};
@@ -55,6 +55,8 @@ const WINDOW: usize = 16;
 const WINDOW_APP_ACTIVE: usize = 1;
 /// The size of the writes sent while the application is active.
 const PIECE: usize = 128 << 10;
+/// Bytes of entries one page of a directory listing carries.
+const LIST_BUDGET: u32 = 1 << 20;
 /// Blocks one checksum request asks for while the application is active.
 const CHECKSUM_BATCH_APP_ACTIVE: u64 = 2;
 /// A file changed as a whole and no bigger than this is sent without a
@@ -349,7 +351,11 @@ impl Worker<'_> {
                         libc::S_IFDIR => {
                             rxs.push(self.link.submit(self.xattrs_op(path)?));
                             let local = self.list_local(&dir, name.as_deref())?;
-                            let rx = self.link.submit(Op::List { path: path.clone() });
+                            let rx = self.link.submit(Op::List {
+                                path: path.clone(),
+                                after: None,
+                                budget: LIST_BUDGET,
+                            });
                             listing = Some((local, rx));
                         }
                         libc::S_IFREG => {
@@ -481,8 +487,31 @@ impl Worker<'_> {
         local: Vec<(Vec<u8>, u32)>,
         rx: Receiver<Completion>,
     ) -> Result<(), Stop> {
-        let remote = decode_listing(&self.wait(rx)?)
-            .map_err(|e| Stop::Failed(format!("bad listing from the secondary: {e}")))?;
+        // Page after page (a directory may hold more entries than a frame):
+        // each asks for the names after the last one received.
+        let mut remote = Vec::new();
+        let mut rx = rx;
+        loop {
+            let (page, more) = decode_listing_page(&self.wait(rx)?)
+                .map_err(|e| Stop::Failed(format!("bad listing from the secondary: {e}")))?;
+            let last = page.last().map(|(name, _)| name.clone());
+            remote.extend(page);
+            match (more, last) {
+                (false, _) => break,
+                (true, Some(after)) => {
+                    rx = self.link.submit(Op::List {
+                        path: path.clone(),
+                        after: Some(after),
+                        budget: LIST_BUDGET,
+                    });
+                }
+                (true, None) => {
+                    return Err(Stop::Failed(
+                        "bad listing from the secondary: an empty page says more follow".into(),
+                    ))
+                }
+            }
+        }
         let local: BTreeMap<Vec<u8>, u32> = local.into_iter().collect();
         let remote: BTreeMap<Vec<u8>, u32> = remote.into_iter().collect();
         let child = |n: &[u8]| {

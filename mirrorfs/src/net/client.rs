@@ -27,7 +27,9 @@ use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::stream::{Completion, Replicator};
-use crate::proto::wire::{Decoded, Frame, Hello, Op, Seq, PROTOCOL_VERSION};
+use crate::proto::wire::{
+    Decoded, Frame, Hello, Op, Seq, MAX_FRAME, MAX_SUSPECTS, PROTOCOL_VERSION,
+};
 
 /// Why the primary could not start replicating.
 #[derive(Debug, thiserror::Error)]
@@ -541,7 +543,6 @@ async fn handshake(
         peer: cfg.pinned.name.clone(),
         history,
         peer_timeout_ms: u32::try_from(cfg.peer_timeout.as_millis()).unwrap_or(u32::MAX),
-        suspects: Vec::new(),
     })
     .encode(&mut hello);
     send.write_all(&hello).await.map_err(|e| closed(&e))?;
@@ -567,7 +568,7 @@ async fn handshake(
                     cfg.identity.name, cfg.pinned.name, h.node, h.peer
                 )));
             }
-            (h.history, h.suspects)
+            h.history
         }
         Frame::Refused { reason } => return Err(ConnectError::Refused { addr, reason }),
         other => {
@@ -575,14 +576,46 @@ async fn handshake(
             return Err(handshake_err(&"the secondary did not answer with a hello"));
         }
     };
+    let suspects = read_suspects(&mut reader, &mut recv)
+        .await
+        .map_err(|e| closed(&e))?;
     Ok((
         endpoint,
         conn,
         send,
         recv,
-        peer_history,
+        (peer_history, suspects),
         reader.into_buffer(),
     ))
+}
+
+/// Collects the secondary's suspect directories, sent after its hello in
+/// pages; more than [`MAX_SUSPECTS`] become the root alone ("compare
+/// everything"), as the secondary itself reports them beyond that.
+async fn read_suspects(
+    reader: &mut FrameReader,
+    recv: &mut quinn::RecvStream,
+) -> Result<Vec<RelPath>, String> {
+    let mut all: Vec<RelPath> = Vec::new();
+    let mut overflow = false;
+    loop {
+        let page = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(recv, MAX_FRAME))
+            .await
+            .map_err(|_| "the secondary stopped sending its suspect directories".to_string())??;
+        let Frame::Suspects { paths, last } = page else {
+            return Err("the secondary sent no suspect directories after its hello".into());
+        };
+        if !overflow && all.len() + paths.len() > MAX_SUSPECTS {
+            overflow = true;
+            all = Vec::new();
+        }
+        if !overflow {
+            all.extend(paths);
+        }
+        if last {
+            return Ok(if overflow { vec![RelPath::root()] } else { all });
+        }
+    }
 }
 
 /// Most bytes a hello may take.

@@ -265,10 +265,15 @@ async fn serve_connection(
         peer: cfg.pinned.name.clone(),
         history,
         peer_timeout_ms: u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX),
-        suspects,
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
+    // Any number of them, in pages that each fit in a frame.
+    for page in Frame::suspect_pages(&suspects) {
+        out.clear();
+        page.encode(&mut out);
+        send.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
     info!(primary = %cfg.pinned.name, "primary connected");
 
     // Progress is reported a few times within the shorter of both sides'

@@ -192,6 +192,7 @@ impl Replicator {
                 }),
             },
             Frame::Hello(_) => Err(Violation::UnexpectedFrame("hello")),
+            Frame::Suspects { .. } => Err(Violation::UnexpectedFrame("suspects")),
             Frame::Refused { .. } => Err(Violation::UnexpectedFrame("refused")),
             Frame::Op { .. } => Err(Violation::UnexpectedFrame("operation")),
         }

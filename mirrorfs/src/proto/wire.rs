@@ -308,11 +308,20 @@ pub enum Op {
         /// (name, value) pairs.
         attrs: Vec<(Vec<u8>, Vec<u8>)>,
     },
-    /// Resync: list a directory; answered with [`Frame::Data`] holding
-    /// [`encode_listing`] bytes.
+    /// Resync: list a directory, one page at a time (a directory may hold
+    /// more entries than one frame carries); answered with [`Frame::Data`]
+    /// holding [`encode_listing_page`] bytes: the entries after `after` in
+    /// byte order of their names, as many as fit in `budget` bytes (at least
+    /// one), and whether more follow.
     List {
         /// The directory.
         path: RelPath,
+        /// Continue after this name (the last one of the previous page);
+        /// `None` for the first page.
+        after: Option<Vec<u8>>,
+        /// Most bytes of the page's entries ([`MIN_LIST_BUDGET`] to
+        /// [`MAX_LIST_BUDGET`]; each entry takes 3 bytes plus its name).
+        budget: u32,
     },
     /// Resync: xxh3 checksums of `count` blocks of `block` bytes from block
     /// `first`; answered with [`Frame::Data`] holding the file size and the sums.
@@ -394,8 +403,21 @@ pub fn decode_checksums(b: &[u8]) -> Result<(FileFacts, Vec<u64>), WireError> {
     Ok((facts, sums))
 }
 
-/// Encodes a directory listing for a [`Frame::Data`] reply: per entry a type
-/// byte (`S_IFMT >> 12`) and a 16-bit-length name.
+/// Directory entries as (name, `S_IFMT` type), as a listing carries them.
+pub type Entries = Vec<(Vec<u8>, u32)>;
+
+/// Smallest [`Op::List`] budget: room for one entry of the longest name.
+pub const MIN_LIST_BUDGET: u32 = 4096;
+/// Largest [`Op::List`] budget: one page fits in a frame.
+pub const MAX_LIST_BUDGET: u32 = MAX_DATA as u32;
+
+/// Bytes one entry takes in a listing.
+pub fn listing_entry_len(name: &[u8]) -> usize {
+    3 + name.len()
+}
+
+/// Encodes directory entries for a listing: per entry a type byte
+/// (`S_IFMT >> 12`) and a 16-bit-length name.
 pub fn encode_listing(entries: &[(Vec<u8>, u32)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind) in entries {
@@ -404,6 +426,25 @@ pub fn encode_listing(entries: &[(Vec<u8>, u32)]) -> Vec<u8> {
         out.extend_from_slice(name);
     }
     out
+}
+
+/// Encodes one page of a listing for the [`Frame::Data`] reply of
+/// [`Op::List`]: a byte saying whether more entries follow (1) or not (0),
+/// then [`encode_listing`] bytes.
+pub fn encode_listing_page(entries: &[(Vec<u8>, u32)], more: bool) -> Vec<u8> {
+    let mut out = vec![u8::from(more)];
+    out.extend_from_slice(&encode_listing(entries));
+    out
+}
+
+/// Decodes [`encode_listing_page`] bytes: the entries and whether more follow.
+pub fn decode_listing_page(b: &[u8]) -> Result<(Entries, bool), WireError> {
+    let more = match b.first() {
+        Some(0) => false,
+        Some(1) => true,
+        _ => return Err(WireError::Malformed("listing page without its more-flag")),
+    };
+    Ok((decode_listing(&b[1..])?, more))
 }
 
 /// Decodes [`encode_listing`] bytes into (name, `S_IFMT` type) pairs.
@@ -499,14 +540,15 @@ pub struct Hello {
     /// the secondary as stalled. The secondary, while it works on ops, sends
     /// [`Frame::Progress`] several times within the primary's value.
     pub peer_timeout_ms: u32,
-    /// Directories whose files this side may have changed without the other
-    /// knowing (writes in flight when it crashed as primary): their files are
-    /// compared by the resync. The root alone means "compare everything".
-    pub suspects: Vec<RelPath>,
 }
 
-/// Most suspect directories a hello carries; beyond, it sends the root alone.
-pub const MAX_SUSPECTS: usize = 16384;
+/// Most suspect directories the secondary reports ([`Frame::Suspects`]);
+/// beyond, it reports the root alone ("compare everything"), and so does the
+/// primary make of more.
+pub const MAX_SUSPECTS: usize = 1_000_000;
+/// Bytes of paths one [`Frame::Suspects`] carries at most (well within
+/// [`MAX_FRAME`]).
+const SUSPECTS_PAGE: usize = 1 << 20;
 
 /// Everything that travels on the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,6 +594,17 @@ pub enum Frame {
         seq: Seq,
         /// 0, or the OS error of the fsync.
         errno: i32,
+    },
+    /// Secondary → primary, right after its [`Frame::Hello`], in one or more
+    /// pages: the directories whose files this side may have changed without
+    /// the other knowing (writes in flight when it crashed as primary); the
+    /// resync compares their files. The root alone means "compare
+    /// everything" (more than [`MAX_SUSPECTS`] of them).
+    Suspects {
+        /// This page's directories (at most about 1 MiB of paths).
+        paths: Vec<RelPath>,
+        /// The last page: the list is complete.
+        last: bool,
     },
     /// Secondary → primary: still working on the ops received and not yet
     /// answered (a long `Remove`, a checksum pass), and some work was done
@@ -603,6 +656,7 @@ mod tag {
     pub(super) const SYNCED: u8 = 6;
     pub(super) const DATA: u8 = 7;
     pub(super) const PROGRESS: u8 = 8;
+    pub(super) const SUSPECTS: u8 = 9;
 }
 
 mod opcode {
@@ -638,6 +692,30 @@ mod opcode {
 }
 
 impl Frame {
+    /// The [`Frame::Suspects`] pages that report `suspects` (at least one,
+    /// the last marked), each within [`MAX_FRAME`].
+    pub fn suspect_pages(suspects: &[RelPath]) -> Vec<Self> {
+        let mut pages = Vec::new();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for p in suspects {
+            if bytes + p.as_bytes().len() + 2 > SUSPECTS_PAGE && !page.is_empty() {
+                pages.push(Self::Suspects {
+                    paths: std::mem::take(&mut page),
+                    last: false,
+                });
+                bytes = 0;
+            }
+            bytes += p.as_bytes().len() + 2;
+            page.push(p.clone());
+        }
+        pages.push(Self::Suspects {
+            paths: page,
+            last: true,
+        });
+        pages
+    }
+
     /// Appends the encoded frame (length prefix included) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
@@ -654,10 +732,6 @@ impl Frame {
                     w.u64(*id);
                 }
                 w.u32(h.peer_timeout_ms);
-                w.u32(h.suspects.len() as u32);
-                for p in &h.suspects {
-                    w.path(p);
-                }
             }
             Self::Refused { reason } => {
                 w.u8(tag::REFUSED);
@@ -692,6 +766,14 @@ impl Frame {
                 w.u8(tag::PROGRESS);
                 w.u64(*work);
             }
+            Self::Suspects { paths, last } => {
+                w.u8(tag::SUSPECTS);
+                w.u32(paths.len() as u32);
+                for p in paths {
+                    w.path(p);
+                }
+                w.u8(u8::from(*last));
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -718,14 +800,20 @@ impl Frame {
                 peer: r.text()?,
                 history: r.ids()?,
                 peer_timeout_ms: r.u32()?,
-                suspects: {
-                    let n = r.u32()? as usize;
-                    if n > MAX_SUSPECTS {
-                        return Err(WireError::Malformed("too many suspect directories"));
-                    }
-                    (0..n).map(|_| r.path()).collect::<Result<_, _>>()?
-                },
             }),
+            tag::SUSPECTS => {
+                // Each path takes at least 3 bytes: the count is checked
+                // against the body before anything is allocated for it.
+                let n = r.u32()? as usize;
+                if n > r.0.len() / 3 {
+                    return Err(WireError::Malformed("suspect count beyond the frame"));
+                }
+                let paths = (0..n).map(|_| r.path()).collect::<Result<_, _>>()?;
+                Self::Suspects {
+                    paths,
+                    last: r.flag()?,
+                }
+            }
             tag::REFUSED => Self::Refused { reason: r.text()? },
             tag::OP => {
                 let seq = Seq(r.u64()?);
@@ -1010,9 +1098,21 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
                 w.0.extend_from_slice(value);
             }
         }
-        Op::List { path } => {
+        Op::List {
+            path,
+            after,
+            budget,
+        } => {
             w.u8(opcode::LIST);
             w.path(path);
+            match after {
+                Some(name) => {
+                    w.u8(1);
+                    w.bytes16(name);
+                }
+                None => w.u8(0),
+            }
+            w.u32(*budget);
         }
         Op::Checksums {
             path,
@@ -1236,7 +1336,31 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             }
             Op::ReplaceXattrs { path, attrs }
         }
-        opcode::LIST => Op::List { path: r.path()? },
+        opcode::LIST => {
+            let path = r.path()?;
+            let after = if r.flag()? {
+                let name = r.bytes16(super::path::MAX_NAME)?;
+                if name.is_empty()
+                    || name == b"."
+                    || name == b".."
+                    || name.iter().any(|c| *c == 0 || *c == b'/')
+                {
+                    return Err(WireError::Malformed("list continues after an invalid name"));
+                }
+                Some(name.to_vec())
+            } else {
+                None
+            };
+            let budget = r.u32()?;
+            if !(MIN_LIST_BUDGET..=MAX_LIST_BUDGET).contains(&budget) {
+                return Err(WireError::Malformed("list budget out of range"));
+            }
+            Op::List {
+                path,
+                after,
+                budget,
+            }
+        }
         opcode::CHECKSUMS => {
             let path = r.named_path()?;
             let block = r.u32()?;

@@ -47,14 +47,20 @@ fn every_frame_kind_round_trips() {
         peer: "node2".into(),
         history: vec![3, 2, 1],
         peer_timeout_ms: 1500,
-        suspects: vec![RelPath::root(), p("a/b")],
     }));
+    round_trip(&Frame::Suspects {
+        paths: vec![RelPath::root(), p("a/b")],
+        last: true,
+    });
     round_trip(&Frame::Data {
         seq: Seq(8),
-        payload: encode_listing(&[
-            (b"a".to_vec(), libc::S_IFDIR),
-            (b"b c".to_vec(), libc::S_IFREG),
-        ]),
+        payload: encode_listing_page(
+            &[
+                (b"a".to_vec(), libc::S_IFDIR),
+                (b"b c".to_vec(), libc::S_IFREG),
+            ],
+            true,
+        ),
     });
     round_trip(&Frame::Refused {
         reason: "version 2 vs 1".into(),
@@ -202,6 +208,13 @@ fn every_frame_kind_round_trips() {
         },
         Op::List {
             path: RelPath::root(),
+            after: None,
+            budget: MIN_LIST_BUDGET,
+        },
+        Op::List {
+            path: p("d"),
+            after: Some(b"last name".to_vec()),
+            budget: MAX_LIST_BUDGET,
         },
         Op::Checksums {
             path: p("f"),
@@ -425,6 +438,80 @@ fn checksum_requests_are_bounded_in_bytes() {
                 "checksum block size or count out of range"
             )),
             "{count} blocks of {block}"
+        );
+    }
+}
+
+/// Issue 7, item 5: any number of suspect directories travel, in pages
+/// that each fit in a frame: 20 000 directories of 200-byte names (4 MB,
+/// far beyond the 16 KiB a hello may take) round-trip in order.
+#[test]
+fn suspect_directories_travel_in_pages_of_any_number() {
+    let name = |i: usize| p(&format!("{i:0200}"));
+    let suspects: Vec<RelPath> = (0..20_000).map(name).collect();
+    let pages = Frame::suspect_pages(&suspects);
+    assert!(pages.len() > 1, "{} page(s)", pages.len());
+    let mut got = Vec::new();
+    for (i, page) in pages.iter().enumerate() {
+        let mut buf = Vec::new();
+        page.encode(&mut buf);
+        assert!(buf.len() <= MAX_FRAME + 4, "page {i}: {} bytes", buf.len());
+        match Frame::decode(&buf) {
+            Ok(Decoded::Frame(Frame::Suspects { paths, last }, _)) => {
+                assert_eq!(last, i == pages.len() - 1);
+                got.extend(paths);
+            }
+            other => panic!("page {i}: {other:?}"),
+        }
+    }
+    assert_eq!(got, suspects);
+    assert_eq!(
+        Frame::suspect_pages(&[]),
+        vec![Frame::Suspects {
+            paths: vec![],
+            last: true
+        }]
+    );
+    // A count beyond what the frame can hold is refused before allocating.
+    let mut raw = vec![0, 0, 0, 6, tag::SUSPECTS];
+    raw.extend_from_slice(&u32::MAX.to_be_bytes());
+    raw.push(1);
+    assert_eq!(
+        Frame::decode(&raw),
+        Err(WireError::Malformed("suspect count beyond the frame"))
+    );
+}
+
+/// Issue 7, item 5: listing pages carry their more-flag; a List continues
+/// after a valid name and within a bounded budget.
+#[test]
+fn listing_pages_and_list_requests_are_checked() {
+    let entries = vec![(b"a".to_vec(), libc::S_IFDIR)];
+    for more in [false, true] {
+        assert_eq!(
+            decode_listing_page(&encode_listing_page(&entries, more)),
+            Ok((entries.clone(), more))
+        );
+    }
+    assert!(decode_listing_page(&[]).is_err());
+    assert!(decode_listing_page(&[2]).is_err());
+    for (after, budget) in [
+        (Some(b"a/b".to_vec()), MIN_LIST_BUDGET),
+        (Some(b"..".to_vec()), MIN_LIST_BUDGET),
+        (Some(Vec::new()), MIN_LIST_BUDGET),
+        (None, MIN_LIST_BUDGET - 1),
+        (None, MAX_LIST_BUDGET + 1),
+    ] {
+        let mut buf = Vec::new();
+        op_frame(Op::List {
+            path: RelPath::root(),
+            after: after.clone(),
+            budget,
+        })
+        .encode(&mut buf);
+        assert!(
+            matches!(Frame::decode(&buf), Err(WireError::Malformed(_))),
+            "{after:?} {budget}"
         );
     }
 }

@@ -25,7 +25,8 @@ use crate::meta::{Meta, META_DIR};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::wire::{
-    encode_checksums, encode_listing, FileFacts, HandleId, Op, Target, Timestamp, MAX_SUSPECTS,
+    encode_checksums, encode_listing_page, listing_entry_len, FileFacts, HandleId, Op, Target,
+    Timestamp, MAX_SUSPECTS,
 };
 use crate::{sys, xattr};
 
@@ -547,14 +548,37 @@ impl Applier {
                     sys::setxattr_fd(fd.as_fd(), OsStr::from_bytes(name), value, 0)?;
                 }
             }
-            Op::List { path } => {
+            Op::List {
+                path,
+                after,
+                budget,
+            } => {
                 let fd =
                     self.resolve(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
                 let mut entries = list_dir(fd.as_fd())?;
                 if path.is_root() {
                     entries.retain(|(n, _)| n != META_DIR.as_bytes());
                 }
-                return Ok(Applied::Reply(encode_listing(&entries)));
+                // Sorted by name: the page starts after the previous one's
+                // last name, and takes what fits in the budget (at least one).
+                let start = after
+                    .as_ref()
+                    .map_or(0, |a| entries.partition_point(|(n, _)| n <= a));
+                let mut end = start;
+                let mut bytes = 0;
+                while let Some((name, _)) = entries.get(end) {
+                    let len = listing_entry_len(name);
+                    if end > start && bytes + len > *budget as usize {
+                        break;
+                    }
+                    bytes += len;
+                    end += 1;
+                }
+                let more = end < entries.len();
+                return Ok(Applied::Reply(encode_listing_page(
+                    &entries[start..end],
+                    more,
+                )));
             }
             Op::Checksums {
                 path,
@@ -695,7 +719,7 @@ fn touches_meta(op: &Op) -> bool {
         | Op::EnsureSymlink { path, .. }
         | Op::EnsureNode { path, .. }
         | Op::ReplaceXattrs { path, .. }
-        | Op::List { path }
+        | Op::List { path, .. }
         | Op::Checksums { path, .. } => meta(path),
         Op::Link {
             existing: a,
