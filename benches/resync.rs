@@ -530,7 +530,10 @@ impl Lab {
     fn wait_activity_gone(&mut self, limit: Duration) -> Option<Duration> {
         let t = Instant::now();
         let meta = self.backing.join(".mirrorfs");
-        let empty = |n: &str| fs::metadata(meta.join(n)).map_or(true, |m| m.len() == 0);
+        let empty = |n: &str| {
+            fs::metadata(meta.join(n))
+                .map_or(true, |m| m.len() <= mirrorfs::meta::LOG_HEADER_LEN as u64)
+        };
         while !(empty("activity") && empty("activity.prev")) {
             self.mount.as_mut().expect("mount is running").check_alive();
             if t.elapsed() > limit {

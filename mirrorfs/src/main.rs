@@ -1,9 +1,14 @@
-//! The `mirrorfs` command: `keygen`, `serve` (secondary), `mount` (primary) and
-//! `verify`. Parses flags, sets up logging, and hands over to the library.
+//! The `mirrorfs` command: `keygen`, `serve` (secondary), `mount` (primary),
+//! `status`/`ctl` (the control socket's client), `state`, `discard` and
+//! `verify`. Parses flags, sets up logging and everything process-wide (the
+//! umask, the open-files limit, the signal handlers that turn SIGINT/SIGTERM
+//! into the library's shutdown), and hands over to the library.
 //!
 //! Exit codes: 0 success; 1 `verify` found differences; 2 the command could not
-//! do its job (bad flags or files, peer unreachable or refused, mount failed).
+//! do its job (bad flags or files, peer unreachable or refused, mount failed,
+//! an order refused, a control socket unreachable).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,10 +18,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 
-use mirrorfs::fs::fuse::MirrorFs;
-use mirrorfs::fs::Overlay;
+use mirrorfs::ctl::client::{Client, ClientError};
+use mirrorfs::ctl::{Request, RootState};
 use mirrorfs::meta::META_DIR;
-use mirrorfs::mirror::{Mirror, MirrorConfig, MirrorRef, OnPeerLoss, Status};
+use mirrorfs::mirror::{MirrorConfig, OnPeerLoss};
+use mirrorfs::mount::{self, MountConfig};
 use mirrorfs::net::client::{LinkConfig, DEFAULT_STALL_TIMEOUT};
 use mirrorfs::net::server::{self, ServeConfig};
 use mirrorfs::net::tls;
@@ -55,11 +61,26 @@ enum Cmd {
         #[arg(long)]
         root: PathBuf,
     },
-    /// Show the state of a running mount (role, peer, generation, dirty files, resync).
+    /// Show the state of a running mount or serve (role, peer, generation,
+    /// dirty files, resync).
     Status {
-        /// The mount's control socket (its --control).
+        /// The control socket (the mount's or serve's --control).
         #[arg(long)]
         control: PathBuf,
+        /// Print JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one request to a control socket and print each answer as one
+    /// line of JSON (the controller's interface; exit 2 on an error answer).
+    Ctl(CtlArgs),
+    /// Show a replicated directory's generation history and consistency,
+    /// without a mount and without changing anything (also while a serve or
+    /// mount runs on it).
+    State {
+        /// The replicated directory (a backing or replica root).
+        #[arg(long)]
+        root: PathBuf,
         /// Print JSON (for scripts) instead of text.
         #[arg(long)]
         json: bool,
@@ -71,6 +92,35 @@ enum Cmd {
         /// Second tree (e.g. the secondary's replica).
         b: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+struct CtlArgs {
+    /// The control socket (the mount's or serve's --control).
+    #[arg(long)]
+    control: PathBuf,
+    #[command(subcommand)]
+    request: CtlRequest,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlRequest {
+    /// One status object.
+    Status,
+    /// A status object now and one on every change, until interrupted.
+    Watch,
+    /// The controller holds quorum for SECONDS: a primary that lost its peer
+    /// goes on ALONE until then (renew with another `alone`).
+    Alone {
+        /// How long the grant lasts, from now.
+        #[arg(value_parser = parse_grant)]
+        seconds: f64,
+    },
+    /// Mutations fail with EIO from now on (until `unfence`).
+    Fence,
+    /// Lift the fence: back to HOLD, or to PRIM through a resync once the
+    /// peer is back.
+    Unfence,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +153,10 @@ struct ServeArgs {
     /// supervised mirrorfs stops with its supervisor, so none is left behind).
     #[arg(long = "outlive-parent")]
     outlive_parent: bool,
+    /// Control socket for `mirrorfs status` and `mirrorfs ctl` (root only,
+    /// mode 0600).
+    #[arg(long)]
+    control: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -126,14 +180,33 @@ struct MountArgs {
     /// it shows as stalled after this long, and is lost after the stall timeout.
     #[arg(long = "peer-timeout", default_value_t = 5.0, value_parser = parse_secs)]
     peer_timeout: f64,
-    /// When the peer is lost: `fail` (mutations fail with EIO until it is back)
-    /// or `alone` (carry on ALONE, record every change, resync when it returns).
-    #[arg(long = "on-peer-loss", default_value = "fail", value_parser = parse_on_peer_loss)]
-    on_peer_loss: OnPeerLoss,
-    /// Start ALONE without waiting for the peer (implies --on-peer-loss=alone);
-    /// connect and resync when it appears.
+    /// When the peer is lost: `fail` (the default: mutations fail with EIO
+    /// until it is back), `alone` (carry on ALONE, record every change,
+    /// resync when it returns) or `hold` (under a controller: mutations wait
+    /// for its order on the control socket, `alone SECONDS` or `fence`, or
+    /// for --hold-timeout).
+    #[arg(long = "on-peer-loss", value_parser = parse_on_peer_loss)]
+    on_peer_loss: Option<OnPeerLoss>,
+    /// With --on-peer-loss=hold: seconds mutations wait for the controller's
+    /// order before the mount fences itself (must be shorter than the
+    /// kernel's FUSE request timeout, if one is set).
+    #[arg(long = "hold-timeout", default_value_t = 30.0, value_parser = parse_secs)]
+    hold_timeout: f64,
+    /// Seconds ops may wait on a secondary that is alive but reports no
+    /// progress: the status says `stalled` from --peer-timeout on, and the
+    /// peer is lost after this long (at least --peer-timeout).
+    #[arg(long = "stall-timeout", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]
+    stall_timeout: f64,
+    /// Start ALONE without waiting for the peer (implies --on-peer-loss=alone
+    /// unless --on-peer-loss=hold is given: a promoted secondary under a
+    /// controller); connect and resync when it appears.
     #[arg(long)]
     alone: bool,
+    /// Mount even if this tree is marked inconsistent (a resync into it
+    /// began and did not finish: its data is a mix of old and new). Only
+    /// when the other node's data is gone.
+    #[arg(long = "accept-inconsistent")]
+    accept_inconsistent: bool,
     /// Compare every file by checksum at the next resync (first start, doubt).
     #[arg(long)]
     full: bool,
@@ -141,7 +214,8 @@ struct MountArgs {
     /// by itself: while the application writes, one resync block at a time).
     #[arg(long = "resync-rate-limit")]
     resync_rate_limit: Option<u64>,
-    /// Control socket for `mirrorfs status` (root only, mode 0600).
+    /// Control socket for `mirrorfs status` and `mirrorfs ctl`: reports, and
+    /// takes the controller's orders (root only, mode 0600).
     #[arg(long)]
     control: Option<PathBuf>,
     /// FUSE worker threads (concurrent operations served).
@@ -163,8 +237,16 @@ fn parse_on_peer_loss(s: &str) -> Result<OnPeerLoss, String> {
     match s {
         "fail" => Ok(OnPeerLoss::Fail),
         "alone" => Ok(OnPeerLoss::Alone),
-        _ => Err(format!("{s:?}: use `fail` or `alone`")),
+        "hold" => Ok(OnPeerLoss::Hold),
+        _ => Err(format!("{s:?}: use `fail`, `alone` or `hold`")),
     }
+}
+
+fn parse_grant(s: &str) -> Result<f64, String> {
+    let v = s
+        .parse::<f64>()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    mirrorfs::ctl::alone::check_seconds(v).map_err(|e| e.to_string())
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -186,6 +268,8 @@ fn main() -> ExitCode {
         Cmd::Mount(a) => detach(a),
         Cmd::Verify { a, b } => return verify(&a, &b),
         Cmd::Status { control, json } => return status(&control, json),
+        Cmd::Ctl(a) => return ctl(a),
+        Cmd::State { root, json } => return state(&root, json),
         Cmd::Discard { root } => discard(&root),
     };
     match r {
@@ -249,17 +333,25 @@ fn load_identity(id: &Identity) -> Result<(tls::Identity, tls::PinnedPeer), Stri
     Ok((me, peer))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-fn shutdown_signal() -> Result<tokio::sync::oneshot::Receiver<()>, String> {
+/// Installs the SIGINT/SIGTERM handler: the first signal completes the
+/// returned shutdown (a clean stop; a mount with files still open detaches
+/// and ends when the last one is closed); a second one exits at once.
+fn stop_signals() -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = std::sync::Mutex::new(Some(tx));
-    ctrlc::set_handler(move || {
-        if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+    ctrlc::set_handler(move || match tx.lock().ok().and_then(|mut t| t.take()) {
+        Some(tx) => {
             let _ = tx.send(());
+        }
+        None => {
+            warn!("second stop signal: exiting now (files may still be open on a detached mount)");
+            std::process::exit(0);
         }
     })
     .map_err(|e| format!("cannot install the signal handler: {e}"))?;
-    Ok(rx)
+    Ok(async move {
+        let _ = rx.await;
+    })
 }
 
 fn serve(a: ServeArgs) -> Result<(), String> {
@@ -278,166 +370,80 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         identity,
         pinned,
         idle_timeout: Duration::from_secs_f64(a.peer_timeout),
+        control: a.control,
     };
-    let stop = shutdown_signal()?;
+    // Modes arrive exactly as the primary applied them.
+    mirrorfs::sys::set_umask(0);
+    let stop = stop_signals()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(server::run(cfg, async {
-        let _ = stop.await;
-    }))
-    .map_err(|e| e.to_string())
+    rt.block_on(server::run(cfg, stop))
+        .map_err(|e| e.to_string())
 }
 
-fn check_dirs(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let b = backing.canonicalize().map_err(|e| {
-        format!(
-            "--backing {}: {e}: create the directory first",
-            backing.display()
-        )
-    })?;
-    let m = mountpoint.canonicalize().map_err(|e| {
-        format!(
-            "--mountpoint {}: {e}: create the directory first",
-            mountpoint.display()
-        )
-    })?;
-    if !b.is_dir() || !m.is_dir() {
-        return Err(format!(
-            "--backing {} and --mountpoint {} must both be directories",
-            b.display(),
-            m.display()
-        ));
-    }
-    if b.starts_with(&m) || m.starts_with(&b) {
-        return Err(format!(
-            "--backing {} and --mountpoint {} must not contain each other",
-            b.display(),
-            m.display()
-        ));
-    }
-    Ok((b, m))
-}
-
-fn mount(a: MountArgs) -> Result<(), String> {
-    let (backing, mountpoint) = check_dirs(&a.backing, &a.mountpoint)?;
-    let meta = backing.join(META_DIR);
-    std::fs::create_dir_all(&meta).map_err(|e| format!("cannot create {}: {e}", meta.display()))?;
-    let (identity, pinned) = load_identity(&a.id)?;
-    mirrorfs::sys::set_umask(0);
-    if let Err(e) = mirrorfs::sys::raise_nofile_limit() {
-        info!(error = %e, "could not raise the open-files limit");
-    }
-    let on_peer_loss = if a.alone {
-        OnPeerLoss::Alone
-    } else {
-        a.on_peer_loss
+/// The mount's configuration from its flags (what the flags alone decide;
+/// [`mount::run`] checks the rest).
+fn mount_config(a: &MountArgs) -> Result<MountConfig, String> {
+    let on_peer_loss = match (a.alone, a.on_peer_loss) {
+        (false, choice) => choice.unwrap_or(OnPeerLoss::Fail),
+        (true, None | Some(OnPeerLoss::Alone)) => OnPeerLoss::Alone,
+        // A promoted secondary under a controller: ALONE now, and on the
+        // next loss the controller decides again.
+        (true, Some(OnPeerLoss::Hold)) => OnPeerLoss::Hold,
+        (true, Some(OnPeerLoss::Fail)) => {
+            return Err(
+                "--alone writes without the peer, --on-peer-loss=fail refuses to: drop one of them (with a controller: --alone --on-peer-loss=hold)"
+                    .into(),
+            )
+        }
     };
-    let mirror = Mirror::start(
-        &backing,
-        MirrorConfig {
+    let (identity, pinned) = load_identity(&a.id)?;
+    Ok(MountConfig {
+        backing: a.backing.clone(),
+        mountpoint: a.mountpoint.clone(),
+        mirror: MirrorConfig {
             link: LinkConfig {
                 peer: a.peer,
                 identity: Arc::new(identity),
                 pinned,
                 peer_timeout: Duration::from_secs_f64(a.peer_timeout),
-                stall_timeout: DEFAULT_STALL_TIMEOUT.max(Duration::from_secs_f64(a.peer_timeout)),
+                stall_timeout: Duration::from_secs_f64(a.stall_timeout),
             },
             on_peer_loss,
             start_alone: a.alone,
             full_resync: a.full,
             resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),
+            hold_timeout: Duration::from_secs_f64(a.hold_timeout),
         },
-    )
-    .map_err(|e| e.to_string())?;
-    let overlay = Arc::new(
-        Overlay::new(&backing, Arc::new(MirrorRef(mirror.clone())))
-            .map_err(|e| format!("--backing {}: {e}", backing.display()))?,
-    );
-    {
-        let (o, m) = (overlay.clone(), mirror.clone());
-        std::thread::Builder::new()
-            .name("mirrorfs-resync".into())
-            .spawn(move || mirrorfs::fs::resync::run(o, m))
-            .map_err(|e| format!("cannot start the resync thread: {e}"))?;
-    }
-    {
-        // Activity epochs: every 30 s, flush the backing filesystem, then drop
-        // the older epoch (its mutations are now durable here).
-        let (o, m, b) = (overlay.clone(), mirror.clone(), backing.clone());
-        std::thread::Builder::new()
-            .name("mirrorfs-epochs".into())
-            .spawn(move || loop {
-                for _ in 0..30 {
-                    std::thread::sleep(Duration::from_secs(1));
-                    if m.is_shut_down() {
-                        return;
-                    }
-                }
-                if let Err(e) = mirrorfs::meta::syncfs(&b) {
-                    tracing::warn!(error = %e, "syncfs of the backing filesystem failed");
-                    continue;
-                }
-                let _g = o.sequence();
-                m.rotate_activity();
-            })
-            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
-    }
-    let _control = match &a.control {
-        Some(path) => Some(
-            mirrorfs::control::serve(path, mirror.clone())
-                .map_err(|e| format!("--control {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    let fs = MirrorFs::new(overlay, !a.no_passthrough);
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName(format!("mirrorfs:{}", backing.display())),
-        fuser::MountOption::Subtype("mirrorfs".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
-    ];
-    config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(a.threads.clamp(1, 256));
-    config.clone_fd = true;
-    let mut session = fuser::Session::new(fs, &mountpoint, &config)
-        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
-    let target = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("--mountpoint {}: contains a NUL byte", mountpoint.display()))?;
-    let detached = std::sync::atomic::AtomicBool::new(false);
-    ctrlc::set_handler(move || {
-        if detached.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            // A second signal while files were still open: stop now.
-            tracing::warn!("second stop signal: exiting with files still open on the detached mount");
-            std::process::exit(0);
-        }
-        if let Err(e) = unmounter.unmount() {
-            // Files are still open: detach the mount now (new opens cannot
-            // reach it); the open files keep working until they are closed,
-            // then the session ends and this process exits.
-            tracing::warn!(error = %e, "busy: detaching the mount; send the signal again to exit with files still open");
-            // SAFETY: valid C string; umount2 has no memory effects.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        }
+        control: a.control.clone(),
+        threads: a.threads,
+        passthrough: !a.no_passthrough,
+        accept_inconsistent: a.accept_inconsistent,
     })
-    .map_err(|e| format!("cannot install the signal handler: {e}"))?;
-    info!(backing = %backing.display(), mountpoint = %mountpoint.display(), peer = %a.peer, "mounted");
-    session
-        .run()
-        .map_err(|e| format!("the FUSE session failed: {e}"))?;
-    info!("unmounted");
-    mirror.shutdown();
-    Ok(())
+}
+
+fn mount(a: MountArgs) -> Result<(), String> {
+    let cfg = mount_config(&a)?;
+    // Process-wide settings are the binary's: modes arrive already masked
+    // by the application's umask; the inode table holds a descriptor per
+    // known inode.
+    mirrorfs::sys::set_umask(0);
+    if let Err(e) = mirrorfs::sys::raise_nofile_limit() {
+        info!(error = %e, "could not raise the open-files limit");
+    }
+    let stop = stop_signals()?;
+    mount::run(cfg, stop).map_err(|e| e.to_string())
 }
 
 /// Starts `mount --foreground` in a new session, waits until it has mounted
 /// (or failed, relaying its error), then returns.
 fn detach(a: MountArgs) -> Result<(), String> {
-    let (backing, mountpoint) = check_dirs(&a.backing, &a.mountpoint)?;
+    // Flags first: a mistake is reported here, not only in the log.
+    mount_config(&a)?;
+    let (backing, mountpoint) =
+        mount::check_dirs(&a.backing, &a.mountpoint).map_err(|e| e.to_string())?;
     let log = a
         .log
         .clone()
@@ -538,51 +544,80 @@ fn discard(root: &Path) -> Result<(), String> {
 }
 
 fn status(control: &Path, json: bool) -> ExitCode {
-    let line = match mirrorfs::control::request(control, "status") {
-        Ok(l) => l,
+    let answer = Client::connect(control).and_then(|mut c| {
+        c.send(&Request::Status)?;
+        c.answer()
+    });
+    match answer {
+        Ok((line, _)) if json => println!("{line}"),
+        Ok((_, st)) => print!("{}", st.render_text()),
         Err(e) => {
             eprintln!("mirrorfs: status: {e}");
             return ExitCode::from(2);
         }
-    };
-    if json {
-        print!("{line}");
-        return ExitCode::SUCCESS;
     }
-    let st: Status = match serde_json::from_str(&line) {
-        Ok(s) => s,
-        Err(_) => {
-            eprintln!("mirrorfs: status: unexpected answer: {}", line.trim());
+    ExitCode::SUCCESS
+}
+
+/// `mirrorfs ctl`: one request, each answer printed as a line of JSON as it
+/// comes; an error answer, or the end of a watch, exits 2.
+fn ctl(a: CtlArgs) -> ExitCode {
+    let request = match a.request {
+        CtlRequest::Status => Request::Status,
+        CtlRequest::Watch => Request::Watch,
+        CtlRequest::Alone { seconds } => Request::Alone { seconds },
+        CtlRequest::Fence => Request::Fence,
+        CtlRequest::Unfence => Request::Unfence,
+    };
+    let fail = |e: ClientError| {
+        eprintln!("mirrorfs: ctl {}: {e}", request.name());
+        ExitCode::from(2)
+    };
+    let mut client = match Client::connect(&a.control) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = client.send(&request) {
+        return fail(e);
+    }
+    let mut out = std::io::stdout().lock();
+    loop {
+        match client.answer() {
+            Ok((line, _)) => {
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    // Whoever reads our output is gone (e.g. `| head -1`).
+                    return ExitCode::SUCCESS;
+                }
+                if request != Request::Watch {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => return fail(e),
+        }
+    }
+}
+
+fn state(root: &Path, json: bool) -> ExitCode {
+    let st = match RootState::read(root) {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!(
+                "mirrorfs: state: {}: {e}: name a replicated directory (a backing or replica root) you may read",
+                root.display()
+            );
             return ExitCode::from(2);
         }
     };
-    println!("role:        {}", st.role);
-    println!("peer:        {} ({})", st.peer, st.peer_node);
-    println!("connected:   {}", if st.connected { "yes" } else { "no" });
-    println!("generation:  {}", st.generation);
-    println!(
-        "dirty:       {} files, {} bytes",
-        st.dirty_files, st.dirty_bytes
-    );
-    println!("in flight:   {} ops", st.ops_in_flight);
-    println!("in role:     {:.0} s", st.role_secs);
-    if let Some(r) = &st.resync {
-        println!(
-            "resync:      {} done, {} left, {} bytes sent, {:.1} MB/s, ETA {}{}",
-            r.files_done,
-            r.files_left,
-            r.bytes_sent,
-            r.rate_bytes_per_sec / 1e6,
-            r.eta_secs.map_or("unknown".into(), |s| format!("{s:.0} s")),
-            if r.full {
-                " (full: every file by checksum)"
-            } else {
-                ""
+    if json {
+        match serde_json::to_string(&st) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("mirrorfs: state: {e}");
+                return ExitCode::from(2);
             }
-        );
-    }
-    if let Some(e) = &st.last_error {
-        println!("last error:  {e}");
+        }
+    } else {
+        print!("{}", st.render_text());
     }
     ExitCode::SUCCESS
 }

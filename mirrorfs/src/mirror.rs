@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::ctl::{Changes, Status};
 use crate::fs::replicate::{Replicate, Ticket, Touched};
 use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
@@ -70,6 +71,9 @@ pub enum OnPeerLoss {
     Fail,
     /// Carry on ALONE, recording every change for the resync.
     Alone,
+    /// Mutations wait for the controller's order (`alone` or `fence` on the
+    /// control socket) or `--hold-timeout`.
+    Hold,
 }
 
 /// The primary's role.
@@ -109,10 +113,13 @@ pub struct MirrorConfig {
     pub full_resync: bool,
     /// Upper bound of the resync's data rate, bytes per second (None: adaptive only).
     pub resync_rate_limit: Option<u64>,
+    /// With [`OnPeerLoss::Hold`]: how long mutations wait for the
+    /// controller's order before the mount fences itself.
+    pub hold_timeout: Duration,
 }
 
 /// Resync progress counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResyncProgress {
     /// Paths synchronised in this resync.
     pub files_done: u64,
@@ -128,33 +135,6 @@ pub struct ResyncProgress {
     pub full: bool,
     /// Estimated seconds left, from the pace of paths so far.
     pub eta_secs: Option<f64>,
-}
-
-/// What `mirrorfs status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    /// The role, as operators read it.
-    pub role: String,
-    /// The secondary's address.
-    pub peer: String,
-    /// The secondary's node name.
-    pub peer_node: String,
-    /// Connected to the secondary now.
-    pub connected: bool,
-    /// Current generation (hex).
-    pub generation: String,
-    /// Paths recorded as possibly different on the secondary.
-    pub dirty_files: u64,
-    /// Their current size on this side (the most a resync sends).
-    pub dirty_bytes: u64,
-    /// Ops sent and not yet acknowledged.
-    pub ops_in_flight: u64,
-    /// Resync progress, while resyncing.
-    pub resync: Option<ResyncProgress>,
-    /// The last connection problem, if any.
-    pub last_error: Option<String>,
-    /// Seconds in the current role.
-    pub role_secs: f64,
 }
 
 struct State {
@@ -200,6 +180,8 @@ pub struct Mirror {
     meta: Meta,
     state: Mutex<State>,
     changed: Condvar,
+    /// Counts changes for the control socket's watchers.
+    changes: Changes,
     limit: Duration,
 }
 
@@ -286,6 +268,7 @@ impl Mirror {
                 shares_generation: false,
             }),
             changed: Condvar::new(),
+            changes: Changes::default(),
             limit,
             cfg,
         });
@@ -331,7 +314,7 @@ impl Mirror {
     /// Stops the supervisor (the mount is going away).
     pub fn shutdown(&self) {
         self.lock().shutdown = true;
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// The current role.
@@ -339,7 +322,20 @@ impl Mirror {
         self.lock().role
     }
 
-    /// A snapshot for `mirrorfs status`.
+    /// Wakes the threads waiting for a change of the state, and the control
+    /// socket's watchers.
+    fn notify(&self) {
+        self.changes.bump();
+        self.changed.notify_all();
+    }
+
+    /// Waits until the change count differs from `seen` (or `timeout`
+    /// passes) and returns it: what the control socket's `watch` waits on.
+    pub fn wait_change(&self, seen: u64, timeout: Duration) -> u64 {
+        self.changes.wait(seen, timeout)
+    }
+
+    /// A snapshot for the control socket (`status`, `watch`).
     pub fn status(&self) -> Status {
         let st = self.lock();
         let progress = (st.role == Role::Resync).then(|| {
@@ -359,22 +355,36 @@ impl Mirror {
         // Sizes of the dirty paths as they are now (bounded work, and done
         // after the lock is released: mutations must not wait for status).
         let dirty_paths: Vec<RelPath> = st.dirty.paths().iter().take(100_000).cloned().collect();
+        let connected = st.link.as_ref().is_some_and(|l| l.lost().is_none());
+        let under_controller = self.cfg.on_peer_loss == OnPeerLoss::Hold;
         let mut status = Status {
-            role: st.role.to_string(),
-            peer: self.cfg.link.peer.to_string(),
-            peer_node: self.cfg.link.pinned.name.clone(),
-            connected: st.link.as_ref().is_some_and(|l| l.lost().is_none()),
-            generation: st
-                .history
-                .current()
-                .map(|g| g.to_string())
-                .unwrap_or_default(),
+            version: crate::ctl::VERSION,
+            role: match st.role {
+                Role::Prim => crate::ctl::Role::Prim,
+                Role::Resync => crate::ctl::Role::Resync,
+                Role::Alone => crate::ctl::Role::Alone,
+                Role::Lost => crate::ctl::Role::Lost,
+            },
+            in_sync: st.role == Role::Prim && connected && st.dirty.is_empty(),
+            connected,
             dirty_files: st.dirty.len() as u64,
             dirty_bytes: 0,
-            ops_in_flight: st.link.as_ref().map_or(0, |l| l.in_flight()),
             resync: progress,
+            generation: st.history.current().map(|g| g.to_string()),
+            history: st.history.ids().iter().map(|g| g.to_string()).collect(),
+            stalled: connected && st.link.as_ref().is_some_and(|l| l.stalled().is_some()),
+            pid: std::process::id(),
             last_error: st.last_error.clone(),
+            peer: Some(self.cfg.link.peer.to_string()),
+            peer_node: self.cfg.link.pinned.name.clone(),
             role_secs: st.since.elapsed().as_secs_f64(),
+            ops_in_flight: Some(st.link.as_ref().map_or(0, |l| l.in_flight())),
+            alone_secs_left: under_controller.then_some(None),
+            held_ops: under_controller.then_some(0),
+            primary_connected: None,
+            last_applied: None,
+            resync_running: None,
+            inconsistent: None,
         };
         drop(st);
         status.dirty_bytes = dirty_paths
@@ -398,13 +408,14 @@ impl Mirror {
     fn lost(&self, reason: String) {
         match self.cfg.on_peer_loss {
             OnPeerLoss::Alone => self.go_alone(reason),
-            OnPeerLoss::Fail => {
+            // Hold: like Fail until the hold core decides (issue 7).
+            OnPeerLoss::Fail | OnPeerLoss::Hold => {
                 let mut st = self.lock();
                 st.link = None;
                 error!(%reason, "peer lost: mutations fail with EIO until it is back");
                 st.last_error = Some(reason);
                 Self::set_role(&mut st, Role::Lost);
-                self.changed.notify_all();
+                self.notify();
             }
         }
     }
@@ -428,7 +439,7 @@ impl Mirror {
             st.last_error = Some(reason);
             Self::set_role(&mut st, Role::Alone);
         }
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// Starts a new generation, durably.
@@ -521,7 +532,7 @@ impl Mirror {
                 return refuse(why);
             }
         }
-        self.changed.notify_all();
+        self.notify();
         Ok(())
     }
 
@@ -574,6 +585,7 @@ impl Mirror {
                                 _ => (backoff * 2).clamp(RECONNECT_PAUSE, Duration::from_secs(5)),
                             };
                             self.lock().last_error = Some(e.to_string());
+                            self.changes.bump();
                         }
                     }
                 }
@@ -589,6 +601,7 @@ impl Mirror {
             return Ok(());
         }
         st.dirty.mark(paths)?;
+        self.changes.bump();
         self.schedule(st, paths, false);
         Ok(())
     }
@@ -598,6 +611,7 @@ impl Mirror {
     /// entries of the same names and kinds but other contents.
     fn mark_trees(&self, st: &mut State, paths: &[RelPath]) -> io::Result<()> {
         st.dirty.mark_trees(paths)?;
+        self.changes.bump();
         self.schedule(st, paths, true);
         Ok(())
     }
@@ -622,7 +636,7 @@ impl Mirror {
             st.resync_started = Instant::now();
             Self::set_role(st, Role::Resync);
         }
-        self.changed.notify_all();
+        self.notify();
     }
 
     // ---- the resync workers' interface --------------------------------------
@@ -732,7 +746,7 @@ impl Mirror {
             ));
         }
         st.walk.insert(job.path.clone());
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// True when the application submitted an op in the last `within`.
@@ -771,6 +785,7 @@ impl Mirror {
     /// a large file shows while it is copied).
     pub fn resync_sent(&self, bytes: u64) {
         self.lock().progress.bytes_sent += bytes;
+        self.changes.bump();
     }
 
     /// `job`'s path is synchronised.
@@ -779,7 +794,7 @@ impl Mirror {
         st.walk.release(&job.path, job.epoch);
         st.retry.remove(&job.path);
         st.progress.files_done += 1;
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// True when nothing is left to visit and no worker is visiting anything.
@@ -813,6 +828,7 @@ impl Mirror {
             "resync complete: in sync"
         );
         Self::set_role(&mut st, Role::Prim);
+        self.changes.bump();
         Ok(true)
     }
 
@@ -846,8 +862,10 @@ impl Mirror {
                 }
             },
             OnPeerLoss::Alone => Ok(()),
-            OnPeerLoss::Fail if connected => Err(io::Error::from_raw_os_error(errno)),
-            OnPeerLoss::Fail => Err(io::Error::from_raw_os_error(libc::EIO)),
+            OnPeerLoss::Fail | OnPeerLoss::Hold if connected => {
+                Err(io::Error::from_raw_os_error(errno))
+            }
+            OnPeerLoss::Fail | OnPeerLoss::Hold => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
 }
@@ -926,9 +944,10 @@ impl Replicate for MirrorRef {
                         error!(error = %e, "cannot record a change in the dirty log: refusing it");
                         io::Error::from_raw_os_error(libc::EIO)
                     })?;
+                    m.changes.bump();
                     if st.link.is_some() {
                         st.walk.insert(path.clone());
-                        m.changed.notify_all();
+                        m.notify();
                     }
                     return Ok(());
                 }

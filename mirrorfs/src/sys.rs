@@ -8,7 +8,7 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// `-1` → the thread's `errno` as `io::Error`.
@@ -43,8 +43,58 @@ pub fn errno_of(e: &io::Error) -> i32 {
 pub const RESOLVE_STRICT: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS;
 
-/// `openat2(dirfd, path, flags, mode, resolve)`.
+/// Longest path one `openat2` call takes (`PATH_MAX` less the NUL).
+const PIECE_MAX: usize = libc::PATH_MAX as usize - 1;
+
+/// `openat2(dirfd, path, flags, mode, resolve)`, for paths of any length.
+///
+/// A path longer than the kernel takes in one call (a replicated path may be,
+/// see [`crate::proto::path::MAX_PATH`]) is resolved in pieces cut at `/`
+/// boundaries, each shorter than `PATH_MAX`: every piece but the last is
+/// opened `O_PATH | O_DIRECTORY` with the same `resolve` flags beneath the
+/// directory the previous piece opened, the last with the caller's `flags`.
+/// Each piece is thus resolved beneath a directory that is itself beneath
+/// `dirfd`, so with `RESOLVE_BENEATH` (and [`RESOLVE_STRICT`]'s refusal of
+/// symlinks) nothing outside `dirfd` is reached, whatever the path holds. Long
+/// paths are only split under `RESOLVE_BENEATH` (without it, or for an
+/// absolute path, the kernel's `ENAMETOOLONG` stands).
 pub fn openat2(
+    dirfd: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let mut rest = path.as_bytes();
+    if rest.len() <= PIECE_MAX || resolve & libc::RESOLVE_BENEATH == 0 || rest[0] == b'/' {
+        return openat2_once(dirfd, path, flags, mode, resolve);
+    }
+    let mut dir: Option<OwnedFd> = None;
+    while rest.len() > PIECE_MAX {
+        // The last `/` that leaves a piece of at most PIECE_MAX bytes (names
+        // are at most 255 bytes, so a valid path always has one).
+        let cut = rest[..=PIECE_MAX]
+            .iter()
+            .rposition(|b| *b == b'/')
+            .filter(|i| *i > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        let at = dir.as_ref().map_or(dirfd, |d| d.as_fd());
+        let next = openat2_once(
+            at,
+            OsStr::from_bytes(&rest[..cut]),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            resolve,
+        )?;
+        dir = Some(next);
+        rest = &rest[cut + 1..];
+    }
+    let at = dir.as_ref().map_or(dirfd, |d| d.as_fd());
+    openat2_once(at, OsStr::from_bytes(rest), flags, mode, resolve)
+}
+
+/// One `openat2` system call (retried on `EAGAIN`).
+fn openat2_once(
     dirfd: BorrowedFd<'_>,
     path: &OsStr,
     flags: i32,
@@ -503,9 +553,30 @@ pub fn readlinkat(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
 }
 
 /// Sets the process umask (both sides set 0: modes arrive already masked).
+/// Process-wide: only the binary calls it, before it starts a serve or mount.
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(mask) };
+}
+
+/// The process umask, from /proc/self/status (umask(2) would change it to
+/// read it); `None` if the kernel does not say.
+pub fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+/// Warns when the process umask is not 0: a serve or mount applies modes as
+/// they arrive (already masked by the application's umask), and a mask here
+/// would take bits off them again.
+pub fn warn_umask() {
+    if let Some(mask) = umask().filter(|m| *m != 0) {
+        tracing::warn!(
+            umask = format!("{mask:03o}"),
+            "the process umask is not 0: created files lose mode bits; set it to 0 before starting (the mirrorfs binary does)"
+        );
+    }
 }
 
 /// Raises the open-files soft limit to the hard limit (the inode table holds
@@ -520,4 +591,201 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: valid rlimit.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
     Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::proto::path::{deep_path_bytes, RelPath};
+
+    fn os(b: &[u8]) -> &OsStr {
+        OsStr::from_bytes(b)
+    }
+
+    /// Makes every directory of `path` beneath `root`, name by name (path
+    /// calls cannot reach that deep).
+    fn mkdirs(root: BorrowedFd<'_>, path: &[u8]) {
+        let mut dir = openat(root, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        for name in path.split(|b| *b == b'/') {
+            match mkdirat(dir.as_fd(), os(name), 0o755) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => panic!("mkdirat: {e}"),
+            }
+            dir = openat(dir.as_fd(), os(name), libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        }
+    }
+
+    fn tempdir() -> (tempfile::TempDir, OwnedFd) {
+        let t = tempfile::tempdir().unwrap();
+        let fd = std::fs::File::open(t.path()).unwrap().into();
+        (t, fd)
+    }
+
+    fn errno(r: io::Result<OwnedFd>) -> i32 {
+        errno_of(&r.expect_err("must fail"))
+    }
+
+    #[test]
+    fn a_10000_byte_path_resolves_beneath_the_root() {
+        let (_t, root) = tempdir();
+        let dir = deep_path_bytes(10_000);
+        RelPath::new(dir.clone()).expect("a valid replicated path");
+        mkdirs(root.as_fd(), &dir);
+        let file = [&dir[..], b"/f"].concat();
+        // The kernel alone refuses it.
+        assert_eq!(
+            errno(openat2_once(
+                root.as_fd(),
+                os(&file),
+                libc::O_RDONLY,
+                0,
+                RESOLVE_STRICT
+            )),
+            libc::ENAMETOOLONG
+        );
+        let fd = openat2(
+            root.as_fd(),
+            os(&file),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+            RESOLVE_STRICT,
+        )
+        .unwrap();
+        pwrite_all(fd.as_fd(), b"deep", 0).unwrap();
+        let fd = openat2(
+            root.as_fd(),
+            os(&file),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+            RESOLVE_STRICT,
+        )
+        .unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(pread(fd.as_fd(), &mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf[..4], b"deep");
+        // The same inode as reached name by name.
+        let parent = openat2(
+            root.as_fd(),
+            os(&dir),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            RESOLVE_STRICT,
+        )
+        .unwrap();
+        let by_name = fstatat(parent.as_fd(), OsStr::new("f")).unwrap();
+        let st = fstat(fd.as_fd()).unwrap();
+        assert_eq!((st.st_dev, st.st_ino), (by_name.st_dev, by_name.st_ino));
+    }
+
+    #[test]
+    fn a_piece_may_end_exactly_at_path_max() {
+        let (_t, root) = tempdir();
+        // 16 names of 255 bytes make a first piece of exactly PIECE_MAX bytes.
+        let name = [b'a'; 255];
+        let mut dir = vec![name.to_vec(); 16].join(&b'/');
+        assert_eq!(dir.len(), PIECE_MAX);
+        dir.extend_from_slice(b"/b/c");
+        mkdirs(root.as_fd(), &dir);
+        let fd = openat2(
+            root.as_fd(),
+            os(&dir),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            RESOLVE_STRICT,
+        )
+        .unwrap();
+        assert_eq!(
+            fstat(fd.as_fd()).unwrap().st_mode & libc::S_IFMT,
+            libc::S_IFDIR
+        );
+    }
+
+    #[test]
+    fn a_symlink_anywhere_in_a_long_path_is_refused() {
+        let (_t, root) = tempdir();
+        let dir = deep_path_bytes(10_000);
+        mkdirs(root.as_fd(), &dir);
+        let slashes: Vec<usize> = (0..dir.len()).filter(|i| dir[*i] == b'/').collect();
+        // The components ending at: the second name (first piece), the last
+        // name of the first piece (a piece boundary), and a name of the last
+        // piece.
+        let boundary = *slashes.iter().rfind(|i| **i <= PIECE_MAX).unwrap();
+        for end in [slashes[1], boundary, slashes[slashes.len() - 2]] {
+            // Move the directory aside and put a symlink to it in its place:
+            // following it would reach the same tree.
+            let (parent, name) = match dir[..end].iter().rposition(|b| *b == b'/') {
+                Some(i) => (&dir[..i], &dir[i + 1..end]),
+                None => (&b""[..], &dir[..end]),
+            };
+            let pfd = openat2(
+                root.as_fd(),
+                os(if parent.is_empty() { b"." } else { parent }),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+                RESOLVE_STRICT,
+            )
+            .unwrap();
+            let aside = [name, b".real"].concat();
+            renameat2(pfd.as_fd(), os(name), pfd.as_fd(), os(&aside), 0).unwrap();
+            symlinkat(os(&aside), pfd.as_fd(), os(name)).unwrap();
+            let open = |resolve| {
+                openat2(
+                    root.as_fd(),
+                    os(&dir),
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    0,
+                    resolve,
+                )
+            };
+            assert_eq!(errno(open(RESOLVE_STRICT)), libc::ELOOP, "symlink at {end}");
+            // Without RESOLVE_NO_SYMLINKS the (relative) link is followed,
+            // still beneath the root.
+            open(libc::RESOLVE_BENEATH).expect("followed beneath the root");
+            unlinkat(pfd.as_fd(), os(name), 0).unwrap();
+            renameat2(pfd.as_fd(), os(&aside), pfd.as_fd(), os(name), 0).unwrap();
+            open(RESOLVE_STRICT).expect("restored");
+        }
+    }
+
+    #[test]
+    fn no_piece_climbs_out_of_the_directory_it_starts_from() {
+        let (t, root) = tempdir();
+        let dir = deep_path_bytes(5_000);
+        mkdirs(root.as_fd(), &dir);
+        std::fs::write(t.path().join("outside"), b"x").unwrap();
+        // `..` never comes from a RelPath; a raw path that climbs back to the
+        // root (legal for one `openat2` beneath the root) still never leaves
+        // the directory its own piece starts from.
+        let depth = dir.split(|b| *b == b'/').count();
+        let climb = [&dir[..], &b"/..".repeat(depth)[..], b"/outside"].concat();
+        assert_eq!(
+            errno(openat2(
+                root.as_fd(),
+                os(&climb),
+                libc::O_RDONLY,
+                0,
+                RESOLVE_STRICT
+            )),
+            libc::EXDEV
+        );
+        let escape = [&dir[..], &b"/..".repeat(depth + 1)[..], b"/etc"].concat();
+        assert_eq!(
+            errno(openat2(
+                root.as_fd(),
+                os(&escape),
+                libc::O_RDONLY,
+                0,
+                RESOLVE_STRICT
+            )),
+            libc::EXDEV
+        );
+        assert!(RelPath::new(climb).is_err(), "RelPath refuses '..'");
+        // Without RESOLVE_BENEATH, no splitting: the kernel's answer stands.
+        assert_eq!(
+            errno(openat2(root.as_fd(), os(&dir), libc::O_PATH, 0, 0)),
+            libc::ENAMETOOLONG
+        );
+    }
 }

@@ -10,122 +10,17 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use mirrorfs::net::server::{ServeConfig, Server};
-use mirrorfs::net::{tls, transport};
+use mirrorfs::net::tls;
 use mirrorfs::proto::path::RelPath;
-use mirrorfs::proto::wire::{Decoded, Frame, Hello, Op, Seq, Target, PROTOCOL_VERSION};
+use mirrorfs::proto::wire::{Frame, Hello, Op, Seq, Target, PROTOCOL_VERSION};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Peer {
-    _endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buf: Vec<u8>,
-}
-
-impl Peer {
-    /// Connects with node1's identity and completes the hello exchange.
-    async fn connect(keys: &Path, addr: SocketAddr) -> Self {
-        let mut p = Self::connect_with(
-            keys,
-            addr,
-            Hello {
-                version: PROTOCOL_VERSION,
-                node: "node1".into(),
-                peer: "node2".into(),
-                history: vec![],
-                peer_timeout_ms: 5000,
-            },
-        )
-        .await;
-        match p.next().await {
-            Some(Frame::Hello(h)) => assert_eq!(h.node, "node2"),
-            other => panic!("expected the server's hello, got {other:?}"),
-        }
-        p.suspects().await;
-        p
-    }
-
-    /// Reads the suspect directories the server sends after its hello.
-    async fn suspects(&mut self) -> Vec<RelPath> {
-        let mut all = Vec::new();
-        loop {
-            match self.next().await {
-                Some(Frame::Suspects { paths, last }) => {
-                    all.extend(paths);
-                    if last {
-                        return all;
-                    }
-                }
-                other => panic!("expected the server's suspect directories, got {other:?}"),
-            }
-        }
-    }
-
-    /// Connects with node1's certificate and sends `hello`, whatever it says.
-    async fn connect_with(keys: &Path, addr: SocketAddr, hello: Hello) -> Self {
-        let id = tls::load_identity(&keys.join("node1.key"), &keys.join("node1.crt")).unwrap();
-        let pinned = tls::load_peer(&keys.join("node2.crt")).unwrap();
-        let mut cfg = tls::client_config(&id, &pinned).unwrap();
-        cfg.transport_config(Arc::new(transport(Duration::from_secs(5))));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(cfg);
-        let conn = tokio::time::timeout(TIMEOUT, endpoint.connect(addr, "node2").unwrap())
-            .await
-            .expect("handshake in time")
-            .expect("pinned handshake");
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        let mut bytes = Vec::new();
-        Frame::Hello(hello).encode(&mut bytes);
-        send.write_all(&bytes).await.unwrap();
-        Self {
-            _endpoint: endpoint,
-            conn,
-            send,
-            recv,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next frame from the server, or `None` once the stream ends.
-    async fn next(&mut self) -> Option<Frame> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Decoded::Frame(f, len) = Frame::decode(&self.buf).expect("server frames decode")
-            {
-                self.buf.drain(..len);
-                return Some(f);
-            }
-            match tokio::time::timeout(TIMEOUT, self.recv.read(&mut chunk))
-                .await
-                .expect("the server answers in time")
-            {
-                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        // The server may already have closed; that is an answer too.
-        let _ = self.send.write_all(bytes).await;
-    }
-
-    async fn send_op(&mut self, seq: u64, op: Op) {
-        let mut b = Vec::new();
-        Frame::Op { seq: Seq(seq), op }.encode(&mut b);
-        self.send_raw(&b).await;
-    }
-}
+use crate::util::peer::{Peer, TIMEOUT};
 
 /// An op frame (seq 1) whose single path field holds `path` unchecked.
 fn raw_op(opcode: u8, path: &[u8]) -> Vec<u8> {
@@ -187,6 +82,7 @@ fn hostile_frames_touch_nothing_outside_the_root_and_the_server_keeps_serving() 
             identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt")).unwrap(),
             pinned: tls::load_peer(&keys.join("node1.crt")).unwrap(),
             idle_timeout: Duration::from_secs(5),
+            control: None,
         })
         .unwrap();
         let addr = server.local_addr().unwrap();
@@ -431,6 +327,7 @@ fn issue_07_device_nodes_are_metadata_never_a_way_to_this_nodes_disks() {
             identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt")).unwrap(),
             pinned: tls::load_peer(&keys.join("node1.crt")).unwrap(),
             idle_timeout: Duration::from_secs(5),
+            control: None,
         })
         .unwrap();
         let addr = server.local_addr().unwrap();
@@ -598,6 +495,7 @@ fn issue_07_a_newer_connection_takes_over_exclusively() {
             identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt")).unwrap(),
             pinned: tls::load_peer(&keys.join("node1.crt")).unwrap(),
             idle_timeout: Duration::from_secs(5),
+            control: None,
         })
         .unwrap();
         let addr = server.local_addr().unwrap();

@@ -35,3 +35,13 @@ mod mirror_faults;
 /// Issue 7, section 1, the secondary's side: the peer's reach, one definition of
 /// equal xattrs, size limits, working vs stalled vs dead, the server's limits.
 mod mirror_serve_limits;
+
+/// Issue 7: the review's findings and the churn-under-restarts scenario, each a
+/// regression test.
+mod mirror_review;
+
+/// Issue 7, item 10: trees deeper than PATH_MAX replicate, resync and verify up to the 32 KiB bound.
+mod mirror_deep;
+
+/// Issue 7, section 3: the control API (ctl status/watch on mount and serve, state --root, an inconsistent replica refused, root only, hold orders).
+mod mirror_control;

@@ -307,6 +307,7 @@ fn issue_07_a_secondary_with_20000_suspect_directories_is_accepted() -> Result<(
                 identity: tls::load_identity(&keys.join("node2.key"), &keys.join("node2.crt"))?,
                 pinned: tls::load_peer(&keys.join("node1.crt"))?,
                 idle_timeout: Duration::from_secs(5),
+                control: None,
             })?;
             let addr = server.local_addr()?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

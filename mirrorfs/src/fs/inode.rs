@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::proto::path::RelPath;
+use crate::proto::path::{PathError, RelPath, MAX_PATH};
 use crate::sys;
 
 /// The FUSE inode number of the mount's root.
@@ -254,7 +255,9 @@ impl InodeTable {
     }
 
     fn path_locked(t: &Inner, ino: u64) -> io::Result<RelPath> {
+        let too_long = || io::Error::from_raw_os_error(libc::ENAMETOOLONG);
         let mut parts: Vec<&OsStr> = Vec::new();
+        let mut len = 0;
         let mut cur = ino;
         while cur != ROOT_INO {
             let node = t
@@ -266,19 +269,27 @@ impl InodeTable {
                 .first()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
             parts.push(name);
+            len += name.len() + 1;
             cur = *parent;
-            if parts.len() > 2048 {
-                // Names form a tree rooted at ROOT_INO; a longer chain is a cycle.
-                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            // Also ends a cycle (names form a tree rooted at ROOT_INO, and
+            // every name takes at least one byte).
+            if len > MAX_PATH + 1 {
+                return Err(too_long());
             }
         }
-        let mut path = RelPath::root();
+        // Built in one piece: joining name by name would copy the path once
+        // per level.
+        let mut bytes = Vec::with_capacity(len);
         for name in parts.iter().rev() {
-            path = path
-                .join(name)
-                .map_err(|_| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+            if !bytes.is_empty() {
+                bytes.push(b'/');
+            }
+            bytes.extend_from_slice(name.as_bytes());
         }
-        Ok(path)
+        RelPath::new(bytes).map_err(|e| match e {
+            PathError::PathTooLong(_) => too_long(),
+            _ => io::Error::from_raw_os_error(libc::EINVAL),
+        })
     }
 
     /// The parent directory of `ino` by its first known name.

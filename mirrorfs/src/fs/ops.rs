@@ -439,7 +439,7 @@ impl Overlay {
         target: &OsStr,
     ) -> io::Result<Entry> {
         self.check_creatable(parent, name)?;
-        if target.is_empty() || target.len() > crate::proto::path::MAX_PATH {
+        if target.is_empty() || target.len() > crate::proto::path::MAX_SYMLINK_TARGET {
             return Err(err(libc::ENAMETOOLONG));
         }
         self.mutate(self.touch_child(parent, name), || {

@@ -7,7 +7,11 @@
 //! through a channel, so a long op (removing a large tree, a checksum pass, a
 //! slow disk) never delays QUIC keepalives or the progress reports that tell
 //! the primary the secondary is working. (Fsyncs still run beside, on the
-//! blocking pool: the thread hands back the descriptor to sync.)
+//! blocking pool: the thread hands back the descriptor to sync.) The thread
+//! also keeps the serve's [`ServeState`] (what its control socket reports) up
+//! to date as it applies: the op busy on the disk (for the stall report, until
+//! its fsync is done), the last op applied, a resync begun or finished, a
+//! failed op.
 //!
 //! Takeover is exclusive: [`ApplyThread::take_over`] is called as soon as a
 //! newer connection passed its hello, and from then on no op of an older
@@ -24,6 +28,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info_span, warn};
 
+use super::serve_state::{Busy, ServeState};
 use super::server::ServeStats;
 use crate::proto::path::RelPath;
 use crate::proto::wire::{Op, Seq};
@@ -48,6 +53,9 @@ pub(crate) struct Answer {
     pub(crate) durable: bool,
     /// What applying it gave, or its errno.
     pub(crate) result: Result<Applied, i32>,
+    /// With [`Applied::Sync`]: the op stays busy (for the stall report)
+    /// until its fsync is done, so whoever runs it drops this then.
+    pub(crate) busy: Option<Busy>,
 }
 
 enum Job {
@@ -90,8 +98,13 @@ pub(crate) struct ApplyThread {
 }
 
 impl ApplyThread {
-    /// Starts the thread, which owns `applier` from now on.
-    pub(crate) fn start(applier: Applier, stats: Arc<ServeStats>) -> io::Result<Self> {
+    /// Starts the thread, which owns `applier` from now on and reports to
+    /// `state`.
+    pub(crate) fn start(
+        applier: Applier,
+        stats: Arc<ServeStats>,
+        state: Arc<ServeState>,
+    ) -> io::Result<Self> {
         let (jobs, rx) = std_mpsc::channel();
         let prefetch = applier.prefetch()?;
         let shared = Arc::new(Shared {
@@ -105,7 +118,7 @@ impl ApplyThread {
             .name("mirrorfs-apply".into())
             .spawn(move || {
                 let _span = info_span!("apply").entered();
-                run(applier, &rx, &s, &stats);
+                run(applier, &rx, &s, &stats, &state);
             })?;
         Ok(Self {
             jobs,
@@ -187,7 +200,13 @@ impl ApplyThread {
 }
 
 /// The thread's loop: applies queued ops of the connection it serves, in order.
-fn run(mut applier: Applier, jobs: &std_mpsc::Receiver<Job>, shared: &Shared, stats: &ServeStats) {
+fn run(
+    mut applier: Applier,
+    jobs: &std_mpsc::Receiver<Job>,
+    shared: &Shared,
+    stats: &ServeStats,
+    state: &Arc<ServeState>,
+) {
     // The connection served and where its answers go.
     let mut serving: Option<(u64, mpsc::UnboundedSender<Answer>)> = None;
     while let Ok(job) = jobs.recv() {
@@ -222,16 +241,22 @@ fn run(mut applier: Applier, jobs: &std_mpsc::Receiver<Job>, shared: &Shared, st
                 match &serving {
                     Some((c, answers)) if *c == conn && conn == current => {
                         let durable = op.is_durability();
-                        let result = applier.apply(&op).map_err(|e| {
+                        let busy = state.busy();
+                        let applied = applier.apply(&op);
+                        state.applied(conn, seq, &op, applied.is_ok());
+                        let result = applied.map_err(|e| {
                             stats.failed.fetch_add(1, Ordering::Relaxed);
                             warn!(seq = seq.0, op = op.name(), error = %e, "operation failed on the replica");
+                            state.error(format!("{} failed on the replica: {e}", op.name()));
                             sys::errno_of(&e)
                         });
                         stats.applied.fetch_add(1, Ordering::Relaxed);
+                        let busy = matches!(result, Ok(Applied::Sync { .. })).then_some(busy);
                         let _ = answers.send(Answer {
                             seq,
                             durable,
                             result,
+                            busy,
                         });
                     }
                     // A replaced connection's op: never applied.

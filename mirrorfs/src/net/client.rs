@@ -93,7 +93,7 @@ pub struct LinkConfig {
     /// No progress at all (no frame of any kind) for this long while ops are
     /// in flight: the peer is lost, although reachable (a hung disk). At
     /// least `peer_timeout` (a shorter one counts as `peer_timeout`);
-    /// [`DEFAULT_STALL_TIMEOUT`] unless configured.
+    /// `mount --stall-timeout`, by default [`DEFAULT_STALL_TIMEOUT`].
     pub stall_timeout: Duration,
 }
 

@@ -9,7 +9,9 @@
 //! core queues. A malformed frame, a hostile path or a protocol violation ends that
 //! connection with a `Refused` frame and a log line, never the server. A newer
 //! connection from the pinned primary replaces an older one (a restarted
-//! primary must not wait for the old connection to time out).
+//! primary must not wait for the old connection to time out). With
+//! `--control`, a control socket reports the secondary's state
+//! ([`ServeState`], which the apply thread keeps up to date).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,8 +26,11 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::apply_thread::{Answer, ApplyThread};
 use super::client::HELLO_LIMIT;
+use super::serve_state::ServeState;
 use super::tls::{server_config, Identity, PinnedPeer, TlsError};
 use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
+use crate::ctl::server::ControlServer;
+use crate::meta::Meta;
 use crate::proto::stream::Receiver;
 use crate::proto::wire::{Decoded, Frame, Hello, Seq, PROTOCOL_VERSION};
 use crate::replica::{Applied, Applier};
@@ -53,6 +58,14 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The control socket.
+    #[error("--control {path}: {source}")]
+    Control {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Configuration of `mirrorfs serve`.
@@ -66,8 +79,11 @@ pub struct ServeConfig {
     pub identity: Identity,
     /// The primary's pinned certificate.
     pub pinned: PinnedPeer,
-    /// Idle timeout of the connection (the primary's peer timeout).
+    /// Idle timeout of the connection (the primary's peer timeout); an op
+    /// busy on the disk for longer shows as stalled.
     pub idle_timeout: Duration,
+    /// The control socket to answer on (`--control`), if any.
+    pub control: Option<PathBuf>,
 }
 
 /// Counters of a serve process.
@@ -92,19 +108,36 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
 pub struct Server {
     cfg: ServeConfig,
     endpoint: quinn::Endpoint,
+    state: Arc<ServeState>,
+    control: Option<ControlServer>,
 }
 
 impl Server {
-    /// Checks the root and the TLS files, and binds the UDP socket. Must be
-    /// called inside a tokio runtime.
+    /// Checks the root and the TLS files, binds the UDP socket and the
+    /// control socket. Must be called inside a tokio runtime. The process
+    /// umask should be 0 (modes arrive exactly as the primary applied them);
+    /// setting it is the caller's, as it is process-wide.
     pub fn bind(cfg: ServeConfig) -> Result<Self, ServeError> {
-        // Modes arrive exactly as the primary applied them.
-        sys::set_umask(0);
+        sys::warn_umask();
         // Check the root now, so a typo fails at start, not at the first op.
-        Applier::open(&cfg.root).map_err(|source| ServeError::Root {
+        let root_err = |source| ServeError::Root {
             path: cfg.root.clone(),
             source,
-        })?;
+        };
+        let applier = Applier::open(&cfg.root).map_err(root_err)?;
+        let history = applier.history().map_err(root_err)?;
+        let inconsistent = Meta::open(&cfg.root)
+            .and_then(|m| m.inconsistent())
+            .map_err(root_err)?;
+        if let Some(i) = &inconsistent {
+            warn!(since = i.since_unix, from = %i.from, "this replica is marked inconsistent: a resync into it has not finished; the primary's next resync completes it");
+        }
+        let state = Arc::new(ServeState::new(
+            &cfg.pinned.name,
+            cfg.idle_timeout,
+            history,
+            inconsistent.is_some(),
+        ));
         match std::fs::File::open(&cfg.root).and_then(|d| sys::mount_flags(d.as_fd())) {
             Ok(flags) => {
                 if let Some(advice) = mount_advice(flags) {
@@ -122,7 +155,26 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
-        Ok(Self { cfg, endpoint })
+        let control = match &cfg.control {
+            Some(path) => Some(crate::ctl::server::serve(path, state.clone()).map_err(
+                |source| ServeError::Control {
+                    path: path.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            endpoint,
+            state,
+            control,
+        })
+    }
+
+    /// What the control socket reports (tests read it directly).
+    pub fn state(&self) -> Arc<ServeState> {
+        self.state.clone()
     }
 
     /// The bound UDP address.
@@ -132,17 +184,24 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { cfg, endpoint } = self;
+        let Self {
+            cfg,
+            endpoint,
+            state,
+            control,
+        } = self;
         info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
         let stats = Arc::new(ServeStats::default());
-        let applier = match Applier::open(&cfg.root) {
+        let mut applier = match Applier::open(&cfg.root) {
             Ok(a) => a,
             Err(e) => {
                 error!(root = %cfg.root.display(), error = %e, "cannot open the replica root");
                 return;
             }
         };
-        let apply = match ApplyThread::start(applier, stats.clone()) {
+        // Named in the inconsistent marker a BeginResync leaves.
+        applier.set_primary(&cfg.pinned.name);
+        let apply = match ApplyThread::start(applier, stats.clone(), state.clone()) {
             Ok(a) => a,
             Err(e) => {
                 error!(error = %e, "cannot start the apply thread");
@@ -164,23 +223,34 @@ impl Server {
             };
             let Some(incoming) = incoming else { break };
             generation += 1;
-            let (cfg, stats, current, apply) =
-                (cfg.clone(), stats.clone(), current.clone(), apply.clone());
+            let (cfg, stats, current, apply, state) = (
+                cfg.clone(),
+                stats.clone(),
+                current.clone(),
+                apply.clone(),
+                state.clone(),
+            );
             let remote = incoming.remote_address();
             let span = info_span!("conn", %remote, n = generation);
             tokio::spawn(
                 async move {
                     match incoming.await {
                         Ok(conn) => {
-                            let r = serve_connection(&cfg, conn, generation, current, &apply).await;
+                            let r =
+                                serve_connection(&cfg, &state, conn, generation, current, &apply)
+                                    .await;
                             apply.detach(generation);
-                            if let Err(reason) = r {
+                            if let Err(reason) = &r {
                                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                                 warn!(%reason, "connection closed");
                             }
+                            state.disconnected(generation, r.err());
                         }
                         // Wrong certificate and the like: rustls/quinn say why.
-                        Err(e) => warn!(error = %e, "handshake refused"),
+                        Err(e) => {
+                            warn!(error = %e, "handshake refused");
+                            state.error(format!("a handshake from {remote} was refused: {e}"));
+                        }
                     }
                 }
                 .instrument(span),
@@ -191,6 +261,7 @@ impl Server {
         tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle())
             .await
             .ok();
+        drop(control);
     }
 }
 
@@ -199,6 +270,7 @@ impl Server {
 /// disk: ops go to the apply thread, outcomes come back from it.
 async fn serve_connection(
     cfg: &ServeConfig,
+    state: &ServeState,
     conn: quinn::Connection,
     generation: u64,
     current_tx: Arc<watch::Sender<u64>>,
@@ -258,6 +330,9 @@ async fn serve_connection(
             return Err(reason);
         }
     };
+    // Before the hello goes out: the primary sends no op before it has it,
+    // so the status counts each op of this connection as the current one's.
+    state.connected(generation, conn.remote_address());
     let mut out = Vec::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -373,7 +448,8 @@ async fn serve_connection(
 /// Feeds one outcome from the apply thread to the core; an fsync to do goes
 /// to the blocking pool, never inline: while one fsync runs, the stream keeps
 /// flowing and other writers' fsyncs run beside it (inline syncs serialised 4
-/// writers to the pace of one).
+/// writers to the pace of one). The op stays busy (for the stall report)
+/// until its sync is done.
 fn handle_answer(core: &mut Receiver, a: Answer, synced: &mpsc::UnboundedSender<(Seq, i32)>) {
     match a.result {
         Ok(Applied::Done) => core.handle_applied(a.seq, a.durable, Ok(())),
@@ -383,12 +459,13 @@ fn handle_answer(core: &mut Receiver, a: Answer, synced: &mpsc::UnboundedSender<
         }
         Ok(Applied::Sync { fd, datasync }) => {
             core.handle_applied(a.seq, true, Ok(()));
-            let (tx, seq) = (synced.clone(), a.seq);
+            let (tx, seq, busy) = (synced.clone(), a.seq, a.busy);
             tokio::task::spawn_blocking(move || {
                 let errno = match sys::fsync(fd.as_fd(), datasync) {
                     Ok(()) => 0,
                     Err(e) => sys::errno_of(&e),
                 };
+                drop(busy);
                 let _ = tx.send((seq, errno));
             });
         }

@@ -4,13 +4,25 @@
 //! no leading `/`, no empty, `.` or `..` component, no NUL byte, each component at
 //! most 255 bytes and the whole path at most [`MAX_PATH`] bytes. The empty path names
 //! the root itself. No I/O.
+//!
+//! [`MAX_PATH`] is larger than the kernel's `PATH_MAX`: FUSE hands the mount names,
+//! not paths, and a local file system accepts trees of any depth, so a path below
+//! the root may be longer than one system call takes. Whoever resolves a
+//! [`RelPath`] must do it in pieces ([`crate::sys::openat2`] does). Symlink
+//! targets are stored by the kernel as they are and keep its limit,
+//! [`MAX_SYMLINK_TARGET`].
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-/// Longest replicated path in bytes (Linux `PATH_MAX` less the terminating NUL).
-pub const MAX_PATH: usize = 4095;
+/// Longest replicated path below the root, in bytes (32 KiB). Beyond it an
+/// operation fails with `ENAMETOOLONG` before anything is applied. Eight times
+/// Linux `PATH_MAX`; the wire format's 16-bit lengths hold it twice over.
+pub const MAX_PATH: usize = 32 * 1024;
+/// Longest symlink target in bytes (Linux `PATH_MAX` less the terminating NUL:
+/// `symlink(2)` refuses longer ones).
+pub const MAX_SYMLINK_TARGET: usize = 4095;
 /// Longest single name in bytes (Linux `NAME_MAX`).
 pub const MAX_NAME: usize = 255;
 
@@ -193,6 +205,23 @@ pub fn check_name(name: &OsStr) -> Result<(), PathError> {
     }
 }
 
+/// A path of exactly `len` bytes made of 200-byte names (the last one
+/// shorter), for tests of deep trees.
+#[cfg(test)]
+pub(crate) fn deep_path_bytes(len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    loop {
+        let left = len - v.len();
+        if left <= 200 {
+            v.extend(std::iter::repeat_n(b'n', left));
+            return v;
+        }
+        // Leave at least "/x" after this name.
+        v.extend(std::iter::repeat_n(b'n', 200.min(left - 2)));
+        v.push(b'/');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,8 +252,43 @@ mod tests {
         }
         let long = vec![b'x'; 256];
         assert!(matches!(RelPath::new(long), Err(PathError::NameTooLong(_))));
-        let huge = [b"ab/".repeat(1400), b"c".to_vec()].concat();
-        assert!(matches!(RelPath::new(huge), Err(PathError::PathTooLong(_))));
+        let huge = [b"ab/".repeat(MAX_PATH / 3), b"cde".to_vec()].concat();
+        assert_eq!(huge.len(), MAX_PATH + 1);
+        assert_eq!(
+            RelPath::new(huge),
+            Err(PathError::PathTooLong(MAX_PATH + 1))
+        );
+    }
+
+    #[test]
+    fn paths_longer_than_path_max_up_to_the_bound() {
+        // Longer than the kernel takes in one call, still a valid path.
+        for len in [4096, 10_000, MAX_PATH] {
+            let p = RelPath::new(deep_path_bytes(len)).unwrap();
+            assert_eq!(p.as_bytes().len(), len);
+        }
+        assert_eq!(
+            RelPath::new(deep_path_bytes(MAX_PATH + 1)),
+            Err(PathError::PathTooLong(MAX_PATH + 1))
+        );
+        // Every other check still holds at any length.
+        let mut dotdot = deep_path_bytes(10_000);
+        dotdot.extend_from_slice(b"/../x");
+        assert!(matches!(RelPath::new(dotdot), Err(PathError::DotDot(_))));
+        let mut long_name = deep_path_bytes(10_000);
+        long_name.extend_from_slice(&[b'/'; 1]);
+        long_name.extend(std::iter::repeat_n(b'x', MAX_NAME + 1));
+        assert!(matches!(
+            RelPath::new(long_name),
+            Err(PathError::NameTooLong(_))
+        ));
+        // join stops at the bound, counting the separator.
+        let almost = RelPath::new(deep_path_bytes(MAX_PATH - 2)).unwrap();
+        assert!(almost.join(OsStr::new("a")).is_ok());
+        assert_eq!(
+            almost.join(OsStr::new("ab")),
+            Err(PathError::PathTooLong(MAX_PATH + 1))
+        );
     }
 
     #[test]

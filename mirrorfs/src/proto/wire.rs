@@ -10,13 +10,24 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
+/// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB; BeginResync;
+/// progress reports; suspects in pages after the hello; paged listings.)
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
 pub const MAX_XATTR_VALUE: usize = 64 << 10;
-/// Largest frame body; anything longer is refused before reading it.
+/// Largest frame body; anything longer is refused before reading it. Holds
+/// the largest op: a write of [`MAX_DATA`] bytes by a path of
+/// [`MAX_PATH`](super::path::MAX_PATH) bytes (a rename's two paths, or a
+/// path and an xattr value, are smaller).
 pub const MAX_FRAME: usize = MAX_DATA + (64 << 10);
+/// Bytes of a write frame's body besides its path and data: tag, sequence
+/// number, opcode, target kind, path length, offset and data length.
+const WRITE_OVERHEAD: usize = 1 + 8 + 1 + 1 + 2 + 8 + 4;
+const _: () = assert!(WRITE_OVERHEAD + super::path::MAX_PATH + MAX_DATA <= MAX_FRAME);
+// Paths travel with a 16-bit length.
+const _: () = assert!(super::path::MAX_PATH <= u16::MAX as usize);
 /// Largest free-text field (node names, refusal reasons).
 const MAX_TEXT: usize = 4096;
 /// Largest file offset or size (`off_t` is signed 64-bit): offsets, sizes and
@@ -337,10 +348,18 @@ pub enum Op {
         /// How many blocks (`count × block` at most [`MAX_CHECKSUM_BYTES`]).
         count: u32,
     },
-    /// End of a resync: the secondary now holds generation history `ids`.
+    /// End of a resync: the secondary now holds generation history `ids`
+    /// (and its inconsistent mark goes).
     SetGeneration {
         /// The history, current first.
         ids: Vec<u64>,
+    },
+    /// Start of a resync: until the [`Op::SetGeneration`] that ends it, the
+    /// secondary's tree is a mix of old and new data. The secondary marks it
+    /// inconsistent, durably, before it acknowledges this op.
+    BeginResync {
+        /// The primary's current generation (what the resync brings over).
+        generation: u64,
     },
 }
 
@@ -511,6 +530,7 @@ impl Op {
             Self::List { .. } => "list",
             Self::Checksums { .. } => "checksums",
             Self::SetGeneration { .. } => "set-generation",
+            Self::BeginResync { .. } => "begin-resync",
         }
     }
 
@@ -689,6 +709,7 @@ mod opcode {
     pub(super) const LIST: u8 = 27;
     pub(super) const CHECKSUMS: u8 = 28;
     pub(super) const SET_GENERATION: u8 = 29;
+    pub(super) const BEGIN_RESYNC: u8 = 30;
 }
 
 impl Frame {
@@ -1133,6 +1154,10 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
                 w.u64(*id);
             }
         }
+        Op::BeginResync { generation } => {
+            w.u8(opcode::BEGIN_RESYNC);
+            w.u64(*generation);
+        }
     }
 }
 
@@ -1161,7 +1186,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         opcode::SYMLINK => {
             let path = r.named_path()?;
-            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            let target = r.bytes16(super::path::MAX_SYMLINK_TARGET)?.to_vec();
             if target.is_empty() || target.contains(&0) {
                 return Err(WireError::Malformed("symlink target empty or with NUL"));
             }
@@ -1301,7 +1326,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         opcode::ENSURE_SYMLINK => {
             let path = r.named_path()?;
-            let target = r.bytes16(super::path::MAX_PATH)?.to_vec();
+            let target = r.bytes16(super::path::MAX_SYMLINK_TARGET)?.to_vec();
             if target.is_empty() || target.contains(&0) {
                 return Err(WireError::Malformed("symlink target empty or with NUL"));
             }
@@ -1385,6 +1410,9 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             }
         }
         opcode::SET_GENERATION => Op::SetGeneration { ids: r.ids()? },
+        opcode::BEGIN_RESYNC => Op::BeginResync {
+            generation: r.u64()?,
+        },
         c => return Err(WireError::UnknownOp(c)),
     })
 }

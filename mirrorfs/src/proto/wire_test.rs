@@ -5,6 +5,7 @@ use pretty_assertions::assert_eq;
 use proptest::prelude::*;
 
 use super::*;
+use crate::proto::path::{MAX_PATH, MAX_SYMLINK_TARGET};
 
 fn p(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
@@ -223,6 +224,9 @@ fn every_frame_kind_round_trips() {
             count: 10,
         },
         Op::SetGeneration { ids: vec![9, 8] },
+        Op::BeginResync {
+            generation: u64::MAX,
+        },
     ] {
         round_trip(&op_frame(op));
     }
@@ -516,6 +520,25 @@ fn listing_pages_and_list_requests_are_checked() {
     }
 }
 
+#[test]
+fn begin_resync_is_opcode_30_with_the_generation() {
+    let mut buf = Vec::new();
+    op_frame(Op::BeginResync {
+        generation: 0x0102_0304_0506_0708,
+    })
+    .encode(&mut buf);
+    // Length, tag, sequence number, opcode, generation.
+    assert_eq!(buf.len(), 4 + 1 + 8 + 1 + 8);
+    assert_eq!(buf[4 + 1 + 8], 30);
+    assert_eq!(&buf[buf.len() - 8..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    // A body cut short inside the generation is malformed, not a panic.
+    let mut short = buf[..buf.len() - 3].to_vec();
+    let body = (short.len() - 4) as u32;
+    short[..4].copy_from_slice(&body.to_be_bytes());
+    assert!(Frame::decode(&short).is_err());
+    assert_eq!(PROTOCOL_VERSION, 3);
+}
+
 fn arb_path() -> impl Strategy<Value = RelPath> {
     prop::collection::vec("[a-z0-9._-]{1,12}", 1..4).prop_filter_map("valid path", |parts| {
         RelPath::new(parts.join("/").into_bytes()).ok()
@@ -571,6 +594,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         ),
         (arb_target(), any::<bool>()).prop_map(|(target, datasync)| Op::Fsync { target, datasync }),
         arb_path().prop_map(|path| Op::Unlink { path }),
+        any::<u64>().prop_map(|generation| Op::BeginResync { generation }),
     ]
 }
 
@@ -596,4 +620,125 @@ proptest! {
         buf[i] = byte;
         let _ = Frame::decode(&buf);
     }
+}
+
+/// A path of exactly `len` bytes.
+fn long_path(len: usize) -> RelPath {
+    RelPath::new(crate::proto::path::deep_path_bytes(len)).unwrap()
+}
+
+#[test]
+fn the_longest_paths_round_trip_and_the_largest_frame_fits() {
+    let longest = long_path(MAX_PATH);
+    let write = op_frame(Op::Write {
+        target: Target::Path(longest.clone()),
+        offset: 1 << 40,
+        data: vec![0xa5; MAX_DATA],
+    });
+    let mut buf = Vec::new();
+    write.encode(&mut buf);
+    assert!(
+        buf.len() - 4 <= MAX_FRAME,
+        "{} > {MAX_FRAME}",
+        buf.len() - 4
+    );
+    assert!(Frame::decode(&buf) == Ok(Decoded::Frame(write, buf.len())));
+    let other = RelPath::new([&b"x/"[..], &longest.as_bytes()[2..]].concat()).unwrap();
+    for op in [
+        Op::Rename {
+            from: longest.clone(),
+            to: other,
+            flags: 0,
+        },
+        Op::Symlink {
+            path: longest.clone(),
+            target: vec![b't'; MAX_SYMLINK_TARGET],
+            uid: 0,
+            gid: 0,
+        },
+        Op::SetXattr {
+            target: Target::Path(longest.clone()),
+            name: vec![b'n'; 255],
+            value: vec![1; MAX_XATTR_VALUE],
+            flags: 0,
+        },
+        Op::EnsureDir {
+            path: longest.clone(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+    ] {
+        let f = op_frame(op);
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        assert!(buf.len() - 4 <= MAX_FRAME);
+        assert!(
+            Frame::decode(&buf) == Ok(Decoded::Frame(f.clone(), buf.len())),
+            "{}",
+            match &f {
+                Frame::Op { op, .. } => op.name(),
+                _ => "",
+            }
+        );
+    }
+    // Suspect directories of the longest paths: a page holds them whole,
+    // within MAX_FRAME.
+    let suspects: Vec<RelPath> = (0..100)
+        .map(|i| long_path(MAX_PATH - (i % 7)))
+        .chain([long_path(10_000), longest])
+        .collect();
+    let pages = Frame::suspect_pages(&suspects);
+    let mut got = Vec::new();
+    for page in &pages {
+        let mut buf = Vec::new();
+        page.encode(&mut buf);
+        assert!(buf.len() - 4 <= MAX_FRAME);
+        round_trip(page);
+        if let Frame::Suspects { paths, .. } = page {
+            got.extend(paths.iter().cloned());
+        }
+    }
+    assert_eq!(got, suspects);
+}
+
+#[test]
+fn one_byte_over_the_bounds_is_refused() {
+    // A path of MAX_PATH + 1 bytes, otherwise valid.
+    let over = crate::proto::path::deep_path_bytes(MAX_PATH + 1);
+    assert_eq!(
+        Frame::decode(&unlink_frame_with_raw_path(&over)),
+        Err(WireError::Malformed("field longer than its limit"))
+    );
+    let at = crate::proto::path::deep_path_bytes(MAX_PATH);
+    assert!(matches!(
+        Frame::decode(&unlink_frame_with_raw_path(&at)),
+        Ok(Decoded::Frame(
+            Frame::Op {
+                op: Op::Unlink { .. },
+                ..
+            },
+            _
+        ))
+    ));
+    // A symlink target keeps the kernel's limit.
+    let symlink = |len: usize| {
+        let mut buf = Vec::new();
+        op_frame(Op::Symlink {
+            path: p("l"),
+            target: vec![b't'; len],
+            uid: 0,
+            gid: 0,
+        })
+        .encode(&mut buf);
+        Frame::decode(&buf)
+    };
+    assert!(matches!(
+        symlink(MAX_SYMLINK_TARGET),
+        Ok(Decoded::Frame(..))
+    ));
+    assert_eq!(
+        symlink(MAX_SYMLINK_TARGET + 1),
+        Err(WireError::Malformed("field longer than its limit"))
+    );
 }

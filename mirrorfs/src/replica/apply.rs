@@ -18,10 +18,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::meta::{Meta, META_DIR};
+use crate::meta::{Inconsistent, Meta, META_DIR};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::wire::{
@@ -57,6 +58,8 @@ pub struct Applier {
     meta: Meta,
     /// Work done so far (see [`Applier::work`]).
     work: Arc<AtomicU64>,
+    /// The primary's node name, recorded in the inconsistent mark.
+    primary: String,
 }
 
 /// Bytes one `copy_file_range` call of a replicated copy covers at most.
@@ -133,7 +136,14 @@ impl Applier {
             handles: HashMap::new(),
             meta: Meta::open(root)?,
             work: Arc::new(AtomicU64::new(0)),
+            primary: "unknown".into(),
         })
+    }
+
+    /// The node name of the primary whose ops this applies (authenticated
+    /// by its certificate), for the inconsistent mark.
+    pub fn set_primary(&mut self, name: &str) {
+        name.clone_into(&mut self.primary);
     }
 
     /// A counter of the work done, which only grows: one per op applied, per
@@ -620,6 +630,19 @@ impl Applier {
                 // on its own has been compared and replaced.
                 self.meta.dirty_log()?.clear()?;
                 self.meta.activity_log()?.clear()?;
+                // Last: the tree is consistent only once the history says
+                // whose data it holds.
+                self.meta.clear_inconsistent()?;
+            }
+            Op::BeginResync { generation } => {
+                let since_unix = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.meta.mark_inconsistent(&Inconsistent {
+                    since_unix,
+                    from: self.primary.clone(),
+                    generation: Some(GenerationId(*generation)),
+                })?;
             }
         }
         Ok(Applied::Done)
@@ -736,7 +759,7 @@ fn touches_meta(op: &Op) -> bool {
         | Op::Fallocate { target, .. }
         | Op::Fsync { target, .. } => in_meta(target),
         Op::CopyRange { src, dst, .. } => in_meta(src) || in_meta(dst),
-        Op::Close { .. } | Op::SetGeneration { .. } => false,
+        Op::Close { .. } | Op::SetGeneration { .. } | Op::BeginResync { .. } => false,
     }
 }
 

@@ -565,3 +565,132 @@ fn list_pages_cover_a_large_directory_exactly_once() {
     assert_eq!(got, want);
     assert!(pages >= 1000 / 20, "{pages} pages");
 }
+
+#[test]
+fn paths_longer_than_path_max_apply_beneath_the_root() {
+    let mut f = fixture();
+    let deep = crate::proto::path::deep_path_bytes(10_000);
+    // Each directory of the path, by path as the primary sends them.
+    let mut dir = RelPath::root();
+    for name in deep.split(|b| *b == b'/') {
+        dir = dir.join(OsStr::from_bytes(name)).unwrap();
+        f.a.apply(&Op::Mkdir {
+            path: dir.clone(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        })
+        .unwrap();
+    }
+    assert!(dir.as_bytes().len() > libc::PATH_MAX as usize);
+    let file = dir.join(OsStr::new("f")).unwrap();
+    f.a.apply(&Op::Create {
+        path: file.clone(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        handle: None,
+        flags: 0,
+    })
+    .unwrap();
+    f.a.apply(&Op::Write {
+        target: Target::Path(file.clone()),
+        offset: 0,
+        data: b"deep data".to_vec(),
+    })
+    .unwrap();
+    let Applied::Reply(listing) =
+        f.a.apply(&Op::List {
+            path: dir.clone(),
+            after: None,
+            budget: crate::proto::wire::MIN_LIST_BUDGET,
+        })
+        .unwrap()
+    else {
+        panic!("a listing")
+    };
+    assert_eq!(
+        crate::proto::wire::decode_listing_page(&listing).unwrap(),
+        (vec![(b"f".to_vec(), libc::S_IFREG)], false)
+    );
+    // Rename a directory in the middle: what is below follows.
+    let (mid, _) = deep.split_at(deep.len() / 2);
+    let mid = &mid[..mid.iter().rposition(|b| *b == b'/').unwrap()];
+    let mid = RelPath::new(mid.to_vec()).unwrap();
+    let (mid_parent, _) = mid.split().unwrap();
+    let moved = mid_parent.join(OsStr::new("moved")).unwrap();
+    f.a.apply(&Op::Rename {
+        from: mid.clone(),
+        to: moved.clone(),
+        flags: 0,
+    })
+    .unwrap();
+    let below = &file.as_bytes()[mid.as_bytes().len()..];
+    let file2 = RelPath::new([moved.as_bytes(), below].concat()).unwrap();
+    let fd = sys::openat2(
+        f.a.root.as_fd(),
+        file2.as_os_str(),
+        libc::O_RDONLY,
+        0,
+        sys::RESOLVE_STRICT,
+    )
+    .unwrap();
+    let mut buf = [0u8; 16];
+    let n = sys::pread(fd.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"deep data");
+    // A symlink to the outside in the middle of a long path is refused.
+    let (trap_parent, trap_name) = moved.split().unwrap();
+    let pfd =
+        f.a.resolve(&trap_parent, libc::O_PATH | libc::O_DIRECTORY)
+            .unwrap();
+    sys::renameat2(pfd.as_fd(), trap_name, pfd.as_fd(), OsStr::new("real"), 0).unwrap();
+    sys::symlinkat(f.outside.as_os_str(), pfd.as_fd(), trap_name).unwrap();
+    let e = errno(f.a.apply(&Op::Write {
+        target: Target::Path(file2.clone()),
+        offset: 0,
+        data: b"pwned".to_vec(),
+    }));
+    assert_eq!(e, libc::ELOOP);
+    assert_eq!(fs::read(f.outside.join("secret")).unwrap(), b"keep");
+    // The whole tree goes with one remove.
+    f.a.apply(&Op::Remove {
+        path: RelPath::new(deep.split(|b| *b == b'/').next().unwrap().to_vec()).unwrap(),
+    })
+    .unwrap();
+    let mut left: Vec<_> = fs::read_dir(&f.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".mirrorfs", "escape", "secret-link"]);
+    assert_eq!(fs::read(f.outside.join("secret")).unwrap(), b"keep");
+}
+
+#[test]
+fn begin_resync_marks_the_tree_inconsistent_until_set_generation() {
+    let mut f = fixture();
+    f.a.set_primary("node1");
+    assert!(matches!(
+        f.a.apply(&Op::BeginResync { generation: 0xab }),
+        Ok(Applied::Done)
+    ));
+    let meta = Meta::open(&f.root).unwrap();
+    let mark = meta.inconsistent().unwrap().expect("marked inconsistent");
+    assert_eq!(mark.from, "node1");
+    assert_eq!(mark.generation, Some(GenerationId(0xab)));
+    assert!(mark.since_unix > 1_700_000_000, "{}", mark.since_unix);
+    let text = fs::read_to_string(f.root.join(".mirrorfs/inconsistent")).unwrap();
+    assert!(text.contains("mix of old and new"), "{text}");
+    // A second resync start (after a reconnect) keeps it marked.
+    f.a.apply(&Op::BeginResync { generation: 0xac }).unwrap();
+    assert!(meta.inconsistent().unwrap().is_some());
+    f.a.apply(&Op::SetGeneration {
+        ids: vec![0xac, 0xab],
+    })
+    .unwrap();
+    assert_eq!(meta.inconsistent().unwrap(), None, "the resync completed");
+    assert_eq!(
+        meta.load_history().unwrap().current(),
+        Some(GenerationId(0xac))
+    );
+}

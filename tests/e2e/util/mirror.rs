@@ -72,6 +72,8 @@ pub struct ServeOpts {
     pub root: Option<PathBuf>,
     /// A command that runs it, e.g. `["prlimit", "--nofile=1024:"]`.
     pub prefix: Vec<String>,
+    /// Further options, e.g. `["--control", SOCK]`.
+    pub extra: Vec<String>,
 }
 
 /// Waits until `mnt` is a FUSE mount served by the `mirrorfs mount` process
@@ -171,7 +173,8 @@ impl Mirror {
         self.start_serve_with(&ServeOpts::default())
     }
 
-    /// [`Mirror::start_serve`] with another root or run through a wrapper.
+    /// [`Mirror::start_serve`] with another root, further options or run
+    /// through a wrapper.
     pub fn start_serve_with(&mut self, opts: &ServeOpts) -> Result<()> {
         if self.serve.is_some() {
             bail!("serve is already running: kill it first");
@@ -187,6 +190,7 @@ impl Mirror {
         argv.extend(flag("--key", keys.join("node2.key")));
         argv.extend(flag("--cert", keys.join("node2.crt")));
         argv.extend(flag("--peer-cert", keys.join("node1.crt")));
+        argv.extend(opts.extra.iter().map(OsString::from));
         let mut serve = self.node2.spawn("serve", argv)?;
         wait_serve_listening(&self.node2, &mut serve)?;
         self.serve = Some(serve);
@@ -415,6 +419,11 @@ impl Mirror {
     /// The replica equals the backing dir (see [`Mirror::expect_identical`]).
     pub fn expect_replica_identical(&self) -> Result<()> {
         self.expect_identical(&self.backing(), &self.replica())
+    }
+
+    /// The `mirrorfs` binary under test.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// The fixture's temp dir; tests may add their own entries under it.

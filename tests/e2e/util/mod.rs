@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end tests: waiting on conditions, finding the
 //! `mirrorfs` binary, running commands, and the fixtures in the submodules
-//! (the netns lab, the two-node mirror, the writing application).
+//! (the netns lab, the two-node mirror, the writing application, a primary
+//! played by the test).
 //!
 //! Owns: nothing outside the test process's own temp dirs, namespaces and children.
 //! Every fixture cleans up in `Drop`, so a panicking test leaves nothing behind.
@@ -9,6 +10,7 @@
 
 pub mod lab;
 pub mod mirror;
+pub mod peer;
 pub mod sys;
 pub mod tree;
 pub mod writer;
