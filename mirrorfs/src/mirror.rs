@@ -335,6 +335,16 @@ impl Mirror {
         self.changes.wait(seen, timeout)
     }
 
+    /// True while the secondary is reachable but reports no progress with
+    /// ops waiting for it ([`Link::stalled`]); cheap, for the control
+    /// socket's watchers (the status's `stalled`).
+    pub fn stalled(&self) -> bool {
+        let st = self.lock();
+        st.link
+            .as_ref()
+            .is_some_and(|l| l.lost().is_none() && l.stalled().is_some())
+    }
+
     /// A snapshot for the control socket (`status`, `watch`).
     pub fn status(&self) -> Status {
         let st = self.lock();
