@@ -5,7 +5,8 @@
 //! secondary's application of that stream beneath its replica root (`replica`), the
 //! QUIC/mutual-TLS transport between the two (`net`), the mount as a library call
 //! (`mount`), the control protocol a controller drives both sides with (`ctl`),
-//! and the tree comparison (`verify`).
+//! the tree comparison (`verify`), and which extended attributes are replicated
+//! data (`xattr`).
 //!
 //! Must not: touch any path outside the backing directory (primary) or the replica
 //! root (secondary); acknowledge to an application a mutation the secondary has not
@@ -22,3 +23,4 @@ pub mod proto;
 pub mod replica;
 pub mod sys;
 pub mod verify;
+pub mod xattr;

@@ -23,7 +23,7 @@ use mirrorfs::ctl::{Request, RootState};
 use mirrorfs::meta::META_DIR;
 use mirrorfs::mirror::{MirrorConfig, OnPeerLoss};
 use mirrorfs::mount::{self, MountConfig};
-use mirrorfs::net::client::LinkConfig;
+use mirrorfs::net::client::{LinkConfig, DEFAULT_STALL_TIMEOUT};
 use mirrorfs::net::server::{self, ServeConfig};
 use mirrorfs::net::tls;
 
@@ -175,7 +175,9 @@ struct MountArgs {
     /// Stay in the foreground (otherwise detach once mounted, logging to --log).
     #[arg(long)]
     foreground: bool,
-    /// Seconds an operation may wait for the secondary before the peer counts as lost.
+    /// Seconds without anything from the secondary before it counts as lost
+    /// (QUIC idle timeout); with operations waiting and no progress reported,
+    /// it shows as stalled after this long, and is lost after the stall timeout.
     #[arg(long = "peer-timeout", default_value_t = 5.0, value_parser = parse_secs)]
     peer_timeout: f64,
     /// When the peer is lost: `fail` (the default: mutations fail with EIO
@@ -190,9 +192,10 @@ struct MountArgs {
     /// kernel's FUSE request timeout, if one is set).
     #[arg(long = "hold-timeout", default_value_t = 30.0, value_parser = parse_secs)]
     hold_timeout: f64,
-    /// Seconds an op may wait on a secondary that is alive but makes no
-    /// progress before the status says `stalled` (at least --peer-timeout).
-    #[arg(long = "stall-timeout", default_value_t = 30.0, value_parser = parse_secs)]
+    /// Seconds ops may wait on a secondary that is alive but reports no
+    /// progress: the status says `stalled` from --peer-timeout on, and the
+    /// peer is lost after this long (at least --peer-timeout).
+    #[arg(long = "stall-timeout", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]
     stall_timeout: f64,
     /// Start ALONE without waiting for the peer (implies --on-peer-loss=alone
     /// unless --on-peer-loss=hold is given: a promoted secondary under a
@@ -353,6 +356,14 @@ fn stop_signals() -> Result<impl std::future::Future<Output = ()> + Send + 'stat
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     let (identity, pinned) = load_identity(&a.id)?;
+    // One descriptor per writable handle the primary's applications hold
+    // open: the default soft limit (1024) would refuse them beyond that.
+    match mirrorfs::sys::raise_nofile_limit() {
+        Ok(limit) => info!(limit, "open-files limit"),
+        Err(e) => {
+            warn!(error = %e, "could not raise the open-files limit: beyond it, opens replicated from the primary fail with EMFILE")
+        }
+    }
     let cfg = ServeConfig {
         root: a.root,
         listen: a.listen,
@@ -398,13 +409,13 @@ fn mount_config(a: &MountArgs) -> Result<MountConfig, String> {
                 identity: Arc::new(identity),
                 pinned,
                 peer_timeout: Duration::from_secs_f64(a.peer_timeout),
+                stall_timeout: Duration::from_secs_f64(a.stall_timeout),
             },
             on_peer_loss,
             start_alone: a.alone,
             full_resync: a.full,
             resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),
             hold_timeout: Duration::from_secs_f64(a.hold_timeout),
-            stall_timeout: Duration::from_secs_f64(a.stall_timeout),
         },
         control: a.control.clone(),
         threads: a.threads,

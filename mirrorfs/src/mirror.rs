@@ -116,9 +116,6 @@ pub struct MirrorConfig {
     /// With [`OnPeerLoss::Hold`]: how long mutations wait for the
     /// controller's order before the mount fences itself.
     pub hold_timeout: Duration,
-    /// How long an op may wait on a secondary that is alive but makes no
-    /// progress before it shows as stalled (at least the peer timeout).
-    pub stall_timeout: Duration,
 }
 
 /// Resync progress counters.
@@ -244,7 +241,9 @@ impl Mirror {
             history.advance(random_id());
             meta.save_history(&history).map_err(meta_err)?;
         }
-        let limit = cfg.link.peer_timeout * 2 + Duration::from_secs(1);
+        // A backstop only: the link completes every op itself (EIO once the
+        // peer is lost, which takes at most the stall timeout without progress).
+        let limit = cfg.link.stall_timeout.max(cfg.link.peer_timeout) * 2 + Duration::from_secs(1);
         let mirror = Arc::new(Self {
             meta,
             state: Mutex::new(State {
@@ -336,6 +335,16 @@ impl Mirror {
         self.changes.wait(seen, timeout)
     }
 
+    /// True while the secondary is reachable but reports no progress with
+    /// ops waiting for it ([`Link::stalled`]); cheap, for the control
+    /// socket's watchers (the status's `stalled`).
+    pub fn stalled(&self) -> bool {
+        let st = self.lock();
+        st.link
+            .as_ref()
+            .is_some_and(|l| l.lost().is_none() && l.stalled().is_some())
+    }
+
     /// A snapshot for the control socket (`status`, `watch`).
     pub fn status(&self) -> Status {
         let st = self.lock();
@@ -373,7 +382,7 @@ impl Mirror {
             resync: progress,
             generation: st.history.current().map(|g| g.to_string()),
             history: st.history.ids().iter().map(|g| g.to_string()).collect(),
-            stalled: false,
+            stalled: connected && st.link.as_ref().is_some_and(|l| l.stalled().is_some()),
             pid: std::process::id(),
             last_error: st.last_error.clone(),
             peer: Some(self.cfg.link.peer.to_string()),

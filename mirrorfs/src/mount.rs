@@ -182,7 +182,7 @@ fn kernel_setting(name: &str) -> u64 {
 /// Checks the timeouts against each other and (with `hold`) against the
 /// kernel's request timeout given as `(default, max)`.
 pub fn check_timeouts(cfg: &MirrorConfig, kernel: (u64, u64)) -> Result<(), MountError> {
-    let (stall, peer) = (cfg.stall_timeout, cfg.link.peer_timeout);
+    let (stall, peer) = (cfg.link.stall_timeout, cfg.link.peer_timeout);
     if stall < peer {
         return Err(MountError::StallTimeout {
             stall: stall.as_secs_f64(),
@@ -444,13 +444,13 @@ mod tests {
                 identity: Arc::new(tls::load_identity(&key, &cert).unwrap()),
                 pinned: tls::load_peer(&cert).unwrap(),
                 peer_timeout: Duration::from_secs(peer),
+                stall_timeout: Duration::from_secs(stall),
             },
             on_peer_loss,
             start_alone: false,
             full_resync: false,
             resync_rate_limit: None,
             hold_timeout: Duration::from_secs(hold),
-            stall_timeout: Duration::from_secs(stall),
         }
     }
 

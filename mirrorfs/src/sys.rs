@@ -170,6 +170,66 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     fstatat(fd, OsStr::new(""))
 }
 
+/// The entries of the directory `fd` (opened `O_RDONLY`) except `.` and `..`,
+/// as (name, `d_type`), in the order the file system gives them. Read through
+/// `fd` itself, from its start, so that no name is resolved again (`d_type`
+/// may be `DT_UNKNOWN` on file systems that do not fill it).
+pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
+    /// Closes the stream (and the duplicate descriptor it owns).
+    struct Stream(std::ptr::NonNull<libc::DIR>);
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            // SAFETY: the stream came from fdopendir and is closed once.
+            unsafe { libc::closedir(self.0.as_ptr()) };
+        }
+    }
+    // The stream gets its own descriptor (sharing `fd`'s position, which the
+    // rewind resets), so that `fd` stays the caller's.
+    // SAFETY: plain fcntl on a valid descriptor.
+    let dup = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is ours; on success the stream owns it.
+    let Some(stream) = std::ptr::NonNull::new(unsafe { libc::fdopendir(dup) }) else {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        drop(unsafe { OwnedFd::from_raw_fd(dup) });
+        return Err(e);
+    };
+    let stream = Stream(stream);
+    // SAFETY: valid stream.
+    unsafe { libc::rewinddir(stream.0.as_ptr()) };
+    let mut out = Vec::new();
+    loop {
+        // readdir reports errors only through errno: clear it first.
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: valid stream until `stream` drops.
+        let entry = unsafe { libc::readdir(stream.0.as_ptr()) };
+        if entry.is_null() {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(0) => Ok(out),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: a non-null entry is valid until the next readdir, and its
+        // name is NUL-terminated.
+        let (name, kind) = unsafe {
+            (
+                std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()).to_bytes(),
+                (*entry).d_type,
+            )
+        };
+        if name != b"." && name != b".." {
+            out.push((name.to_vec(), kind));
+        }
+    }
+}
+
+/// The names in the directory `fd` (see [`read_dir`]).
+pub fn read_dir_names(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    Ok(read_dir(fd)?.into_iter().map(|(n, _)| n).collect())
+}
+
 /// `mkdirat`.
 pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let c = cstr(name)?;
@@ -265,6 +325,29 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
 }
 
+/// Opens again, with `flags`, exactly the inode `fd` holds (an `O_PATH`
+/// descriptor included) through its `/proc/self/fd/N` path: no name is
+/// resolved again, so what was checked on `fd` is what gets opened.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let p = proc_fd_path(fd);
+    // The proc entry is itself a (magic) link: O_NOFOLLOW would refuse it.
+    let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CLOEXEC;
+    // SAFETY: valid C string; the returned fd is owned below.
+    let fd = cvt(unsafe { libc::open(p.as_ptr(), flags) })?;
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The mount flags (`ST_NODEV`, `ST_NOSUID`, ...) of the file system that
+/// holds `fd`.
+pub fn mount_flags(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: st is written by the kernel on success.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() }.f_flag)
+}
+
 /// chmod of the inode held by `fd` (any kind of descriptor).
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let p = proc_fd_path(fd);
@@ -334,18 +417,20 @@ pub fn listxattr_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// A file offset or size as `off_t`: `EINVAL` for one beyond the largest
+/// (a value from the wire is never wrapped into a negative offset).
+pub fn off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 /// `pwrite` of the whole buffer.
 pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    // The end must be a valid offset too, not only the start.
+    off(offset
+        .checked_add(data.len() as u64)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?)?;
     while !data.is_empty() {
-        // SAFETY: data is a valid buffer for its length.
-        let n = cvt_size(unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                offset as libc::off_t,
-            )
-        })?;
+        let n = pwrite(fd, data, offset)?;
         if n == 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -357,28 +442,16 @@ pub fn pwrite_all(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> io::R
 
 /// `pwrite` once, returning the count written.
 pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<usize> {
+    let offset = off(offset)?;
     // SAFETY: data is a valid buffer for its length.
-    cvt_size(unsafe {
-        libc::pwrite(
-            fd.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            offset as libc::off_t,
-        )
-    })
+    cvt_size(unsafe { libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), offset) })
 }
 
 /// `pread` into `buf`, returning the count read.
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let offset = off(offset)?;
     // SAFETY: buf is writable for its length.
-    cvt_size(unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            offset as libc::off_t,
-        )
-    })
+    cvt_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) })
 }
 
 /// Reads as much of `buf` as the file holds from `offset` (short only at the
@@ -397,37 +470,26 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result
 
 /// `ftruncate`.
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let size = off(size)?;
     // SAFETY: plain syscall on a valid descriptor.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
 }
 
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: start writing the range back
 /// now (waits only if the device queue is full).
 pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (off(offset)?, off(len)?);
     // SAFETY: plain syscall on a valid descriptor.
-    cvt(unsafe {
-        libc::sync_file_range(
-            fd.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    })
-    .map(drop)
+    cvt(unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) })
+        .map(drop)
 }
 
 /// `posix_fadvise(POSIX_FADV_WILLNEED)`: start reading the range into the
 /// page cache without waiting for it.
 pub fn fadvise_willneed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (off(offset)?, off(len)?);
     // SAFETY: plain syscall on a valid descriptor.
-    let r = unsafe {
-        libc::posix_fadvise(
-            fd.as_raw_fd(),
-            offset as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        )
-    };
+    let r = unsafe { libc::posix_fadvise(fd.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
     // posix_fadvise returns the error number instead of setting errno.
     if r == 0 {
         Ok(())
@@ -438,16 +500,9 @@ pub fn fadvise_willneed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result
 
 /// `fallocate`.
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (off(offset)?, off(len)?);
     // SAFETY: plain syscall on a valid descriptor.
-    cvt(unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    })
-    .map(drop)
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
 }
 
 /// One `copy_file_range` call; returns the bytes copied (0 at end of file).
@@ -458,18 +513,12 @@ pub fn copy_file_range(
     dst_offset: u64,
     len: u64,
 ) -> io::Result<usize> {
-    let mut so = src_offset as libc::loff_t;
-    let mut dof = dst_offset as libc::loff_t;
+    let mut so = off(src_offset)?;
+    let mut dof = off(dst_offset)?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
     // SAFETY: offsets are valid pointers for the call.
     cvt_size(unsafe {
-        libc::copy_file_range(
-            src.as_raw_fd(),
-            &mut so,
-            dst.as_raw_fd(),
-            &mut dof,
-            len as usize,
-            0,
-        )
+        libc::copy_file_range(src.as_raw_fd(), &mut so, dst.as_raw_fd(), &mut dof, len, 0)
     } as libc::ssize_t)
 }
 

@@ -32,6 +32,10 @@ mod mirror_crash;
 /// secondary, files vanishing during a resync, a secondary restarted over and over.
 mod mirror_faults;
 
+/// Issue 7, section 1, the secondary's side: the peer's reach, one definition of
+/// equal xattrs, size limits, working vs stalled vs dead, the server's limits.
+mod mirror_serve_limits;
+
 /// Issue 7: the review's findings and the churn-under-restarts scenario, each a
 /// regression test.
 mod mirror_review;

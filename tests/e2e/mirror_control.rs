@@ -20,7 +20,7 @@ use mirrorfs::net::tls;
 use mirrorfs::proto::wire::{Frame, Op, Seq};
 
 use crate::util::lab::Proc;
-use crate::util::mirror::{in_sync, role, Mirror, START_DEADLINE};
+use crate::util::mirror::{in_sync, role, Mirror, ServeOpts, START_DEADLINE};
 use crate::util::peer::Peer;
 use crate::util::writer::Writer;
 use crate::util::{require_root, run_fs, wait_for, write_synced, Probe};
@@ -218,7 +218,10 @@ fn serve_control_reports_the_secondary() -> Result<()> {
     require_root()?;
     let mut m = Mirror::prepare()?;
     let serve_ctl = m.path().join("serve.sock");
-    m.start_serve_with(&["--control", &serve_ctl.display().to_string()])?;
+    m.start_serve_with(&ServeOpts {
+        extra: vec!["--control".into(), serve_ctl.display().to_string()],
+        ..ServeOpts::default()
+    })?;
     let v = ctl_json(&m, &serve_ctl, &["status"])?;
     ensure!(
         v["role"] == "SECOND" && v["primary_connected"] == false,
@@ -410,7 +413,7 @@ fn mount_refuses_a_replica_left_in_the_middle_of_a_resync() -> Result<()> {
         loop {
             match p.next().await {
                 Some(Frame::Ack { upto }) if upto >= Seq(1) => break,
-                Some(Frame::Ack { .. }) => {}
+                Some(Frame::Ack { .. } | Frame::Progress { .. }) => {}
                 other => bail!("expected the ack of BeginResync, got {other:?}"),
             }
         }

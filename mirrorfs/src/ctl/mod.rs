@@ -247,7 +247,8 @@ pub trait Control: Send + Sync {
     fn status(&self) -> Status;
 
     /// Waits until the change count differs from `seen`, or `timeout`
-    /// passes; returns the change count. A change is anything a watcher is
+    /// passes; returns the change count (or a value derived from it: the
+    /// caller only compares it and passes it back). A change is anything a watcher is
     /// told of (see [`watch`]); changes that come with time alone (an op
     /// that now counts as stalled, a grant that ran out) count too. A
     /// spurious change is harmless.

@@ -905,8 +905,13 @@ impl Overlay {
         })
     }
 
-    /// `setxattr`.
+    /// `setxattr`. Only attributes that are replicated data
+    /// ([`crate::xattr::is_replicated`]) go to the secondary; others (a host's
+    /// security label) change here only.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if !crate::xattr::is_replicated(name.as_bytes()) {
+            return sys::setxattr_fd(self.inodes.fd(ino)?.as_fd(), name, value, flags);
+        }
         self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             sys::setxattr_fd(fd.as_fd(), name, value, flags)?;
@@ -922,8 +927,12 @@ impl Overlay {
         })
     }
 
-    /// `removexattr`.
+    /// `removexattr` (replicated only for replicated attributes, as
+    /// [`setxattr`](Self::setxattr)).
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        if !crate::xattr::is_replicated(name.as_bytes()) {
+            return sys::removexattr_fd(self.inodes.fd(ino)?.as_fd(), name);
+        }
         self.mutate(self.touch_ino(ino), || {
             let fd = self.inodes.fd(ino)?;
             sys::removexattr_fd(fd.as_fd(), name)?;

@@ -39,10 +39,10 @@ use crate::net::client::Link;
 use crate::proto::path::RelPath;
 use crate::proto::stream::Completion;
 use crate::proto::wire::{
-    decode_checksums, decode_listing, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BLOCKS,
+    decode_checksums, decode_listing_page, FileFacts, Op, Target, Timestamp, MAX_CHECKSUM_BYTES,
 };
-use crate::replica::apply::{list_dir, read_xattrs, xattr_digest};
-use crate::sys;
+use crate::replica::apply::list_dir;
+use crate::{sys, xattr};
 
 /// Resync block size: the unit compared by checksum and resent when it differs.
 pub const BLOCK: u32 = 1 << 20;
@@ -55,6 +55,8 @@ const WINDOW: usize = 16;
 const WINDOW_APP_ACTIVE: usize = 1;
 /// The size of the writes sent while the application is active.
 const PIECE: usize = 128 << 10;
+/// Bytes of entries one page of a directory listing carries.
+const LIST_BUDGET: u32 = 1 << 20;
 /// Blocks one checksum request asks for while the application is active.
 const CHECKSUM_BATCH_APP_ACTIVE: u64 = 2;
 /// A file changed as a whole and no bigger than this is sent without a
@@ -200,15 +202,6 @@ impl Worker<'_> {
             Ok(Err(errno)) => Err(Stop::Failed(refused_by_secondary(errno))),
             Err(_) => Err(Stop::Failed("no answer from the secondary".into())),
         }
-    }
-
-    /// Submits under the sequencer and waits.
-    fn call(&self, op: Op) -> Result<Vec<u8>, Stop> {
-        let rx = {
-            let _g = self.overlay.sequence();
-            self.link.submit(op)
-        };
-        self.wait(rx)
     }
 
     fn lstat(&self, path: &RelPath) -> io::Result<Local> {
@@ -358,7 +351,11 @@ impl Worker<'_> {
                         libc::S_IFDIR => {
                             rxs.push(self.link.submit(self.xattrs_op(path)?));
                             let local = self.list_local(&dir, name.as_deref())?;
-                            let rx = self.link.submit(Op::List { path: path.clone() });
+                            let rx = self.link.submit(Op::List {
+                                path: path.clone(),
+                                after: None,
+                                budget: LIST_BUDGET,
+                            });
                             listing = Some((local, rx));
                         }
                         libc::S_IFREG => {
@@ -490,8 +487,31 @@ impl Worker<'_> {
         local: Vec<(Vec<u8>, u32)>,
         rx: Receiver<Completion>,
     ) -> Result<(), Stop> {
-        let remote = decode_listing(&self.wait(rx)?)
-            .map_err(|e| Stop::Failed(format!("bad listing from the secondary: {e}")))?;
+        // Page after page (a directory may hold more entries than a frame):
+        // each asks for the names after the last one received.
+        let mut remote = Vec::new();
+        let mut rx = rx;
+        loop {
+            let (page, more) = decode_listing_page(&self.wait(rx)?)
+                .map_err(|e| Stop::Failed(format!("bad listing from the secondary: {e}")))?;
+            let last = page.last().map(|(name, _)| name.clone());
+            remote.extend(page);
+            match (more, last) {
+                (false, _) => break,
+                (true, Some(after)) => {
+                    rx = self.link.submit(Op::List {
+                        path: path.clone(),
+                        after: Some(after),
+                        budget: LIST_BUDGET,
+                    });
+                }
+                (true, None) => {
+                    return Err(Stop::Failed(
+                        "bad listing from the secondary: an empty page says more follow".into(),
+                    ))
+                }
+            }
+        }
         let local: BTreeMap<Vec<u8>, u32> = local.into_iter().collect();
         let remote: BTreeMap<Vec<u8>, u32> = remote.into_iter().collect();
         let child = |n: &[u8]| {
@@ -619,25 +639,35 @@ impl Worker<'_> {
         let mut buf = self.buf.borrow_mut();
         let buf = &mut buf[..BLOCK as usize];
         let mut theirs_first = None;
-        loop {
-            let (reply, count) = match first_sums.take() {
-                Some((rx, count)) => (self.wait(rx)?, count),
-                None => {
-                    let size = sys::fstat(file.as_fd())?.st_size as u64;
-                    let blocks = size.div_ceil(u64::from(BLOCK));
-                    if first >= blocks {
-                        break;
-                    }
-                    let count = (blocks - first).min(self.checksum_batch()) as u32;
-                    let reply = self.call(Op::Checksums {
-                        path: path.clone(),
-                        block: BLOCK,
-                        first,
-                        count,
-                    })?;
-                    (reply, count)
-                }
+        // The next batch's checksums are asked for before this batch is
+        // compared, so that the secondary reads while we compare.
+        let ask = |first: u64| -> Result<Option<(Receiver<Completion>, u32)>, Stop> {
+            let size = sys::fstat(file.as_fd())?.st_size as u64;
+            let blocks = size.div_ceil(u64::from(BLOCK));
+            if first >= blocks {
+                return Ok(None);
+            }
+            let count = (blocks - first).min(self.checksum_batch()) as u32;
+            let rx = {
+                let _g = self.overlay.sequence();
+                self.link.submit(Op::Checksums {
+                    path: path.clone(),
+                    block: BLOCK,
+                    first,
+                    count,
+                })
             };
+            Ok(Some((rx, count)))
+        };
+        if first_sums.is_none() {
+            first_sums = ask(0)?;
+        }
+        loop {
+            let Some((rx, count)) = first_sums.take() else {
+                break;
+            };
+            let reply = self.wait(rx)?;
+            first_sums = ask(first + u64::from(count))?;
             let (facts, theirs) = decode_checksums(&reply)
                 .map_err(|e| Stop::Failed(format!("bad checksums from the secondary: {e}")))?;
             theirs_first.get_or_insert(facts);
@@ -675,17 +705,18 @@ impl Worker<'_> {
         Ok(st.st_size as u64 == theirs.size
             && st.st_mtime == theirs.mtime.sec
             && st.st_mtime_nsec as u32 == theirs.mtime.nsec
-            && xattr_digest(&read_xattrs(file.as_fd())?) == theirs.xattrs)
+            && xattr::digest(&xattr::read(file.as_fd())?) == theirs.xattrs)
     }
 
     /// Blocks one checksum request asks for: few while the application is
     /// active (the secondary reads them all before the next op in the
-    /// stream), as many as allowed otherwise.
+    /// stream), as many as one request may cover otherwise
+    /// ([`MAX_CHECKSUM_BYTES`]: no single op keeps the secondary busy long).
     fn checksum_batch(&self) -> u64 {
         if self.mirror.app_active(RESYNC_YIELD) {
             CHECKSUM_BATCH_APP_ACTIVE
         } else {
-            u64::from(MAX_CHECKSUM_BLOCKS)
+            MAX_CHECKSUM_BYTES / u64::from(BLOCK)
         }
     }
 
@@ -766,7 +797,7 @@ impl Worker<'_> {
             sys::RESOLVE_STRICT,
         )
         .map_err(|_| Stop::Changed)?;
-        let attrs = read_xattrs(fd.as_fd())?;
+        let attrs = xattr::read(fd.as_fd())?;
         Ok(Op::ReplaceXattrs {
             path: path.clone(),
             attrs,

@@ -4,9 +4,11 @@
 //!
 //! Owns the runtime thread and the three small tasks around the core: the writer
 //! (takes submitted ops, numbers them, sends them in batches), the reader
-//! (decodes acks and completes the waiting callers) and the timer (peer
-//! timeout). Makes no replication decision of its own: what to send is the
-//! overlay's, when an op is done is the core's.
+//! (decodes acks and completes the waiting callers) and the timer (stall
+//! timeout). A dead secondary is noticed by QUIC (idle timeout = the peer
+//! timeout, with keepalives), a stalled one by the core ([`Link::stalled`]).
+//! Makes no replication decision of its own: what to send is the overlay's,
+//! when an op is done is the core's.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,11 +23,13 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::tls::{client_config, Identity, PinnedPeer, TlsError};
-use super::{transport, HANDSHAKE_TIMEOUT};
+use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::stream::{Completion, Replicator};
-use crate::proto::wire::{Decoded, Frame, Hello, Op, Seq, PROTOCOL_VERSION};
+use crate::proto::wire::{
+    Decoded, Frame, Hello, Op, Seq, MAX_FRAME, MAX_SUSPECTS, PROTOCOL_VERSION,
+};
 
 /// Why the primary could not start replicating.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +86,19 @@ pub struct LinkConfig {
     pub identity: Arc<Identity>,
     /// The secondary's pinned certificate.
     pub pinned: PinnedPeer,
-    /// How long an op may wait for its acknowledgement before the peer is lost.
+    /// Silence after which the peer is lost when nothing is asked of it
+    /// (QUIC idle timeout, with keepalives), and after which it shows as
+    /// stalled when ops are in flight and it reports no progress.
     pub peer_timeout: Duration,
+    /// No progress at all (no frame of any kind) for this long while ops are
+    /// in flight: the peer is lost, although reachable (a hung disk). At
+    /// least `peer_timeout` (a shorter one counts as `peer_timeout`);
+    /// `mount --stall-timeout`, by default [`DEFAULT_STALL_TIMEOUT`].
+    pub stall_timeout: Duration,
 }
+
+/// The default [`LinkConfig::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the secondary's hello told: its history and suspect directories.
 type PeerHello = (Vec<u64>, Vec<RelPath>);
@@ -117,6 +131,8 @@ struct Shared {
 pub struct Link {
     tx: mpsc::UnboundedSender<Submission>,
     shared: Arc<Shared>,
+    /// The stream core, shared with the driver (for [`Link::stalled`]).
+    core: Arc<Mutex<Replicator>>,
     /// The secondary's generation history as its hello said.
     peer_history: History,
     /// Directories the secondary may hold unreplicated changes in.
@@ -143,6 +159,11 @@ impl Link {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
+        let core = Arc::new(Mutex::new(Replicator::new(
+            cfg.peer_timeout,
+            cfg.stall_timeout,
+        )));
+        let c = core.clone();
         let cfg = cfg.clone();
         let ids: Vec<u64> = history.ids().iter().map(|g| g.0).collect();
         thread::Builder::new()
@@ -159,13 +180,14 @@ impl Link {
                     }
                 };
                 let span = info_span!("link", peer = %cfg.peer);
-                rt.block_on(drive(cfg, ids, within, rx, s, ready_tx).instrument(span));
+                rt.block_on(drive(cfg, ids, within, rx, s, c, ready_tx).instrument(span));
             })
             .map_err(ConnectError::Thread)?;
         match ready_rx.recv() {
             Ok(Ok((peer, suspects))) => Ok(Self {
                 tx,
                 shared,
+                core,
                 peer_history: History::from_ids(peer.into_iter().map(GenerationId).collect()),
                 peer_suspects: suspects,
             }),
@@ -221,6 +243,17 @@ impl Link {
         r.is_some()
     }
 
+    /// How long the secondary has made no progress while ops wait for it,
+    /// once that is the peer timeout or more (`None` while it makes progress
+    /// or has nothing to do): reachable, but stalled (e.g. its disk hangs).
+    /// It is lost once this reaches the stall timeout.
+    pub fn stalled(&self) -> Option<Duration> {
+        self.core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stalled(Instant::now())
+    }
+
     /// Ops sent and not yet completed.
     pub fn in_flight(&self) -> u64 {
         self.shared.in_flight.load(Ordering::Relaxed)
@@ -240,9 +273,10 @@ async fn drive(
     within: Duration,
     mut rx: mpsc::UnboundedReceiver<Submission>,
     shared: Arc<Shared>,
+    core: Arc<Mutex<Replicator>>,
     ready: std::sync::mpsc::Sender<Result<PeerHello, ConnectError>>,
 ) {
-    let (endpoint, conn, mut send, mut recv, peer_history) =
+    let (endpoint, conn, mut send, mut recv, peer_history, leftover) =
         match handshake(&cfg, history, within).await {
             Ok(x) => x,
             Err(e) => {
@@ -253,7 +287,6 @@ async fn drive(
     info!(peer_node = %cfg.pinned.name, "connected to the secondary");
     let _ = ready.send(Ok(peer_history));
 
-    let core = Arc::new(Mutex::new(Replicator::new(cfg.peer_timeout)));
     let waiters: Arc<Mutex<HashMap<Seq, Sender<Completion>>>> = Arc::default();
     let wake_timer = Arc::new(Notify::new());
     let lose = {
@@ -263,14 +296,13 @@ async fn drive(
         let conn = conn.clone();
         move |reason: String| {
             let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
-            if c.lost().is_none() {
-                warn!(%reason, "connection to the secondary lost");
-                conn.close(1u32.into(), b"peer lost");
-            }
             c.handle_lost(reason.clone());
             complete(&mut c, &waiters, &shared);
             let mut r = shared.reason.lock().unwrap_or_else(|e| e.into_inner());
             if r.is_none() {
+                // Once, whoever noticed first (the core's timer included).
+                warn!(%reason, "connection to the secondary lost");
+                conn.close(1u32.into(), b"peer lost");
                 *r = Some(reason);
                 shared.lost.store(true, Ordering::Release);
                 shared.lost_cv.notify_all();
@@ -326,7 +358,7 @@ async fn drive(
         let shared = shared.clone();
         let lose = lose.clone();
         async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+            let mut buf: Vec<u8> = leftover;
             let mut chunk = vec![0u8; 64 << 10];
             loop {
                 match recv.read(&mut chunk).await {
@@ -335,6 +367,7 @@ async fn drive(
                     Err(e) => return lose(format!("the connection to the secondary ended: {e}")),
                 }
                 let mut used = 0;
+                let now = Instant::now();
                 let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     match Frame::decode(&buf[used..]) {
@@ -345,7 +378,7 @@ async fn drive(
                         }
                         Ok(Decoded::Frame(f, len)) => {
                             used += len;
-                            if let Err(v) = c.handle_frame(&f) {
+                            if let Err(v) = c.handle_frame(now, &f) {
                                 drop(c);
                                 return lose(format!("protocol violation by the secondary: {v}"));
                             }
@@ -367,12 +400,37 @@ async fn drive(
         let core = core.clone();
         let lose = lose.clone();
         async move {
+            // Whether the current stall was logged.
+            let mut warned = false;
             loop {
-                let deadline = core
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .poll_timeout();
-                match deadline {
+                let next = {
+                    let c = core.lock().unwrap_or_else(|e| e.into_inner());
+                    if c.lost().is_some() {
+                        return;
+                    }
+                    let now = Instant::now();
+                    match c.stalled(now) {
+                        Some(quiet) if !warned => {
+                            warn!(
+                                secs = quiet.as_secs_f64(),
+                                in_flight = c.in_flight(),
+                                "the secondary is stalled: reachable, but no progress with operations waiting (a hung disk?); it is lost after --stall-timeout"
+                            );
+                            warned = true;
+                        }
+                        None if warned => {
+                            info!("the secondary makes progress again");
+                            warned = false;
+                        }
+                        _ => {}
+                    }
+                    if warned {
+                        c.poll_timeout()
+                    } else {
+                        c.poll_stall().or(c.poll_timeout())
+                    }
+                };
+                match next {
                     Some(d) => {
                         tokio::select! {
                             _ = tokio::time::sleep_until(d.into()) => {
@@ -387,17 +445,7 @@ async fn drive(
                             _ = wake_timer.notified() => {}
                         }
                     }
-                    None => {
-                        if core
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .lost()
-                            .is_some()
-                        {
-                            return;
-                        }
-                        wake_timer.notified().await;
-                    }
+                    None => wake_timer.notified().await,
                 }
             }
         }
@@ -441,6 +489,7 @@ async fn handshake(
         quinn::SendStream,
         quinn::RecvStream,
         PeerHello,
+        Vec<u8>,
     ),
     ConnectError,
 > {
@@ -493,14 +542,18 @@ async fn handshake(
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
         history,
-        suspects: Vec::new(),
+        peer_timeout_ms: u32::try_from(cfg.peer_timeout.as_millis()).unwrap_or(u32::MAX),
     })
     .encode(&mut hello);
     send.write_all(&hello).await.map_err(|e| closed(&e))?;
-    let reply = tokio::time::timeout(within.max(HANDSHAKE_TIMEOUT), read_frame(&mut recv))
-        .await
-        .map_err(|_| unreachable())?
-        .map_err(|e| closed(&e))?;
+    let mut reader = FrameReader::default();
+    let reply = tokio::time::timeout(
+        within.max(HANDSHAKE_TIMEOUT),
+        reader.next(&mut recv, HELLO_LIMIT),
+    )
+    .await
+    .map_err(|_| unreachable())?
+    .map_err(|e| closed(&e))?;
     let peer_history = match reply {
         Frame::Hello(h) => {
             if h.version != PROTOCOL_VERSION {
@@ -515,7 +568,7 @@ async fn handshake(
                     cfg.identity.name, cfg.pinned.name, h.node, h.peer
                 )));
             }
-            (h.history, h.suspects)
+            h.history
         }
         Frame::Refused { reason } => return Err(ConnectError::Refused { addr, reason }),
         other => {
@@ -523,27 +576,47 @@ async fn handshake(
             return Err(handshake_err(&"the secondary did not answer with a hello"));
         }
     };
-    Ok((endpoint, conn, send, recv, peer_history))
+    let suspects = read_suspects(&mut reader, &mut recv)
+        .await
+        .map_err(|e| closed(&e))?;
+    Ok((
+        endpoint,
+        conn,
+        send,
+        recv,
+        (peer_history, suspects),
+        reader.into_buffer(),
+    ))
 }
 
-/// Reads exactly one frame (used during the handshake only).
-pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+/// Collects the secondary's suspect directories, sent after its hello in
+/// pages; more than [`MAX_SUSPECTS`] become the root alone ("compare
+/// everything"), as the secondary itself reports them beyond that.
+async fn read_suspects(
+    reader: &mut FrameReader,
+    recv: &mut quinn::RecvStream,
+) -> Result<Vec<RelPath>, String> {
+    let mut all: Vec<RelPath> = Vec::new();
+    let mut overflow = false;
     loop {
-        match Frame::decode(&buf) {
-            Ok(Decoded::Frame(f, len)) if len == buf.len() => return Ok(f),
-            Ok(Decoded::Frame(..)) => return Err("data after the hello".into()),
-            Ok(Decoded::Incomplete) => {}
-            Err(e) => return Err(e.to_string()),
+        let page = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(recv, MAX_FRAME))
+            .await
+            .map_err(|_| "the secondary stopped sending its suspect directories".to_string())??;
+        let Frame::Suspects { paths, last } = page else {
+            return Err("the secondary sent no suspect directories after its hello".into());
+        };
+        if !overflow && all.len() + paths.len() > MAX_SUSPECTS {
+            overflow = true;
+            all = Vec::new();
         }
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(None) => return Err("the stream closed before a hello".into()),
-            Err(e) => return Err(e.to_string()),
+        if !overflow {
+            all.extend(paths);
         }
-        if buf.len() > 16 << 10 {
-            return Err("hello too large".into());
+        if last {
+            return Ok(if overflow { vec![RelPath::root()] } else { all });
         }
     }
 }
+
+/// Most bytes a hello may take.
+pub(crate) const HELLO_LIMIT: usize = 16 << 10;

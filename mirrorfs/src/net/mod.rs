@@ -3,12 +3,15 @@
 //! secondary's server (`server`, with what it reports in `serve_state`). Drivers only: what to send and when an op is
 //! done is decided by `proto`.
 
+mod apply_thread;
 pub mod client;
 pub mod serve_state;
 pub mod server;
 pub mod tls;
 
 use std::time::Duration;
+
+use crate::proto::wire::{Decoded, Frame};
 
 /// How long connecting and the hello exchange may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,4 +35,49 @@ pub fn transport(peer_timeout: Duration) -> quinn::TransportConfig {
     // so a returning secondary is found soon after it listens.
     t.initial_rtt(Duration::from_millis(25));
     t
+}
+
+/// Reads whole frames from a stream, one at a time, keeping what follows a
+/// frame for the next (the handshake reads a few frames, then hands the rest
+/// of the buffer to the connection's main loop).
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next frame; `limit` bounds the bytes buffered for it (a hello is
+    /// small: a peer sending more is refused before [`crate::proto::wire::MAX_FRAME`]).
+    pub(crate) async fn next(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+        limit: usize,
+    ) -> Result<Frame, String> {
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            match Frame::decode(&self.buf) {
+                Ok(Decoded::Frame(f, len)) => {
+                    self.buf.drain(..len);
+                    return Ok(f);
+                }
+                Ok(Decoded::Incomplete) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if self.buf.len() > limit {
+                return Err(format!(
+                    "frame larger than {limit} bytes during the handshake"
+                ));
+            }
+            match recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(None) => return Err("the stream closed during the handshake".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// What was read beyond the frames returned.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
 }

@@ -2,8 +2,9 @@
 //! socket (role SECOND): whether a primary is connected, the last op applied,
 //! whether a resync runs, whether the replica is marked inconsistent, its
 //! generation history, and whether it is stalled (an op has been busy on the
-//! disk for longer than the peer timeout). The server updates it as it goes;
-//! a status costs a lock and a few loads. Orders are refused: they go to the
+//! disk for longer than the peer timeout). The apply thread updates what
+//! applying changes (busy, applied, failed ops), the server's runtime the
+//! connections; a status costs a lock and a few loads. Orders are refused: they go to the
 //! primary's mount.
 
 use std::collections::BTreeMap;
@@ -334,6 +335,8 @@ mod tests {
             Seq(1),
             &Op::List {
                 path: RelPath::root(),
+                after: None,
+                budget: crate::proto::wire::MIN_LIST_BUDGET,
             },
             true,
         );

@@ -2,17 +2,20 @@
 //!
 //! Owns the listening endpoint and one connection at a time from the pinned
 //! primary: checks the hello, decodes frames (checked before parsed), feeds the
-//! [`Receiver`] core, applies each op with the [`Applier`], runs fsyncs on the
-//! blocking pool so the stream keeps flowing, and sends back what the core
-//! queues. A malformed frame, a hostile path or a protocol violation ends that
+//! [`Receiver`] core, hands each op to the apply thread (`apply_thread`: the
+//! only place that touches the disk, so that this runtime keeps answering
+//! QUIC keepalives and reporting progress during a long op), runs fsyncs on
+//! the blocking pool so the stream keeps flowing, and sends back what the
+//! core queues. A malformed frame, a hostile path or a protocol violation ends that
 //! connection with a `Refused` frame and a log line, never the server. A newer
 //! connection from the pinned primary replaces an older one (a restarted
 //! primary must not wait for the old connection to time out). With
 //! `--control`, a control socket reports the secondary's state
-//! ([`ServeState`]).
+//! ([`ServeState`], which the apply thread keeps up to date).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,10 +24,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::client::read_frame;
+use super::apply_thread::{Answer, ApplyThread};
+use super::client::HELLO_LIMIT;
 use super::serve_state::ServeState;
 use super::tls::{server_config, Identity, PinnedPeer, TlsError};
-use super::{transport, HANDSHAKE_TIMEOUT};
+use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
 use crate::ctl::server::ControlServer;
 use crate::meta::Meta;
 use crate::proto::stream::Receiver;
@@ -134,6 +138,16 @@ impl Server {
             history,
             inconsistent.is_some(),
         ));
+        match std::fs::File::open(&cfg.root).and_then(|d| sys::mount_flags(d.as_fd())) {
+            Ok(flags) => {
+                if let Some(advice) = mount_advice(flags) {
+                    warn!(root = %cfg.root.display(), "{advice}");
+                }
+            }
+            Err(e) => {
+                warn!(root = %cfg.root.display(), error = %e, "cannot read the replica file system's mount flags")
+            }
+        }
         let mut server = server_config(&cfg.identity, &cfg.pinned)?;
         server.transport_config(Arc::new(transport(cfg.idle_timeout)));
         let endpoint =
@@ -177,11 +191,28 @@ impl Server {
             control,
         } = self;
         info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
-        let cfg = Arc::new(cfg);
         let stats = Arc::new(ServeStats::default());
+        let mut applier = match Applier::open(&cfg.root) {
+            Ok(a) => a,
+            Err(e) => {
+                error!(root = %cfg.root.display(), error = %e, "cannot open the replica root");
+                return;
+            }
+        };
+        // Named in the inconsistent marker a BeginResync leaves.
+        applier.set_primary(&cfg.pinned.name);
+        let apply = match ApplyThread::start(applier, stats.clone(), state.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                error!(error = %e, "cannot start the apply thread");
+                return;
+            }
+        };
+        let cfg = Arc::new(cfg);
         // Each connection that passes the hello becomes the current one; older
-        // handlers see the change and stop. Authentication comes first, so no
-        // stranger can push the primary off.
+        // handlers see the change and stop, and the apply thread applies none
+        // of their ops any more. Authentication comes first, so no stranger
+        // can push the primary off.
         let current = Arc::new(watch::channel(0u64).0);
         let mut generation = 0u64;
         tokio::pin!(shutdown);
@@ -192,8 +223,13 @@ impl Server {
             };
             let Some(incoming) = incoming else { break };
             generation += 1;
-            let (cfg, stats, current) = (cfg.clone(), stats.clone(), current.clone());
-            let state = state.clone();
+            let (cfg, stats, current, apply, state) = (
+                cfg.clone(),
+                stats.clone(),
+                current.clone(),
+                apply.clone(),
+                state.clone(),
+            );
             let remote = incoming.remote_address();
             let span = info_span!("conn", %remote, n = generation);
             tokio::spawn(
@@ -201,8 +237,9 @@ impl Server {
                     match incoming.await {
                         Ok(conn) => {
                             let r =
-                                serve_connection(&cfg, &stats, &state, conn, generation, current)
+                                serve_connection(&cfg, &state, conn, generation, current, &apply)
                                     .await;
+                            apply.detach(generation);
                             if let Err(reason) = &r {
                                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                                 warn!(%reason, "connection closed");
@@ -229,20 +266,22 @@ impl Server {
 }
 
 /// Serves one authenticated connection until it ends or a newer one replaces
-/// it. `Err` is the reason it was closed for bad input.
+/// it. `Err` is the reason it was closed for bad input. Never touches the
+/// disk: ops go to the apply thread, outcomes come back from it.
 async fn serve_connection(
     cfg: &ServeConfig,
-    stats: &ServeStats,
-    state: &Arc<ServeState>,
+    state: &ServeState,
     conn: quinn::Connection,
     generation: u64,
     current_tx: Arc<watch::Sender<u64>>,
+    apply: &ApplyThread,
 ) -> Result<(), String> {
     let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| "no stream opened".to_string())?
         .map_err(|e| e.to_string())?;
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv))
+    let mut reader = FrameReader::default();
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next(&mut recv, HELLO_LIMIT))
         .await
         .map_err(|_| "no hello received".to_string())??;
     let refusal = match &hello {
@@ -261,43 +300,86 @@ async fn serve_connection(
         refuse(&conn, &mut send, &reason).await;
         return Err(reason);
     }
-    let mut applier = Applier::open(&cfg.root).map_err(|e| format!("replica root: {e}"))?;
-    applier.set_primary(&cfg.pinned.name);
-    let prefetch = applier
-        .prefetch()
-        .map_err(|e| format!("replica root: {e}"))?;
-    let history = applier
-        .history()
-        .map_err(|e| format!("replica generation history: {e}"))?;
+    let Frame::Hello(hello) = hello else {
+        unreachable!("refused above")
+    };
+    // From here on, this connection is the primary's: no op of an older one
+    // is applied any more, and the older handlers stop.
+    apply.take_over(generation);
+    current_tx.send_replace(generation);
+    let mut current = current_tx.subscribe();
+    let (answers_tx, mut answers) = mpsc::unbounded_channel();
+    let attached = tokio::time::timeout(HANDSHAKE_TIMEOUT, apply.attach(generation, answers_tx))
+        .await
+        .map_err(|_| ())
+        .and_then(|a| a.ok_or(()));
+    let (history, suspects) = match attached {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            let reason = format!("cannot read the replica's metadata: {e}");
+            refuse(&conn, &mut send, &reason).await;
+            return Err(reason);
+        }
+        Err(()) => {
+            let reason = format!(
+                "the replica's file system does not answer within {} s (its disk may hang): \
+                 check the secondary's storage",
+                HANDSHAKE_TIMEOUT.as_secs()
+            );
+            refuse(&conn, &mut send, &reason).await;
+            return Err(reason);
+        }
+    };
+    // Before the hello goes out: the primary sends no op before it has it,
+    // so the status counts each op of this connection as the current one's.
+    state.connected(generation, conn.remote_address());
     let mut out = Vec::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: cfg.identity.name.clone(),
         peer: cfg.pinned.name.clone(),
-        history: history.ids().iter().map(|g| g.0).collect(),
-        suspects: applier
-            .suspects()
-            .map_err(|e| format!("replica metadata: {e}"))?,
+        history,
+        peer_timeout_ms: u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX),
     })
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
-    current_tx.send_replace(generation);
-    let mut current = current_tx.subscribe();
-    state.connected(generation, conn.remote_address());
+    // Any number of them, in pages that each fit in a frame.
+    for page in Frame::suspect_pages(&suspects) {
+        out.clear();
+        page.encode(&mut out);
+        send.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
     info!(primary = %cfg.pinned.name, "primary connected");
 
+    // Progress is reported a few times within the shorter of both sides'
+    // peer timeouts, so that a working secondary never looks stalled.
+    let timeout = Duration::from_millis(u64::from(hello.peer_timeout_ms)).min(cfg.idle_timeout);
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(20)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let prefetch = apply.prefetch();
     let mut core = Receiver::new();
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Seq, i32)>();
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut buf: Vec<u8> = reader.into_buffer();
     let mut chunk = vec![0u8; 256 << 10];
     loop {
+        let full = apply.queue_full();
+        let mut read = None;
         tokio::select! {
-            r = recv.read(&mut chunk) => match r {
-                Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            r = recv.read(&mut chunk), if !full => match r {
+                Ok(Some(n)) => read = Some(n),
                 Ok(None) => { info!("the primary closed the stream"); return Ok(()); }
                 Err(e) => { info!(error = %e, "the primary went away"); return Ok(()); }
             },
+            _ = apply.drained(), if full => {}
+            Some(a) = answers.recv() => {
+                handle_answer(&mut core, a, &synced_tx);
+                // Every outcome ready now goes into one batch of answers.
+                while let Ok(a) = answers.try_recv() {
+                    handle_answer(&mut core, a, &synced_tx);
+                }
+            }
             Some((seq, errno)) = synced_rx.recv() => core.handle_synced(seq, errno),
+            _ = tick.tick() => core.handle_tick(apply.work()),
             _ = current.changed() => {
                 if *current.borrow() != generation {
                     info!("a newer connection from the primary replaces this one");
@@ -306,87 +388,49 @@ async fn serve_connection(
                 }
             }
         }
-        // Decode every complete frame first: the checksum requests among them
-        // get read-ahead hints, so their cold reads overlap instead of
-        // queueing behind each other. A malformed frame is refused after the
-        // frames before it are applied, as if they had come alone.
-        let mut used = 0;
-        let mut batch = Vec::new();
-        let mut malformed = None;
-        loop {
-            match Frame::decode(&buf[used..]) {
-                Ok(Decoded::Incomplete) => break,
-                Ok(Decoded::Frame(f, len)) => {
-                    used += len;
-                    batch.push(f);
-                }
-                Err(e) => {
-                    malformed = Some(e);
-                    break;
-                }
-            }
-        }
-        for f in &batch {
-            if let Frame::Op { op, .. } = f {
-                if let Some(job) = prefetch.job(op) {
-                    tokio::task::spawn_blocking(job);
-                }
-            }
-        }
-        for frame in batch {
-            let Frame::Op { seq, op } = frame else {
-                let reason = "only operations may follow the hello".to_string();
-                refuse(&conn, &mut send, &reason).await;
-                return Err(reason);
-            };
-            if let Err(v) = core.handle_op(seq) {
-                let reason = format!("protocol violation by the primary: {v}");
-                refuse(&conn, &mut send, &reason).await;
-                return Err(reason);
-            }
-            let durable = op.is_durability();
-            let busy = state.busy();
-            let applied = applier.apply(&op);
-            state.applied(generation, seq, &op, applied.is_ok());
-            match applied {
-                Ok(Applied::Done) => core.handle_applied(seq, durable, Ok(())),
-                Ok(Applied::Reply(payload)) => {
-                    core.handle_reply(seq, payload);
-                    core.handle_applied(seq, durable, Ok(()));
-                }
-                Ok(Applied::Sync { fd, datasync }) => {
-                    core.handle_applied(seq, true, Ok(()));
-                    // On the blocking pool, never inline: while one fsync runs,
-                    // the stream keeps flowing and other writers' fsyncs run
-                    // beside it (inline syncs serialised 4 writers to the pace
-                    // of one, for a gain of ~0.1 ms at 1 writer). The op stays
-                    // busy (for the stall report) until the sync is done.
-                    let tx = synced_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let errno = match sys::fsync(std::os::fd::AsFd::as_fd(&fd), datasync) {
-                            Ok(()) => 0,
-                            Err(e) => sys::errno_of(&e),
-                        };
-                        drop(busy);
-                        let _ = tx.send((seq, errno));
-                    });
-                }
-                Err(e) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    warn!(seq = seq.0, op = op.name(), error = %e, "operation failed on the replica");
-                    state.error(format!("{} failed on the replica: {e}", op.name()));
-                    core.handle_applied(seq, durable, Err(sys::errno_of(&e)));
+        if let Some(n) = read {
+            buf.extend_from_slice(&chunk[..n]);
+            // Decode every complete frame and queue its op. The checksum
+            // requests among them get read-ahead hints, so their cold reads
+            // overlap instead of queueing behind each other. A malformed
+            // frame is refused after the frames before it are queued, as if
+            // they had come alone.
+            let mut used = 0;
+            loop {
+                match Frame::decode(&buf[used..]) {
+                    Ok(Decoded::Incomplete) => break,
+                    Ok(Decoded::Frame(Frame::Op { seq, op }, len)) => {
+                        used += len;
+                        if let Err(v) = core.handle_op(seq) {
+                            let reason = format!("protocol violation by the primary: {v}");
+                            refuse(&conn, &mut send, &reason).await;
+                            return Err(reason);
+                        }
+                        if let Some(job) = prefetch.job(&op) {
+                            tokio::task::spawn_blocking(job);
+                        }
+                        apply.apply(generation, seq, op);
+                    }
+                    Ok(Decoded::Frame(..)) => {
+                        let reason = "only operations may follow the hello".to_string();
+                        refuse(&conn, &mut send, &reason).await;
+                        return Err(reason);
+                    }
+                    Err(e) => {
+                        let reason = format!("malformed frame from the primary: {e}");
+                        error!(%reason, "closing the connection; nothing of this frame was applied");
+                        refuse(&conn, &mut send, &reason).await;
+                        return Err(reason);
+                    }
                 }
             }
-            stats.applied.fetch_add(1, Ordering::Relaxed);
+            buf.drain(..used);
         }
-        if let Some(e) = malformed {
-            let reason = format!("malformed frame from the primary: {e}");
-            error!(%reason, "closing the connection; nothing of this frame was applied");
-            refuse(&conn, &mut send, &reason).await;
-            return Err(reason);
+        if !apply.is_current(generation) {
+            // Replaced: the watch above says so too, but nothing more of
+            // this connection is answered meanwhile.
+            continue;
         }
-        buf.drain(..used);
         core.handle_idle();
         out.clear();
         while let Some(f) = core.poll_transmit() {
@@ -401,6 +445,57 @@ async fn serve_connection(
     }
 }
 
+/// Feeds one outcome from the apply thread to the core; an fsync to do goes
+/// to the blocking pool, never inline: while one fsync runs, the stream keeps
+/// flowing and other writers' fsyncs run beside it (inline syncs serialised 4
+/// writers to the pace of one). The op stays busy (for the stall report)
+/// until its sync is done.
+fn handle_answer(core: &mut Receiver, a: Answer, synced: &mpsc::UnboundedSender<(Seq, i32)>) {
+    match a.result {
+        Ok(Applied::Done) => core.handle_applied(a.seq, a.durable, Ok(())),
+        Ok(Applied::Reply(payload)) => {
+            core.handle_reply(a.seq, payload);
+            core.handle_applied(a.seq, a.durable, Ok(()));
+        }
+        Ok(Applied::Sync { fd, datasync }) => {
+            core.handle_applied(a.seq, true, Ok(()));
+            let (tx, seq, busy) = (synced.clone(), a.seq, a.busy);
+            tokio::task::spawn_blocking(move || {
+                let errno = match sys::fsync(fd.as_fd(), datasync) {
+                    Ok(()) => 0,
+                    Err(e) => sys::errno_of(&e),
+                };
+                drop(busy);
+                let _ = tx.send((seq, errno));
+            });
+        }
+        Err(errno) => core.handle_applied(a.seq, a.durable, Err(errno)),
+    }
+}
+
+/// What to tell the operator when the replica's file system is mounted
+/// without `nodev` or `nosuid` (`flags`: its `statvfs` mount flags). The
+/// primary's device nodes, setuid bits and file capabilities are replicated
+/// as metadata (POSIX fidelity); only those two mount options keep them from
+/// acting on this node.
+pub fn mount_advice(flags: u64) -> Option<String> {
+    let missing: Vec<&str> = [(libc::ST_NODEV, "nodev"), (libc::ST_NOSUID, "nosuid")]
+        .into_iter()
+        .filter(|(bit, _)| flags & bit == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the replica's file system is mounted without {}: device nodes, setuid/setgid bits and \
+         file capabilities the primary creates are replicated as metadata and would work on this \
+         node; mount the replica's file system with nodev,nosuid (e.g. `mount -o \
+         remount,nodev,nosuid MOUNTPOINT`, and in /etc/fstab)",
+        missing.join(",")
+    ))
+}
+
 /// Sends a refusal and closes the connection.
 async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
     let mut out = Vec::new();
@@ -412,4 +507,22 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     conn.close(3u32.into(), b"refused");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_names_the_missing_mount_options_and_the_fix() {
+        assert_eq!(mount_advice(libc::ST_NODEV | libc::ST_NOSUID), None);
+        let both = mount_advice(0).unwrap();
+        assert!(both.contains("without nodev,nosuid:"), "{both}");
+        assert!(
+            both.contains("mount the replica's file system with nodev,nosuid"),
+            "{both}"
+        );
+        let one = mount_advice(libc::ST_NODEV).unwrap();
+        assert!(one.contains("without nosuid:"), "{one}");
+    }
 }

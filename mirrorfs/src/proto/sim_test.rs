@@ -71,7 +71,7 @@ impl Sim {
         Self {
             rng: Rng::new(seed),
             now: Instant::now(),
-            primary: Replicator::new(Duration::from_secs(5)),
+            primary: Replicator::new(Duration::from_secs(5), Duration::from_secs(30)),
             secondary: Receiver::new(),
             to_secondary: VecDeque::new(),
             to_primary: VecDeque::new(),
@@ -171,7 +171,7 @@ impl Sim {
                         break;
                     };
                     self.primary
-                        .handle_frame(&f)
+                        .handle_frame(self.now, &f)
                         .expect("the honest secondary follows the protocol");
                 }
             }

@@ -8,9 +8,17 @@
 //! [`Frame::Failed`] before it for each op that failed, and a [`Frame::Synced`] for
 //! each durability op (fsync) once it is durable, which may come later than the
 //! ack covering its position. The primary completes an op, and so releases the
-//! application's call, only from those frames; if the oldest op in flight waits
-//! longer than the peer timeout, or the transport reports the peer gone, every op
-//! in flight completes with `EIO` and the stream stays lost.
+//! application's call, only from those frames.
+//!
+//! Liveness is decided by progress, not by how long one op takes: a secondary
+//! that works on a long op (removing a large tree, a checksum pass) says so
+//! with [`Frame::Progress`] a few times per peer timeout. With ops in flight
+//! and no frame of any kind from the secondary for the peer timeout, the
+//! stream is *stalled* ([`Replicator::stalled`]: the secondary is reachable
+//! but does nothing, e.g. a hung disk); after the stall timeout it is lost.
+//! A dead secondary or a broken network is the transport's to notice (its idle
+//! timeout is the peer timeout) and comes in as [`Replicator::handle_lost`].
+//! Once lost, every op in flight completes with `EIO` and the stream stays lost.
 //!
 //! No I/O: time comes in as `now`, frames come in and go out as values.
 
@@ -72,7 +80,7 @@ pub enum Violation {
 struct InFlight {
     /// Completed by `Synced` rather than by the cumulative ack.
     durable: bool,
-    /// When it was sent, for the peer timeout.
+    /// When it was sent: the silence before it does not count against it.
     sent: Instant,
     /// Set by a `Failed` frame before the ack that covers it.
     failed: Option<i32>,
@@ -89,19 +97,28 @@ pub struct Replicator {
     acked: Seq,
     in_flight: BTreeMap<Seq, InFlight>,
     completions: VecDeque<(Seq, Completion)>,
+    /// Silence (with ops in flight) after which the secondary is stalled.
     peer_timeout: Duration,
+    /// Silence (with ops in flight) after which it is lost.
+    stall_timeout: Duration,
+    /// When the last frame of any kind came from the secondary.
+    heard: Option<Instant>,
     lost: Option<String>,
 }
 
 impl Replicator {
-    /// A stream whose ops fail once the oldest waits longer than `peer_timeout`.
-    pub fn new(peer_timeout: Duration) -> Self {
+    /// A stream that shows the secondary stalled after `peer_timeout` and
+    /// loses it after `stall_timeout` (at least `peer_timeout`) without any
+    /// frame from it while ops are in flight.
+    pub fn new(peer_timeout: Duration, stall_timeout: Duration) -> Self {
         Self {
             last: Seq(0),
             acked: Seq(0),
             in_flight: BTreeMap::new(),
             completions: VecDeque::new(),
             peer_timeout,
+            stall_timeout: stall_timeout.max(peer_timeout),
+            heard: None,
             lost: None,
         }
     }
@@ -125,9 +142,12 @@ impl Replicator {
         Ok(self.last)
     }
 
-    /// Feeds a frame from the secondary.
-    pub fn handle_frame(&mut self, frame: &Frame) -> Result<(), Violation> {
+    /// Feeds a frame from the secondary, received at `now`. Every frame,
+    /// whatever it says, is a sign of progress.
+    pub fn handle_frame(&mut self, now: Instant, frame: &Frame) -> Result<(), Violation> {
+        self.heard = Some(self.heard.map_or(now, |h| h.max(now)));
         match *frame {
+            Frame::Progress { .. } => Ok(()),
             Frame::Ack { upto } => self.handle_ack(upto),
             Frame::Failed { seq, errno } => {
                 if errno == 0 {
@@ -172,6 +192,7 @@ impl Replicator {
                 }),
             },
             Frame::Hello(_) => Err(Violation::UnexpectedFrame("hello")),
+            Frame::Suspects { .. } => Err(Violation::UnexpectedFrame("suspects")),
             Frame::Refused { .. } => Err(Violation::UnexpectedFrame("refused")),
             Frame::Op { .. } => Err(Violation::UnexpectedFrame("operation")),
         }
@@ -213,25 +234,48 @@ impl Replicator {
         self.completions.pop_front()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// Since when the secondary has been silent with ops in flight: the later
+    /// of its last frame and the sending of the oldest op in flight (silence
+    /// while nothing was asked of it counts for nothing). `None` when no op
+    /// is in flight or the stream is lost.
+    fn quiet_since(&self) -> Option<Instant> {
         if self.lost.is_some() {
             return None;
         }
-        self.in_flight
-            .values()
-            .map(|f| f.sent)
-            .min()
-            .map(|t| t + self.peer_timeout)
+        let oldest = self.in_flight.values().map(|f| f.sent).min()?;
+        Some(self.heard.map_or(oldest, |h| h.max(oldest)))
     }
 
-    /// Declares the peer lost if an op has waited longer than the peer timeout.
+    /// How long the secondary has made no progress with ops in flight, once
+    /// that is the peer timeout or more: it is reachable (the transport
+    /// would have said otherwise) but applies nothing, e.g. its disk hangs.
+    /// `None` while it makes progress, or has nothing to do.
+    pub fn stalled(&self, now: Instant) -> Option<Duration> {
+        let quiet = now.saturating_duration_since(self.quiet_since()?);
+        (quiet >= self.peer_timeout).then_some(quiet)
+    }
+
+    /// When the current silence, if it lasts, makes the secondary stalled
+    /// (for drivers that report the moment it begins).
+    pub fn poll_stall(&self) -> Option<Instant> {
+        self.quiet_since().map(|t| t + self.peer_timeout)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called: when
+    /// the current silence reaches the stall timeout.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.quiet_since().map(|t| t + self.stall_timeout)
+    }
+
+    /// Declares the peer lost if it made no progress for the stall timeout
+    /// while ops were in flight.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(deadline) = self.poll_timeout() {
             if now >= deadline {
                 self.handle_lost(format!(
-                    "the peer acknowledged nothing for {:.1} s (--peer-timeout)",
-                    self.peer_timeout.as_secs_f64()
+                    "the secondary made no progress for {:.1} s with operations waiting \
+                     (--stall-timeout): is its disk hanging?",
+                    self.stall_timeout.as_secs_f64()
                 ));
             }
         }
@@ -277,6 +321,8 @@ pub struct Receiver {
     ack_due: bool,
     /// Durability ops applied but not yet durable.
     syncing: BTreeSet<Seq>,
+    /// The applier's work counter at the last progress report.
+    reported_work: u64,
     outbox: VecDeque<Frame>,
 }
 
@@ -332,6 +378,19 @@ impl Receiver {
     /// The op `seq`, about to be reported applied, answered with `payload`.
     pub fn handle_reply(&mut self, seq: Seq, payload: Vec<u8>) {
         self.outbox.push_back(Frame::Data { seq, payload });
+    }
+
+    /// The periodic progress check (a fraction of the primary's peer
+    /// timeout apart), with the applier's work counter: queues a
+    /// [`Frame::Progress`] if ops received are not all answered yet and the
+    /// applier worked since the last report. Nothing when it did not (a
+    /// hung disk must look stalled) or when nothing is pending.
+    pub fn handle_tick(&mut self, work: u64) {
+        let pending = self.received > self.applied || !self.syncing.is_empty();
+        if pending && work != self.reported_work {
+            self.outbox.push_back(Frame::Progress { work });
+        }
+        self.reported_work = work;
     }
 
     /// The next frame to send to the primary.

@@ -10,7 +10,8 @@
 use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
-/// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB; BeginResync.)
+/// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB; BeginResync;
+/// progress reports; suspects in pages after the hello; paged listings.)
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
@@ -29,6 +30,10 @@ const _: () = assert!(WRITE_OVERHEAD + super::path::MAX_PATH + MAX_DATA <= MAX_F
 const _: () = assert!(super::path::MAX_PATH <= u16::MAX as usize);
 /// Largest free-text field (node names, refusal reasons).
 const MAX_TEXT: usize = 4096;
+/// Largest file offset or size (`off_t` is signed 64-bit): offsets, sizes and
+/// the ends of ranges (`offset + len`, `block × index`) beyond it are refused
+/// by the decoder, never wrapped.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
 
 /// Sequence number of an operation on the stream; the first is 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -314,22 +319,33 @@ pub enum Op {
         /// (name, value) pairs.
         attrs: Vec<(Vec<u8>, Vec<u8>)>,
     },
-    /// Resync: list a directory; answered with [`Frame::Data`] holding
-    /// [`encode_listing`] bytes.
+    /// Resync: list a directory, one page at a time (a directory may hold
+    /// more entries than one frame carries); answered with [`Frame::Data`]
+    /// holding [`encode_listing_page`] bytes: the entries after `after` in
+    /// byte order of their names, as many as fit in `budget` bytes (at least
+    /// one), and whether more follow.
     List {
         /// The directory.
         path: RelPath,
+        /// Continue after this name (the last one of the previous page);
+        /// `None` for the first page.
+        after: Option<Vec<u8>>,
+        /// Most bytes of the page's entries ([`MIN_LIST_BUDGET`] to
+        /// [`MAX_LIST_BUDGET`]; each entry takes 3 bytes plus its name).
+        budget: u32,
     },
     /// Resync: xxh3 checksums of `count` blocks of `block` bytes from block
     /// `first`; answered with [`Frame::Data`] holding the file size and the sums.
+    /// One request covers at most [`MAX_CHECKSUM_BYTES`] (`count × block`),
+    /// so that no single op keeps the secondary's disk busy for long.
     Checksums {
         /// The file.
         path: RelPath,
-        /// Block size in bytes.
+        /// Block size in bytes (4 KiB to 16 MiB).
         block: u32,
-        /// First block.
+        /// First block (`first × block` must be a valid file offset).
         first: u64,
-        /// How many blocks (at most [`MAX_CHECKSUM_BLOCKS`]).
+        /// How many blocks (`count × block` at most [`MAX_CHECKSUM_BYTES`]).
         count: u32,
     },
     /// End of a resync: the secondary now holds generation history `ids`
@@ -347,8 +363,9 @@ pub enum Op {
     },
 }
 
-/// Most blocks one [`Op::Checksums`] may ask for.
-pub const MAX_CHECKSUM_BLOCKS: u32 = 4096;
+/// Most bytes one [`Op::Checksums`] may cover (`count × block`): 64 MiB,
+/// a fraction of a second of reading and hashing.
+pub const MAX_CHECKSUM_BYTES: u64 = 64 << 20;
 /// Most extended attributes one [`Op::ReplaceXattrs`] may carry.
 const MAX_XATTRS: usize = 1024;
 
@@ -405,8 +422,21 @@ pub fn decode_checksums(b: &[u8]) -> Result<(FileFacts, Vec<u64>), WireError> {
     Ok((facts, sums))
 }
 
-/// Encodes a directory listing for a [`Frame::Data`] reply: per entry a type
-/// byte (`S_IFMT >> 12`) and a 16-bit-length name.
+/// Directory entries as (name, `S_IFMT` type), as a listing carries them.
+pub type Entries = Vec<(Vec<u8>, u32)>;
+
+/// Smallest [`Op::List`] budget: room for one entry of the longest name.
+pub const MIN_LIST_BUDGET: u32 = 4096;
+/// Largest [`Op::List`] budget: one page fits in a frame.
+pub const MAX_LIST_BUDGET: u32 = MAX_DATA as u32;
+
+/// Bytes one entry takes in a listing.
+pub fn listing_entry_len(name: &[u8]) -> usize {
+    3 + name.len()
+}
+
+/// Encodes directory entries for a listing: per entry a type byte
+/// (`S_IFMT >> 12`) and a 16-bit-length name.
 pub fn encode_listing(entries: &[(Vec<u8>, u32)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind) in entries {
@@ -415,6 +445,25 @@ pub fn encode_listing(entries: &[(Vec<u8>, u32)]) -> Vec<u8> {
         out.extend_from_slice(name);
     }
     out
+}
+
+/// Encodes one page of a listing for the [`Frame::Data`] reply of
+/// [`Op::List`]: a byte saying whether more entries follow (1) or not (0),
+/// then [`encode_listing`] bytes.
+pub fn encode_listing_page(entries: &[(Vec<u8>, u32)], more: bool) -> Vec<u8> {
+    let mut out = vec![u8::from(more)];
+    out.extend_from_slice(&encode_listing(entries));
+    out
+}
+
+/// Decodes [`encode_listing_page`] bytes: the entries and whether more follow.
+pub fn decode_listing_page(b: &[u8]) -> Result<(Entries, bool), WireError> {
+    let more = match b.first() {
+        Some(0) => false,
+        Some(1) => true,
+        _ => return Err(WireError::Malformed("listing page without its more-flag")),
+    };
+    Ok((decode_listing(&b[1..])?, more))
 }
 
 /// Decodes [`encode_listing`] bytes into (name, `S_IFMT` type) pairs.
@@ -506,14 +555,20 @@ pub struct Hello {
     pub peer: String,
     /// The sender's generation history, current first (empty: never synced).
     pub history: Vec<u64>,
-    /// Directories whose files this side may have changed without the other
-    /// knowing (writes in flight when it crashed as primary): their files are
-    /// compared by the resync. The root alone means "compare everything".
-    pub suspects: Vec<RelPath>,
+    /// The sender's peer timeout in milliseconds (`--peer-timeout`): after
+    /// that long without a frame while ops are in flight, the primary shows
+    /// the secondary as stalled. The secondary, while it works on ops, sends
+    /// [`Frame::Progress`] several times within the primary's value.
+    pub peer_timeout_ms: u32,
 }
 
-/// Most suspect directories a hello carries; beyond, it sends the root alone.
-pub const MAX_SUSPECTS: usize = 16384;
+/// Most suspect directories the secondary reports ([`Frame::Suspects`]);
+/// beyond, it reports the root alone ("compare everything"), and so does the
+/// primary make of more.
+pub const MAX_SUSPECTS: usize = 1_000_000;
+/// Bytes of paths one [`Frame::Suspects`] carries at most (well within
+/// [`MAX_FRAME`]).
+const SUSPECTS_PAGE: usize = 1 << 20;
 
 /// Everything that travels on the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -560,6 +615,27 @@ pub enum Frame {
         /// 0, or the OS error of the fsync.
         errno: i32,
     },
+    /// Secondary → primary, right after its [`Frame::Hello`], in one or more
+    /// pages: the directories whose files this side may have changed without
+    /// the other knowing (writes in flight when it crashed as primary); the
+    /// resync compares their files. The root alone means "compare
+    /// everything" (more than [`MAX_SUSPECTS`] of them).
+    Suspects {
+        /// This page's directories (at most about 1 MiB of paths).
+        paths: Vec<RelPath>,
+        /// The last page: the list is complete.
+        last: bool,
+    },
+    /// Secondary → primary: still working on the ops received and not yet
+    /// answered (a long `Remove`, a checksum pass), and some work was done
+    /// since the last report. Sent periodically, a fraction of the primary's
+    /// peer timeout apart; never when the secondary makes no progress (a
+    /// hung disk), so that the primary can tell stalled from working.
+    Progress {
+        /// The secondary's work counter (ops applied, entries removed, MiB
+        /// read or copied): it only grows; its value is for logs.
+        work: u64,
+    },
 }
 
 /// What [`Frame::decode`] found at the front of a buffer.
@@ -599,6 +675,8 @@ mod tag {
     pub(super) const FAILED: u8 = 5;
     pub(super) const SYNCED: u8 = 6;
     pub(super) const DATA: u8 = 7;
+    pub(super) const PROGRESS: u8 = 8;
+    pub(super) const SUSPECTS: u8 = 9;
 }
 
 mod opcode {
@@ -635,6 +713,30 @@ mod opcode {
 }
 
 impl Frame {
+    /// The [`Frame::Suspects`] pages that report `suspects` (at least one,
+    /// the last marked), each within [`MAX_FRAME`].
+    pub fn suspect_pages(suspects: &[RelPath]) -> Vec<Self> {
+        let mut pages = Vec::new();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for p in suspects {
+            if bytes + p.as_bytes().len() + 2 > SUSPECTS_PAGE && !page.is_empty() {
+                pages.push(Self::Suspects {
+                    paths: std::mem::take(&mut page),
+                    last: false,
+                });
+                bytes = 0;
+            }
+            bytes += p.as_bytes().len() + 2;
+            page.push(p.clone());
+        }
+        pages.push(Self::Suspects {
+            paths: page,
+            last: true,
+        });
+        pages
+    }
+
     /// Appends the encoded frame (length prefix included) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
@@ -650,10 +752,7 @@ impl Frame {
                 for id in &h.history {
                     w.u64(*id);
                 }
-                w.u32(h.suspects.len() as u32);
-                for p in &h.suspects {
-                    w.path(p);
-                }
+                w.u32(h.peer_timeout_ms);
             }
             Self::Refused { reason } => {
                 w.u8(tag::REFUSED);
@@ -684,6 +783,18 @@ impl Frame {
                 w.u64(seq.0);
                 w.u32(*errno as u32);
             }
+            Self::Progress { work } => {
+                w.u8(tag::PROGRESS);
+                w.u64(*work);
+            }
+            Self::Suspects { paths, last } => {
+                w.u8(tag::SUSPECTS);
+                w.u32(paths.len() as u32);
+                for p in paths {
+                    w.path(p);
+                }
+                w.u8(u8::from(*last));
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -709,14 +820,21 @@ impl Frame {
                 node: r.text()?,
                 peer: r.text()?,
                 history: r.ids()?,
-                suspects: {
-                    let n = r.u32()? as usize;
-                    if n > MAX_SUSPECTS {
-                        return Err(WireError::Malformed("too many suspect directories"));
-                    }
-                    (0..n).map(|_| r.path()).collect::<Result<_, _>>()?
-                },
+                peer_timeout_ms: r.u32()?,
             }),
+            tag::SUSPECTS => {
+                // Each path takes at least 3 bytes: the count is checked
+                // against the body before anything is allocated for it.
+                let n = r.u32()? as usize;
+                if n > r.0.len() / 3 {
+                    return Err(WireError::Malformed("suspect count beyond the frame"));
+                }
+                let paths = (0..n).map(|_| r.path()).collect::<Result<_, _>>()?;
+                Self::Suspects {
+                    paths,
+                    last: r.flag()?,
+                }
+            }
             tag::REFUSED => Self::Refused { reason: r.text()? },
             tag::OP => {
                 let seq = Seq(r.u64()?);
@@ -744,6 +862,7 @@ impl Frame {
                 seq: Seq(r.u64()?),
                 errno: r.u32()? as i32,
             },
+            tag::PROGRESS => Self::Progress { work: r.u64()? },
             t => return Err(WireError::UnknownFrame(t)),
         };
         if !r.0.is_empty() {
@@ -1000,9 +1119,21 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
                 w.0.extend_from_slice(value);
             }
         }
-        Op::List { path } => {
+        Op::List {
+            path,
+            after,
+            budget,
+        } => {
             w.u8(opcode::LIST);
             w.path(path);
+            match after {
+                Some(name) => {
+                    w.u8(1);
+                    w.bytes16(name);
+                }
+                None => w.u8(0),
+            }
+            w.u32(*budget);
         }
         Op::Checksums {
             path,
@@ -1096,16 +1227,19 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             if len > MAX_DATA {
                 return Err(WireError::Malformed("write larger than the data limit"));
             }
+            range_end(offset, len as u64)?;
             Op::Write {
                 target,
                 offset,
                 data: r.take(len)?.to_vec(),
             }
         }
-        opcode::TRUNCATE => Op::Truncate {
-            target: r.target()?,
-            size: r.u64()?,
-        },
+        opcode::TRUNCATE => {
+            let target = r.target()?;
+            let size = r.u64()?;
+            range_end(size, 0)?;
+            Op::Truncate { target, size }
+        }
         opcode::CHMOD => Op::Chmod {
             target: r.target()?,
             mode: r.u32()?,
@@ -1139,19 +1273,29 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             target: r.target()?,
             name: r.xattr_name()?,
         },
-        opcode::FALLOCATE => Op::Fallocate {
-            target: r.target()?,
-            mode: r.u32()?,
-            offset: r.u64()?,
-            len: r.u64()?,
-        },
-        opcode::COPYRANGE => Op::CopyRange {
-            src: r.target()?,
-            src_offset: r.u64()?,
-            dst: r.target()?,
-            dst_offset: r.u64()?,
-            len: r.u64()?,
-        },
+        opcode::FALLOCATE => {
+            let (target, mode, offset, len) = (r.target()?, r.u32()?, r.u64()?, r.u64()?);
+            range_end(offset, len)?;
+            Op::Fallocate {
+                target,
+                mode,
+                offset,
+                len,
+            }
+        }
+        opcode::COPYRANGE => {
+            let (src, src_offset) = (r.target()?, r.u64()?);
+            let (dst, dst_offset, len) = (r.target()?, r.u64()?, r.u64()?);
+            range_end(src_offset, len)?;
+            range_end(dst_offset, len)?;
+            Op::CopyRange {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                len,
+            }
+        }
         opcode::FSYNC => Op::Fsync {
             target: r.target()?,
             datasync: match r.u8()? {
@@ -1217,17 +1361,47 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
             }
             Op::ReplaceXattrs { path, attrs }
         }
-        opcode::LIST => Op::List { path: r.path()? },
+        opcode::LIST => {
+            let path = r.path()?;
+            let after = if r.flag()? {
+                let name = r.bytes16(super::path::MAX_NAME)?;
+                if name.is_empty()
+                    || name == b"."
+                    || name == b".."
+                    || name.iter().any(|c| *c == 0 || *c == b'/')
+                {
+                    return Err(WireError::Malformed("list continues after an invalid name"));
+                }
+                Some(name.to_vec())
+            } else {
+                None
+            };
+            let budget = r.u32()?;
+            if !(MIN_LIST_BUDGET..=MAX_LIST_BUDGET).contains(&budget) {
+                return Err(WireError::Malformed("list budget out of range"));
+            }
+            Op::List {
+                path,
+                after,
+                budget,
+            }
+        }
         opcode::CHECKSUMS => {
             let path = r.named_path()?;
             let block = r.u32()?;
             let first = r.u64()?;
             let count = r.u32()?;
-            if !(4096..=(16 << 20)).contains(&block) || count > MAX_CHECKSUM_BLOCKS {
+            if !(4096..=(16 << 20)).contains(&block)
+                || u64::from(count) * u64::from(block) > MAX_CHECKSUM_BYTES
+            {
                 return Err(WireError::Malformed(
                     "checksum block size or count out of range",
                 ));
             }
+            let start = first
+                .checked_mul(u64::from(block))
+                .ok_or(WireError::Malformed("range beyond the largest file offset"))?;
+            range_end(start, u64::from(count) * u64::from(block))?;
             Op::Checksums {
                 path,
                 block,
@@ -1241,6 +1415,14 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         },
         c => return Err(WireError::UnknownOp(c)),
     })
+}
+
+/// Checks that the range `[offset, offset + len)` lies within [`MAX_OFFSET`].
+fn range_end(offset: u64, len: u64) -> Result<u64, WireError> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= MAX_OFFSET)
+        .ok_or(WireError::Malformed("range beyond the largest file offset"))
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);

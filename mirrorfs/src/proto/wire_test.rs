@@ -47,14 +47,21 @@ fn every_frame_kind_round_trips() {
         node: "node1".into(),
         peer: "node2".into(),
         history: vec![3, 2, 1],
-        suspects: vec![RelPath::root(), p("a/b")],
+        peer_timeout_ms: 1500,
     }));
+    round_trip(&Frame::Suspects {
+        paths: vec![RelPath::root(), p("a/b")],
+        last: true,
+    });
     round_trip(&Frame::Data {
         seq: Seq(8),
-        payload: encode_listing(&[
-            (b"a".to_vec(), libc::S_IFDIR),
-            (b"b c".to_vec(), libc::S_IFREG),
-        ]),
+        payload: encode_listing_page(
+            &[
+                (b"a".to_vec(), libc::S_IFDIR),
+                (b"b c".to_vec(), libc::S_IFREG),
+            ],
+            true,
+        ),
     });
     round_trip(&Frame::Refused {
         reason: "version 2 vs 1".into(),
@@ -68,6 +75,7 @@ fn every_frame_kind_round_trips() {
         seq: Seq(4),
         errno: 0,
     });
+    round_trip(&Frame::Progress { work: 12345 });
     let h = Target::Handle(HandleId(5));
     let t = Timestamp { sec: -1, nsec: 5 };
     for op in [
@@ -201,6 +209,13 @@ fn every_frame_kind_round_trips() {
         },
         Op::List {
             path: RelPath::root(),
+            after: None,
+            budget: MIN_LIST_BUDGET,
+        },
+        Op::List {
+            path: p("d"),
+            after: Some(b"last name".to_vec()),
+            budget: MAX_LIST_BUDGET,
         },
         Op::Checksums {
             path: p("f"),
@@ -305,6 +320,206 @@ fn unknown_tags_and_trailing_bytes_are_malformed() {
     );
 }
 
+/// Issue 7, item 9: products and sums of wire values (offset + len,
+/// block × index) that leave `off_t` are malformed frames, never wrapped
+/// offsets; the largest valid ranges still pass.
+#[test]
+fn ranges_beyond_the_largest_offset_are_malformed() {
+    let h = || Target::Handle(HandleId(1));
+    let bad = [
+        Op::Write {
+            target: h(),
+            offset: MAX_OFFSET,
+            data: vec![1],
+        },
+        Op::Write {
+            target: h(),
+            offset: u64::MAX,
+            data: vec![1],
+        },
+        Op::Truncate {
+            target: h(),
+            size: MAX_OFFSET + 1,
+        },
+        Op::Fallocate {
+            target: h(),
+            mode: 0,
+            offset: u64::MAX - 1,
+            len: 5,
+        },
+        Op::CopyRange {
+            src: h(),
+            src_offset: 0,
+            dst: h(),
+            dst_offset: MAX_OFFSET - 1,
+            len: 2,
+        },
+        Op::CopyRange {
+            src: h(),
+            src_offset: u64::MAX,
+            dst: h(),
+            dst_offset: 0,
+            len: 2,
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: u64::MAX / 4096,
+            count: 1,
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: (MAX_OFFSET >> 20) - 1,
+            count: 2,
+        },
+    ];
+    for op in bad {
+        let mut buf = Vec::new();
+        op_frame(op.clone()).encode(&mut buf);
+        assert_eq!(
+            Frame::decode(&buf),
+            Err(WireError::Malformed("range beyond the largest file offset")),
+            "{op:?}"
+        );
+    }
+    for op in [
+        Op::Write {
+            target: h(),
+            offset: MAX_OFFSET - 1,
+            data: vec![1],
+        },
+        Op::Truncate {
+            target: h(),
+            size: MAX_OFFSET,
+        },
+        Op::CopyRange {
+            src: h(),
+            src_offset: MAX_OFFSET - 2,
+            dst: h(),
+            dst_offset: 0,
+            len: 2,
+        },
+        Op::Checksums {
+            path: p("f"),
+            block: 1 << 20,
+            first: (MAX_OFFSET >> 20) - 1,
+            count: 1,
+        },
+    ] {
+        round_trip(&op_frame(op));
+    }
+}
+
+/// Issue 7, item 6: one checksum request covers at most
+/// MAX_CHECKSUM_BYTES, so that no single op occupies the secondary for long.
+#[test]
+fn checksum_requests_are_bounded_in_bytes() {
+    let ok = Op::Checksums {
+        path: p("f"),
+        block: 1 << 20,
+        first: 0,
+        count: (MAX_CHECKSUM_BYTES >> 20) as u32,
+    };
+    round_trip(&op_frame(ok));
+    for (block, count) in [
+        (1u32 << 20, 65u32),
+        (16 << 20, 5),
+        (4096, 16385),
+        (1 << 20, 4096),
+    ] {
+        let mut buf = Vec::new();
+        op_frame(Op::Checksums {
+            path: p("f"),
+            block,
+            first: 0,
+            count,
+        })
+        .encode(&mut buf);
+        assert_eq!(
+            Frame::decode(&buf),
+            Err(WireError::Malformed(
+                "checksum block size or count out of range"
+            )),
+            "{count} blocks of {block}"
+        );
+    }
+}
+
+/// Issue 7, item 5: any number of suspect directories travel, in pages
+/// that each fit in a frame: 20 000 directories of 200-byte names (4 MB,
+/// far beyond the 16 KiB a hello may take) round-trip in order.
+#[test]
+fn suspect_directories_travel_in_pages_of_any_number() {
+    let name = |i: usize| p(&format!("{i:0200}"));
+    let suspects: Vec<RelPath> = (0..20_000).map(name).collect();
+    let pages = Frame::suspect_pages(&suspects);
+    assert!(pages.len() > 1, "{} page(s)", pages.len());
+    let mut got = Vec::new();
+    for (i, page) in pages.iter().enumerate() {
+        let mut buf = Vec::new();
+        page.encode(&mut buf);
+        assert!(buf.len() <= MAX_FRAME + 4, "page {i}: {} bytes", buf.len());
+        match Frame::decode(&buf) {
+            Ok(Decoded::Frame(Frame::Suspects { paths, last }, _)) => {
+                assert_eq!(last, i == pages.len() - 1);
+                got.extend(paths);
+            }
+            other => panic!("page {i}: {other:?}"),
+        }
+    }
+    assert_eq!(got, suspects);
+    assert_eq!(
+        Frame::suspect_pages(&[]),
+        vec![Frame::Suspects {
+            paths: vec![],
+            last: true
+        }]
+    );
+    // A count beyond what the frame can hold is refused before allocating.
+    let mut raw = vec![0, 0, 0, 6, tag::SUSPECTS];
+    raw.extend_from_slice(&u32::MAX.to_be_bytes());
+    raw.push(1);
+    assert_eq!(
+        Frame::decode(&raw),
+        Err(WireError::Malformed("suspect count beyond the frame"))
+    );
+}
+
+/// Issue 7, item 5: listing pages carry their more-flag; a List continues
+/// after a valid name and within a bounded budget.
+#[test]
+fn listing_pages_and_list_requests_are_checked() {
+    let entries = vec![(b"a".to_vec(), libc::S_IFDIR)];
+    for more in [false, true] {
+        assert_eq!(
+            decode_listing_page(&encode_listing_page(&entries, more)),
+            Ok((entries.clone(), more))
+        );
+    }
+    assert!(decode_listing_page(&[]).is_err());
+    assert!(decode_listing_page(&[2]).is_err());
+    for (after, budget) in [
+        (Some(b"a/b".to_vec()), MIN_LIST_BUDGET),
+        (Some(b"..".to_vec()), MIN_LIST_BUDGET),
+        (Some(Vec::new()), MIN_LIST_BUDGET),
+        (None, MIN_LIST_BUDGET - 1),
+        (None, MAX_LIST_BUDGET + 1),
+    ] {
+        let mut buf = Vec::new();
+        op_frame(Op::List {
+            path: RelPath::root(),
+            after: after.clone(),
+            budget,
+        })
+        .encode(&mut buf);
+        assert!(
+            matches!(Frame::decode(&buf), Err(WireError::Malformed(_))),
+            "{after:?} {budget}"
+        );
+    }
+}
+
 #[test]
 fn begin_resync_is_opcode_30_with_the_generation() {
     let mut buf = Vec::new();
@@ -361,7 +576,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         }),
         (
             arb_target(),
-            any::<u64>(),
+            0..=MAX_OFFSET - 300,
             prop::collection::vec(any::<u8>(), 0..300)
         )
             .prop_map(|(target, offset, data)| Op::Write {
@@ -467,13 +682,24 @@ fn the_longest_paths_round_trip_and_the_largest_frame_fits() {
             }
         );
     }
-    round_trip(&Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        node: "node1".into(),
-        peer: "node2".into(),
-        history: vec![1],
-        suspects: vec![long_path(10_000), longest],
-    }));
+    // Suspect directories of the longest paths: a page holds them whole,
+    // within MAX_FRAME.
+    let suspects: Vec<RelPath> = (0..100)
+        .map(|i| long_path(MAX_PATH - (i % 7)))
+        .chain([long_path(10_000), longest])
+        .collect();
+    let pages = Frame::suspect_pages(&suspects);
+    let mut got = Vec::new();
+    for page in &pages {
+        let mut buf = Vec::new();
+        page.encode(&mut buf);
+        assert!(buf.len() - 4 <= MAX_FRAME);
+        round_trip(page);
+        if let Frame::Suspects { paths, .. } = page {
+            got.extend(paths.iter().cloned());
+        }
+    }
+    assert_eq!(got, suspects);
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! Owns the root directory descriptor and the handles the primary opened for
 //! writing. Must not follow a symlink or `..` out of the root: parents are
 //! resolved with [`sys::openat2`] and [`sys::RESOLVE_STRICT`], final names with
-//! `*at` calls and `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`.
+//! `*at` calls and `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`. Must not open anything
+//! but a regular file for data (write, truncate, fallocate, copy range,
+//! checksums, read-ahead, open of a handle; fsync also a directory): a device
+//! node the primary replicated is metadata here, never a way to this node's
+//! disks (see `open_regular`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -12,7 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,9 +26,10 @@ use crate::meta::{Inconsistent, Meta, META_DIR};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::wire::{
-    encode_checksums, encode_listing, FileFacts, HandleId, Op, Target, Timestamp, MAX_SUSPECTS,
+    encode_checksums, encode_listing_page, listing_entry_len, FileFacts, HandleId, Op, Target,
+    Timestamp, MAX_SUSPECTS,
 };
-use crate::sys;
+use crate::{sys, xattr};
 
 /// Flags a replicated open may carry to the secondary.
 const OPEN_FLAGS_KEPT: i32 = libc::O_SYNC | libc::O_DSYNC;
@@ -51,9 +56,14 @@ pub struct Applier {
     root: OwnedFd,
     handles: HashMap<HandleId, File>,
     meta: Meta,
+    /// Work done so far (see [`Applier::work`]).
+    work: Arc<AtomicU64>,
     /// The primary's node name, recorded in the inconsistent mark.
     primary: String,
 }
+
+/// Bytes one `copy_file_range` call of a replicated copy covers at most.
+const COPY_PIECE: u64 = 16 << 20;
 
 /// Writes by path (the resync's) at least this big are written back at once.
 const WRITEBACK_AT: usize = 64 << 10;
@@ -89,20 +99,17 @@ impl Prefetch {
             return None;
         }
         let (me, path) = (self.clone(), path.clone());
-        let (offset, len) = (
-            first * u64::from(*block),
-            u64::from(*count) * u64::from(*block),
-        );
+        // Checked like every product of wire values (the decoder bounds them
+        // already): an overflow hints nothing rather than a wrapped range.
+        let range = first
+            .checked_mul(u64::from(*block))
+            .zip(u64::from(*count).checked_mul(u64::from(*block)));
         Some(move || {
-            if let Ok(fd) = sys::openat2(
-                me.root.as_fd(),
-                path.as_os_str(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-                0,
-                sys::RESOLVE_STRICT,
-            ) {
-                // Only a hint: whatever fails, the checksum reads anyway.
-                let _ = sys::fadvise_willneed(fd.as_fd(), offset, len.max(1));
+            if let Some((offset, len)) = range {
+                if let Ok(fd) = open_regular(me.root.as_fd(), &path, libc::O_RDONLY) {
+                    // Only a hint: whatever fails, the checksum reads anyway.
+                    let _ = sys::fadvise_willneed(fd.as_fd(), offset, len.max(1));
+                }
             }
             me.busy.fetch_sub(1, Ordering::Relaxed);
         })
@@ -128,6 +135,7 @@ impl Applier {
             root: dir.into(),
             handles: HashMap::new(),
             meta: Meta::open(root)?,
+            work: Arc::new(AtomicU64::new(0)),
             primary: "unknown".into(),
         })
     }
@@ -136,6 +144,15 @@ impl Applier {
     /// by its certificate), for the inconsistent mark.
     pub fn set_primary(&mut self, name: &str) {
         name.clone_into(&mut self.primary);
+    }
+
+    /// A counter of the work done, which only grows: one per op applied, per
+    /// entry removed, per block checksummed (MiB-sized) and per piece copied
+    /// (at most [`COPY_PIECE`]). It moves while a long op makes progress,
+    /// and stands still while the disk hangs: `serve` reports it to the
+    /// primary, which tells working from stalled by it.
+    pub fn work(&self) -> Arc<AtomicU64> {
+        self.work.clone()
     }
 
     /// This replica's generation history.
@@ -165,6 +182,12 @@ impl Applier {
 
     /// Applies `op`; an error is the errno to report to the primary.
     pub fn apply(&mut self, op: &Op) -> io::Result<Applied> {
+        let r = self.apply_op(op);
+        self.work.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn apply_op(&mut self, op: &Op) -> io::Result<Applied> {
         // The metadata area is never a replication target.
         if touches_meta(op) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
@@ -272,10 +295,7 @@ impl Applier {
                 if *flags as i32 & libc::O_TRUNC != 0 {
                     oflags |= libc::O_TRUNC;
                 }
-                let fd = self.resolve(path, oflags | libc::O_NOFOLLOW)?;
-                if !sys::fstat(fd.as_fd()).is_ok_and(|st| is_kind(&st, libc::S_IFREG)) {
-                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
-                }
+                let fd = open_regular(self.root.as_fd(), path, oflags)?;
                 self.handles.insert(*handle, File::from(fd));
             }
             Op::Close { handle } => {
@@ -338,10 +358,12 @@ impl Applier {
                 value,
                 flags,
             } => {
+                refuse_unreplicated(name)?;
                 let fd = self.object(target)?;
                 sys::setxattr_fd(fd.fd(), OsStr::from_bytes(name), value, *flags as i32)?;
             }
             Op::RemoveXattr { target, name } => {
+                refuse_unreplicated(name)?;
                 let fd = self.object(target)?;
                 sys::removexattr_fd(fd.fd(), OsStr::from_bytes(name))?;
             }
@@ -365,13 +387,15 @@ impl Applier {
                 let d = self.writable(dst)?;
                 let mut done = 0u64;
                 while done < *len {
+                    // In pieces, so that a long copy shows as progress.
                     let n = sys::copy_file_range(
                         s.fd(),
-                        src_offset + done,
+                        checked_add(*src_offset, done)?,
                         d.fd(),
-                        dst_offset + done,
-                        len - done,
+                        checked_add(*dst_offset, done)?,
+                        (len - done).min(COPY_PIECE),
                     )?;
+                    self.work.fetch_add(1, Ordering::Relaxed);
                     if n == 0 {
                         // The replica's source is shorter than the primary's was:
                         // the trees differ, which must not pass silently.
@@ -383,8 +407,17 @@ impl Applier {
             Op::Fsync { target, datasync } => {
                 let fd = match target {
                     Target::Handle(h) => self.handle(*h)?.try_clone()?.into(),
+                    // A regular file or a directory, nothing else (opening a
+                    // device or a FIFO could act on this node).
                     Target::Path(p) => {
-                        self.resolve(p, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW)?
+                        let o = self.resolve(p, libc::O_PATH | libc::O_NOFOLLOW)?;
+                        let st = sys::fstat(o.as_fd())?;
+                        if is_kind(&st, libc::S_IFDIR) {
+                            sys::reopen(o.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?
+                        } else {
+                            check_regular(&st)?;
+                            sys::reopen(o.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?
+                        }
                     }
                 };
                 return Ok(Applied::Sync {
@@ -401,7 +434,7 @@ impl Applier {
                     }
                     Err(e) => return Err(e),
                 };
-                remove_tree(dir.as_fd(), name)?;
+                remove_tree(dir.as_fd(), name, &self.work)?;
             }
             Op::EnsureDir {
                 path,
@@ -416,7 +449,7 @@ impl Applier {
                     match sys::fstatat(dir.as_fd(), name) {
                         Ok(st) if is_kind(&st, libc::S_IFDIR) => {}
                         Ok(_) => {
-                            remove_tree(dir.as_fd(), name)?;
+                            remove_tree(dir.as_fd(), name, &self.work)?;
                             sys::mkdirat(dir.as_fd(), name, 0o700)?;
                         }
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -447,7 +480,7 @@ impl Applier {
                     // empty one (the comparison then sends its content).
                     Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => true,
                     Ok(_) => {
-                        remove_tree(dir.as_fd(), name)?;
+                        remove_tree(dir.as_fd(), name, &self.work)?;
                         drop(sys::openat(
                             dir.as_fd(),
                             name,
@@ -485,7 +518,7 @@ impl Applier {
                     .is_ok_and(|st| is_kind(&st, libc::S_IFLNK))
                     && sys::readlinkat(dir.as_fd(), name).is_ok_and(|t| t == *target);
                 if !same {
-                    remove_tree(dir.as_fd(), name)?;
+                    remove_tree(dir.as_fd(), name, &self.work)?;
                     sys::symlinkat(OsStr::from_bytes(target), dir.as_fd(), name)?;
                 }
                 sys::fchownat(dir.as_fd(), name, *uid, *gid)?;
@@ -505,16 +538,19 @@ impl Applier {
                 let same = sys::fstatat(dir.as_fd(), name)
                     .is_ok_and(|st| st.st_mode & libc::S_IFMT == kind && st.st_rdev == *rdev);
                 if !same {
-                    remove_tree(dir.as_fd(), name)?;
+                    remove_tree(dir.as_fd(), name, &self.work)?;
                     sys::mknodat(dir.as_fd(), name, kind | (mode & 0o7777), *rdev)?;
                 }
                 let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
                 set_owner_and_mode(fd.as_fd(), *uid, *gid, *mode)?;
             }
             Op::ReplaceXattrs { path, attrs } => {
+                for (name, _) in attrs {
+                    refuse_unreplicated(name)?;
+                }
                 let fd = self.resolve(path, libc::O_PATH | libc::O_NOFOLLOW)?;
-                for name in list_xattrs(fd.as_fd())? {
-                    if replicated_xattr(&name) && !attrs.iter().any(|(n, _)| *n == name) {
+                for name in xattr::names(fd.as_fd())? {
+                    if xattr::is_replicated(&name) && !attrs.iter().any(|(n, _)| *n == name) {
                         sys::removexattr_fd(fd.as_fd(), OsStr::from_bytes(&name))?;
                     }
                 }
@@ -522,14 +558,37 @@ impl Applier {
                     sys::setxattr_fd(fd.as_fd(), OsStr::from_bytes(name), value, 0)?;
                 }
             }
-            Op::List { path } => {
+            Op::List {
+                path,
+                after,
+                budget,
+            } => {
                 let fd =
                     self.resolve(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
                 let mut entries = list_dir(fd.as_fd())?;
                 if path.is_root() {
                     entries.retain(|(n, _)| n != META_DIR.as_bytes());
                 }
-                return Ok(Applied::Reply(encode_listing(&entries)));
+                // Sorted by name: the page starts after the previous one's
+                // last name, and takes what fits in the budget (at least one).
+                let start = after
+                    .as_ref()
+                    .map_or(0, |a| entries.partition_point(|(n, _)| n <= a));
+                let mut end = start;
+                let mut bytes = 0;
+                while let Some((name, _)) = entries.get(end) {
+                    let len = listing_entry_len(name);
+                    if end > start && bytes + len > *budget as usize {
+                        break;
+                    }
+                    bytes += len;
+                    end += 1;
+                }
+                let more = end < entries.len();
+                return Ok(Applied::Reply(encode_listing_page(
+                    &entries[start..end],
+                    more,
+                )));
             }
             Op::Checksums {
                 path,
@@ -537,30 +596,30 @@ impl Applier {
                 first,
                 count,
             } => {
-                let fd =
-                    self.resolve(path, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?;
+                let fd = open_regular(self.root.as_fd(), path, libc::O_RDONLY)?;
                 let st = sys::fstat(fd.as_fd())?;
-                if !is_kind(&st, libc::S_IFREG) {
-                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
-                }
                 let facts = FileFacts {
                     size: st.st_size as u64,
                     mtime: Timestamp {
                         sec: st.st_mtime,
                         nsec: st.st_mtime_nsec as u32,
                     },
-                    xattrs: xattr_digest(&read_xattrs(fd.as_fd())?),
+                    xattrs: xattr::digest(&xattr::read(fd.as_fd())?),
                 };
                 // No bigger than the file: most files are far smaller than a
                 // block, and zeroing a block each time costs more than hashing.
                 let mut buf = vec![0u8; u64::from(*block).min(st.st_size as u64) as usize];
                 let mut sums = Vec::with_capacity(*count as usize);
-                for i in *first..first + u64::from(*count) {
-                    let n = sys::pread_full(fd.as_fd(), &mut buf, i * u64::from(*block))?;
+                for i in *first..checked_add(*first, u64::from(*count))? {
+                    let at = i
+                        .checked_mul(u64::from(*block))
+                        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+                    let n = sys::pread_full(fd.as_fd(), &mut buf, at)?;
                     if n == 0 {
                         break;
                     }
                     sums.push(xxh3_64(&buf[..n]));
+                    self.work.fetch_add(1, Ordering::Relaxed);
                 }
                 return Ok(Applied::Reply(encode_checksums(&facts, &sums)));
             }
@@ -625,21 +684,27 @@ impl Applier {
         }
     }
 
+    /// A regular file to write (handles are regular files by construction).
     fn writable(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(
-                self.resolve(p, libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?,
-            )),
+            Target::Path(p) => Ok(Fd::Owned(open_regular(
+                self.root.as_fd(),
+                p,
+                libc::O_WRONLY,
+            )?)),
         }
     }
 
+    /// A regular file to read.
     fn readable(&self, t: &Target) -> io::Result<Fd<'_>> {
         match t {
             Target::Handle(h) => Ok(Fd::Borrowed(self.handle(*h)?.as_fd())),
-            Target::Path(p) => Ok(Fd::Owned(
-                self.resolve(p, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK)?,
-            )),
+            Target::Path(p) => Ok(Fd::Owned(open_regular(
+                self.root.as_fd(),
+                p,
+                libc::O_RDONLY,
+            )?)),
         }
     }
 }
@@ -677,7 +742,7 @@ fn touches_meta(op: &Op) -> bool {
         | Op::EnsureSymlink { path, .. }
         | Op::EnsureNode { path, .. }
         | Op::ReplaceXattrs { path, .. }
-        | Op::List { path }
+        | Op::List { path, .. }
         | Op::Checksums { path, .. } => meta(path),
         Op::Link {
             existing: a,
@@ -698,93 +763,162 @@ fn touches_meta(op: &Op) -> bool {
     }
 }
 
-/// Extended attributes that travel with the data (not host-specific labels).
-pub fn replicated_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.")
-        || name.starts_with(b"trusted.")
-        || name.starts_with(b"system.posix_acl_")
-}
-
-/// The replicated extended attributes of the inode `fd` holds, as (name,
-/// value), sorted by name.
-pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut attrs = Vec::new();
-    for name in list_xattrs(fd)? {
-        if !replicated_xattr(&name) {
-            continue;
-        }
-        let n = OsStr::from_bytes(&name);
-        let len = sys::getxattr_fd(fd, n, &mut [])?;
-        let mut v = vec![0u8; len];
-        let len = sys::getxattr_fd(fd, n, &mut v)?;
-        v.truncate(len);
-        attrs.push((name, v));
-    }
-    attrs.sort();
-    Ok(attrs)
-}
-
-/// A digest of [`read_xattrs`]' result: equal on both sides when the
-/// replicated extended attributes are.
-pub fn xattr_digest(attrs: &[(Vec<u8>, Vec<u8>)]) -> u64 {
-    let mut b = Vec::new();
-    for (name, value) in attrs {
-        b.extend_from_slice(&(name.len() as u64).to_be_bytes());
-        b.extend_from_slice(name);
-        b.extend_from_slice(&(value.len() as u64).to_be_bytes());
-        b.extend_from_slice(value);
-    }
-    xxh3_64(&b)
-}
-
-/// The names of the extended attributes of the inode `fd` holds.
-pub fn list_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let n = sys::listxattr_fd(fd, &mut [])?;
-    let mut buf = vec![0u8; n + 256];
-    let n = sys::listxattr_fd(fd, &mut buf)?;
-    Ok(buf[..n]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
-}
-
-/// Entries of the directory `fd` (an O_RDONLY directory) as (name, S_IFMT).
+/// Entries of the directory `fd` (an O_RDONLY directory) as (name, S_IFMT),
+/// sorted by name.
 pub fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u32)>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(Path::new(OsStr::from_bytes(
-        sys::proc_fd_path(fd).as_bytes(),
-    )))? {
-        let e = e?;
-        let name = e.file_name().as_bytes().to_vec();
-        let st = sys::fstatat(fd, OsStr::from_bytes(&name))?;
-        out.push((name, st.st_mode & libc::S_IFMT));
+    for (name, d_type) in sys::read_dir(fd)? {
+        // The directory entry's type (`DT_*` is `S_IFMT >> 12`), or a stat
+        // where the file system does not tell.
+        let kind = match d_type {
+            libc::DT_UNKNOWN => sys::fstatat(fd, OsStr::from_bytes(&name))?.st_mode & libc::S_IFMT,
+            t => u32::from(t) << 12,
+        };
+        out.push((name, kind));
     }
     out.sort();
     Ok(out)
 }
 
-/// Removes `name` in `dir` and everything below it, never following a symlink;
-/// absent is fine.
-pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let st = match sys::fstatat(dir, name) {
-        Ok(st) => st,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if is_kind(&st, libc::S_IFDIR) {
-        let sub = sys::openat(
-            dir,
-            name,
+/// Removes `name` in `dir` and everything below it, never following a
+/// symlink; absent is fine. Iterative, with one directory descriptor open at
+/// a time whatever the depth (trees may be thousands of levels deep): it
+/// climbs back through `..`, checking that it reaches the very directory it
+/// came down from (`ESTALE` if the tree moved meanwhile). Advances `work`
+/// per entry removed, so that a long removal shows as progress.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr, work: &AtomicU64) -> io::Result<()> {
+    /// One directory on the way down: who it is, its name in its parent,
+    /// and its entries not removed yet.
+    struct Level {
+        ident: (u64, u64),
+        name: Vec<u8>,
+        left: Vec<(Vec<u8>, u32)>,
+    }
+    let open_dir = |parent: BorrowedFd<'_>, n: &OsStr| {
+        sys::openat(
+            parent,
+            n,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
-        )?;
-        for (child, _) in list_dir(sub.as_fd())? {
-            remove_tree(sub.as_fd(), OsStr::from_bytes(&child))?;
+        )
+    };
+    let ident = |fd: &OwnedFd| sys::fstat(fd.as_fd()).map(|st| (st.st_dev, st.st_ino));
+    let gone = |e: &io::Error| e.raw_os_error() == Some(libc::ENOENT);
+    match sys::fstatat(dir, name) {
+        Ok(st) if is_kind(&st, libc::S_IFDIR) => {}
+        Ok(_) => {
+            sys::unlinkat(dir, name, 0)?;
+            work.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
-        sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut cur = open_dir(dir, name)?;
+    let mut stack = vec![Level {
+        ident: ident(&cur)?,
+        name: name.as_bytes().to_vec(),
+        left: list_dir(cur.as_fd())?,
+    }];
+    loop {
+        let top = stack
+            .last_mut()
+            .expect("the stack is empty only at the end");
+        if let Some((child, kind)) = top.left.pop() {
+            let c = OsStr::from_bytes(&child);
+            if kind == libc::S_IFDIR {
+                match open_dir(cur.as_fd(), c) {
+                    Ok(sub) => {
+                        stack.push(Level {
+                            ident: ident(&sub)?,
+                            name: child,
+                            left: list_dir(sub.as_fd())?,
+                        });
+                        cur = sub;
+                        continue;
+                    }
+                    Err(e) if gone(&e) => continue,
+                    // Not a directory any more: removed as a file below.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match sys::unlinkat(cur.as_fd(), c, 0) {
+                Ok(()) => {
+                    work.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if gone(&e) => {}
+                // Listed as a file, a directory now: go down into it.
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                    top.left.push((child, libc::S_IFDIR));
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let done = stack.pop().expect("the top exists");
+            let Some(parent_level) = stack.last() else {
+                sys::unlinkat(dir, name, libc::AT_REMOVEDIR)?;
+                work.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            };
+            let parent = open_dir(cur.as_fd(), OsStr::new(".."))?;
+            if ident(&parent)? != parent_level.ident {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE));
+            }
+            sys::unlinkat(
+                parent.as_fd(),
+                OsStr::from_bytes(&done.name),
+                libc::AT_REMOVEDIR,
+            )?;
+            work.fetch_add(1, Ordering::Relaxed);
+            cur = parent;
+        }
+    }
+}
+
+/// Opens `path` beneath `root` for a data op, only if it is a regular file,
+/// and without side effects: resolved as an `O_PATH` descriptor (which opens
+/// nothing: a device's driver or a FIFO never sees it), checked, then that
+/// very inode opened with `flags` (plus `O_NONBLOCK`: a lease held on the
+/// file must not hold the stream up). Anything else is refused: a symlink
+/// with `ELOOP` (as `O_NOFOLLOW` would), any other kind (device, FIFO,
+/// socket, directory) with `EINVAL`. Device nodes and setuid bits are still
+/// replicated as metadata; they are never read or written through.
+fn open_regular(root: BorrowedFd<'_>, path: &RelPath, flags: i32) -> io::Result<OwnedFd> {
+    let o = sys::openat2(
+        root,
+        path.as_os_str(),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_STRICT,
+    )?;
+    check_regular(&sys::fstat(o.as_fd())?)?;
+    sys::reopen(o.as_fd(), flags | libc::O_NONBLOCK)
+}
+
+/// `Ok` for a regular file; `ELOOP` for a symlink, `EINVAL` for anything else.
+fn check_regular(st: &libc::stat) -> io::Result<()> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFLNK => Err(io::Error::from_raw_os_error(libc::ELOOP)),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
+/// `a + b` for offsets from the wire: `EINVAL` on overflow, never a wrap.
+fn checked_add(a: u64, b: u64) -> io::Result<u64> {
+    a.checked_add(b)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The peer may only set and remove the extended attributes that are part of
+/// the replicated data ([`xattr::is_replicated`]): anything else (a host's
+/// security label) is this node's own, and refused with `EPERM`.
+fn refuse_unreplicated(name: &[u8]) -> io::Result<()> {
+    if xattr::is_replicated(name) {
+        Ok(())
     } else {
-        sys::unlinkat(dir, name, 0)
+        Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 }
 

@@ -279,6 +279,293 @@ fn ensure_file_says_whether_the_file_was_kept() {
     assert!(fs::read(f.root.join("f")).unwrap().is_empty());
 }
 
+/// Issue 7, item 11: the peer sets and removes only the extended attributes
+/// that are replicated data (file capabilities among them); a host label is
+/// this node's own: refused from the peer, and left alone by ReplaceXattrs.
+#[test]
+fn only_replicated_xattrs_are_applied() {
+    let mut f = fixture();
+    fs::write(f.root.join("f"), b"x").unwrap();
+    let cap = vec![1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.a.apply(&Op::SetXattr {
+        target: Target::Path(p("f")),
+        name: b"security.capability".to_vec(),
+        value: cap.clone(),
+        flags: 0,
+    })
+    .unwrap();
+    let file = File::open(f.root.join("f")).unwrap();
+    assert_eq!(
+        xattr::value(file.as_fd(), b"security.capability").unwrap(),
+        Some(cap.clone())
+    );
+    for op in [
+        Op::SetXattr {
+            target: Target::Path(p("f")),
+            name: b"security.selinux".to_vec(),
+            value: b"system_u:object_r:x_t:s0".to_vec(),
+            flags: 0,
+        },
+        Op::RemoveXattr {
+            target: Target::Path(p("f")),
+            name: b"security.selinux".to_vec(),
+        },
+        Op::ReplaceXattrs {
+            path: p("f"),
+            attrs: vec![(b"security.ima".to_vec(), b"x".to_vec())],
+        },
+    ] {
+        assert_eq!(errno(f.a.apply(&op)), libc::EPERM, "{op:?}");
+    }
+    // This node's own label (where root may set one) survives a resync's
+    // ReplaceXattrs, which replaces only the replicated ones.
+    let label = sys::setxattr_fd(file.as_fd(), OsStr::new("security.selinux"), b"l_t", 0).is_ok();
+    f.a.apply(&Op::ReplaceXattrs {
+        path: p("f"),
+        attrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+    })
+    .unwrap();
+    assert_eq!(
+        xattr::read(file.as_fd()).unwrap(),
+        vec![(b"user.k".to_vec(), b"v".to_vec())]
+    );
+    if label {
+        assert_eq!(
+            xattr::value(file.as_fd(), b"security.selinux").unwrap(),
+            Some(b"l_t".to_vec())
+        );
+    }
+}
+
+/// Issue 7, item 9: data ops open only regular files. A FIFO, a device node
+/// or a directory named by a data op is refused (EINVAL; a symlink ELOOP)
+/// without being opened: a FIFO with no reader would block an open for
+/// writing, and a device's open already acts on this node.
+#[test]
+fn data_ops_open_only_regular_files() {
+    let mut f = fixture();
+    f.a.apply(&Op::Mknod {
+        path: p("fifo"),
+        mode: libc::S_IFIFO | 0o600,
+        rdev: 0,
+        uid: 0,
+        gid: 0,
+    })
+    .unwrap();
+    // /dev/null's numbers: writing it would "succeed" and write nothing
+    // visible, which is exactly what must not pass silently.
+    f.a.apply(&Op::Mknod {
+        path: p("null"),
+        mode: libc::S_IFCHR | 0o666,
+        rdev: libc::makedev(1, 3),
+        uid: 0,
+        gid: 0,
+    })
+    .unwrap();
+    fs::create_dir(f.root.join("dir")).unwrap();
+    fs::write(f.root.join("reg"), b"data").unwrap();
+    for (name, want) in [
+        ("fifo", libc::EINVAL),
+        ("null", libc::EINVAL),
+        ("dir", libc::EINVAL),
+        ("secret-link", libc::ELOOP),
+    ] {
+        let t = || Target::Path(p(name));
+        for op in [
+            Op::Write {
+                target: t(),
+                offset: 0,
+                data: b"x".to_vec(),
+            },
+            Op::Truncate {
+                target: t(),
+                size: 0,
+            },
+            Op::Fallocate {
+                target: t(),
+                mode: 0,
+                offset: 0,
+                len: 4096,
+            },
+            Op::CopyRange {
+                src: t(),
+                src_offset: 0,
+                dst: Target::Path(p("reg")),
+                dst_offset: 0,
+                len: 4,
+            },
+            Op::CopyRange {
+                src: Target::Path(p("reg")),
+                src_offset: 0,
+                dst: t(),
+                dst_offset: 0,
+                len: 4,
+            },
+            Op::Checksums {
+                path: p(name),
+                block: 4096,
+                first: 0,
+                count: 1,
+            },
+            Op::Open {
+                path: p(name),
+                handle: HandleId(9),
+                flags: 0,
+            },
+        ] {
+            assert_eq!(errno(f.a.apply(&op)), want, "{name}: {op:?}");
+        }
+        let sync = f.a.apply(&Op::Fsync {
+            target: t(),
+            datasync: false,
+        });
+        if name == "dir" {
+            assert!(matches!(sync, Ok(Applied::Sync { .. })), "{sync:?}");
+        } else {
+            assert_eq!(errno(sync), want, "{name}: fsync");
+        }
+        // Not even a read-ahead hint opens it.
+        let prefetch = f.a.prefetch().unwrap();
+        let job = prefetch.job(&Op::Checksums {
+            path: p(name),
+            block: 4096,
+            first: 0,
+            count: 1,
+        });
+        job.expect("a hint job")();
+    }
+    assert_eq!(fs::read(f.root.join("reg")).unwrap(), b"data");
+    assert_eq!(f.a.open_handles(), 0);
+}
+
+/// Issue 7, item 9: ranges computed from wire values are checked: an op that
+/// reaches the applier with an overflowing range (the decoder refuses such
+/// frames) fails with EINVAL instead of reading or writing a wrapped offset.
+#[test]
+fn overflowing_ranges_fail_with_einval() {
+    let mut f = fixture();
+    fs::write(f.root.join("reg"), b"data").unwrap();
+    for op in [
+        Op::Checksums {
+            path: p("reg"),
+            block: 1 << 20,
+            first: u64::MAX - 1,
+            count: 4,
+        },
+        Op::Checksums {
+            path: p("reg"),
+            block: 1 << 20,
+            first: u64::MAX / (1 << 20),
+            count: 1,
+        },
+        Op::CopyRange {
+            src: Target::Path(p("reg")),
+            src_offset: u64::MAX - 1,
+            dst: Target::Path(p("reg")),
+            dst_offset: 0,
+            len: 4,
+        },
+        Op::Write {
+            target: Target::Path(p("reg")),
+            offset: u64::MAX - 1,
+            data: b"xy".to_vec(),
+        },
+        Op::Truncate {
+            target: Target::Path(p("reg")),
+            size: u64::MAX,
+        },
+    ] {
+        assert_eq!(errno(f.a.apply(&op)), libc::EINVAL, "{op:?}");
+    }
+    assert_eq!(fs::read(f.root.join("reg")).unwrap(), b"data");
+}
+
+/// Issue 7, item 6: `Remove` of a tree thousands of levels deep (deeper
+/// than PATH_MAX in bytes, and than a recursion or a descriptor per level
+/// would bear) with wide directories on the way: everything goes, and the
+/// work counter shows one step per entry removed.
+#[test]
+fn remove_of_a_very_deep_tree_is_iterative_and_counts_its_work() {
+    const DEPTH: usize = 10_000;
+    let mut f = fixture();
+    let mut dir: OwnedFd = File::open(&f.root).unwrap().into();
+    let mut entries = 0u64;
+    for level in 0..DEPTH {
+        let name = OsStr::new(if level == 0 { "deep" } else { "d" });
+        sys::mkdirat(dir.as_fd(), name, 0o755).unwrap();
+        entries += 1;
+        dir = sys::openat(
+            dir.as_fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .unwrap();
+        if level % 1000 == 0 {
+            for i in 0..100 {
+                let n = format!("f{i}");
+                sys::mknodat(dir.as_fd(), OsStr::new(&n), libc::S_IFREG | 0o644, 0).unwrap();
+                entries += 1;
+            }
+        }
+    }
+    drop(dir);
+    let work = f.a.work();
+    let before = work.load(Ordering::Relaxed);
+    f.a.apply(&Op::Remove { path: p("deep") }).unwrap();
+    assert!(!f.root.join("deep").exists());
+    assert!(f.root.join("escape").exists(), "a sibling was touched");
+    // One per entry, one for the op.
+    assert_eq!(work.load(Ordering::Relaxed) - before, entries + 1);
+}
+
+/// Issue 7, item 5: a directory is listed in pages, each within its budget,
+/// continuing after the previous page's last name, until none follow: every
+/// entry comes exactly once, in name order (the metadata area left out).
+#[test]
+fn list_pages_cover_a_large_directory_exactly_once() {
+    let mut f = fixture();
+    fs::create_dir(f.root.join(".mirrorfs-not-meta")).unwrap();
+    let mut want: Vec<Vec<u8>> = vec![
+        b".mirrorfs-not-meta".to_vec(),
+        b"escape".to_vec(),
+        b"secret-link".to_vec(),
+    ];
+    for i in 0..1000 {
+        let name = format!("{i:0200}");
+        fs::write(f.root.join(&name), b"").unwrap();
+        want.push(name.into_bytes());
+    }
+    want.sort();
+    let mut got = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let reply = match f
+            .a
+            .apply(&Op::List {
+                path: RelPath::root(),
+                after: after.clone(),
+                budget: 4096,
+            })
+            .unwrap()
+        {
+            Applied::Reply(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(reply.len() <= 1 + 4096, "page of {} bytes", reply.len());
+        let (entries, more) = crate::proto::wire::decode_listing_page(&reply).unwrap();
+        pages += 1;
+        after = entries.last().map(|(n, _)| n.clone());
+        got.extend(entries.into_iter().map(|(n, _)| n));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+    assert!(pages >= 1000 / 20, "{pages} pages");
+}
+
 #[test]
 fn paths_longer_than_path_max_apply_beneath_the_root() {
     let mut f = fixture();
@@ -312,12 +599,19 @@ fn paths_longer_than_path_max_apply_beneath_the_root() {
         data: b"deep data".to_vec(),
     })
     .unwrap();
-    let Applied::Reply(listing) = f.a.apply(&Op::List { path: dir.clone() }).unwrap() else {
+    let Applied::Reply(listing) =
+        f.a.apply(&Op::List {
+            path: dir.clone(),
+            after: None,
+            budget: crate::proto::wire::MIN_LIST_BUDGET,
+        })
+        .unwrap()
+    else {
         panic!("a listing")
     };
     assert_eq!(
-        crate::proto::wire::decode_listing(&listing).unwrap(),
-        vec![(b"f".to_vec(), libc::S_IFREG)]
+        crate::proto::wire::decode_listing_page(&listing).unwrap(),
+        (vec![(b"f".to_vec(), libc::S_IFREG)], false)
     );
     // Rename a directory in the middle: what is below follows.
     let (mid, _) = deep.split_at(deep.len() / 2);

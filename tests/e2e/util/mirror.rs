@@ -65,6 +65,17 @@ pub struct MountArgs {
     pub on_node2: bool,
 }
 
+/// How [`Mirror::start_serve_with`] starts `serve` beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOpts {
+    /// Its replica root (default: the fixture's replica/).
+    pub root: Option<PathBuf>,
+    /// A command that runs it, e.g. `["prlimit", "--nofile=1024:"]`.
+    pub prefix: Vec<String>,
+    /// Further options, e.g. `["--control", SOCK]`.
+    pub extra: Vec<String>,
+}
+
 /// Waits until `mnt` is a FUSE mount served by the `mirrorfs mount` process
 /// `mount`; fails at once if that process exits first.
 pub fn wait_mounted(mount: &mut Proc, mnt: &Path) -> Result<()> {
@@ -159,22 +170,27 @@ impl Mirror {
     /// a UDP socket on [`PORT`]. After [`Mirror::kill_serve`] this restarts the
     /// secondary with the same command on the same replica.
     pub fn start_serve(&mut self) -> Result<()> {
-        self.start_serve_with(&[])
+        self.start_serve_with(&ServeOpts::default())
     }
 
-    /// [`Mirror::start_serve`] with further options, e.g. `["--control", SOCK]`.
-    pub fn start_serve_with(&mut self, extra: &[&str]) -> Result<()> {
+    /// [`Mirror::start_serve`] with another root, further options or run
+    /// through a wrapper.
+    pub fn start_serve_with(&mut self, opts: &ServeOpts) -> Result<()> {
         if self.serve.is_some() {
             bail!("serve is already running: kill it first");
         }
         let keys = self.keys();
-        let mut argv: Vec<OsString> = vec![self.bin.clone().into(), "serve".into()];
-        argv.extend(flag("--root", self.replica()));
+        let mut argv: Vec<OsString> = opts.prefix.iter().map(OsString::from).collect();
+        argv.extend([self.bin.clone().into(), "serve".into()]);
+        argv.extend(flag(
+            "--root",
+            opts.root.clone().unwrap_or_else(|| self.replica()),
+        ));
         argv.extend(flag("--listen", format!("{}:{PORT}", self.node2.ip)));
         argv.extend(flag("--key", keys.join("node2.key")));
         argv.extend(flag("--cert", keys.join("node2.crt")));
         argv.extend(flag("--peer-cert", keys.join("node1.crt")));
-        argv.extend(extra.iter().map(OsString::from));
+        argv.extend(opts.extra.iter().map(OsString::from));
         let mut serve = self.node2.spawn("serve", argv)?;
         wait_serve_listening(&self.node2, &mut serve)?;
         self.serve = Some(serve);

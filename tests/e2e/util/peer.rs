@@ -1,6 +1,8 @@
 //! A primary played by the test: a QUIC client holding node1's pinned
 //! certificate that speaks the wire format frame by frame (hostile frames, or
 //! single ops such as `BeginResync`), against a `Server` run in-process.
+//! While ops are pending the server may send `Frame::Progress` between its
+//! answers: callers that wait for an answer skip those.
 //!
 //! Owns: its endpoint and connection; nothing on disk.
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mirrorfs::net::{tls, transport};
+use mirrorfs::proto::path::RelPath;
 use mirrorfs::proto::wire::{Decoded, Frame, Hello, Op, Seq, PROTOCOL_VERSION};
 
 /// How long a handshake or an answer may take.
@@ -35,7 +38,7 @@ impl Peer {
                 node: "node1".into(),
                 peer: "node2".into(),
                 history: vec![],
-                suspects: vec![],
+                peer_timeout_ms: 5000,
             },
         )
         .await;
@@ -43,7 +46,24 @@ impl Peer {
             Some(Frame::Hello(h)) => assert_eq!(h.node, "node2"),
             other => panic!("expected the server's hello, got {other:?}"),
         }
+        p.suspects().await;
         p
+    }
+
+    /// Reads the suspect directories the server sends after its hello.
+    pub async fn suspects(&mut self) -> Vec<RelPath> {
+        let mut all = Vec::new();
+        loop {
+            match self.next().await {
+                Some(Frame::Suspects { paths, last }) => {
+                    all.extend(paths);
+                    if last {
+                        return all;
+                    }
+                }
+                other => panic!("expected the server's suspect directories, got {other:?}"),
+            }
+        }
     }
 
     /// Connects with node1's certificate and sends `hello`, whatever it says.
