@@ -584,7 +584,6 @@ fn held(m: &mut Mirror, extra: &[&str]) -> Result<(std::path::PathBuf, Writer)> 
 }
 
 #[test]
-#[ignore = "needs the hold core"]
 fn hold_then_alone_lets_the_held_writes_go_on_until_the_grant_runs_out() -> Result<()> {
     require_root()?;
     let mut m = Mirror::prepare()?;
@@ -624,7 +623,6 @@ fn hold_then_alone_lets_the_held_writes_go_on_until_the_grant_runs_out() -> Resu
 }
 
 #[test]
-#[ignore = "needs the hold core"]
 fn hold_then_fence_fails_the_held_writes_with_eio_and_records_them() -> Result<()> {
     require_root()?;
     let mut m = Mirror::prepare()?;
@@ -645,7 +643,6 @@ fn hold_then_fence_fails_the_held_writes_with_eio_and_records_them() -> Result<(
 }
 
 #[test]
-#[ignore = "needs the hold core"]
 fn hold_timeout_fences_with_a_writer_running() -> Result<()> {
     require_root()?;
     let mut m = Mirror::prepare()?;

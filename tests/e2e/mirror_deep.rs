@@ -359,7 +359,6 @@ fn create_and_rename_beyond_the_bound_fail_on_both_sides() -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs the ops.rs path-before-change fix (item 3)"]
 fn mkdir_mknod_symlink_link_beyond_the_bound_fail_on_both_sides() -> Result<()> {
     let (m, _control) = start()?;
     let mnt = m.mnt();

@@ -37,7 +37,7 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(120);
 /// exactly the primary's tree once the mount reports in sync again, after
 /// 40 s of a secondary killed and restarted under two churning writers.
 #[test]
-#[ignore = "fails on main until the issue 7 fixes land (EIO from inode reuse, stale rename paths)"]
+#[ignore = "still fails 1 run in 3: entries renamed on the primary left on the replica (being fixed)"]
 fn issue_7_churn_while_the_secondary_restarts_leaves_identical_trees() -> Result<()> {
     let secs = std::env::var("MIRRORFS_E2E_CHURN_SECS")
         .ok()
@@ -219,14 +219,20 @@ fn step(root: &Path, rng: &mut Rng) -> Result<()> {
             }
             let len = 1 + rng.below(32 << 10) as usize;
             let off = rng.below(32 << 10) as i64;
-            File::open(&a).and_then(|from| {
-                let to = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&b)?;
-                sys::copy_file_range(&from, 0, &to, off, len).map(drop)
-            })
+            // The destination is opened first: a writable open waits for the
+            // file's kernel-passthrough readers to close (ETXTBSY after 10
+            // s), so two writers each holding one file open read-only while
+            // opening the other's for writing would wait for each other (a
+            // known limit of passthrough reads, not this test's topic).
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&b)
+                .and_then(|to| {
+                    let from = File::open(&a)?;
+                    sys::copy_file_range(&from, 0, &to, off, len).map(drop)
+                })
         }
         8 => {
             // Make sure every directory exists again (renames may have

@@ -1,6 +1,6 @@
 //! The mount's side of the control socket: [`Control`] for the primary's
-//! [`Mirror`]. The status comes from [`Mirror::status`]; the orders are the
-//! hold core's to carry out (issue 7) and are refused until it is there.
+//! [`Mirror`]. The status comes from [`Mirror::status`]; the orders go to
+//! the mirror's core, which decides (and refuses what it must, saying why).
 //!
 //! A watcher is woken by the mirror's changes, and also when its link begins
 //! or ends a stall ([`Mirror::stalled`]): that comes with time (no progress
@@ -15,13 +15,6 @@ use crate::mirror::Mirror;
 
 /// How often a watcher's wait looks whether a stall began or ended.
 const STALL_CHECK: Duration = Duration::from_millis(100);
-
-/// The answer to an order this mount cannot carry out yet.
-fn not_yet(order: &str) -> CtlError {
-    CtlError::Refused(format!(
-        "{order} is not implemented yet: this mirrorfs takes no orders on peer loss; use --on-peer-loss=alone or fail"
-    ))
-}
 
 impl Control for Mirror {
     fn status(&self) -> Status {
@@ -38,16 +31,19 @@ impl Control for Mirror {
         )
     }
 
-    fn alone(&self, _seconds: f64) -> Result<Status, CtlError> {
-        Err(not_yet("alone"))
+    fn alone(&self, seconds: f64) -> Result<Status, CtlError> {
+        Self::alone(self, Duration::from_secs_f64(seconds)).map_err(CtlError::Refused)?;
+        Ok(Self::status(self))
     }
 
     fn fence(&self) -> Result<Status, CtlError> {
-        Err(not_yet("fence"))
+        Self::fence(self);
+        Ok(Self::status(self))
     }
 
     fn unfence(&self) -> Result<Status, CtlError> {
-        Err(not_yet("unfence"))
+        Self::unfence(self);
+        Ok(Self::status(self))
     }
 }
 

@@ -21,7 +21,7 @@ use fuser::{
 };
 use tracing::{debug, info};
 
-use super::ops::{Ctx, Entry, Opened, Overlay, SetAttr};
+use super::ops::{Ctx, Entry, Opened, Overlay, Pending, SetAttr};
 
 /// How long the kernel may cache names and attributes. Every change to the
 /// backing tree goes through this mount, whose replies carry the new
@@ -122,18 +122,26 @@ fn zeroed_stat() -> libc::stat {
     unsafe { std::mem::zeroed() }
 }
 
-fn reply_entry(reply: ReplyEntry, r: io::Result<Entry>) {
+fn entry_now(reply: ReplyEntry, r: io::Result<Entry>) {
     match r {
         Ok(e) => reply.entry(&TTL, &attr(e.ino, &e.attr), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
 
-fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
-    match r {
+// A mutation's reply goes with its answer: sent at once, or (held for a
+// controller's decision) later from another thread: the FUSE thread that
+// took the request is free again either way.
+
+fn reply_entry(reply: ReplyEntry, p: Pending<Entry>) {
+    p.reply(move |r| entry_now(reply, r));
+}
+
+fn reply_empty(reply: ReplyEmpty, p: Pending<()>) {
+    p.reply(move |r| match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(e)),
-    }
+    });
 }
 
 fn reply_xattr(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
@@ -206,7 +214,7 @@ impl Filesystem for MirrorFs {
                 none.ino = INodeNo(0);
                 reply.entry(&TTL, &none, Generation(0));
             }
-            r => reply_entry(reply, r),
+            r => entry_now(reply, r),
         }
     }
 
@@ -247,10 +255,13 @@ impl Filesystem for MirrorFs {
             atime: time_or_now(atime),
             mtime: time_or_now(mtime),
         };
-        match self.ops.setattr(ino.0, fh.map(|f| f.0), set) {
-            Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        let ino = ino.0;
+        self.ops
+            .setattr(ino, fh.map(|f| f.0), set)
+            .reply(move |r| match r {
+                Ok(st) => reply.attr(&TTL, &attr(ino, &st)),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -341,7 +352,13 @@ impl Filesystem for MirrorFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.ops.open(ino.0, flags.0) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return self.ops.open(ino.0, flags.0).reply(move |r| match r {
+                Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            });
+        }
+        let opened = match self.ops.open_read(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
@@ -393,10 +410,10 @@ impl Filesystem for MirrorFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ops.write(fh.0, offset, data) {
+        self.ops.write(fh.0, offset, data).reply(move |r| match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn flush(
@@ -543,19 +560,18 @@ impl Filesystem for MirrorFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .ops
+        self.ops
             .create(ctx(req), parent.0, name, mode, umask, flags)
-        {
-            Ok((e, o)) => reply.created(
-                &TTL,
-                &attr(e.ino, &e.attr),
-                Generation(0),
-                FileHandle(o.fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+            .reply(move |r| match r {
+                Ok((e, o)) => reply.created(
+                    &TTL,
+                    &attr(e.ino, &e.attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn fallocate(
@@ -599,13 +615,12 @@ impl Filesystem for MirrorFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .ops
+        self.ops
             .copy_file_range(ino_in.0, fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+            .reply(move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn ioctl(

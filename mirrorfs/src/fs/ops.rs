@@ -21,14 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
-use tracing::warn;
-
 use super::inode::{InodeTable, Key, ROOT_INO};
-use super::iomode::{IoModes, ReadMode};
-use super::replicate::{Replicate, Ticket, Touched};
+use super::iomode::{IoModes, OpenKind, ReadMode};
+use super::replicate::{Begun, OpId, Replicate, Ticket, Touched};
 use crate::meta::META_DIR;
 use crate::proto::path::{check_name, RelPath};
-use crate::proto::wire::{HandleId, Op, Target, Timestamp};
+use crate::proto::wire::{HandleId, Op, Target, Timestamp, MAX_DATA};
 use crate::sys;
 
 /// How long a writable open waits for passthrough readers of the file to close.
@@ -99,29 +97,158 @@ struct Handle {
     ino: u64,
     file: Arc<File>,
     writable: bool,
-    /// Its open was sent to the secondary...
-    replicated: bool,
-    /// ... on this connection epoch (another epoch: the secondary does not
-    /// know the handle, and ops name the file by its path instead).
-    epoch: u64,
+    /// `O_SYNC`/`O_DSYNC` of the open, replicated with it.
+    sync_flags: i32,
+    /// The connection on which the secondary holds this handle (0: none; on
+    /// another connection it does not know it: the handle is opened there
+    /// again before an op uses it).
+    remote_epoch: AtomicU64,
     /// Served by kernel passthrough.
     passthrough: bool,
 }
 
+impl Handle {
+    /// How it counts among the inode's opens.
+    fn open_kind(&self) -> OpenKind {
+        match (self.writable, self.passthrough) {
+            (true, _) => OpenKind::Writer,
+            (false, true) => OpenKind::Passthrough,
+            (false, false) => OpenKind::Cached,
+        }
+    }
+}
+
+/// How the secondary may know an inode: by its path, or (first) through one
+/// of these handles if it holds it on the op's connection. Computed under
+/// the sequencer before the change.
+#[derive(Debug)]
+struct Named {
+    path: Option<RelPath>,
+    handles: Vec<(u64, Arc<Handle>)>,
+}
+
+impl Named {
+    /// The target of an op sent on connection `epoch` (`None`: not sent, or
+    /// nothing there reaches the inode any more: unlinked, no handle).
+    fn target(&self, epoch: Option<u64>) -> Option<Target> {
+        let e = epoch?;
+        self.handles
+            .iter()
+            .find(|(_, h)| h.remote_epoch.load(Ordering::Relaxed) == e)
+            .map(|(fh, _)| Target::Handle(HandleId(*fh)))
+            .or_else(|| self.path.clone().map(Target::Path))
+    }
+}
+
+/// The answer of a mutation: its local result at once, and its
+/// acknowledgement now or later (after the secondary applied it, or once a
+/// controller decided: a held op's answer is parked, not waited for).
+#[must_use = "a mutation must be answered"]
+pub struct Pending<T> {
+    state: io::Result<(T, Ticket)>,
+    /// Run if the answer is an error (what the local change left behind).
+    on_error: Option<Box<dyn FnOnce() + Send>>,
+    /// The local half failed after the op was submitted (a local fsync).
+    local_error: Option<io::Error>,
+}
+
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Pending<T> {
+    /// Refused before anything was applied.
+    fn failed(e: io::Error) -> Self {
+        Self {
+            state: Err(e),
+            on_error: None,
+            local_error: None,
+        }
+    }
+
+    /// Answered at once (nothing to replicate).
+    fn ready(r: io::Result<T>) -> Self {
+        match r {
+            Ok(v) => Self {
+                state: Ok((v, Ticket::answered(OpId(0), Ok(())))),
+                on_error: None,
+                local_error: None,
+            },
+            Err(e) => Self::failed(e),
+        }
+    }
+
+    /// Has `f` answered with the result: at once, or later from another
+    /// thread when the answer waits for a decision.
+    pub fn reply(self, f: impl FnOnce(io::Result<T>) + Send + 'static) {
+        let (value, ticket) = match self.state {
+            Ok(x) => x,
+            Err(e) => return f(Err(e)),
+        };
+        let (on_error, local) = (self.on_error, self.local_error);
+        ticket.finish(Box::new(move |r| {
+            let r = match (local, r) {
+                (Some(e), _) | (None, Err(e)) => Err(e),
+                (None, Ok(())) => Ok(value),
+            };
+            if r.is_err() {
+                if let Some(cleanup) = on_error {
+                    cleanup();
+                }
+            }
+            f(r);
+        }));
+    }
+
+    /// Blocks until the answer comes (for callers that are not FUSE
+    /// handlers: tests, tools).
+    pub fn wait(self) -> io::Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.reply(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::EIO)))
+    }
+}
+
+/// A writable open found passthrough readers on an existing file while the
+/// sequencer was held: it waits for them outside and tries again.
+#[derive(Debug)]
+struct Busy(u64);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inode {} has passthrough readers", self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+fn busy(ino: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::WouldBlock, Busy(ino))
+}
+
+fn busy_ino(e: &io::Error) -> Option<u64> {
+    e.get_ref()?.downcast_ref::<Busy>().map(|b| b.0)
+}
+
 #[derive(Debug)]
 struct DirHandle {
-    file: File,
+    file: Arc<File>,
     entries: Vec<DirEntry>,
 }
 
 /// The primary's overlay of one backing directory.
 pub struct Overlay {
     inodes: InodeTable,
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    handles: Arc<RwLock<HashMap<u64, Arc<Handle>>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     /// Which opens may use kernel passthrough.
-    io_modes: IoModes,
+    io_modes: Arc<IoModes>,
     /// The kernel accepted passthrough at init.
     passthrough: AtomicBool,
     /// Held while a mutation is applied locally and submitted, so that the
@@ -185,10 +312,10 @@ impl Overlay {
         let path_fd = reopen(root_fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?;
         Ok(Self {
             inodes: InodeTable::new(path_fd, key_of(&st), budget),
-            handles: RwLock::new(HashMap::new()),
+            handles: Arc::new(RwLock::new(HashMap::new())),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            io_modes: IoModes::new(WRITER_WAIT),
+            io_modes: Arc::new(IoModes::new(WRITER_WAIT)),
             passthrough: AtomicBool::new(false),
             sequencer: Mutex::new(()),
             repl,
@@ -220,7 +347,7 @@ impl Overlay {
         let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         let ino = self.inodes.lookup(parent, name, key_of(&st), fd, |old| {
-            sys::fstat(old.as_fd()).is_ok_and(|s| s.st_nlink > 0 || is_kind(&s, libc::S_IFDIR))
+            sys::fstat(old.as_fd()).is_ok_and(|old| still_the_same(&old, &st))
         });
         Ok(Entry { ino, attr: st })
     }
@@ -247,13 +374,13 @@ impl Overlay {
         let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = handles.get_mut(&fh) {
             if h.passthrough {
-                self.io_modes.release(h.ino, false, true);
+                self.io_modes.passthrough_refused(h.ino);
                 *h = Arc::new(Handle {
                     ino: h.ino,
                     file: h.file.clone(),
                     writable: h.writable,
-                    replicated: h.replicated,
-                    epoch: h.epoch,
+                    sync_flags: h.sync_flags,
+                    remote_epoch: AtomicU64::new(h.remote_epoch.load(Ordering::Relaxed)),
                     passthrough: false,
                 });
             }
@@ -348,10 +475,13 @@ impl Overlay {
             });
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(DirHandle { file, entries }));
+        self.dirs.write().unwrap_or_else(|e| e.into_inner()).insert(
+            fh,
+            Arc::new(DirHandle {
+                file: Arc::new(file),
+                entries,
+            }),
+        );
         Ok(fh)
     }
 
@@ -370,10 +500,17 @@ impl Overlay {
     }
 
     /// `fsync` of a directory, on both sides.
-    pub fn fsyncdir(&self, ino: u64, fh: u64, datasync: bool) -> io::Result<()> {
-        let d = self.dir(fh)?;
-        let target = Target::Path(self.inodes.path(ino)?);
-        self.durable(d.file.as_fd(), target, datasync)
+    pub fn fsyncdir(&self, ino: u64, fh: u64, datasync: bool) -> Pending<()> {
+        let d = match self.dir(fh) {
+            Ok(d) => d,
+            Err(e) => return Pending::failed(e),
+        };
+        self.durable(d.file.clone(), datasync, || {
+            Ok(Named {
+                path: self.inodes.path(ino).ok(),
+                handles: Vec::new(),
+            })
+        })
     }
 
     // ---- namespace mutations ------------------------------------------------
@@ -387,22 +524,27 @@ impl Overlay {
         mode: u32,
         umask: u32,
         rdev: u64,
-    ) -> io::Result<Entry> {
-        self.check_creatable(parent, name)?;
+    ) -> Pending<Entry> {
+        if let Err(e) = self.check_creatable(parent, name) {
+            return Pending::failed(e);
+        }
         let mode = mode & !umask;
-        self.mutate(self.touch_child(parent, name), || {
-            let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
-            sys::mknodat(pfd.as_fd(), name, mode, rdev)?;
-            let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
-            let op = Op::Mknod {
-                path: self.child_path(parent, name)?,
-                mode: st.st_mode,
-                rdev,
-                uid: st.st_uid,
-                gid: st.st_gid,
-            };
-            Ok((entry, vec![op]))
-        })
+        self.mutate(
+            || self.child(parent, name),
+            |path, _| {
+                let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
+                sys::mknodat(pfd.as_fd(), name, mode, rdev)?;
+                let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
+                let op = Op::Mknod {
+                    path,
+                    mode: st.st_mode,
+                    rdev,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                };
+                Ok((entry, vec![op]))
+            },
+        )
     }
 
     /// `mkdir`.
@@ -413,105 +555,120 @@ impl Overlay {
         name: &OsStr,
         mode: u32,
         umask: u32,
-    ) -> io::Result<Entry> {
-        self.check_creatable(parent, name)?;
+    ) -> Pending<Entry> {
+        if let Err(e) = self.check_creatable(parent, name) {
+            return Pending::failed(e);
+        }
         let mode = mode & !umask & 0o7777;
-        self.mutate(self.touch_child(parent, name), || {
-            let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
-            sys::mkdirat(pfd.as_fd(), name, mode)?;
-            let (entry, st) = self.finish_create(parent, name, &pfd, owner, u32::MAX)?;
-            let op = Op::Mkdir {
-                path: self.child_path(parent, name)?,
-                mode: st.st_mode & 0o7777,
-                uid: st.st_uid,
-                gid: st.st_gid,
-            };
-            Ok((entry, vec![op]))
-        })
+        self.mutate(
+            || self.child(parent, name),
+            |path, _| {
+                let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
+                sys::mkdirat(pfd.as_fd(), name, mode)?;
+                // The mode asked for, whatever the process's umask (a
+                // setgid inherited from the parent is kept).
+                let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
+                let op = Op::Mkdir {
+                    path,
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                };
+                Ok((entry, vec![op]))
+            },
+        )
     }
 
     /// `symlink`: `parent/name` → `target`.
-    pub fn symlink(
-        &self,
-        ctx: Ctx,
-        parent: u64,
-        name: &OsStr,
-        target: &OsStr,
-    ) -> io::Result<Entry> {
-        self.check_creatable(parent, name)?;
-        if target.is_empty() || target.len() > crate::proto::path::MAX_SYMLINK_TARGET {
-            return Err(err(libc::ENAMETOOLONG));
+    pub fn symlink(&self, ctx: Ctx, parent: u64, name: &OsStr, target: &OsStr) -> Pending<Entry> {
+        if let Err(e) = self.check_creatable(parent, name) {
+            return Pending::failed(e);
         }
-        self.mutate(self.touch_child(parent, name), || {
-            let (pfd, (uid, gid)) = self.parent_and_owner(ctx, parent)?;
-            sys::symlinkat(target, pfd.as_fd(), name)?;
-            sys::fchownat(pfd.as_fd(), name, uid, gid)?;
-            let entry = self.lookup_locked(parent, name)?;
-            let op = Op::Symlink {
-                path: self.child_path(parent, name)?,
-                target: target.as_bytes().to_vec(),
-                uid: entry.attr.st_uid,
-                gid: entry.attr.st_gid,
-            };
-            Ok((entry, vec![op]))
-        })
+        if target.is_empty() || target.len() > crate::proto::path::MAX_SYMLINK_TARGET {
+            return Pending::failed(err(libc::ENAMETOOLONG));
+        }
+        self.mutate(
+            || self.child(parent, name),
+            |path, _| {
+                let (pfd, (uid, gid)) = self.parent_and_owner(ctx, parent)?;
+                sys::symlinkat(target, pfd.as_fd(), name)?;
+                sys::fchownat(pfd.as_fd(), name, uid, gid)?;
+                let entry = self.lookup_locked(parent, name)?;
+                let op = Op::Symlink {
+                    path,
+                    target: target.as_bytes().to_vec(),
+                    uid: entry.attr.st_uid,
+                    gid: entry.attr.st_gid,
+                };
+                Ok((entry, vec![op]))
+            },
+        )
     }
 
     /// `link`: a new name `newparent/newname` for `ino`.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
-        self.check_creatable(newparent, newname)?;
-        let mut touched = self.touch_child(newparent, newname);
-        touched.paths.extend(self.inodes.path(ino).ok());
-        self.mutate(touched, || {
-            let existing = self.inodes.path(ino)?;
-            let fd = self.inodes.fd(ino)?;
-            let pfd = self.inodes.fd(newparent)?;
-            let c = sys::cstr(newname)?;
-            let empty = c"";
-            // SAFETY: valid C strings; AT_EMPTY_PATH links the inode `fd` holds.
-            sys::cvt(unsafe {
-                libc::linkat(
-                    fd.as_raw_fd(),
-                    empty.as_ptr(),
-                    pfd.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            })?;
-            let entry = self.lookup_locked(newparent, newname)?;
-            let op = Op::Link {
-                existing,
-                new: self.child_path(newparent, newname)?,
-            };
-            Ok((entry, vec![op]))
-        })
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Pending<Entry> {
+        if let Err(e) = self.check_creatable(newparent, newname) {
+            return Pending::failed(e);
+        }
+        self.mutate(
+            || {
+                let existing = self.inodes.path(ino)?;
+                let new = self.child_path(newparent, newname)?;
+                Ok((
+                    Touched::paths(vec![new.clone(), existing.clone()]),
+                    (existing, new),
+                ))
+            },
+            |(existing, new), _| {
+                let fd = self.inodes.fd(ino)?;
+                let pfd = self.inodes.fd(newparent)?;
+                let c = sys::cstr(newname)?;
+                let empty = c"";
+                // SAFETY: valid C strings; AT_EMPTY_PATH links the inode `fd` holds.
+                sys::cvt(unsafe {
+                    libc::linkat(
+                        fd.as_raw_fd(),
+                        empty.as_ptr(),
+                        pfd.as_raw_fd(),
+                        c.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    )
+                })?;
+                let entry = self.lookup_locked(newparent, newname)?;
+                Ok((entry, vec![Op::Link { existing, new }]))
+            },
+        )
     }
 
     /// `unlink`.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Pending<()> {
         self.remove(parent, name, 0)
     }
 
     /// `rmdir`.
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Pending<()> {
         self.remove(parent, name, libc::AT_REMOVEDIR)
     }
 
-    fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
-        self.check_visible(parent, name)?;
-        self.mutate(self.touch_child(parent, name), || {
-            let path = self.child_path(parent, name)?;
-            let pfd = self.inodes.fd(parent)?;
-            let st = sys::fstatat(pfd.as_fd(), name)?;
-            sys::unlinkat(pfd.as_fd(), name, flags)?;
-            self.inodes.remove_name(key_of(&st), parent, name);
-            let op = if flags & libc::AT_REMOVEDIR != 0 {
-                Op::Rmdir { path }
-            } else {
-                Op::Unlink { path }
-            };
-            Ok(((), vec![op]))
-        })
+    fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> Pending<()> {
+        if let Err(e) = self.check_visible(parent, name) {
+            return Pending::failed(e);
+        }
+        self.mutate(
+            || self.child(parent, name),
+            |path, _| {
+                let pfd = self.inodes.fd(parent)?;
+                let st = sys::fstatat(pfd.as_fd(), name)?;
+                sys::unlinkat(pfd.as_fd(), name, flags)?;
+                self.inodes.remove_name(key_of(&st), parent, name);
+                let op = if flags & libc::AT_REMOVEDIR != 0 {
+                    Op::Rmdir { path }
+                } else {
+                    Op::Unlink { path }
+                };
+                Ok(((), vec![op]))
+            },
+        )
     }
 
     /// `renameat2` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE`.
@@ -522,93 +679,121 @@ impl Overlay {
         newparent: u64,
         newname: &OsStr,
         flags: u32,
-    ) -> io::Result<()> {
-        self.check_visible(parent, name)?;
-        self.check_creatable(newparent, newname)?;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
-            return Err(err(libc::EINVAL));
+    ) -> Pending<()> {
+        if let Err(e) = self
+            .check_visible(parent, name)
+            .and_then(|()| self.check_creatable(newparent, newname))
+        {
+            return Pending::failed(e);
         }
-        let from = self.child_path(parent, name)?;
-        let to = self.child_path(newparent, newname)?;
-        let touched = Touched {
-            paths: vec![from.clone(), to.clone()],
-            rename: Some((from.clone(), to.clone())),
-            data: None,
-        };
-        self.mutate(touched, || {
-            let pfd = self.inodes.fd(parent)?;
-            let npfd = self.inodes.fd(newparent)?;
-            let src = sys::fstatat(pfd.as_fd(), name)?;
-            let dst = sys::fstatat(npfd.as_fd(), newname).ok();
-            sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
-            if let Some(dst) = &dst {
-                if key_of(dst) != key_of(&src) {
-                    if flags & libc::RENAME_EXCHANGE != 0 {
-                        self.inodes
-                            .rename(key_of(dst), newparent, newname, parent, name);
-                    } else {
-                        self.inodes.remove_name(key_of(dst), newparent, newname);
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Pending::failed(err(libc::EINVAL));
+        }
+        self.mutate(
+            || {
+                // Under the sequencer: no concurrent rename of a parent can
+                // make these names stale before they are sent.
+                let from = self.child_path(parent, name)?;
+                let to = self.child_path(newparent, newname)?;
+                let touched = Touched {
+                    paths: vec![from.clone(), to.clone()],
+                    rename: Some((from.clone(), to.clone())),
+                    ..Touched::default()
+                };
+                Ok((touched, (from, to)))
+            },
+            |(from, to), _| {
+                let pfd = self.inodes.fd(parent)?;
+                let npfd = self.inodes.fd(newparent)?;
+                let src = sys::fstatat(pfd.as_fd(), name)?;
+                let dst = sys::fstatat(npfd.as_fd(), newname).ok();
+                sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
+                if let Some(dst) = &dst {
+                    if key_of(dst) != key_of(&src) {
+                        if flags & libc::RENAME_EXCHANGE != 0 {
+                            self.inodes
+                                .rename(key_of(dst), newparent, newname, parent, name);
+                        } else {
+                            self.inodes.remove_name(key_of(dst), newparent, newname);
+                        }
                     }
                 }
-            }
-            if dst.as_ref().map(key_of) != Some(key_of(&src)) {
-                self.inodes
-                    .rename(key_of(&src), parent, name, newparent, newname);
-            }
-            Ok(((), vec![Op::Rename { from, to, flags }]))
-        })
+                if dst.as_ref().map(key_of) != Some(key_of(&src)) {
+                    self.inodes
+                        .rename(key_of(&src), parent, name, newparent, newname);
+                }
+                Ok(((), vec![Op::Rename { from, to, flags }]))
+            },
+        )
     }
 
     // ---- opens ----------------------------------------------------------------
 
-    /// Opens `ino` with `flags`. Writable opens are replicated as handles.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<Opened> {
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    /// Opens `ino` read-only (local only; kernel passthrough where allowed).
+    pub fn open_read(&self, ino: u64, flags: i32) -> io::Result<Opened> {
         let fd = self.inodes.fd(ino)?;
-        if !writable {
-            let st = sys::fstat(fd.as_fd())?;
-            let file = Arc::new(File::from(reopen(
-                fd.as_fd(),
-                libc::O_RDONLY | (flags & libc::O_NONBLOCK),
-            )?));
-            let allowed = self.passthrough.load(Ordering::Relaxed) && is_kind(&st, libc::S_IFREG);
-            let mode = self.io_modes.open_read(ino, allowed);
-            let passthrough = (mode == ReadMode::Passthrough).then(|| file.clone());
-            let fh = self.insert_handle(ino, file, false, false, passthrough.is_some());
-            return Ok(Opened { fh, passthrough });
+        let st = sys::fstat(fd.as_fd())?;
+        let file = Arc::new(File::from(reopen(
+            fd.as_fd(),
+            libc::O_RDONLY | (flags & libc::O_NONBLOCK),
+        )?));
+        let allowed = self.passthrough.load(Ordering::Relaxed) && is_kind(&st, libc::S_IFREG);
+        let mode = self.io_modes.open_read(ino, allowed);
+        let passthrough = (mode == ReadMode::Passthrough).then(|| file.clone());
+        let fh = self.insert_handle(ino, file, false, 0, passthrough.is_some());
+        Ok(Opened { fh, passthrough })
+    }
+
+    /// Opens `ino` with `flags`: read-only opens at once, writable ones are
+    /// replicated as handles.
+    pub fn open(&self, ino: u64, flags: i32) -> Pending<Opened> {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Pending::ready(self.open_read(ino, flags));
         }
-        self.io_modes.open_write(ino)?;
+        let fd = match self.inodes.fd(ino) {
+            Ok(fd) => fd,
+            Err(e) => return Pending::failed(e),
+        };
+        // Before the sequencer: this may wait for passthrough readers.
+        if let Err(e) = self.io_modes.open_write(ino) {
+            return Pending::failed(e);
+        }
         let oflags = libc::O_RDWR | (flags & (SYNC_FLAGS | libc::O_TRUNC | libc::O_NONBLOCK));
-        // The path, so that a secondary that cannot open it (its copy is
-        // missing or damaged) gets it resynced.
-        let touched = self.touch_ino(ino);
-        let r = self.mutate(touched, || {
-            let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
-            let path = self.inodes.path(ino);
-            let fh = self.insert_handle(ino, file, true, path.is_ok(), false);
-            let ops = match path {
-                Ok(path) => vec![Op::Open {
-                    path,
-                    handle: HandleId(fh),
-                    flags: (oflags & (SYNC_FLAGS | libc::O_TRUNC)) as u32,
-                }],
-                // Opened through a name that no longer exists (e.g. /proc/PID/fd):
-                // the secondary cannot reach this inode, so its writes stay local.
-                Err(_) => Vec::new(),
-            };
-            Ok((
-                Opened {
-                    fh,
-                    passthrough: None,
-                },
-                ops,
-            ))
-        });
-        if r.is_err() && self.handles_of(ino) == 0 {
-            // No handle was made: undo the writer count taken above.
-            self.io_modes.release(ino, true, false);
-        }
-        r
+        let keep = oflags & SYNC_FLAGS;
+        let pending = self.mutate(
+            // The path, so that a secondary that cannot open it (its copy is
+            // missing or damaged) gets it resynced. None: opened through a
+            // name that no longer exists (e.g. /proc/PID/fd): the secondary
+            // cannot reach this inode, so its writes stay local.
+            || {
+                let path = self.inodes.path(ino).ok();
+                Ok((Touched::paths(path.iter().cloned().collect()), path))
+            },
+            |path, begun| {
+                let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
+                let remote = begun.epoch.filter(|_| path.is_some());
+                let fh = self.insert_handle(ino, file, true, keep, false);
+                let ops = match (path, remote) {
+                    (Some(path), Some(e)) => {
+                        self.mark_remote(fh, e);
+                        vec![Op::Open {
+                            path,
+                            handle: HandleId(fh),
+                            flags: (oflags & (SYNC_FLAGS | libc::O_TRUNC)) as u32,
+                        }]
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((
+                    Opened {
+                        fh,
+                        passthrough: None,
+                    },
+                    ops,
+                ))
+            },
+        );
+        self.cleanup_failed_open(pending, Some(ino), |o: &Opened| o.fh)
     }
 
     /// Creates and opens `parent/name`.
@@ -620,80 +805,168 @@ impl Overlay {
         mode: u32,
         umask: u32,
         flags: i32,
-    ) -> io::Result<(Entry, Opened)> {
-        self.check_creatable(parent, name)?;
+    ) -> Pending<(Entry, Opened)> {
+        if let Err(e) = self.check_creatable(parent, name) {
+            return Pending::failed(e);
+        }
         let mode = mode & !umask & 0o7777;
         let keep = flags & (SYNC_FLAGS | libc::O_NONBLOCK);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        self.mutate(self.touch_child(parent, name), || {
-            let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
-            let path = self.child_path(parent, name)?;
-            let created = sys::openat(
-                pfd.as_fd(),
-                name,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | keep,
-                mode,
-            );
-            let (file, is_new) = match created {
-                Ok(fd) => (fd, true),
-                // It appeared since the kernel's lookup: open it, as open(2) would.
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                    let trunc = flags & libc::O_TRUNC;
-                    let fd = sys::openat(
-                        pfd.as_fd(),
+        // An existing file (created since the kernel's lookup) may have
+        // passthrough readers a writer must wait for: never while holding
+        // the sequencer; wait outside and try again.
+        for _ in 0..3 {
+            let pending = self.mutate(
+                || self.child(parent, name),
+                |path, begun| {
+                    self.create_locked(
+                        ctx,
+                        parent,
                         name,
-                        libc::O_RDWR | libc::O_NOFOLLOW | keep | trunc,
-                        0,
-                    )?;
-                    (fd, false)
+                        (mode, keep, flags),
+                        writable,
+                        path,
+                        begun,
+                    )
+                },
+            );
+            if let Some(ino) = pending.state.as_ref().err().and_then(busy_ino) {
+                if let Err(e) = self.io_modes.wait_writable(ino) {
+                    return Pending::failed(e);
                 }
-                Err(e) => return Err(e),
-            };
-            // One lookup counted for the one entry the kernel gets.
-            let (entry, st) = if is_new {
-                self.finish_create(parent, name, &pfd, owner, mode)?
-            } else {
-                let entry = self.lookup_locked(parent, name)?;
-                (entry, entry.attr)
-            };
-            let file = Arc::new(File::from(file));
-            if writable {
-                self.io_modes.open_write(entry.ino)?;
+                continue;
             }
-            let fh = self.insert_handle(entry.ino, file, writable, writable, false);
-            let handle = writable.then_some(HandleId(fh));
-            let op = if is_new {
-                Op::Create {
-                    path,
-                    mode: st.st_mode & 0o7777,
-                    uid: st.st_uid,
-                    gid: st.st_gid,
-                    handle,
-                    flags: keep as u32 & SYNC_FLAGS as u32,
+            return self.cleanup_failed_open(pending, None, |(_, o): &(Entry, Opened)| o.fh);
+        }
+        Pending::failed(err(libc::ETXTBSY))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_locked(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &OsStr,
+        (mode, keep, flags): (u32, i32, i32),
+        writable: bool,
+        path: RelPath,
+        begun: &Begun,
+    ) -> io::Result<((Entry, Opened), Vec<Op>)> {
+        let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
+        let created = sys::openat(
+            pfd.as_fd(),
+            name,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW | keep,
+            mode,
+        );
+        let (file, entry, st, is_new) = match created {
+            Ok(fd) => {
+                // One lookup counted for the one entry the kernel gets.
+                let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
+                if writable {
+                    // A new inode: no passthrough reader can hold it.
+                    self.io_modes.open_write(entry.ino)?;
                 }
-            } else {
-                Op::Open {
-                    path,
-                    handle: HandleId(fh),
-                    flags: ((keep & SYNC_FLAGS) | (flags & libc::O_TRUNC)) as u32,
+                (fd, entry, st, true)
+            }
+            // It appeared since the kernel's lookup: open it, as open(2) would.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                let entry = self.lookup_locked(parent, name)?;
+                if writable && !self.io_modes.try_open_write(entry.ino) {
+                    self.inodes.forget(entry.ino, 1);
+                    return Err(busy(entry.ino));
                 }
-            };
-            let ops = if is_new || writable {
-                vec![op]
-            } else {
-                Vec::new()
-            };
-            Ok((
-                (
-                    entry,
-                    Opened {
-                        fh,
-                        passthrough: None,
-                    },
-                ),
-                ops,
-            ))
-        })
+                let trunc = flags & libc::O_TRUNC;
+                let fd = match sys::openat(
+                    pfd.as_fd(),
+                    name,
+                    libc::O_RDWR | libc::O_NOFOLLOW | keep | trunc,
+                    0,
+                ) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        if writable {
+                            self.io_modes.release(entry.ino, OpenKind::Writer);
+                        }
+                        return Err(e);
+                    }
+                };
+                (fd, entry, entry.attr, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let file = Arc::new(File::from(file));
+        let remote = begun.epoch.filter(|_| writable);
+        let fh = self.insert_handle(entry.ino, file, writable, keep & SYNC_FLAGS, false);
+        if let Some(e) = remote {
+            self.mark_remote(fh, e);
+        }
+        let handle = remote.map(|_| HandleId(fh));
+        let ops = if is_new {
+            vec![Op::Create {
+                path,
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                handle,
+                flags: keep as u32 & SYNC_FLAGS as u32,
+            }]
+        } else if writable && remote.is_some() {
+            vec![Op::Open {
+                path,
+                handle: HandleId(fh),
+                flags: ((keep & SYNC_FLAGS) | (flags & libc::O_TRUNC)) as u32,
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok((
+            (
+                entry,
+                Opened {
+                    fh,
+                    passthrough: None,
+                },
+            ),
+            ops,
+        ))
+    }
+
+    /// An open whose replication failed gives no handle to the kernel: its
+    /// handle, writer count and the secondary's copy are released.
+    fn cleanup_failed_open<T: Send + 'static>(
+        &self,
+        mut p: Pending<T>,
+        writer_of: Option<u64>,
+        fh_of: impl Fn(&T) -> u64,
+    ) -> Pending<T> {
+        let Ok((value, _)) = &p.state else {
+            if let Some(ino) = writer_of {
+                // No handle was made: undo the writer count taken first.
+                self.io_modes.release(ino, OpenKind::Writer);
+            }
+            return p;
+        };
+        let fh = fh_of(value);
+        let (handles, io_modes, repl) = (
+            self.handles.clone(),
+            self.io_modes.clone(),
+            self.repl.clone(),
+        );
+        p.on_error = Some(Box::new(move || {
+            let h = handles
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&fh);
+            if let Some(h) = h {
+                io_modes.release(h.ino, h.open_kind());
+                let e = h.remote_epoch.load(Ordering::Relaxed);
+                if e != 0 {
+                    repl.close(HandleId(fh), e);
+                }
+            }
+        }));
+        p
     }
 
     /// Closes a file handle (and the secondary's copy of a writable one).
@@ -704,16 +977,12 @@ impl Overlay {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
         let Some(h) = h else { return };
-        self.io_modes.release(h.ino, h.writable, h.passthrough);
-        if self.remote(&h) {
-            // Ordered after every write on the handle; nobody waits for it.
+        self.io_modes.release(h.ino, h.open_kind());
+        let e = h.remote_epoch.load(Ordering::Relaxed);
+        if e != 0 {
+            // Ordered after every write on the handle.
             let _guard = self.sequence();
-            drop(self.repl.submit(
-                Op::Close {
-                    handle: HandleId(fh),
-                },
-                &Touched::default(),
-            ));
+            self.repl.close(HandleId(fh), e);
         }
     }
 
@@ -735,59 +1004,67 @@ impl Overlay {
         Ok(buf)
     }
 
-    /// Writes through a writable handle; returns once the secondary has it.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
-        let h = self.handle(fh)?;
-        if !h.writable {
-            return Err(err(libc::EBADF));
-        }
-        self.mutate(self.touch_data(h.ino, offset, data.len() as u64), || {
-            let n = sys::pwrite(h.file.as_fd(), data, offset)?;
-            let ops = self
-                .handle_target(&h, fh)
-                .map(|target| Op::Write {
-                    target,
-                    offset,
-                    data: data[..n].to_vec(),
-                })
-                .into_iter()
-                .collect();
-            Ok((n as u32, ops))
-        })
+    /// Writes through a writable handle; answered once the secondary has it.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Pending<u32> {
+        let h = match self.writable(fh) {
+            Ok(h) => h,
+            Err(e) => return Pending::failed(e),
+        };
+        self.mutate(
+            || self.touch_data(&h, offset, data.len() as u64),
+            |path, begun| {
+                let n = sys::pwrite(h.file.as_fd(), data, offset)?;
+                let mut ops = Vec::new();
+                if let Some(target) = self.data_target(&h, fh, path, begun, &mut ops) {
+                    ops.push(Op::Write {
+                        target,
+                        offset,
+                        data: data[..n].to_vec(),
+                    });
+                }
+                Ok((n as u32, ops))
+            },
+        )
     }
 
     /// `fsync`/`fdatasync` of a file: the local sync and the secondary's overlap,
-    /// and it returns only when both are durable.
-    pub fn fsync(&self, ino: u64, fh: u64, datasync: bool) -> io::Result<()> {
-        let h = self.handle(fh)?;
-        let target = self.target(ino, Some(fh))?;
-        self.durable(h.file.as_fd(), target, datasync)
+    /// and it is answered only when both are durable.
+    pub fn fsync(&self, ino: u64, fh: u64, datasync: bool) -> Pending<()> {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return Pending::failed(e),
+        };
+        self.durable(h.file.clone(), datasync, || self.named(ino, Some(fh)))
     }
 
     /// `fallocate` through a writable handle.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        let h = self.handle(fh)?;
-        if !h.writable {
-            return Err(err(libc::EBADF));
-        }
-        self.mutate(self.touch_data(h.ino, offset, len), || {
-            sys::fallocate(h.file.as_fd(), mode, offset, len)?;
-            let ops = self
-                .handle_target(&h, fh)
-                .map(|target| Op::Fallocate {
-                    target,
-                    mode: mode as u32,
-                    offset,
-                    len,
-                })
-                .into_iter()
-                .collect();
-            Ok(((), ops))
-        })
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Pending<()> {
+        let h = match self.writable(fh) {
+            Ok(h) => h,
+            Err(e) => return Pending::failed(e),
+        };
+        self.mutate(
+            || self.touch_data(&h, offset, len),
+            |path, begun| {
+                sys::fallocate(h.file.as_fd(), mode, offset, len)?;
+                let mut ops = Vec::new();
+                if let Some(target) = self.data_target(&h, fh, path, begun, &mut ops) {
+                    ops.push(Op::Fallocate {
+                        target,
+                        mode: mode as u32,
+                        offset,
+                        len,
+                    });
+                }
+                Ok(((), ops))
+            },
+        )
     }
 
-    /// `copy_file_range` between two handles; the secondary copies the same
-    /// range between its identical copies, so no data crosses the network.
+    /// `copy_file_range` between two handles. The secondary copies the same
+    /// range between its copies (no data crosses the network) when its copy
+    /// of the source is known to equal ours; otherwise (a resync still has
+    /// to bring it over) the copied bytes are sent.
     #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
@@ -797,33 +1074,73 @@ impl Overlay {
         fh_out: u64,
         offset_out: u64,
         len: u64,
-    ) -> io::Result<u32> {
-        let src = self.handle(fh_in)?;
-        let dst = self.handle(fh_out)?;
-        if !dst.writable {
-            return Err(err(libc::EBADF));
-        }
+    ) -> Pending<u32> {
+        let (src, dst) = match self
+            .handle(fh_in)
+            .and_then(|s| Ok((s, self.writable(fh_out)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return Pending::failed(e),
+        };
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        self.mutate(self.touch_data(dst.ino, offset_out, len), || {
-            let n = sys::copy_file_range(
-                src.file.as_fd(),
-                offset_in,
-                dst.file.as_fd(),
-                offset_out,
-                len,
-            )?;
-            let ops = match self.handle_target(&dst, fh_out) {
-                Some(dst) if n > 0 => vec![Op::CopyRange {
-                    src: self.target(ino_in, Some(fh_in))?,
-                    src_offset: offset_in,
-                    dst,
-                    dst_offset: offset_out,
-                    len: n as u64,
-                }],
-                _ => Vec::new(),
-            };
-            Ok((n as u32, ops))
-        })
+        self.mutate(
+            || {
+                let (mut touched, dst_path) = self.touch_data(&dst, offset_out, len)?;
+                let src_named = self.named(ino_in, Some(fh_in))?;
+                touched.reads.extend(src_named.path.iter().cloned());
+                Ok((touched, (dst_path, src_named)))
+            },
+            |(dst_path, src_named), begun| {
+                let n = sys::copy_file_range(
+                    src.file.as_fd(),
+                    offset_in,
+                    dst.file.as_fd(),
+                    offset_out,
+                    len,
+                )?;
+                let mut ops = Vec::new();
+                if n == 0 {
+                    return Ok((0, ops));
+                }
+                let Some(target) = self.data_target(&dst, fh_out, dst_path, begun, &mut ops) else {
+                    return Ok((n as u32, ops));
+                };
+                let src_target = begun
+                    .source_clean
+                    .then(|| src_named.target(begun.epoch))
+                    .flatten();
+                match src_target {
+                    Some(src) => ops.push(Op::CopyRange {
+                        src,
+                        src_offset: offset_in,
+                        dst: target,
+                        dst_offset: offset_out,
+                        len: n as u64,
+                    }),
+                    None => {
+                        // The bytes as they landed here, in pieces the wire takes.
+                        let mut done = 0u64;
+                        while done < n as u64 {
+                            let piece = (n as u64 - done).min(MAX_DATA as u64) as usize;
+                            let mut buf = vec![0u8; piece];
+                            let got =
+                                sys::pread_full(dst.file.as_fd(), &mut buf, offset_out + done)?;
+                            buf.truncate(got);
+                            if got == 0 {
+                                break;
+                            }
+                            ops.push(Op::Write {
+                                target: target.clone(),
+                                offset: offset_out + done,
+                                data: buf,
+                            });
+                            done += got as u64;
+                        }
+                    }
+                }
+                Ok((n as u32, ops))
+            },
+        )
     }
 
     /// `lseek` for `SEEK_DATA`/`SEEK_HOLE` on a handle.
@@ -840,173 +1157,282 @@ impl Overlay {
     // ---- attributes -------------------------------------------------------------
 
     /// `setattr`: size, mode, owner and times, each replicated.
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, attr: SetAttr) -> io::Result<libc::stat> {
-        self.mutate(self.touch_ino(ino), || {
-            let fd = self.inodes.fd(ino)?;
-            let target = || self.target(ino, fh);
-            let mut ops = Vec::new();
-            if let Some(size) = attr.size {
-                match fh
-                    .and_then(|fh| self.handle(fh).ok())
-                    .filter(|h| h.writable)
-                {
-                    Some(h) => sys::ftruncate(h.file.as_fd(), size)?,
-                    None => sys::ftruncate(
-                        reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?.as_fd(),
-                        size,
-                    )?,
-                }
-                ops.push(Op::Truncate {
-                    target: target()?,
-                    size,
-                });
-            }
-            if attr.uid.is_some() || attr.gid.is_some() {
-                sys::fchownat(
-                    fd.as_fd(),
-                    OsStr::new(""),
-                    attr.uid.unwrap_or(u32::MAX),
-                    attr.gid.unwrap_or(u32::MAX),
-                )?;
-                let st = sys::fstat(fd.as_fd())?;
-                let mode = (!is_kind(&st, libc::S_IFLNK)).then_some(st.st_mode & 0o7777);
-                ops.push(Op::Chown {
-                    target: target()?,
-                    uid: attr.uid,
-                    gid: attr.gid,
-                    mode: if attr.mode.is_none() { mode } else { None },
-                });
-            }
-            if let Some(mode) = attr.mode {
-                sys::chmod_fd(fd.as_fd(), mode)?;
-                ops.push(Op::Chmod {
-                    target: target()?,
-                    mode: mode & 0o7777,
-                });
-            }
-            if attr.atime.is_some() || attr.mtime.is_some() {
-                let conv = |t: Option<Option<SystemTime>>| -> Option<(i64, i64)> {
-                    match t? {
-                        None => Some((0, libc::UTIME_NOW)),
-                        Some(t) => Some(system_time_parts(t)),
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, attr: SetAttr) -> Pending<libc::stat> {
+        self.mutate(
+            || {
+                let named = self.named(ino, fh)?;
+                Ok((Touched::paths(named.path.iter().cloned().collect()), named))
+            },
+            |named, begun| {
+                let fd = self.inodes.fd(ino)?;
+                let target = named.target(begun.epoch);
+                let mut ops = Vec::new();
+                let mut push = |op: Op| {
+                    if target.is_some() {
+                        ops.push(op);
                     }
                 };
-                sys::utimes_fd(fd.as_fd(), conv(attr.atime), conv(attr.mtime))?;
-                // Send the times as applied, so "now" is the same instant on both.
+                let t = || target.clone().unwrap_or(Target::Handle(HandleId(0)));
+                if let Some(size) = attr.size {
+                    match fh
+                        .and_then(|fh| self.handle(fh).ok())
+                        .filter(|h| h.writable)
+                    {
+                        Some(h) => sys::ftruncate(h.file.as_fd(), size)?,
+                        None => sys::ftruncate(
+                            reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?.as_fd(),
+                            size,
+                        )?,
+                    }
+                    push(Op::Truncate { target: t(), size });
+                }
+                if attr.uid.is_some() || attr.gid.is_some() {
+                    sys::fchownat(
+                        fd.as_fd(),
+                        OsStr::new(""),
+                        attr.uid.unwrap_or(u32::MAX),
+                        attr.gid.unwrap_or(u32::MAX),
+                    )?;
+                    let st = sys::fstat(fd.as_fd())?;
+                    let mode = (!is_kind(&st, libc::S_IFLNK)).then_some(st.st_mode & 0o7777);
+                    push(Op::Chown {
+                        target: t(),
+                        uid: attr.uid,
+                        gid: attr.gid,
+                        mode: if attr.mode.is_none() { mode } else { None },
+                    });
+                }
+                if let Some(mode) = attr.mode {
+                    sys::chmod_fd(fd.as_fd(), mode)?;
+                    push(Op::Chmod {
+                        target: t(),
+                        mode: mode & 0o7777,
+                    });
+                }
+                if attr.atime.is_some() || attr.mtime.is_some() {
+                    let conv = |t: Option<Option<SystemTime>>| -> Option<(i64, i64)> {
+                        match t? {
+                            None => Some((0, libc::UTIME_NOW)),
+                            Some(t) => Some(system_time_parts(t)),
+                        }
+                    };
+                    sys::utimes_fd(fd.as_fd(), conv(attr.atime), conv(attr.mtime))?;
+                    // Send the times as applied, so "now" is the same instant on both.
+                    let st = sys::fstat(fd.as_fd())?;
+                    push(Op::SetTimes {
+                        target: t(),
+                        atime: attr.atime.map(|_| timestamp(st.st_atime, st.st_atime_nsec)),
+                        mtime: attr.mtime.map(|_| timestamp(st.st_mtime, st.st_mtime_nsec)),
+                    });
+                }
                 let st = sys::fstat(fd.as_fd())?;
-                ops.push(Op::SetTimes {
-                    target: target()?,
-                    atime: attr.atime.map(|_| timestamp(st.st_atime, st.st_atime_nsec)),
-                    mtime: attr.mtime.map(|_| timestamp(st.st_mtime, st.st_mtime_nsec)),
-                });
-            }
-            let st = sys::fstat(fd.as_fd())?;
-            Ok((st, ops))
-        })
+                Ok((st, ops))
+            },
+        )
     }
 
     /// `setxattr`. Only attributes that are replicated data
     /// ([`crate::xattr::is_replicated`]) go to the secondary; others (a host's
     /// security label) change here only.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Pending<()> {
         if !crate::xattr::is_replicated(name.as_bytes()) {
-            return sys::setxattr_fd(self.inodes.fd(ino)?.as_fd(), name, value, flags);
+            return Pending::ready(
+                self.inodes
+                    .fd(ino)
+                    .and_then(|fd| sys::setxattr_fd(fd.as_fd(), name, value, flags)),
+            );
         }
-        self.mutate(self.touch_ino(ino), || {
-            let fd = self.inodes.fd(ino)?;
-            sys::setxattr_fd(fd.as_fd(), name, value, flags)?;
-            Ok((
-                (),
-                vec![Op::SetXattr {
-                    target: self.target(ino, None)?,
-                    name: name.as_bytes().to_vec(),
-                    value: value.to_vec(),
-                    flags: flags as u32,
-                }],
-            ))
-        })
+        self.mutate(
+            || {
+                let named = self.named(ino, None)?;
+                Ok((Touched::paths(named.path.iter().cloned().collect()), named))
+            },
+            |named, begun| {
+                let fd = self.inodes.fd(ino)?;
+                sys::setxattr_fd(fd.as_fd(), name, value, flags)?;
+                let ops = named
+                    .target(begun.epoch)
+                    .map(|target| Op::SetXattr {
+                        target,
+                        name: name.as_bytes().to_vec(),
+                        value: value.to_vec(),
+                        flags: flags as u32,
+                    })
+                    .into_iter()
+                    .collect();
+                Ok(((), ops))
+            },
+        )
     }
 
     /// `removexattr` (replicated only for replicated attributes, as
     /// [`setxattr`](Self::setxattr)).
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Pending<()> {
         if !crate::xattr::is_replicated(name.as_bytes()) {
-            return sys::removexattr_fd(self.inodes.fd(ino)?.as_fd(), name);
+            return Pending::ready(
+                self.inodes
+                    .fd(ino)
+                    .and_then(|fd| sys::removexattr_fd(fd.as_fd(), name)),
+            );
         }
-        self.mutate(self.touch_ino(ino), || {
-            let fd = self.inodes.fd(ino)?;
-            sys::removexattr_fd(fd.as_fd(), name)?;
-            Ok((
-                (),
-                vec![Op::RemoveXattr {
-                    target: self.target(ino, None)?,
-                    name: name.as_bytes().to_vec(),
-                }],
-            ))
-        })
+        self.mutate(
+            || {
+                let named = self.named(ino, None)?;
+                Ok((Touched::paths(named.path.iter().cloned().collect()), named))
+            },
+            |named, begun| {
+                let fd = self.inodes.fd(ino)?;
+                sys::removexattr_fd(fd.as_fd(), name)?;
+                let ops = named
+                    .target(begun.epoch)
+                    .map(|target| Op::RemoveXattr {
+                        target,
+                        name: name.as_bytes().to_vec(),
+                    })
+                    .into_iter()
+                    .collect();
+                Ok(((), ops))
+            },
+        )
     }
 
     // ---- helpers ----------------------------------------------------------------
 
-    /// Applies a mutation locally and submits its ops in one sequencer section,
-    /// then waits (outside the lock) until the secondary has applied them all.
-    /// `touched` is announced first, so that it is recorded durably before the
-    /// local change when the peer is away.
-    fn mutate<T>(
+    /// One mutation: under the sequencer, `prepare` computes what it touches
+    /// (every replicated path is computed here, before anything changes, so
+    /// that a failure leaves nothing applied and a concurrent rename cannot
+    /// make it stale), the mirror admits it (recording it first where
+    /// needed), `apply` makes the local change and builds the ops from what
+    /// `prepare` computed, and they are submitted in the same section. The
+    /// answer comes through the returned [`Pending`], outside the lock.
+    fn mutate<C, T: Send + 'static>(
         &self,
-        touched: Touched,
-        f: impl FnOnce() -> io::Result<(T, Vec<Op>)>,
-    ) -> io::Result<T> {
+        prepare: impl FnOnce() -> io::Result<(Touched, C)>,
+        apply: impl FnOnce(C, &Begun) -> io::Result<(T, Vec<Op>)>,
+    ) -> Pending<T> {
         let guard = self.sequence();
-        self.repl.begin(&touched)?;
-        let (value, ops) = f()?;
-        let tickets: Vec<Ticket> = ops
-            .into_iter()
-            .map(|op| self.repl.submit(op, &touched))
-            .collect();
-        drop(guard);
-        let mut result = Ok(value);
-        for t in tickets {
-            if let Err(e) = t.wait() {
-                if result.is_ok() {
-                    warn!(error = %e, "the secondary did not apply a mutation the primary applied");
-                    result = Err(e);
-                }
-            }
-        }
-        result
-    }
-
-    /// Makes `fd` durable locally while the secondary makes `target` durable.
-    fn durable(&self, fd: BorrowedFd<'_>, target: Target, datasync: bool) -> io::Result<()> {
-        let ticket = {
-            let _guard = self.sequence();
-            self.repl.begin(&Touched::default())?;
-            self.repl
-                .submit(Op::Fsync { target, datasync }, &Touched::default())
+        let (touched, ctx) = match prepare() {
+            Ok(x) => x,
+            Err(e) => return Pending::failed(e),
         };
-        let local = sys::fsync(fd, datasync);
-        let remote = ticket.wait();
-        local.and(remote.map(drop))
-    }
-
-    /// The mutation touches `parent/name`.
-    fn touch_child(&self, parent: u64, name: &OsStr) -> Touched {
-        Touched::paths(self.child_path(parent, name).ok().into_iter().collect())
-    }
-
-    /// The mutation touches the inode `ino` (by its path; none if unlinked).
-    fn touch_ino(&self, ino: u64) -> Touched {
-        Touched::paths(self.inodes.path(ino).ok().into_iter().collect())
-    }
-
-    /// The mutation changes only bytes `[offset, offset + len)` of `ino`.
-    fn touch_data(&self, ino: u64, offset: u64, len: u64) -> Touched {
-        let mut t = self.touch_ino(ino);
-        if t.paths.len() == 1 {
-            t.data = Some((offset, len));
+        let begun = match self.repl.begin(touched) {
+            Ok(b) => b,
+            Err(e) => return Pending::failed(e),
+        };
+        let (value, ops) = match apply(ctx, &begun) {
+            Ok(x) => x,
+            Err(e) => {
+                self.repl.abandon(begun);
+                return Pending::failed(e);
+            }
+        };
+        let ticket = self.repl.submit(begun, ops);
+        drop(guard);
+        Pending {
+            state: Ok((value, ticket)),
+            on_error: None,
+            local_error: None,
         }
-        t
+    }
+
+    /// Makes `file` durable locally while the secondary makes its copy
+    /// durable (`named`: how it names it, computed under the sequencer).
+    fn durable(
+        &self,
+        file: Arc<File>,
+        datasync: bool,
+        named: impl FnOnce() -> io::Result<Named>,
+    ) -> Pending<()> {
+        let mut p = self.mutate(
+            || Ok((Touched::default(), named()?)),
+            |named, begun| {
+                let ops = named
+                    .target(begun.epoch)
+                    .map(|target| Op::Fsync { target, datasync })
+                    .into_iter()
+                    .collect();
+                Ok(((), ops))
+            },
+        );
+        // The local sync overlaps the secondary's.
+        let local = sys::fsync(file.as_fd(), datasync);
+        if let (Err(e), Ok(_)) = (local, &p.state) {
+            p.local_error = Some(e);
+        }
+        p
+    }
+
+    /// The mutation touches `parent/name` (computed now: under the sequencer).
+    fn child(&self, parent: u64, name: &OsStr) -> io::Result<(Touched, RelPath)> {
+        let path = self.child_path(parent, name)?;
+        Ok((Touched::paths(vec![path.clone()]), path))
+    }
+
+    /// The mutation changes only bytes `[offset, offset + len)` of the file
+    /// of `h` (computed under the sequencer; no path: unlinked).
+    fn touch_data(
+        &self,
+        h: &Handle,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<(Touched, Option<RelPath>)> {
+        let path = self.inodes.path(h.ino).ok();
+        let touched = Touched {
+            paths: path.iter().cloned().collect(),
+            data: path.as_ref().map(|_| (offset, len)),
+            ..Touched::default()
+        };
+        Ok((touched, path))
+    }
+
+    /// How the secondary may know `ino` (through the handle `fh` if given):
+    /// computed under the sequencer, before the change.
+    fn named(&self, ino: u64, fh: Option<u64>) -> io::Result<Named> {
+        let mut handles: Vec<(u64, Arc<Handle>)> = Vec::new();
+        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok().map(|h| (fh, h))) {
+            handles.push(h);
+        }
+        let path = self.inodes.path(ino).ok();
+        if path.is_none() {
+            // Unlinked: only a handle the secondary holds still reaches it.
+            handles.extend(
+                self.handles
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|(_, h)| h.ino == ino && h.writable)
+                    .map(|(fh, h)| (*fh, h.clone())),
+            );
+        }
+        Ok(Named { path, handles })
+    }
+
+    /// How the secondary names the file of the writable handle `h` for a
+    /// data op on connection `begun.epoch`: the handle if it holds it there;
+    /// else the handle opened there now (an `Open` pushed first, with the
+    /// handle's sync flags, so that writes keep `O_SYNC` and follow the
+    /// inode); `None` when the file has no name and the secondary no handle
+    /// (unlinked while open, and opened before a reconnect): local only.
+    fn data_target(
+        &self,
+        h: &Handle,
+        fh: u64,
+        path: Option<RelPath>,
+        begun: &Begun,
+        ops: &mut Vec<Op>,
+    ) -> Option<Target> {
+        let epoch = begun.epoch?;
+        if h.remote_epoch.load(Ordering::Relaxed) == epoch {
+            return Some(Target::Handle(HandleId(fh)));
+        }
+        let path = path?;
+        ops.push(Op::Open {
+            path,
+            handle: HandleId(fh),
+            flags: h.sync_flags as u32,
+        });
+        h.remote_epoch.store(epoch, Ordering::Relaxed);
+        Some(Target::Handle(HandleId(fh)))
     }
 
     /// The backing root (an O_PATH directory) for the resync.
@@ -1029,6 +1455,16 @@ impl Overlay {
             .ok_or_else(|| err(libc::EBADF))
     }
 
+    fn writable(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        self.handle(fh).and_then(|h| {
+            if h.writable {
+                Ok(h)
+            } else {
+                Err(err(libc::EBADF))
+            }
+        })
+    }
+
     fn dir(&self, fh: u64) -> io::Result<Arc<DirHandle>> {
         self.dirs
             .read()
@@ -1043,7 +1479,7 @@ impl Overlay {
         ino: u64,
         file: Arc<File>,
         writable: bool,
-        replicated: bool,
+        sync_flags: i32,
         passthrough: bool,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -1056,60 +1492,18 @@ impl Overlay {
                     ino,
                     file,
                     writable,
-                    replicated,
-                    epoch: self.repl.epoch(),
+                    sync_flags,
+                    remote_epoch: AtomicU64::new(0),
                     passthrough,
                 }),
             );
         fh
     }
 
-    /// True when the secondary holds handle `h` (opened on this connection).
-    fn remote(&self, h: &Handle) -> bool {
-        h.replicated && h.epoch == self.repl.epoch()
-    }
-
-    /// How the secondary names the file of handle `fh` for a data op: the
-    /// handle if it knows it, else the file's path; `None` when neither exists
-    /// (unlinked while open, and opened before a reconnect).
-    fn handle_target(&self, h: &Handle, fh: u64) -> Option<Target> {
-        if self.remote(h) {
-            Some(Target::Handle(HandleId(fh)))
-        } else if h.writable {
-            self.inodes.path(h.ino).ok().map(Target::Path)
-        } else {
-            None
-        }
-    }
-
-    /// Open handles on `ino`.
-    fn handles_of(&self, ino: u64) -> usize {
-        self.handles
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|h| h.ino == ino)
-            .count()
-    }
-
-    /// How the secondary names `ino`: the given writable handle if it holds one,
-    /// else its path, else (unlinked) any replicated writable handle on it.
-    fn target(&self, ino: u64, fh: Option<u64>) -> io::Result<Target> {
-        if let Some(fh) = fh {
-            if self.handle(fh).is_ok_and(|h| self.remote(&h)) {
-                return Ok(Target::Handle(HandleId(fh)));
-            }
-        }
-        match self.inodes.path(ino) {
-            Ok(p) => Ok(Target::Path(p)),
-            Err(e) => self
-                .handles
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|(_, h)| h.ino == ino && self.remote(h))
-                .map(|(fh, _)| Target::Handle(HandleId(*fh)))
-                .ok_or(e),
+    /// The secondary holds handle `fh` on connection `epoch`.
+    fn mark_remote(&self, fh: u64, epoch: u64) {
+        if let Ok(h) = self.handle(fh) {
+            h.remote_epoch.store(epoch, Ordering::Relaxed);
         }
     }
 
@@ -1137,7 +1531,9 @@ impl Overlay {
         Ok((pfd, (ctx.uid, gid)))
     }
 
-    /// Gives a new entry its owner, restores the mode bits chown clears, and
+    /// Gives a new entry its owner, sets the mode asked for (whatever the
+    /// process's umask; chown also clears setuid/setgid) — bits of `mode`
+    /// the entry did not get, except a setgid it may only inherit — and
     /// looks it up.
     fn finish_create(
         &self,
@@ -1149,9 +1545,16 @@ impl Overlay {
     ) -> io::Result<(Entry, libc::stat)> {
         sys::fchownat(pfd.as_fd(), name, uid, gid)?;
         let entry = self.lookup_locked(parent, name)?;
-        if mode != u32::MAX && entry.attr.st_mode & 0o7777 != mode & 0o7777 {
+        let have = entry.attr.st_mode & 0o7777;
+        // A directory keeps the setgid it inherited; it is not asked for.
+        let want = if is_kind(&entry.attr, libc::S_IFDIR) {
+            (mode & 0o1777) | (have & libc::S_ISGID)
+        } else {
+            mode & 0o7777
+        };
+        if have != want && !is_kind(&entry.attr, libc::S_IFLNK) {
             let fd = self.inodes.fd(entry.ino)?;
-            sys::chmod_fd(fd.as_fd(), mode)?;
+            sys::chmod_fd(fd.as_fd(), want)?;
             let st = sys::fstat(fd.as_fd())?;
             return Ok((
                 Entry {
@@ -1197,6 +1600,17 @@ fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let raw = sys::cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
     // SAFETY: fresh descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// True when an inode the table knows by `(dev, ino)` (`old`, stat'ed
+/// through its cached descriptor) is still the one a lookup found (`new`):
+/// it still has links and the same type. Otherwise the backing file system
+/// freed its number and reused it (a removed directory, a file unlinked and
+/// closed): the new file must get a new FUSE inode, or the kernel, which
+/// may still know the old one, sees a file become a directory (a "bad"
+/// inode: EIO on every later call) or the old file's attributes change.
+fn still_the_same(old: &libc::stat, new: &libc::stat) -> bool {
+    old.st_nlink > 0 && old.st_mode & libc::S_IFMT == new.st_mode & libc::S_IFMT
 }
 
 fn file_type_bits(t: std::fs::FileType) -> u32 {

@@ -39,16 +39,19 @@ fn create_write_rename_unlink_submit_the_right_ops() {
     let (dir, rec, ov) = setup();
     let d = ov
         .mkdir(USER, ROOT_INO, OsStr::new("d"), 0o755, 0o022)
+        .wait()
         .unwrap();
     let (e, o) = ov
         .create(USER, d.ino, OsStr::new("f"), 0o666, 0o022, libc::O_WRONLY)
+        .wait()
         .unwrap();
-    assert_eq!(ov.write(o.fh, 0, b"hello").unwrap(), 5);
+    assert_eq!(ov.write(o.fh, 0, b"hello").wait().unwrap(), 5);
     ov.rename(d.ino, OsStr::new("f"), ROOT_INO, OsStr::new("g"), 0)
+        .wait()
         .unwrap();
-    assert_eq!(ov.write(o.fh, 5, b"!").unwrap(), 1);
-    ov.unlink(ROOT_INO, OsStr::new("g")).unwrap();
-    ov.fsync(e.ino, o.fh, true).unwrap();
+    assert_eq!(ov.write(o.fh, 5, b"!").wait().unwrap(), 1);
+    ov.unlink(ROOT_INO, OsStr::new("g")).wait().unwrap();
+    ov.fsync(e.ino, o.fh, true).wait().unwrap();
     ov.release(o.fh);
     let h = HandleId(o.fh);
     assert_eq!(
@@ -101,6 +104,7 @@ fn setattr_sends_explicit_values() {
     let (_dir, rec, ov) = setup();
     let (e, o) = ov
         .create(ROOT, ROOT_INO, OsStr::new("f"), 0o644, 0, libc::O_RDWR)
+        .wait()
         .unwrap();
     ov.release(o.fh);
     rec.take();
@@ -117,6 +121,7 @@ fn setattr_sends_explicit_values() {
                 ..SetAttr::default()
             },
         )
+        .wait()
         .unwrap();
     assert_eq!((st.st_size, st.st_uid, st.st_mode & 0o777), (10, 7, 0o600));
     let target = Target::Path(p("f"));
@@ -166,6 +171,7 @@ fn metadata_area_is_hidden_and_reserved() {
     assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     let e = ov
         .mkdir(ROOT, ROOT_INO, OsStr::new(META_DIR), 0o755, 0)
+        .wait()
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPERM));
     let fh = ov.opendir(ROOT_INO).unwrap();
@@ -185,6 +191,7 @@ fn bad_names_are_refused_before_any_syscall() {
     let long = "x".repeat(256);
     assert_eq!(
         ov.mkdir(ROOT, ROOT_INO, OsStr::new(&long), 0o755, 0)
+            .wait()
             .unwrap_err()
             .raw_os_error(),
         Some(libc::ENAMETOOLONG)
@@ -203,11 +210,14 @@ fn hard_links_and_rename_exchange_keep_paths_right() {
     let (dir, rec, ov) = setup();
     let (a, o) = ov
         .create(ROOT, ROOT_INO, OsStr::new("a"), 0o644, 0, libc::O_RDWR)
+        .wait()
         .unwrap();
     ov.release(o.fh);
-    ov.mkdir(ROOT, ROOT_INO, OsStr::new("b"), 0o755, 0).unwrap();
-    ov.link(a.ino, ROOT_INO, OsStr::new("a2")).unwrap();
-    ov.unlink(ROOT_INO, OsStr::new("a")).unwrap();
+    ov.mkdir(ROOT, ROOT_INO, OsStr::new("b"), 0o755, 0)
+        .wait()
+        .unwrap();
+    ov.link(a.ino, ROOT_INO, OsStr::new("a2")).wait().unwrap();
+    ov.unlink(ROOT_INO, OsStr::new("a")).wait().unwrap();
     ov.rename(
         ROOT_INO,
         OsStr::new("a2"),
@@ -215,6 +225,7 @@ fn hard_links_and_rename_exchange_keep_paths_right() {
         OsStr::new("b"),
         libc::RENAME_EXCHANGE,
     )
+    .wait()
     .unwrap();
     rec.take();
     // The file is now called "b": a chmod must name it so.
@@ -226,6 +237,7 @@ fn hard_links_and_rename_exchange_keep_paths_right() {
             ..SetAttr::default()
         },
     )
+    .wait()
     .unwrap();
     assert_eq!(
         rec.take(),
@@ -249,6 +261,7 @@ fn descriptor_cache_stays_bounded_and_reopens_by_path() {
     for d in 0..10 {
         let de = ov
             .mkdir(ROOT, ROOT_INO, OsStr::new(&format!("d{d}")), 0o755, 0)
+            .wait()
             .unwrap();
         for f in 0..40 {
             let (e, o) = ov
@@ -260,6 +273,7 @@ fn descriptor_cache_stays_bounded_and_reopens_by_path() {
                     0,
                     libc::O_RDWR,
                 )
+                .wait()
                 .unwrap();
             ov.release(o.fh);
             files.push((e.ino, format!("d{d}/f{f}")));
@@ -280,6 +294,7 @@ fn descriptor_cache_stays_bounded_and_reopens_by_path() {
                     ..SetAttr::default()
                 },
             )
+            .wait()
             .unwrap();
         assert_eq!(st.st_mode & 0o777, 0o600);
         assert_eq!(

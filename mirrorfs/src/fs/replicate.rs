@@ -1,135 +1,170 @@
-//! The overlay's view of replication: announce what a mutation touches, submit
-//! its ops, get a [`Ticket`] to wait on.
+//! The overlay's view of replication: announce what a mutation touches
+//! ([`Replicate::begin`]), submit its ops ([`Replicate::submit`]), and get a
+//! [`Ticket`] whose answer comes now or later.
 //!
-//! The overlay calls [`Replicate::begin`] before it applies a mutation locally
-//! (so a mutation made while the peer is away is recorded durably first) and
-//! [`Replicate::submit`] while it holds its sequencer lock, so the order of the
-//! stream is the order in which the primary applied the ops. Waiting happens
-//! after the lock is released, so many ops are in flight at once.
+//! The overlay calls `begin` and `submit` while it holds its sequencer lock,
+//! with the local change between them, so the order of the stream is the
+//! order in which the primary applied the ops. Waiting happens after the lock
+//! is released, so many ops are in flight at once. An answer may be *held*
+//! (the peer is lost and a controller decides): the ticket then parks the
+//! caller's reply instead of blocking a thread on it.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::proto::path::RelPath;
+pub use crate::proto::primary::{OpId, OpResult, Touched};
 use crate::proto::stream::Completion;
-use crate::proto::wire::Op;
+use crate::proto::wire::{HandleId, Op};
 
-/// What a mutation changes, announced before it is applied.
-#[derive(Debug, Clone, Default)]
-pub struct Touched {
-    /// Paths whose content, metadata or existence may change.
-    pub paths: Vec<RelPath>,
-    /// For a rename: (from, to), so that state kept per path can follow it.
-    pub rename: Option<(RelPath, RelPath)>,
-    /// For a data write to the one path: the byte range `(offset, len)` it
-    /// changes (nothing else about the file changes).
-    pub data: Option<(u64, u64)>,
-}
+/// How the application's call is answered, now or later (possibly from
+/// another thread): a FUSE reply, or a channel a waiting caller reads.
+pub type Reply = Box<dyn FnOnce(io::Result<()>) + Send>;
 
-impl Touched {
-    /// Touches these paths.
-    pub fn paths(paths: Vec<RelPath>) -> Self {
-        Self {
-            paths,
-            rename: None,
-            data: None,
-        }
-    }
+/// A mutation admitted by [`Replicate::begin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Begun {
+    /// Its id.
+    pub op: OpId,
+    /// The connection its ops go to (handles opened on another are unknown
+    /// there: name the file by its path, or reopen it), or `None`: its ops
+    /// are not sent.
+    pub epoch: Option<u64>,
+    /// The secondary holds what the op reads as we do (a copied range may be
+    /// copied there; otherwise the op carries the bytes).
+    pub source_clean: bool,
 }
 
 /// Something that ships ops to the secondary.
 pub trait Replicate: Send + Sync {
-    /// Before a mutation is applied locally: `Err(EIO)` refuses it (the peer is
-    /// lost and mutations must fail); while the peer is away it records the
-    /// touched paths durably, so none is forgotten by the resync.
-    fn begin(&self, touched: &Touched) -> io::Result<()>;
-    /// Queues `op` behind every op submitted before it.
-    fn submit(&self, op: Op, touched: &Touched) -> Ticket;
-    /// Identifies the current connection to the secondary: handles opened
-    /// under another (or while none was up) are unknown to the secondary.
-    fn epoch(&self) -> u64;
+    /// Before a mutation is applied locally: `Err` refuses it (nothing is
+    /// applied); otherwise what must be recorded first is durable.
+    fn begin(&self, touched: Touched) -> io::Result<Begun>;
+    /// The local change failed: nothing is replicated.
+    fn abandon(&self, begun: Begun);
+    /// Queues the op's `ops` behind every op submitted before them (or not,
+    /// if the connection changed since `begin`).
+    fn submit(&self, begun: Begun, ops: Vec<Op>) -> Ticket;
+    /// The op's ops are answered: decide what the application gets and
+    /// answer `reply`, now or once a decision comes.
+    fn conclude(&self, op: OpId, result: OpResult, took: Option<Duration>, reply: Reply);
+    /// Closes a replicated handle on the secondary if it holds it (connection
+    /// `epoch`); nobody waits for it.
+    fn close(&self, handle: HandleId, epoch: u64);
 }
 
-/// What to do when the secondary did not apply an op: given its errno, decide
-/// the application's result (e.g. record the paths and succeed while ALONE).
-pub type Fallback = Box<dyn FnOnce(i32) -> io::Result<()> + Send>;
-
-/// The pending outcome of a submitted op.
+/// The pending answer of a submitted mutation.
 pub struct Ticket {
+    op: OpId,
     state: State,
-    fallback: Option<Fallback>,
-    /// Told how long the secondary took, when it applied the op.
-    observer: Option<Observer>,
+    repl: Option<Arc<dyn Replicate>>,
 }
-
-/// Receives the time from submission to acknowledgement of an op.
-pub type Observer = Box<dyn FnOnce(Duration) + Send>;
 
 enum State {
-    Done(Completion),
+    /// Nothing was sent: decided at once with this result.
+    Now(OpResult),
+    /// The answers of the ops sent; `lost` tells an EIO of a lost connection
+    /// from one the secondary gave.
     Wait {
-        rx: Receiver<Completion>,
-        limit: Duration,
+        rxs: Vec<Receiver<Completion>>,
         since: Instant,
+        lost: Box<dyn Fn() -> bool + Send>,
+        limit: Duration,
     },
+    /// Already answered (tests' replication acknowledges everything).
+    Answered(io::Result<()>),
 }
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket").finish_non_exhaustive()
+        f.debug_struct("Ticket")
+            .field("op", &self.op)
+            .finish_non_exhaustive()
     }
 }
 
 impl Ticket {
-    /// An outcome known already (no replication, or refused).
-    pub fn done(c: Completion) -> Self {
+    /// Nothing was sent for `op` (`result` says why).
+    pub fn now(op: OpId, result: OpResult, repl: Arc<dyn Replicate>) -> Self {
         Self {
-            state: State::Done(c),
-            fallback: None,
-            observer: None,
+            op,
+            state: State::Now(result),
+            repl: Some(repl),
         }
     }
 
-    /// An outcome the secondary will send; `limit` bounds the wait in case the
-    /// driver itself is gone; `fallback` decides what a failure means.
-    pub fn wait_for(rx: Receiver<Completion>, limit: Duration, fallback: Option<Fallback>) -> Self {
+    /// `op`'s ops were sent; their answers come on `rxs` (`limit` bounds the
+    /// wait in case the driver itself is gone).
+    pub fn sent(
+        op: OpId,
+        rxs: Vec<Receiver<Completion>>,
+        lost: Box<dyn Fn() -> bool + Send>,
+        limit: Duration,
+        repl: Arc<dyn Replicate>,
+    ) -> Self {
         Self {
+            op,
             state: State::Wait {
-                rx,
-                limit,
+                rxs,
                 since: Instant::now(),
+                lost,
+                limit,
             },
-            fallback,
-            observer: None,
+            repl: Some(repl),
         }
     }
 
-    /// Has `observer` told how long the op took, if the secondary applies it.
-    pub fn observed(mut self, observer: Observer) -> Self {
-        self.observer = Some(observer);
-        self
+    /// An answer known already.
+    pub fn answered(op: OpId, r: io::Result<()>) -> Self {
+        Self {
+            op,
+            state: State::Answered(r),
+            repl: None,
+        }
     }
 
-    /// Blocks until the secondary applied the op (or it failed); returns its
-    /// answer (empty for most ops).
-    pub fn wait(self) -> io::Result<Vec<u8>> {
-        let outcome = match self.state {
-            State::Done(o) => o,
-            State::Wait { rx, limit, since } => {
-                let o = rx.recv_timeout(limit).unwrap_or(Err(libc::EIO));
-                if let (Ok(_), Some(observe)) = (&o, self.observer) {
-                    observe(since.elapsed());
+    /// Waits (on this thread) for the ops' answers, then has `reply`
+    /// answered: at once, or later from another thread when the answer is
+    /// held for a decision.
+    pub fn finish(self, reply: Reply) {
+        let (result, took) = match self.state {
+            State::Answered(r) => return reply(r),
+            State::Now(r) => (r, None),
+            State::Wait {
+                rxs,
+                since,
+                lost,
+                limit,
+            } => {
+                let mut result = OpResult::Applied;
+                for rx in rxs {
+                    let r = rx.recv_timeout(limit).unwrap_or(Err(libc::EIO));
+                    match (r, result) {
+                        (Ok(_), _) | (Err(_), OpResult::Refused(_) | OpResult::Lost) => {}
+                        (Err(libc::EIO), _) if lost() => result = OpResult::Lost,
+                        (Err(e), _) => result = OpResult::Refused(e),
+                    }
                 }
-                o
+                (result, Some(since.elapsed()))
             }
         };
-        match (outcome, self.fallback) {
-            (Ok(data), _) => Ok(data),
-            (Err(errno), Some(f)) => f(errno).map(|()| Vec::new()),
-            (Err(errno), None) => Err(io::Error::from_raw_os_error(errno)),
+        match self.repl {
+            Some(repl) => repl.conclude(self.op, result, took, reply),
+            None => reply(Err(io::Error::from_raw_os_error(libc::EIO))),
         }
+    }
+
+    /// [`finish`](Self::finish), blocking until the answer comes (for
+    /// callers that are not FUSE handlers: tests, tools).
+    pub fn wait(self) -> io::Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.finish(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::EIO)))
     }
 }
 
@@ -138,6 +173,7 @@ impl Ticket {
 #[derive(Debug, Default)]
 pub struct Recorder {
     ops: std::sync::Mutex<Vec<Op>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl Recorder {
@@ -148,14 +184,29 @@ impl Recorder {
 }
 
 impl Replicate for Recorder {
-    fn begin(&self, _touched: &Touched) -> io::Result<()> {
-        Ok(())
+    fn begin(&self, _touched: Touched) -> io::Result<Begun> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Begun {
+            op: OpId(n),
+            epoch: Some(1),
+            source_clean: true,
+        })
     }
-    fn submit(&self, op: Op, _touched: &Touched) -> Ticket {
-        self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
-        Ticket::done(Ok(Vec::new()))
+    fn abandon(&self, _begun: Begun) {}
+    fn submit(&self, begun: Begun, ops: Vec<Op>) -> Ticket {
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ops);
+        Ticket::answered(begun.op, Ok(()))
     }
-    fn epoch(&self) -> u64 {
-        1
+    fn conclude(&self, _op: OpId, _result: OpResult, _took: Option<Duration>, reply: Reply) {
+        reply(Ok(()));
+    }
+    fn close(&self, handle: HandleId, _epoch: u64) {
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Op::Close { handle });
     }
 }

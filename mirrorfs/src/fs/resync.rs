@@ -34,7 +34,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::ops::Overlay;
 use crate::meta::{DIRTY_BLOCK, META_DIR};
-use crate::mirror::{Mirror, RESYNC_YIELD};
+use crate::mirror::{Mirror, ResyncWork, RESYNC_YIELD};
 use crate::net::client::Link;
 use crate::proto::path::RelPath;
 use crate::proto::stream::Completion;
@@ -46,6 +46,9 @@ use crate::{sys, xattr};
 
 /// Resync block size: the unit compared by checksum and resent when it differs.
 pub const BLOCK: u32 = 1 << 20;
+/// How long concluding a resync waits, holding the sequencer, for the ops
+/// in flight to be answered.
+const QUIET_WAIT: Duration = Duration::from_secs(2);
 /// Paths visited at once while the application is idle.
 pub const WORKERS: usize = 8;
 /// Block writes a file's resync keeps in flight while the application is idle.
@@ -102,8 +105,24 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
     let limit = Duration::from_secs(60);
     let buf = RefCell::new(vec![0u8; (BLOCK as usize).max(DIRTY_BLOCK as usize)]);
     loop {
-        let Some(job) = mirror.next_resync_path() else {
-            return;
+        let job = match mirror.next_resync_work() {
+            None => return,
+            Some(ResyncWork::Finish(link)) => {
+                let w = Worker {
+                    overlay,
+                    mirror,
+                    link: &link,
+                    limit,
+                    full: false,
+                    buf: &buf,
+                };
+                if let Err(why) = w.finish() {
+                    warn!(why = ?why, "could not conclude the resync; retrying");
+                }
+                mirror.finish_done();
+                continue;
+            }
+            Some(ResyncWork::Path(job)) => job,
         };
         let w = Worker {
             overlay,
@@ -126,19 +145,12 @@ fn work(overlay: &Overlay, mirror: &Mirror) {
                 // loss and the next connection walks again.
                 debug!(path = %job.path, %why, "resync of a path interrupted");
                 mirror.resync_retry(&job, None);
-                continue;
             }
             Err(Stop::Failed(why)) => {
                 // The secondary cannot apply this (its disk is full, ...):
                 // the mirror pauses this path, the others go on.
                 warn!(path = %job.path, %why, "resync of a path failed; retrying");
                 mirror.resync_retry(&job, Some(why));
-                continue;
-            }
-        }
-        if mirror.resync_idle() {
-            if let Err(why) = w.finish() {
-                warn!(why = ?why, "could not conclude the resync; retrying");
             }
         }
     }
@@ -823,16 +835,25 @@ impl Worker<'_> {
         })
     }
 
-    /// Nothing pending: the secondary adopts our history, and we are in sync.
+    /// Nothing pending: the secondary adopts our history, and we are in
+    /// sync. Under the sequencer (nothing new is submitted meanwhile), and
+    /// only once no op is in flight: one the secondary refuses before the
+    /// SetGeneration in the stream would leave it holding our generation
+    /// without our data. In-flight ops are answered within a round trip (or
+    /// the connection is lost): waited for, briefly.
     fn finish(&self) -> Result<(), Stop> {
         let rx = {
             let _g = self.overlay.sequence();
-            if !self.mirror.resync_idle() {
-                return Ok(());
+            let deadline = std::time::Instant::now() + QUIET_WAIT;
+            loop {
+                if let Some(ids) = self.mirror.generation_to_send(self.link) {
+                    break self.link.submit(Op::SetGeneration { ids });
+                }
+                if !self.mirror.ops_in_flight(self.link) || std::time::Instant::now() >= deadline {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            self.link.submit(Op::SetGeneration {
-                ids: self.mirror.history_ids(),
-            })
         };
         self.wait(rx)?;
         if self.mirror.resync_complete(self.link)? {

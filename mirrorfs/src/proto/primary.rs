@@ -348,7 +348,7 @@ pub struct Primary {
     files_done: u64,
     bytes_sent: u64,
     resync_started: Instant,
-    app_active: Option<Instant>,
+    app_last: Option<Instant>,
     pace: Pace,
     last_error: Option<String>,
     role: Role,
@@ -389,7 +389,7 @@ impl Primary {
             files_done: 0,
             bytes_sent: 0,
             resync_started: now,
-            app_active: None,
+            app_last: None,
             pace: Pace::default(),
             last_error: None,
             role: Role::Lost,
@@ -596,7 +596,7 @@ impl Primary {
     /// secondary may act on old content there.
     pub fn handle_submit(&mut self, now: Instant, op: OpId) -> Option<u64> {
         self.event(now);
-        self.app_active = Some(self.now);
+        self.app_last = Some(self.now);
         let link = self.link?;
         let o = self.ops.get(&op)?;
         if o.epoch != Some(link.epoch) {
@@ -1015,7 +1015,7 @@ impl Primary {
     pub fn next_job(&mut self, now: Instant) -> Option<Job> {
         self.now = self.now.max(now);
         let link = self.link.filter(|l| l.resync)?;
-        if self.walk.busy() && self.app_active_within(RESYNC_YIELD) {
+        if self.walk.busy() && self.app_active(self.now, RESYNC_YIELD) {
             return None;
         }
         let now = self.now;
@@ -1031,6 +1031,7 @@ impl Primary {
 
     /// `job`'s path is synchronised.
     pub fn handle_job_done(&mut self, job: &Job) {
+        self.renames.visited(&job.path);
         self.walk.release(&job.path, job.epoch);
         self.retry.remove(&job.path);
         self.files_done += 1;
@@ -1113,18 +1114,15 @@ impl Primary {
         self.walk.is_idle()
     }
 
-    /// The application submitted an op within `within` of the last event.
-    pub fn app_active_within(&self, within: Duration) -> bool {
-        self.app_active
-            .is_some_and(|t| self.now.saturating_duration_since(t) < within)
+    /// The application submitted an op within `within` before `now`.
+    pub fn app_active(&self, now: Instant, within: Duration) -> bool {
+        self.app_last
+            .is_some_and(|t| now.saturating_duration_since(t) < within)
     }
 
     /// How long a resync worker pauses after a piece or a path.
     pub fn resync_pause(&self, now: Instant) -> Duration {
-        if self
-            .app_active
-            .is_some_and(|t| now.saturating_duration_since(t) < RESYNC_YIELD)
-        {
+        if self.app_active(now, RESYNC_YIELD) {
             self.pace.pause()
         } else {
             Duration::ZERO
@@ -1140,10 +1138,7 @@ impl Primary {
         // holding our generation without our data, and the refusal would
         // come too late to be visited (the walk is idle). Under the
         // sequencer, nothing is submitted while this is decided and sent.
-        let busy = self
-            .ops
-            .values()
-            .any(|o| o.submitted.is_some() && o.epoch == Some(epoch));
+        let busy = self.ops_in_flight(epoch);
         let l = self
             .link
             .as_mut()
@@ -1154,6 +1149,18 @@ impl Primary {
         l.peer_marked = false;
         self.peer_may_share = true;
         Some(self.history.ids().iter().map(|g| g.0).collect())
+    }
+
+    /// True while an op sent on connection `epoch` awaits its answer.
+    pub fn ops_in_flight(&self, epoch: u64) -> bool {
+        self.ops
+            .values()
+            .any(|o| o.submitted.is_some() && o.epoch == Some(epoch))
+    }
+
+    /// The connection whose resync runs, if one does.
+    pub fn resync_epoch(&self) -> Option<u64> {
+        self.link.filter(|l| l.resync).map(|l| l.epoch)
     }
 
     /// The secondary confirmed the history sent on `epoch`: if nothing became

@@ -153,6 +153,16 @@ impl Renames {
         out
     }
 
+    /// The resync visited `p` (the object renamed to it was moved there on
+    /// the secondary, or sent again): where it came from no longer matters.
+    /// Without this, objects renamed in a cycle while apart (`a` and `b`
+    /// swapped through a third name) had each other as old names, and each
+    /// visit, finding the other's old name made again here, queued the other
+    /// again: the resync never ended.
+    pub fn visited(&mut self, p: &RelPath) {
+        self.take(p);
+    }
+
     /// In sync again: nothing to remember.
     pub fn clear(&mut self) {
         self.origin.clear();
@@ -163,6 +173,22 @@ impl Renames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_swap_through_a_third_name_is_forgotten_once_visited() {
+        let mut r = Renames::default();
+        r.renamed(&p("a"), &p("t"));
+        r.renamed(&p("b"), &p("a"));
+        r.renamed(&p("t"), &p("b"));
+        assert_eq!(r.old_names(&p("a")), vec![p("b")]);
+        assert_eq!(r.old_names(&p("b")), vec![p("a")]);
+        r.visited(&p("a"));
+        assert!(r.old_names(&p("a")).is_empty());
+        assert_eq!(r.old_names(&p("b")), vec![p("a")]);
+        r.visited(&p("b"));
+        assert!(r.old_names(&p("b")).is_empty());
+        assert!(r.old_names_above(&p("a")).is_empty());
+    }
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s.as_bytes().to_vec()).expect("valid path")
