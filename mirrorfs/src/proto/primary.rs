@@ -839,6 +839,9 @@ impl Primary {
         self.first_names.clear();
         self.peer_may_share = relation == Relation::InSync;
         self.hold_since = None;
+        // A grant was for the loss that just ended; one for the next loss
+        // comes while connected (the controller may see it first).
+        self.grant = None;
         self.last_error = None;
         let mut suspects = local_suspects;
         suspects.extend(peer_suspects.iter().cloned());

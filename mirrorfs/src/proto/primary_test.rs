@@ -326,6 +326,37 @@ fn hold_waits_for_the_controller_alone_releases_and_runs_out() {
 }
 
 #[test]
+fn a_grant_ends_with_the_loss_it_was_for() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    assert_eq!(c.role(), Role::Alone);
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    c.handle_link_lost(now, e2, "gone again".into());
+    assert_eq!(c.role(), Role::Hold, "a new loss needs a new order");
+    // One given while connected counts for the next loss.
+    let e3 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    c.handle_alone(now, Duration::from_secs(5)).unwrap();
+    c.handle_link_lost(now, e3, "gone".into());
+    assert_eq!(c.role(), Role::Alone);
+}
+
+#[test]
 fn a_hold_that_lasts_too_long_fences() {
     let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
     c.handle_link_lost(now, e, "gone".into());
