@@ -226,14 +226,14 @@ fn mix(src: u64, dst: u64) -> u64 {
 }
 
 impl Sim {
-    pub(super) fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64, origin: Instant) -> Self {
         let mut rng = Rng::new(seed);
         let mode = match seed % 3 {
             0 => OnPeerLoss::Fail,
             1 => OnPeerLoss::Alone,
             _ => OnPeerLoss::Hold,
         };
-        let now = Instant::now();
+        let now = origin;
         let names: Vec<RelPath> = NAMES.iter().map(|n| name(n)).collect();
         let first = History::from_ids(vec![GenerationId(1)]);
         let cfg = Config {
