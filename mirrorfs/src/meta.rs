@@ -144,22 +144,25 @@ impl Meta {
 const INCONSISTENT: &str = "inconsistent";
 
 /// What the inconsistent mark records: a resync into this tree began (the
-/// secondary writes it before it acknowledges the primary's `BeginResync`)
-/// and has not finished (the resync's `SetGeneration` removes it).
+/// secondary writes it before it acknowledges the primary's `BeginResync`),
+/// or the tree refused one of the primary's changes (written before the
+/// refusal is answered), and no resync has finished since (the resync's
+/// `SetGeneration` removes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inconsistent {
     /// When the resync began, seconds since the Unix epoch (0: unknown).
     pub since_unix: u64,
     /// The node name of the primary it came from.
     pub from: String,
-    /// The primary's generation the resync was bringing over.
+    /// The primary's generation the resync was bringing over (none: the
+    /// tree refused a change outside a resync).
     pub generation: Option<GenerationId>,
 }
 
 impl Inconsistent {
     fn encode(&self) -> String {
         let mut text = format!(
-            "# mirrorfs: a resync into this directory began and has not finished: its data is a mix of old and new\nsince {}\nfrom {}\n",
+            "# mirrorfs: a resync into this directory began, or it refused a change of the primary, and no resync has finished since: its data is a mix of old and new\nsince {}\nfrom {}\n",
             self.since_unix, self.from
         );
         if let Some(g) = self.generation {

@@ -243,7 +243,7 @@ struct DirHandle {
 
 /// The primary's overlay of one backing directory.
 pub struct Overlay {
-    inodes: InodeTable,
+    inodes: Arc<InodeTable>,
     handles: Arc<RwLock<HashMap<u64, Arc<Handle>>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
@@ -311,7 +311,7 @@ impl Overlay {
         }
         let path_fd = reopen(root_fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?;
         Ok(Self {
-            inodes: InodeTable::new(path_fd, key_of(&st), budget),
+            inodes: Arc::new(InodeTable::new(path_fd, key_of(&st), budget)),
             handles: Arc::new(RwLock::new(HashMap::new())),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -529,7 +529,7 @@ impl Overlay {
             return Pending::failed(e);
         }
         let mode = mode & !umask;
-        self.mutate(
+        let pending = self.mutate(
             || self.child(parent, name),
             |path, _| {
                 let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
@@ -544,7 +544,9 @@ impl Overlay {
                 };
                 Ok((entry, vec![op]))
             },
-        )
+        );
+        // The kernel never gets an entry whose mutation failed.
+        self.forget_entry_on_error(pending, |e: &Entry| e.ino)
     }
 
     /// `mkdir`.
@@ -560,7 +562,7 @@ impl Overlay {
             return Pending::failed(e);
         }
         let mode = mode & !umask & 0o7777;
-        self.mutate(
+        let pending = self.mutate(
             || self.child(parent, name),
             |path, _| {
                 let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
@@ -576,7 +578,9 @@ impl Overlay {
                 };
                 Ok((entry, vec![op]))
             },
-        )
+        );
+        // The kernel never gets an entry whose mutation failed.
+        self.forget_entry_on_error(pending, |e: &Entry| e.ino)
     }
 
     /// `symlink`: `parent/name` → `target`.
@@ -587,7 +591,7 @@ impl Overlay {
         if target.is_empty() || target.len() > crate::proto::path::MAX_SYMLINK_TARGET {
             return Pending::failed(err(libc::ENAMETOOLONG));
         }
-        self.mutate(
+        let pending = self.mutate(
             || self.child(parent, name),
             |path, _| {
                 let (pfd, (uid, gid)) = self.parent_and_owner(ctx, parent)?;
@@ -602,7 +606,9 @@ impl Overlay {
                 };
                 Ok((entry, vec![op]))
             },
-        )
+        );
+        // The kernel never gets an entry whose mutation failed.
+        self.forget_entry_on_error(pending, |e: &Entry| e.ino)
     }
 
     /// `link`: a new name `newparent/newname` for `ino`.
@@ -610,7 +616,7 @@ impl Overlay {
         if let Err(e) = self.check_creatable(newparent, newname) {
             return Pending::failed(e);
         }
-        self.mutate(
+        let pending = self.mutate(
             || {
                 let existing = self.inodes.path(ino)?;
                 let new = self.child_path(newparent, newname)?;
@@ -637,7 +643,9 @@ impl Overlay {
                 let entry = self.lookup_locked(newparent, newname)?;
                 Ok((entry, vec![Op::Link { existing, new }]))
             },
-        )
+        );
+        // The kernel never gets an entry whose mutation failed.
+        self.forget_entry_on_error(pending, |e: &Entry| e.ino)
     }
 
     /// `unlink`.
@@ -836,7 +844,8 @@ impl Overlay {
                 }
                 continue;
             }
-            return self.cleanup_failed_open(pending, None, |(_, o): &(Entry, Opened)| o.fh);
+            let pending = self.cleanup_failed_open(pending, None, |(_, o): &(Entry, Opened)| o.fh);
+            return self.forget_entry_on_error(pending, |(e, _): &(Entry, Opened)| e.ino);
         }
         Pending::failed(err(libc::ETXTBSY))
     }
@@ -930,6 +939,29 @@ impl Overlay {
             ),
             ops,
         ))
+    }
+
+    /// An entry made or linked by a mutation whose answer is an error never
+    /// reaches the kernel, which will never forget it: the lookup counted
+    /// for it is given back (with whatever else `p` cleans up).
+    fn forget_entry_on_error<T: Send + 'static>(
+        &self,
+        mut p: Pending<T>,
+        ino_of: impl Fn(&T) -> u64,
+    ) -> Pending<T> {
+        let Ok((value, _)) = &p.state else {
+            return p;
+        };
+        let ino = ino_of(value);
+        let inodes = self.inodes.clone();
+        let before = p.on_error.take();
+        p.on_error = Some(Box::new(move || {
+            if let Some(cleanup) = before {
+                cleanup();
+            }
+            inodes.forget(ino, 1);
+        }));
+        p
     }
 
     /// An open whose replication failed gives no handle to the kernel: its

@@ -167,13 +167,16 @@ impl ServeState {
                 | Op::Checksums { .. }
                 | Op::Remove { .. }
         );
-        if !ok || !(resync_op || matches!(op, Op::SetGeneration { .. })) {
+        let refused_change = !ok && crate::replica::apply::refusal_diverges(op);
+        if !refused_change && (!ok || !(resync_op || matches!(op, Op::SetGeneration { .. }))) {
             return;
         }
         let mut st = self.lock();
         let current = st.connection.is_some_and(|(cur, _)| cur == n);
         let before = (st.resync_running, st.inconsistent, st.history.clone());
         match op {
+            // The applier marked the tree inconsistent: it lacks a change.
+            _ if refused_change => st.inconsistent = true,
             Op::SetGeneration { ids } => {
                 st.history = History::from_ids(
                     ids.iter()
@@ -301,6 +304,26 @@ mod tests {
             History::default(),
             false,
         ))
+    }
+
+    #[test]
+    fn a_refused_change_shows_the_replica_inconsistent() {
+        let s = state(Duration::from_secs(60));
+        s.connected(1, "10.0.0.1:4000".parse().unwrap());
+        let list = Op::List {
+            path: RelPath::root(),
+            after: None,
+            budget: crate::proto::wire::MIN_LIST_BUDGET,
+        };
+        s.applied(1, Seq(1), &list, false);
+        assert_eq!(s.status().inconsistent, Some(false));
+        let unlink = Op::Unlink {
+            path: RelPath::new(b"f".to_vec()).unwrap(),
+        };
+        s.applied(1, Seq(2), &unlink, false);
+        assert_eq!(s.status().inconsistent, Some(true));
+        s.applied(1, Seq(3), &Op::SetGeneration { ids: vec![9] }, true);
+        assert_eq!(s.status().inconsistent, Some(false));
     }
 
     #[test]

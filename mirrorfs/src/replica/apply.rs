@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tracing::{error, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::meta::{Inconsistent, Meta, META_DIR};
@@ -181,10 +182,55 @@ impl Applier {
     }
 
     /// Applies `op`; an error is the errno to report to the primary.
+    ///
+    /// A change this tree refuses (its disk is full, ...) is one the
+    /// primary made and this tree lacks, while it may still hold the
+    /// primary's generation: the tree is marked inconsistent first (until a
+    /// resync's `SetGeneration` clears it), so that it is never promoted or
+    /// mounted as if it held the primary's data.
     pub fn apply(&mut self, op: &Op) -> io::Result<Applied> {
         let r = self.apply_op(op);
         self.work.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &r {
+            if refusal_diverges(op) {
+                self.mark_behind(op, e);
+            }
+        }
         r
+    }
+
+    /// Marks this tree inconsistent after it refused `op` (unless marked).
+    fn mark_behind(&self, op: &Op, refused: &io::Error) {
+        let marked = match self.meta.inconsistent() {
+            Ok(m) => m.is_some(),
+            Err(_) => false,
+        };
+        if marked {
+            return;
+        }
+        let since_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mark = Inconsistent {
+            since_unix,
+            from: self.primary.clone(),
+            generation: None,
+        };
+        match self.meta.mark_inconsistent(&mark) {
+            Ok(()) => warn!(
+                op = op.name(),
+                error = %refused,
+                "refused a change of the primary: this tree is marked inconsistent until a resync completes"
+            ),
+            // Nothing else can record it; the primary marks the path dirty
+            // and resyncs it, but a promotion before then would not know.
+            Err(e) => error!(
+                op = op.name(),
+                refused = %refused,
+                error = %e,
+                "refused a change of the primary and cannot mark this tree inconsistent; do not promote it before the next resync completes"
+            ),
+        }
     }
 
     fn apply_op(&mut self, op: &Op) -> io::Result<Applied> {
@@ -761,6 +807,19 @@ fn touches_meta(op: &Op) -> bool {
         Op::CopyRange { src, dst, .. } => in_meta(src) || in_meta(dst),
         Op::Close { .. } | Op::SetGeneration { .. } | Op::BeginResync { .. } => false,
     }
+}
+
+/// Whether this tree, having refused `op`, may lack a change the primary
+/// made (every op but the reads and the connection's own bookkeeping).
+pub fn refusal_diverges(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::List { .. }
+            | Op::Checksums { .. }
+            | Op::Close { .. }
+            | Op::SetGeneration { .. }
+            | Op::BeginResync { .. }
+    )
 }
 
 /// Entries of the directory `fd` (an O_RDONLY directory) as (name, S_IFMT),

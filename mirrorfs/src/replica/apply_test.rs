@@ -694,3 +694,29 @@ fn begin_resync_marks_the_tree_inconsistent_until_set_generation() {
         Some(GenerationId(0xac))
     );
 }
+
+/// Issue 7: a change the secondary refuses leaves it without the primary's
+/// data while it may hold the primary's generation; it marks itself
+/// inconsistent before answering, and a refused read does not.
+#[test]
+fn issue_7_a_refused_change_marks_the_tree_inconsistent() {
+    let mut f = fixture();
+    let e = errno(f.a.apply(&Op::List {
+        path: p("missing"),
+        after: None,
+        budget: crate::proto::wire::MIN_LIST_BUDGET,
+    }));
+    assert_eq!(e, libc::ENOENT);
+    assert_eq!(f.a.meta.inconsistent().unwrap(), None);
+    let e = errno(f.a.apply(&Op::Unlink { path: p("missing") }));
+    assert_eq!(e, libc::ENOENT);
+    let mark =
+        f.a.meta
+            .inconsistent()
+            .unwrap()
+            .expect("marked inconsistent");
+    assert_eq!(mark.generation, None);
+    // Only the resync's end clears it.
+    f.a.apply(&Op::SetGeneration { ids: vec![5] }).unwrap();
+    assert_eq!(f.a.meta.inconsistent().unwrap(), None);
+}
