@@ -305,3 +305,77 @@ fn descriptor_cache_stays_bounded_and_reopens_by_path() {
     assert!(ov.inode_stats().1 <= 64);
     assert_eq!(rec.take().len(), files.len());
 }
+
+/// Issue 7, finding 8: a handle opened on one connection is never used on
+/// the next (the secondary closed its copy with the old connection); it is
+/// opened again there first, with the O_SYNC it was opened with, and
+/// closed on the connection that knows it.
+#[test]
+fn issue_7_a_handle_is_reopened_with_its_sync_flags_on_a_new_connection() {
+    let (_dir, rec, ov) = setup();
+    let (e, o) = ov
+        .create(
+            ROOT,
+            ROOT_INO,
+            OsStr::new("f"),
+            0o644,
+            0o022,
+            libc::O_WRONLY | libc::O_SYNC,
+        )
+        .wait()
+        .unwrap();
+    let h = HandleId(o.fh);
+    assert_eq!(ov.write(o.fh, 0, b"one").wait().unwrap(), 3);
+    rec.set_epoch(2);
+    assert_eq!(ov.write(o.fh, 3, b"two").wait().unwrap(), 3);
+    ov.fsync(e.ino, o.fh, false).wait().unwrap();
+    ov.release(o.fh);
+    assert_eq!(
+        rec.take_with_epochs(),
+        vec![
+            (
+                1,
+                Op::Create {
+                    path: p("f"),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    handle: Some(h),
+                    flags: libc::O_SYNC as u32
+                }
+            ),
+            (
+                1,
+                Op::Write {
+                    target: Target::Handle(h),
+                    offset: 0,
+                    data: b"one".to_vec()
+                }
+            ),
+            (
+                2,
+                Op::Open {
+                    path: p("f"),
+                    handle: h,
+                    flags: libc::O_SYNC as u32
+                }
+            ),
+            (
+                2,
+                Op::Write {
+                    target: Target::Handle(h),
+                    offset: 3,
+                    data: b"two".to_vec()
+                }
+            ),
+            (
+                2,
+                Op::Fsync {
+                    target: Target::Handle(h),
+                    datasync: false
+                }
+            ),
+            (2, Op::Close { handle: h }),
+        ]
+    );
+}

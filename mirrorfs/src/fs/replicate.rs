@@ -169,44 +169,64 @@ impl Ticket {
 }
 
 /// Replication that acknowledges everything at once: for unit tests of the
-/// overlay, which check the ops it submits.
+/// overlay, which check the ops it submits (and on which connection epoch,
+/// 1 unless [`Recorder::set_epoch`] says otherwise).
 #[derive(Debug, Default)]
 pub struct Recorder {
-    ops: std::sync::Mutex<Vec<Op>>,
+    ops: std::sync::Mutex<Vec<(u64, Op)>>,
     next: std::sync::atomic::AtomicU64,
+    /// The connection epoch ops begin on (0: the default, 1).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Recorder {
     /// The ops submitted so far, in order (and forgets them).
     pub fn take(&self) -> Vec<Op> {
+        self.take_with_epochs()
+            .into_iter()
+            .map(|(_, op)| op)
+            .collect()
+    }
+
+    /// The ops submitted so far with the epoch each was sent on (and
+    /// forgets them).
+    pub fn take_with_epochs(&self) -> Vec<(u64, Op)> {
         std::mem::take(&mut *self.ops.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Ops begin on connection `epoch` from now on (a reconnect).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn push(&self, epoch: u64, ops: impl IntoIterator<Item = Op>) {
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ops.into_iter().map(|op| (epoch, op)));
     }
 }
 
 impl Replicate for Recorder {
     fn begin(&self, _touched: Touched) -> io::Result<Begun> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed).max(1);
         Ok(Begun {
             op: OpId(n),
-            epoch: Some(1),
+            epoch: Some(epoch),
             source_clean: true,
         })
     }
     fn abandon(&self, _begun: Begun) {}
     fn submit(&self, begun: Begun, ops: Vec<Op>) -> Ticket {
-        self.ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ops);
+        self.push(begun.epoch.unwrap_or(0), ops);
         Ticket::answered(begun.op, Ok(()))
     }
     fn conclude(&self, _op: OpId, _result: OpResult, _took: Option<Duration>, reply: Reply) {
         reply(Ok(()));
     }
-    fn close(&self, handle: HandleId, _epoch: u64) {
-        self.ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Op::Close { handle });
+    fn close(&self, handle: HandleId, epoch: u64) {
+        self.push(epoch, [Op::Close { handle }]);
     }
 }
