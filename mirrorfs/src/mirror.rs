@@ -782,14 +782,26 @@ impl Mirror {
         else {
             return Ok(false);
         };
-        if !st.core.handle_resync_complete(Instant::now(), epoch) {
+        let now = Instant::now();
+        // The counters of the resync that is ending (the log line is what
+        // operators and benches/resync read: `files= bytes= secs=`).
+        let progress = st.core.snapshot(now).resync;
+        if !st.core.handle_resync_complete(now, epoch) {
             return Ok(false);
         }
         if let Err(e) = self.persist(&mut st) {
             st.core.abort(None, false);
             return Err(e);
         }
-        info!("resync complete: in sync");
+        match progress {
+            Some(p) => info!(
+                files = p.files_done,
+                bytes = p.bytes_sent,
+                secs = now.saturating_duration_since(p.started).as_secs_f64(),
+                "resync complete: in sync"
+            ),
+            None => info!("resync complete: in sync"),
+        }
         let after = self.finish(&mut st);
         drop(st);
         after.run();
