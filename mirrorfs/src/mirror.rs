@@ -785,7 +785,7 @@ impl Mirror {
         let now = Instant::now();
         // The counters of the resync that is ending (the log line is what
         // operators and benches/resync read: `files= bytes= secs=`).
-        let progress = st.core.snapshot(now).resync;
+        let progress = st.core.resync_progress();
         if !st.core.handle_resync_complete(now, epoch) {
             return Ok(false);
         }

@@ -1222,13 +1222,7 @@ impl Primary {
 
     /// A snapshot for the status.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let resync = self.link.filter(|l| l.resync).map(|_| Progress {
-            files_done: self.files_done,
-            files_left: self.walk.left() as u64,
-            bytes_sent: self.bytes_sent,
-            started: self.resync_started,
-            full: self.full,
-        });
+        let resync = self.resync_progress();
         Snapshot {
             role: self.role,
             in_sync: self.role == Role::Prim && self.dirty.is_empty() && self.volatile.is_empty(),
@@ -1242,6 +1236,17 @@ impl Primary {
             last_error: self.last_error.clone(),
             role_since: self.role_since,
         }
+    }
+
+    /// The running resync's counters, if one runs.
+    pub fn resync_progress(&self) -> Option<Progress> {
+        self.link.filter(|l| l.resync).map(|_| Progress {
+            files_done: self.files_done,
+            files_left: self.walk.left() as u64,
+            bytes_sent: self.bytes_sent,
+            started: self.resync_started,
+            full: self.full,
+        })
     }
 
     fn current_role(&self) -> Role {
