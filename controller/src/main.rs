@@ -1,0 +1,2 @@
+//! The `mirrorfarm` command (being built).
+fn main() {}
