@@ -1,0 +1,202 @@
+//! Finding and losing the peer across the heartbeat networks. No I/O.
+//!
+//! The peer is lost only when every network has been silent for the
+//! timeout. Beyond "heard lately", the link tracks when the peer last
+//! *confirmed* hearing us: each beat echoes the newest sequence number it
+//! received, and the time we sent that beat bounds from below when the peer
+//! last heard us. A primary keeps the virtual IP on the peer's account only
+//! until `sent + timeout − margin`: the peer cannot decide we are gone before
+//! `sent + timeout`. Hysteresis: after a loss the peer counts as back only
+//! once a beat confirms the link works both ways again.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::margin;
+
+/// How many sent beats are remembered for their echoes.
+const SENT_KEPT: usize = 64;
+
+/// The link to the peer of one module.
+#[derive(Debug)]
+pub struct PeerLink {
+    timeout: Duration,
+    /// Per network, when a beat last arrived.
+    heard: Vec<Option<Instant>>,
+    /// Our beats' sequence numbers and when they left.
+    sent: VecDeque<(u64, Instant)>,
+    next_seq: u64,
+    /// The peer's incarnation and the newest of its beats received.
+    peer_seq: Option<(u64, u64)>,
+    /// Until when the peer surely counts us as alive.
+    confirmed_until: Option<Instant>,
+    up: bool,
+}
+
+impl PeerLink {
+    /// A link over `networks` networks with the heartbeat `timeout`, whose
+    /// first beat carries `first_seq`. A restarted daemon must start above
+    /// every number its previous incarnation sent, so that a stale echo
+    /// never confirms a new beat: derive it from the start time.
+    pub fn new(networks: usize, timeout: Duration, first_seq: u64) -> Self {
+        Self {
+            timeout,
+            heard: vec![None; networks.max(1)],
+            sent: VecDeque::new(),
+            next_seq: first_seq.max(1),
+            peer_seq: None,
+            confirmed_until: None,
+            up: false,
+        }
+    }
+
+    /// Records a beat sent at `now`; returns its sequence number and the echo
+    /// to put in it.
+    pub fn send(&mut self, now: Instant) -> (u64, Option<u64>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sent.push_back((seq, now));
+        while self.sent.len() > SENT_KEPT {
+            self.sent.pop_front();
+        }
+        (seq, self.peer_seq.map(|(_, s)| s))
+    }
+
+    /// The sequence number the next beat sent will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// A beat `seq` of the peer's `incarnation` (echoing `echo`) arrived on
+    /// `network` at `now`. Returns true if the beat is new (not a duplicate
+    /// from another network, nor older than one seen; a new incarnation, a
+    /// restarted peer, counts from its first beat).
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        network: usize,
+        incarnation: u64,
+        seq: u64,
+        echo: Option<u64>,
+    ) -> bool {
+        if let Some(h) = self.heard.get_mut(network) {
+            *h = Some(now);
+        }
+        if let Some(e) = echo {
+            if let Some(&(_, at)) = self.sent.iter().find(|(s, _)| *s == e) {
+                let until = at + self.timeout - margin(self.timeout);
+                if self.confirmed_until.is_none_or(|c| until > c) {
+                    self.confirmed_until = Some(until);
+                }
+                self.up = true;
+            }
+        }
+        let fresh = self
+            .peer_seq
+            .is_none_or(|(i, p)| i != incarnation || seq > p);
+        if fresh {
+            self.peer_seq = Some((incarnation, seq));
+        }
+        fresh
+    }
+
+    /// Whether the peer counts as present at `now`: a beat came within the
+    /// timeout on some network (after a loss, only once one confirmed the
+    /// link both ways).
+    pub fn up(&mut self, now: Instant) -> bool {
+        if self.up && !self.heard_within(now, self.timeout) {
+            self.up = false;
+        }
+        self.up
+    }
+
+    /// Whether no beat came on any network within the timeout: the peer is
+    /// gone (what a takeover waits for; beats heard one way only count).
+    pub fn silent(&self, now: Instant) -> bool {
+        !self.heard_within(now, self.timeout)
+    }
+
+    /// Whether the peer surely still counts us as alive at `now`.
+    pub fn confirmed(&self, now: Instant) -> bool {
+        self.confirmed_until.is_some_and(|c| now < c)
+    }
+
+    /// Per network, how long ago a beat arrived (None: never).
+    pub fn silence(&self, now: Instant) -> Vec<Option<Duration>> {
+        self.heard
+            .iter()
+            .map(|h| h.map(|t| now.saturating_duration_since(t)))
+            .collect()
+    }
+
+    /// When [`up`](Self::up) may next change by itself.
+    pub fn deadline(&self) -> Option<Instant> {
+        if !self.up {
+            return None;
+        }
+        self.heard.iter().flatten().max().map(|t| *t + self.timeout)
+    }
+
+    fn heard_within(&self, now: Instant, d: Duration) -> bool {
+        self.heard
+            .iter()
+            .flatten()
+            .any(|t| now.saturating_duration_since(*t) < d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_millis(1000);
+
+    #[test]
+    fn lost_only_when_every_network_is_silent() {
+        let t0 = Instant::now();
+        let mut l = PeerLink::new(2, T, 1);
+        let (s, _) = l.send(t0);
+        l.receive(t0, 0, 7, 1, Some(s));
+        l.receive(t0 + Duration::from_millis(800), 1, 7, 2, Some(s));
+        assert!(
+            l.up(t0 + Duration::from_millis(1500)),
+            "network 1 still heard"
+        );
+        assert!(
+            !l.up(t0 + Duration::from_millis(1801)),
+            "both silent past the timeout"
+        );
+    }
+
+    #[test]
+    fn back_only_once_the_link_works_both_ways() {
+        let t0 = Instant::now();
+        let mut l = PeerLink::new(1, T, 1);
+        assert!(l.receive(t0, 0, 7, 1, None));
+        assert!(!l.up(t0), "no echo yet: the peer has not heard us");
+        let (s, _) = l.send(t0);
+        l.receive(t0 + Duration::from_millis(1), 0, 7, 2, Some(s));
+        assert!(l.up(t0 + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn confirmation_counts_from_when_our_beat_left() {
+        let t0 = Instant::now();
+        let mut l = PeerLink::new(1, T, 1);
+        let (s, _) = l.send(t0);
+        // The echo arrives late; the peer's timer started no earlier than t0.
+        l.receive(t0 + Duration::from_millis(900), 0, 7, 1, Some(s));
+        assert!(l.confirmed(t0 + Duration::from_millis(970)));
+        assert!(!l.confirmed(t0 + T - margin(T)));
+    }
+
+    #[test]
+    fn duplicates_across_networks_are_not_fresh() {
+        let t0 = Instant::now();
+        let mut l = PeerLink::new(2, T, 1);
+        assert!(l.receive(t0, 0, 7, 5, None));
+        assert!(!l.receive(t0, 1, 7, 5, None));
+        assert!(!l.receive(t0, 1, 7, 4, None));
+        assert!(l.receive(t0, 1, 7, 6, None));
+    }
+}
