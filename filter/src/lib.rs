@@ -4,3 +4,5 @@
 //!
 //! Not built yet: it follows the mirror module. It must only ever change its own
 //! nftables table and answer ARP for the configured VIPs.
+
+pub mod arp;

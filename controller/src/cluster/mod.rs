@@ -8,8 +8,10 @@
 //! - [`link`]: losing and finding the peer across heartbeat networks.
 //! - [`witness`]: the witness's lease decisions.
 //! - [`module`]: one module on one node (STOP/WAIT/ALONE/PRIM/SECOND).
+//! - [`checker`]: a checker's failures → restart, swap or stop; loop protection.
 //! - `sim` (tests): a seeded simulation of two nodes and a witness.
 
+pub mod checker;
 pub mod link;
 pub mod module;
 pub mod msg;

@@ -1,1 +1,5 @@
 //! (being built)
+pub mod checkers;
+pub mod metrics;
+pub mod scripts;
+pub mod vip;
