@@ -304,43 +304,24 @@ mod tests {
             lab.namespaces(),
             ["mf-node1", "mf-node2", "mf-witness", "mf-client", "mf-sw"]
         );
-        let p = |s: &str| PathBuf::from(s);
-        assert_eq!(
-            lab.node_file(Host::Node2),
-            p("/var/lib/mirrorfarm-lab/mf/etc/node2.ron")
-        );
-        assert_eq!(
-            lab.module_file(),
-            p("/var/lib/mirrorfarm-lab/mf/etc/modules/apache.ron")
-        );
-        assert_eq!(
-            lab.scripts_dir(),
-            p("/var/lib/mirrorfarm-lab/mf/etc/modules/apache")
-        );
-        assert_eq!(
-            lab.socket(Host::Node1),
-            p("/var/lib/mirrorfarm-lab/mf/node1/run/mirrorfarm.sock")
-        );
-        assert_eq!(
-            lab.state_dir(Host::Node1),
-            p("/var/lib/mirrorfarm-lab/mf/node1/state")
-        );
-        assert_eq!(
-            lab.key(Host::Witness),
-            p("/var/lib/mirrorfarm-lab/mf/certs/witness.key")
-        );
-        assert_eq!(
-            lab.pid_file(Host::Node2),
-            p("/var/lib/mirrorfarm-lab/mf/node2.pid")
-        );
-        assert_eq!(
-            lab.log(Host::Witness),
-            p("/var/lib/mirrorfarm-lab/mf/logs/witness.log")
-        );
-        assert_eq!(
-            lab.on_node(Host::Node2, Path::new("/srv/apache-mirror/htdocs")),
-            p("/var/lib/mirrorfarm-lab/mf/node2/srv/apache-mirror/htdocs")
-        );
+        let htdocs = Path::new("/srv/apache-mirror/htdocs");
+        let table = [
+            (lab.node_file(Host::Node2), "etc/node2.ron"),
+            (lab.module_file(), "etc/modules/apache.ron"),
+            (lab.scripts_dir(), "etc/modules/apache"),
+            (lab.socket(Host::Node1), "node1/run/mirrorfarm.sock"),
+            (lab.state_dir(Host::Node1), "node1/state"),
+            (lab.key(Host::Witness), "certs/witness.key"),
+            (lab.pid_file(Host::Node2), "node2.pid"),
+            (lab.log(Host::Witness), "logs/witness.log"),
+            (
+                lab.on_node(Host::Node2, htdocs),
+                "node2/srv/apache-mirror/htdocs",
+            ),
+        ];
+        for (got, want) in table {
+            assert_eq!(got, Path::new("/var/lib/mirrorfarm-lab/mf").join(want));
+        }
     }
 
     #[test]
