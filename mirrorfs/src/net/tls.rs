@@ -390,8 +390,19 @@ pub fn load_peer(cert: &Path) -> Result<PinnedPeer, TlsError> {
 /// Builds the QUIC server config for `mirrorfs serve`: presents `id`, requires a
 /// client certificate and accepts only `peer`'s, TLS 1.3 only, ALPN [`ALPN`].
 pub fn server_config(id: &Identity, peer: &PinnedPeer) -> Result<quinn::ServerConfig, TlsError> {
+    server_config_for(id, &[peer], ALPN)
+}
+
+/// A QUIC server config that presents `id` and accepts a client presenting
+/// any one of `peers`' certificates, with ALPN `alpn` (the controller's
+/// heartbeats and witness use the same node identities as mirrorfs).
+pub fn server_config_for(
+    id: &Identity,
+    peers: &[&PinnedPeer],
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(provider());
-    let verifier = PinnedClientVerifier(Pin::new(peer, &provider));
+    let verifier = PinnedClientVerifier(Pin::new(peers, &provider));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .and_then(|builder| {
@@ -400,7 +411,7 @@ pub fn server_config(id: &Identity, peer: &PinnedPeer) -> Result<quinn::ServerCo
                 .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
         })
         .map_err(|source| id.config_error(source))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     // No resumption: a resumed session would skip the client certificate, and we
     // want every connection to be checked against the pin in force right now.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -417,8 +428,18 @@ pub fn server_config(id: &Identity, peer: &PinnedPeer) -> Result<quinn::ServerCo
 /// `peer`'s certificate, TLS 1.3 only, ALPN [`ALPN`]. Connect with
 /// `server_name = peer.name`; the name is not checked (the pin is).
 pub fn client_config(id: &Identity, peer: &PinnedPeer) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_for(id, peer, ALPN)
+}
+
+/// A QUIC client config that presents `id` and accepts only `peer`'s
+/// certificate, with ALPN `alpn`.
+pub fn client_config_for(
+    id: &Identity,
+    peer: &PinnedPeer,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
     let provider = Arc::new(provider());
-    let verifier = PinnedServerVerifier(Pin::new(peer, &provider));
+    let verifier = PinnedServerVerifier(Pin::new(&[peer], &provider));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .and_then(|builder| {
@@ -428,7 +449,7 @@ pub fn client_config(id: &Identity, peer: &PinnedPeer) -> Result<quinn::ClientCo
                 .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
         })
         .map_err(|source| id.config_error(source))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     // See server_config: every connection does a full, pinned handshake.
     tls.resumption = rustls::client::Resumption::disabled();
     // The server does not look at SNI, so do not send the peer's name in clear.
@@ -439,6 +460,23 @@ pub fn client_config(id: &Identity, peer: &PinnedPeer) -> Result<quinn::ClientCo
         source,
     })?;
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Which of `peers` is at the other end of `conn` (its handshake presented
+/// that certificate); None if none (or no certificate).
+pub fn connected_peer<'a>(
+    conn: &quinn::Connection,
+    peers: &[&'a PinnedPeer],
+) -> Option<&'a PinnedPeer> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let end = chain.first()?;
+    peers
+        .iter()
+        .copied()
+        .find(|p| p.der.as_ref() == end.as_ref())
 }
 
 impl Identity {
@@ -479,58 +517,61 @@ impl fmt::Debug for PinnedPeer {
     }
 }
 
-/// The check both verifiers share: the peer presented exactly the pinned
-/// certificate, alone, and signs the handshake with its key.
+/// The check both verifiers share: the peer presented exactly one of the
+/// pinned certificates, alone, and signs the handshake with its key.
 #[derive(Debug)]
 struct Pin {
-    /// The pinned certificate's DER.
-    der: CertificateDer<'static>,
-    /// Its CN, for messages.
-    name: String,
-    /// Its fingerprint, for messages.
-    fingerprint: String,
+    /// The pinned certificates: DER, CN and fingerprint (for messages).
+    pins: Vec<(CertificateDer<'static>, String, String)>,
     /// Signature algorithms used to check the handshake signature.
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl Pin {
-    fn new(peer: &PinnedPeer, provider: &CryptoProvider) -> Self {
+    fn new(peers: &[&PinnedPeer], provider: &CryptoProvider) -> Self {
         Self {
-            der: peer.der.clone(),
-            name: peer.name.clone(),
-            fingerprint: peer.fingerprint.clone(),
+            pins: peers
+                .iter()
+                .map(|p| (p.der.clone(), p.name.clone(), p.fingerprint.clone()))
+                .collect(),
             algs: provider.signature_verification_algorithms,
         }
     }
 
-    /// Accepts `end_entity` only if it is byte-for-byte the pinned certificate and
+    /// Accepts `end_entity` only if it is byte-for-byte a pinned certificate and
     /// no other certificate came with it. Validity dates are deliberately ignored.
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Result<(), rustls::Error> {
-        let mismatch = if end_entity.as_ref() != self.der.as_ref() {
-            format!(
+        let pinned = || {
+            self.pins
+                .iter()
+                .map(|(_, name, fp)| format!("CN={name} sha256={fp}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        let found = self
+            .pins
+            .iter()
+            .find(|(der, ..)| der.as_ref() == end_entity.as_ref());
+        let mismatch = match found {
+            None => format!(
                 "peer presented certificate CN={} sha256={} but the pinned peer certificate is \
-                 CN={} sha256={} (check --peer-cert)",
+                 {} (check --peer-cert)",
                 presented_cn(end_entity),
                 fingerprint(end_entity),
-                self.name,
-                self.fingerprint
-            )
-        } else if !intermediates.is_empty() {
-            format!(
-                "peer presented the pinned certificate CN={} sha256={} with {} more \
+                pinned()
+            ),
+            Some((_, name, fp)) if !intermediates.is_empty() => format!(
+                "peer presented the pinned certificate CN={name} sha256={fp} with {} more \
                  certificate(s); a pinned peer presents its certificate alone",
-                self.name,
-                self.fingerprint,
                 intermediates.len()
-            )
-        } else {
-            return Ok(());
+            ),
+            Some(_) => return Ok(()),
         };
-        warn!(pinned = %self.name, "refused peer: {mismatch}");
+        warn!(pinned = %pinned(), "refused peer: {mismatch}");
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(PinMismatch(mismatch))),
         )))
@@ -1139,7 +1180,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (_, pinned) = node(tmp.path(), "node1");
         let (_, other) = node(tmp.path(), "intruder");
-        let pin = Pin::new(&pinned, &provider());
+        let pin = Pin::new(&[&pinned], &provider());
 
         assert!(pin.check(&pinned.der, &[]).is_ok());
         let wrong = pin
