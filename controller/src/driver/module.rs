@@ -1,0 +1,756 @@
+//! One module on this node, as the daemon runs it: its core
+//! ([`ModuleCore`]) and the threads that carry the core's actions out
+//! without ever blocking the daemon's loop — a worker that runs the steps one
+//! at a time (scripts, mirrorfs processes, the VIP), an orders thread that
+//! passes grants and fences to the mounts, the VIP thread that renews the
+//! address and repeats its gratuitous ARP, the mirrorfs watchers and the
+//! checkers.
+//!
+//! Owns: the module's run directory and log, the persisted start/stop goal,
+//! the translation of the core's actions into those threads' jobs and of
+//! their results into the core's events. Must not: decide (the core does).
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mirrorfs::ctl::{self, Request, Status};
+use tracing::{info, warn};
+
+use super::checkers::{self, Probe};
+use super::mirror::{self, MirrorEvent, MirrorSet};
+use super::net::Net;
+use super::scripts::{self, ScriptOutcome, ScriptRun};
+use super::vip::{self, VipSpec};
+use crate::cluster::checker::{self as policy, CheckerPolicy, CheckerState, MaxLoop, Verdict};
+use crate::cluster::module::{
+    Action, Command, CoreConfig, MirrorView, ModuleCore, Script, ScriptSet, Step,
+};
+use crate::cluster::state::{ModuleState, RootInfo};
+use crate::config::{Check, Module, NodeConfig, OnFailure, Then};
+
+/// What the module's threads tell the daemon's loop.
+#[derive(Debug)]
+pub enum ModuleEvent {
+    /// A step ended (with the data's state, for [`Step::ReadRoots`]).
+    StepDone {
+        /// The step.
+        step: Step,
+        /// How it ended.
+        result: Result<(), String>,
+        /// The roots read.
+        roots: Option<Vec<RootInfo>>,
+    },
+    /// A mirrorfs watcher reported.
+    Mirror(MirrorEvent),
+    /// A checker probed.
+    Checked {
+        /// Which checker.
+        index: usize,
+        /// The probe's result.
+        result: Result<(), String>,
+    },
+}
+
+/// The module log: lines appended with a time stamp, by a thread of its own.
+#[derive(Debug, Clone)]
+pub struct ModuleLog {
+    path: PathBuf,
+    tx: Sender<String>,
+}
+
+impl ModuleLog {
+    /// A log at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        let (tx, rx) = unbounded::<String>();
+        let p = path.clone();
+        let _ = thread::Builder::new()
+            .name("module-log".into())
+            .spawn(move || {
+                for line in rx {
+                    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&p) {
+                        let _ = writeln!(f, "{line}");
+                    }
+                }
+            });
+        Self { path, tx }
+    }
+
+    /// Appends one line.
+    pub fn line(&self, text: &str) {
+        let _ = self
+            .tx
+            .send(format!("{} {text}", scripts::timestamp(SystemTime::now())));
+    }
+
+    /// The file.
+    pub fn path(&self) -> &PathBuf {
+        &self.path
+    }
+}
+
+/// A module on this node.
+pub struct ModuleRunner {
+    /// The module's configuration.
+    pub module: Module,
+    /// Its decisions.
+    pub core: ModuleCore,
+    /// Its mirrorfs processes.
+    pub mirror: MirrorSet,
+    /// The latest status of each directory's mirrorfs.
+    pub statuses: Vec<Option<Status>>,
+    /// The module log.
+    pub log: ModuleLog,
+    /// The VIP, if any.
+    pub vip: Option<VipSpec>,
+    last_view: MirrorView,
+    worker: Sender<Step>,
+    orders: Sender<Order>,
+    vip_tx: Option<Sender<VipCmd>>,
+    checkers: Vec<CheckerState>,
+    checker_names: Vec<String>,
+    maxloop: MaxLoop,
+    app_up: Arc<AtomicBool>,
+    goal_file: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+/// An order to the mounts.
+enum Order {
+    Grant(Instant),
+    Fence,
+}
+
+/// A job for the VIP thread.
+enum VipCmd {
+    Add(Sender<Result<(), String>>),
+    Remove(Sender<Result<(), String>>),
+    Drop,
+}
+
+impl ModuleRunner {
+    /// Sets the module up on this node: its directory, log and threads; asks
+    /// the mirrorfs processes that may still run (a daemon restart) and
+    /// hands what it found to the core.
+    pub fn start(
+        module: Module,
+        node: &NodeConfig,
+        incarnation: u64,
+        events: Sender<(String, ModuleEvent)>,
+    ) -> Result<Self, String> {
+        let name = module.name.clone();
+        let me = module
+            .nodes
+            .iter()
+            .find(|n| n.name == node.name)
+            .cloned()
+            .ok_or_else(|| format!("{name}: this node ({}) is not listed", node.name))?;
+        let peer = module
+            .peer_of(&node.name)
+            .cloned()
+            .ok_or_else(|| format!("{name}: no peer for {}", node.name))?;
+        let dir = node.state_dir.join("modules").join(&name);
+        let run_dir = dir.join("run");
+        for d in [&dir, &run_dir] {
+            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        // The application's scripts (and Apache as www-data) use the run dir.
+        let _ = fs::set_permissions(
+            &run_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
+        let _ = fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let log = ModuleLog::new(dir.join("module.log"));
+        let mirror = MirrorSet::new(&module, node, &me, &peer, &dir);
+        let goal_file = dir.join("goal");
+        let goal_running = fs::read_to_string(&goal_file)
+            .map(|s| s.trim() != "stopped")
+            .unwrap_or(true);
+        let scripts = ScriptSet {
+            prestart: module.scripts.prestart.is_some(),
+            start_prim: module.scripts.start_prim.is_some(),
+            stop_prim: module.scripts.stop_prim.is_some(),
+            poststop: module.scripts.poststop.is_some(),
+        };
+        let cfg = CoreConfig {
+            module: name.clone(),
+            me: me.name.clone(),
+            peer: peer.name.clone(),
+            preferred: module.node_index(&me.name) == Some(0),
+            dirs: module.dirs.len(),
+            networks: me.addrs.len(),
+            interval: module.timing.heartbeat_interval,
+            timeout: module.timing.heartbeat_timeout,
+            lease: module.timing.lease,
+            witness: module.witness.is_some(),
+            digest: module.digest,
+            vip: module.vip.is_some(),
+            scripts,
+            incarnation,
+        };
+        let now = Instant::now();
+        let mut core = ModuleCore::new(now, cfg);
+        let statuses = mirror.probe();
+        let view = mirror::view(&statuses);
+        if view.mounts.is_some() || view.serves.is_some() {
+            log.line(&format!(
+                "adopting the running mirrorfs processes ({})",
+                if view.mounts.is_some() {
+                    "mounts"
+                } else {
+                    "serves"
+                }
+            ));
+        }
+        core.handle_adopt(now, view.clone(), goal_running);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let vip = module.vip.as_ref().map(|v| VipSpec {
+            addr: v.addr,
+            prefix: v.prefix,
+            interface: v.interface.clone(),
+        });
+        // The address outlives a dead daemon by at most this long (iproute2
+        // counts whole seconds): below the heartbeat timeout, so that it is
+        // gone before the peer can take over.
+        let lifetime = Duration::from_secs(1);
+        let vip_tx = vip.as_ref().map(|spec| {
+            spawn_vip(
+                spec.clone(),
+                lifetime,
+                module.timing.heartbeat_interval,
+                log.clone(),
+                stop.clone(),
+            )
+        });
+        let app_up = Arc::new(AtomicBool::new(false));
+
+        let (mirror_tx, mirror_rx) = unbounded::<MirrorEvent>();
+        mirror.watch(mirror_tx, stop.clone());
+        forward(&name, mirror_rx, events.clone(), ModuleEvent::Mirror);
+
+        let worker = spawn_worker(
+            name.clone(),
+            mirror.clone(),
+            module.clone(),
+            node.clone(),
+            me.name.clone(),
+            peer.name.clone(),
+            run_dir.clone(),
+            log.clone(),
+            vip_tx.clone(),
+            events.clone(),
+        );
+        let orders = spawn_orders(mirror.clone(), log.clone());
+        let mut checkers = Vec::new();
+        let mut checker_names = Vec::new();
+        for (i, c) in module.checkers.iter().enumerate() {
+            checkers.push(CheckerState::new(CheckerPolicy {
+                failures: c.failures,
+                on_failure: match &c.on_failure {
+                    OnFailure::Restart {
+                        times,
+                        window,
+                        then,
+                    } => policy::OnFailure::Restart {
+                        times: *times,
+                        window: *window,
+                        then: match then {
+                            Then::Swap => policy::Then::Swap,
+                            Then::Stop => policy::Then::Stop,
+                        },
+                    },
+                    OnFailure::Swap => policy::OnFailure::Swap,
+                    OnFailure::Stop => policy::OnFailure::Stop,
+                },
+            }));
+            checker_names.push(c.name.clone());
+            spawn_checker(&name, i, c, app_up.clone(), stop.clone(), events.clone());
+        }
+        let maxloop = MaxLoop::new(module.maxloop.count, module.maxloop.window);
+        log.line(&format!(
+            "module loaded ({}), {}",
+            module.file.display(),
+            if goal_running {
+                "to run"
+            } else {
+                "stopped by the operator"
+            }
+        ));
+        let mut runner = Self {
+            module,
+            core,
+            mirror,
+            statuses,
+            log,
+            vip,
+            last_view: view,
+            worker,
+            orders,
+            vip_tx,
+            checkers,
+            checker_names,
+            maxloop,
+            app_up,
+            goal_file,
+            stop,
+        };
+        runner.drain(None);
+        Ok(runner)
+    }
+
+    /// Feeds an event from the module's threads to the core.
+    pub fn handle(&mut self, now: Instant, ev: ModuleEvent, net: Option<&Net>) {
+        match ev {
+            ModuleEvent::StepDone {
+                step,
+                result,
+                roots,
+            } => {
+                if let Some(r) = roots {
+                    self.core.handle_roots(now, r);
+                }
+                match &result {
+                    Ok(()) => self.log.line(&format!("done: {step}")),
+                    Err(e) => self.log.line(&format!("FAILED: {step}: {e}")),
+                }
+                self.core.handle_step_done(now, step, result);
+            }
+            ModuleEvent::Mirror(MirrorEvent::Status { index, status }) => {
+                if let Some(s) = self.statuses.get_mut(index) {
+                    *s = Some(*status);
+                }
+                self.push_view(now);
+            }
+            ModuleEvent::Mirror(MirrorEvent::Gone { index }) => {
+                if let Some(s) = self.statuses.get_mut(index) {
+                    *s = None;
+                }
+                self.push_view(now);
+            }
+            ModuleEvent::Checked { index, result } => self.checked(now, index, result),
+        }
+        self.drain(net);
+    }
+
+    /// An operator's order.
+    pub fn command(&mut self, now: Instant, cmd: Command, net: Option<&Net>) -> Result<(), String> {
+        let r = self.core.handle_command(now, cmd).map_err(|e| e.0);
+        if r.is_ok() {
+            self.log.line(&format!("operator: {cmd:?}").to_lowercase());
+            match cmd {
+                Command::Start => self.save_goal(true),
+                Command::Stop => self.save_goal(false),
+                _ => {}
+            }
+        }
+        self.drain(net);
+        r
+    }
+
+    /// Time passed.
+    pub fn tick(&mut self, now: Instant, net: Option<&Net>) {
+        if self.core.poll_timeout() <= now {
+            self.core.handle_timeout(now);
+        }
+        self.drain(net);
+    }
+
+    /// Stops the module's threads (not its mirrorfs processes, nor the VIP
+    /// until its lifetime ends: a restarted daemon adopts them).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn push_view(&mut self, now: Instant) {
+        let view = mirror::view(&self.statuses);
+        if view != self.last_view {
+            self.last_view = view.clone();
+            self.core.handle_mirror(now, view);
+        }
+    }
+
+    fn checked(&mut self, now: Instant, index: usize, result: Result<(), String>) {
+        let name = self.checker_names.get(index).cloned().unwrap_or_default();
+        if let Err(e) = &result {
+            self.log.line(&format!("checker {name}: {e}"));
+        }
+        let Some(state) = self.checkers.get_mut(index) else {
+            return;
+        };
+        let Some(verdict) = state.handle_result(now, result.is_ok()) else {
+            return;
+        };
+        let cmd = match verdict {
+            Verdict::Restart => Command::Restart,
+            Verdict::Swap if self.maxloop.allow(now) => Command::Swap,
+            Verdict::Swap => {
+                self.log.line(&format!(
+                    "checker {name}: swap refused by maxloop ({} in {} s): stopping the module",
+                    self.module.maxloop.count,
+                    self.module.maxloop.window.as_secs()
+                ));
+                Command::Stop
+            }
+            Verdict::Stop => Command::Stop,
+        };
+        self.log.line(&format!(
+            "checker {name}: failed {} times: {cmd:?}",
+            state.policy().failures
+        ));
+        if let Err(e) = self.core.handle_command(now, cmd) {
+            self.log
+                .line(&format!("checker {name}: {cmd:?} refused: {}", e.0));
+            if cmd == Command::Swap {
+                // No secondary to take over: restart here instead.
+                let _ = self.core.handle_command(now, Command::Restart);
+            }
+        } else if cmd == Command::Stop {
+            self.save_goal(false);
+        }
+    }
+
+    /// Carries out the core's actions.
+    fn drain(&mut self, net: Option<&Net>) {
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Run(step) => {
+                    self.log.line(&format!("start: {step}"));
+                    let _ = self.worker.send(step);
+                }
+                Action::Grant { until } => {
+                    let _ = self.orders.send(Order::Grant(until));
+                }
+                Action::Fence => {
+                    self.log.line("fence: every mount refuses writes");
+                    let _ = self.orders.send(Order::Fence);
+                }
+                Action::DropVip => {
+                    if let Some(tx) = &self.vip_tx {
+                        let _ = tx.send(VipCmd::Drop);
+                    }
+                }
+                Action::Beat(b) => {
+                    if let Some(n) = net {
+                        n.send_beat(&self.module.name, &b);
+                    }
+                }
+                Action::Report(r) => {
+                    if let Some(n) = net {
+                        n.send_report(&self.module.name, &r);
+                    }
+                }
+                Action::Transition(t) => {
+                    info!(module = %self.module.name, from = %t.from, to = %t.to, "{}", t.reason);
+                    self.log
+                        .line(&format!("{} -> {}: {}", t.from, t.to, t.reason));
+                }
+            }
+        }
+        let st = self.core.state();
+        let up = matches!(st, ModuleState::Prim | ModuleState::Alone) && self.core_ready();
+        if up != self.app_up.swap(up, Ordering::Relaxed) && !up {
+            for c in &mut self.checkers {
+                c.reset();
+            }
+        }
+    }
+
+    fn core_ready(&mut self) -> bool {
+        self.core.status(Instant::now()).ready
+    }
+
+    fn save_goal(&self, running: bool) {
+        let text = if running { "started\n" } else { "stopped\n" };
+        if let Err(e) = fs::write(&self.goal_file, text) {
+            warn!(file = %self.goal_file.display(), "cannot save the module's goal: {e}");
+        }
+    }
+}
+
+/// Forwards a thread's events to the daemon's loop, tagged with the module.
+fn forward<T: Send + 'static>(
+    module: &str,
+    rx: Receiver<T>,
+    events: Sender<(String, ModuleEvent)>,
+    wrap: fn(T) -> ModuleEvent,
+) {
+    let module = module.to_owned();
+    let _ = thread::Builder::new()
+        .name("forward".into())
+        .spawn(move || {
+            for ev in rx {
+                if events.send((module.clone(), wrap(ev))).is_err() {
+                    return;
+                }
+            }
+        });
+}
+
+/// The worker: runs the steps one at a time.
+#[allow(clippy::too_many_arguments)]
+fn spawn_worker(
+    module_name: String,
+    mirror: MirrorSet,
+    module: Module,
+    node: NodeConfig,
+    me: String,
+    peer: String,
+    run_dir: PathBuf,
+    log: ModuleLog,
+    vip: Option<Sender<VipCmd>>,
+    events: Sender<(String, ModuleEvent)>,
+) -> Sender<Step> {
+    let (tx, rx) = unbounded::<Step>();
+    let mounts: Vec<String> = mirror
+        .dirs
+        .iter()
+        .map(|d| d.dir.mount.display().to_string())
+        .collect();
+    let mut env = vec![
+        ("MIRRORFARM_MODULE".to_string(), module_name.clone()),
+        ("MIRRORFARM_NODE".to_string(), me),
+        ("MIRRORFARM_PEER".to_string(), peer),
+        (
+            "MIRRORFARM_VIP".to_string(),
+            module
+                .vip
+                .as_ref()
+                .map(|v| v.addr.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "MIRRORFARM_RUN_DIR".to_string(),
+            run_dir.display().to_string(),
+        ),
+        (
+            "MIRRORFARM_PATH_PREFIX".to_string(),
+            node.path_prefix
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
+    ];
+    for (i, m) in mounts.iter().enumerate() {
+        env.push((format!("MIRRORFARM_DIR_{}", i + 1), m.clone()));
+    }
+    let _ = thread::Builder::new()
+        .name(format!("worker-{module_name}"))
+        .spawn(move || {
+            for step in rx {
+                let mut roots = None;
+                let result = match step {
+                    Step::Script(s) => run_script(&module, s, &env, &log),
+                    Step::ReadRoots => mirror.read_roots().map(|r| {
+                        roots = Some(r);
+                    }),
+                    Step::StartServe => mirror.start_serves(),
+                    Step::StopServe => mirror.stop_all(false),
+                    Step::Mount => mirror.mount_all(),
+                    Step::Unmount => mirror.stop_all(true),
+                    Step::AddVip | Step::RemoveVip => match &vip {
+                        Some(v) => {
+                            let (rtx, rrx) = unbounded();
+                            let cmd = if step == Step::AddVip {
+                                VipCmd::Add(rtx)
+                            } else {
+                                VipCmd::Remove(rtx)
+                            };
+                            let _ = v.send(cmd);
+                            rrx.recv()
+                                .unwrap_or_else(|_| Err("the VIP thread is gone".into()))
+                        }
+                        None => Ok(()),
+                    },
+                    Step::Discard => mirror.discard_all(),
+                };
+                let ev = ModuleEvent::StepDone {
+                    step,
+                    result,
+                    roots,
+                };
+                if events.send((module_name.clone(), ev)).is_err() {
+                    return;
+                }
+            }
+        });
+    tx
+}
+
+fn run_script(
+    module: &Module,
+    s: Script,
+    env: &[(String, String)],
+    log: &ModuleLog,
+) -> Result<(), String> {
+    let path = match s {
+        Script::Prestart => &module.scripts.prestart,
+        Script::StartPrim => &module.scripts.start_prim,
+        Script::StopPrim => &module.scripts.stop_prim,
+        Script::Poststop => &module.scripts.poststop,
+    };
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let timeout = match s {
+        Script::StopPrim | Script::Poststop => module.scripts.stop_timeout,
+        _ => module.scripts.timeout,
+    };
+    let run = ScriptRun {
+        path: path.clone(),
+        args: Vec::new(),
+        env: env.to_vec(),
+        cwd: module.scripts.dir.clone(),
+        timeout,
+        stop_grace: Duration::from_secs(5),
+        log: log.path().clone(),
+        label: format!("{} {s}", module.name),
+    };
+    match scripts::run(&run) {
+        ScriptOutcome::Ok => Ok(()),
+        other => Err(format!("{} {s}: {other}", module.name)),
+    }
+}
+
+/// The orders thread: grants and fences to every mount, the grant's seconds
+/// computed when it is sent.
+fn spawn_orders(mirror: MirrorSet, log: ModuleLog) -> Sender<Order> {
+    let (tx, rx) = unbounded::<Order>();
+    let _ = thread::Builder::new().name("orders".into()).spawn(move || {
+        for order in rx {
+            for d in &mirror.dirs {
+                let req = match &order {
+                    Order::Grant(until) => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            continue;
+                        }
+                        Request::Alone {
+                            seconds: left.as_secs_f64().min(ctl::alone::MAX_SECONDS),
+                        }
+                    }
+                    Order::Fence => Request::Fence,
+                };
+                if let Err(e) = ctl::client::request(&d.control, &req) {
+                    log.line(&format!("{} to {}: {e}", req.name(), d.control.display()));
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// The VIP thread: adds, removes, renews the lifetime every interval while
+/// held, and repeats the gratuitous ARP (at 0.5, 1, 2 s after adding, then
+/// every 30 s).
+fn spawn_vip(
+    spec: VipSpec,
+    lifetime: Duration,
+    interval: Duration,
+    log: ModuleLog,
+    stop: Arc<AtomicBool>,
+) -> Sender<VipCmd> {
+    let (tx, rx) = unbounded::<VipCmd>();
+    let _ = thread::Builder::new().name("vip".into()).spawn(move || {
+        let mut held_since: Option<Instant> = None;
+        let mut announced = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(interval) {
+                Ok(VipCmd::Add(reply)) => {
+                    let r = vip::add(&spec, lifetime).map_err(|e| e.to_string());
+                    if r.is_ok() {
+                        held_since = Some(Instant::now());
+                        announced = 0;
+                        log.line(&format!("VIP {spec} added"));
+                    }
+                    let _ = reply.send(r);
+                }
+                Ok(VipCmd::Remove(reply)) => {
+                    held_since = None;
+                    let r = vip::remove(&spec).map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+                Ok(VipCmd::Drop) => {
+                    if held_since.take().is_some() {
+                        log.line(&format!("VIP {spec} dropped (quorum lost)"));
+                    }
+                    if let Err(e) = vip::remove(&spec) {
+                        log.line(&format!("VIP {spec}: {e}"));
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(since) = held_since {
+                if let Err(e) = vip::renew(&spec, lifetime) {
+                    log.line(&format!("VIP {spec}: renewal failed: {e}"));
+                }
+                let age = since.elapsed();
+                let due = match announced {
+                    0 => Duration::from_millis(500),
+                    1 => Duration::from_secs(1),
+                    2 => Duration::from_secs(2),
+                    n => Duration::from_secs(2 + 30 * u64::from(n - 2)),
+                };
+                if age >= due {
+                    announced += 1;
+                    if let Err(e) = filter::arp::announce(&spec.interface, spec.addr) {
+                        log.line(&format!("VIP {spec}: gratuitous ARP: {e}"));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// A checker's thread: probes every interval while the application should
+/// run here.
+fn spawn_checker(
+    module: &str,
+    index: usize,
+    c: &crate::config::Checker,
+    app_up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    events: Sender<(String, ModuleEvent)>,
+) {
+    let probe = match &c.check {
+        Check::Process { name } => Probe::Process { name: name.clone() },
+        Check::Tcp { addr } => Probe::Tcp { addr: *addr },
+        Check::Http { url, expect_status } => Probe::Http {
+            url: url.clone(),
+            expect_status: *expect_status,
+        },
+        Check::Command { path, args } => Probe::Command {
+            path: path.clone(),
+            args: args.clone(),
+        },
+        Check::Interface { name } => Probe::Interface { name: name.clone() },
+    };
+    let (interval, timeout, module) = (c.interval, c.timeout, module.to_owned());
+    let _ = thread::Builder::new()
+        .name(format!("checker-{}", c.name))
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(interval);
+                if !app_up.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let result = checkers::probe(&probe, timeout);
+                if !app_up.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if events
+                    .send((module.clone(), ModuleEvent::Checked { index, result }))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+}
