@@ -460,7 +460,10 @@ fn detach(a: MountArgs) -> Result<(), String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     // The detached child outlives this process, which returns once mounted.
     args.push("--foreground".into());
-    args.push("--outlive-parent".into());
+    // (The flag may be given already: clap refuses it twice.)
+    if !args.iter().any(|a| a == "--outlive-parent") {
+        args.push("--outlive-parent".into());
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)

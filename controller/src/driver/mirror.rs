@@ -86,6 +86,9 @@ pub enum MirrorEvent {
     Gone {
         /// The directory.
         index: usize,
+        /// The pid of the process watched (None: never answered): a Gone
+        /// that arrives after another process took its place is stale.
+        pid: Option<u32>,
     },
 }
 
@@ -199,7 +202,8 @@ impl MirrorSet {
                 .arg(&d.control)
                 .arg("--log")
                 .arg(&d.log)
-                .arg("--outlive-parent")
+                // Detached (no --foreground): it outlives this daemon, and
+                // returns once mounted.
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
@@ -311,13 +315,14 @@ impl MirrorSet {
             let spawned = thread::Builder::new().name(name).spawn(move || {
                 let mut gone_sent = false;
                 while !stop.load(Ordering::Relaxed) {
-                    match watch_once(&path, index, &events, &stop) {
+                    let mut pid = None;
+                    match watch_once(&path, index, &events, &stop, &mut pid) {
                         Ok(()) => {}
                         Err(e) => debug!(control = %path.display(), "watch: {e}"),
                     }
-                    if !gone_sent {
+                    if !gone_sent || pid.is_some() {
                         gone_sent = true;
-                        if events.send(MirrorEvent::Gone { index }).is_err() {
+                        if events.send(MirrorEvent::Gone { index, pid }).is_err() {
                             return;
                         }
                     }
@@ -397,16 +402,19 @@ fn sockaddr(ip: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
 
+/// Watches one control socket until it closes; `pid` is the process seen.
 fn watch_once(
     path: &Path,
     index: usize,
     events: &Sender<MirrorEvent>,
     stop: &AtomicBool,
+    pid: &mut Option<u32>,
 ) -> Result<(), String> {
     let mut client = Client::connect(path).map_err(|e| e.to_string())?;
     client.send(&Request::Watch).map_err(|e| e.to_string())?;
     while !stop.load(Ordering::Relaxed) {
         let (_, status) = client.answer().map_err(|e| e.to_string())?;
+        *pid = Some(status.pid);
         if events
             .send(MirrorEvent::Status {
                 index,
@@ -518,7 +526,7 @@ fn stop_pid(pid: u32, control: &Path) -> Result<(), String> {
 }
 
 /// Whether process `pid` exists (and is not a zombie).
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit_once(')')

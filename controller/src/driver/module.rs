@@ -322,14 +322,20 @@ impl ModuleRunner {
                 self.core.handle_step_done(now, step, result);
             }
             ModuleEvent::Mirror(MirrorEvent::Status { index, status }) => {
-                if let Some(s) = self.statuses.get_mut(index) {
+                // A status queued by a process that has exited since (a
+                // replica stopped for a takeover) tells nothing any more.
+                let live = i32::try_from(status.pid).is_ok_and(mirror::alive);
+                if let Some(s) = self.statuses.get_mut(index).filter(|_| live) {
                     *s = Some(*status);
                 }
                 self.push_view(now);
             }
-            ModuleEvent::Mirror(MirrorEvent::Gone { index }) => {
+            ModuleEvent::Mirror(MirrorEvent::Gone { index, pid }) => {
                 if let Some(s) = self.statuses.get_mut(index) {
-                    *s = None;
+                    // Only if it is the process we know of that went.
+                    if s.as_ref().map(|st| st.pid) == pid || pid.is_none() && s.is_none() {
+                        *s = None;
+                    }
                 }
                 self.push_view(now);
             }
