@@ -315,6 +315,17 @@ impl ModuleRunner {
                 if let Some(r) = roots {
                     self.core.handle_roots(now, r);
                 }
+                if matches!(
+                    step,
+                    Step::Mount | Step::StartServe | Step::Unmount | Step::StopServe
+                ) {
+                    // What runs now, without waiting for the watchers to
+                    // reconnect: the core judges the step's outcome on it.
+                    self.statuses = self.mirror.probe();
+                    self.log
+                        .line(&format!("after {step}: {}", self.describe_statuses()));
+                    self.push_view(now);
+                }
                 match &result {
                     Ok(()) => self.log.line(&format!("done: {step}")),
                     Err(e) => self.log.line(&format!("FAILED: {step}: {e}")),
@@ -375,10 +386,31 @@ impl ModuleRunner {
 
     fn push_view(&mut self, now: Instant) {
         let view = mirror::view(&self.statuses);
+        let was_up = self.last_view.mounts.as_ref().is_some_and(|m| m.all_up);
+        if was_up && !view.mounts.as_ref().is_some_and(|m| m.all_up) {
+            self.log.line(&format!(
+                "mounts no longer all up: {}",
+                self.describe_statuses()
+            ));
+        }
         if view != self.last_view {
             self.last_view = view.clone();
             self.core.handle_mirror(now, view);
         }
+    }
+
+    /// Each directory's mirrorfs, for the log: `PRIM pid 123, not answering`.
+    fn describe_statuses(&self) -> String {
+        let seen: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|s| {
+                s.as_ref().map_or("not answering".into(), |s| {
+                    format!("{} pid {}", s.role, s.pid)
+                })
+            })
+            .collect();
+        seen.join(", ")
     }
 
     fn checked(&mut self, now: Instant, index: usize, result: Result<(), String>) {
