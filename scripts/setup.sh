@@ -20,6 +20,8 @@ PACKAGES=(
   procps
   postgresql   # server, for the database tests
   curl         # HTTP client of the Apache tests
+  stress-ng    # the controller's stall soak test (CPU and I/O load on the primary)
+  keepalived   # the failover benchmark's baseline (VRRP moving an IP)
 )
 
 say() { echo "setup: $*"; }
@@ -59,30 +61,34 @@ if [ ! -e /dev/fuse ]; then
   modprobe fuse || say "WARNING: no /dev/fuse: FUSE mounts will fail"
 fi
 
-# 3. No system Apache: the package enables and starts it; our tests and demo
-#    start their own instances on their own addresses and ports.
-if [ -d /run/systemd/system ]; then
-  if systemctl is-active --quiet apache2; then
-    say "stopping the apache2 service"
-    systemctl stop apache2
+# 3. No system Apache or keepalived: the packages enable and start them; our
+#    tests, demo and benchmarks start their own instances in their own network
+#    namespaces, and nothing may touch the machine's own network.
+for svc in apache2 keepalived; do
+  if [ -d /run/systemd/system ]; then
+    if systemctl is-active --quiet "$svc"; then
+      say "stopping the $svc service"
+      systemctl stop "$svc"
+    fi
+  else
+    # No systemd as init (e.g. a container): the SysV script runs it, if anything.
+    pidfile=/run/$svc/$svc.pid
+    [ "$svc" = keepalived ] && pidfile=/run/keepalived.pid
+    if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      say "stopping the $svc service"
+      service "$svc" stop
+    fi
   fi
-else
-  # No systemd as init (e.g. a container): the SysV script runs it, if anything.
-  pidfile=/run/apache2/apache2.pid
-  if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    say "stopping the apache2 service"
-    service apache2 stop
+  if command -v systemctl >/dev/null && [ "$(systemctl is-enabled "$svc" 2>/dev/null)" = enabled ]; then
+    say "disabling the $svc service"
+    systemctl disable "$svc" 2>&1 | sed 's/^/setup:   /'
+  elif compgen -G "/etc/rc[2-5].d/S*$svc" >/dev/null; then
+    say "disabling the $svc service"
+    update-rc.d "$svc" disable
+  else
+    say "$svc service is stopped and disabled"
   fi
-fi
-if command -v systemctl >/dev/null && [ "$(systemctl is-enabled apache2 2>/dev/null)" = enabled ]; then
-  say "disabling the apache2 service"
-  systemctl disable apache2 2>&1 | sed 's/^/setup:   /'
-elif compgen -G '/etc/rc[2-5].d/S*apache2' >/dev/null; then
-  say "disabling the apache2 service"
-  update-rc.d apache2 disable
-else
-  say "apache2 service is stopped and disabled"
-fi
+done
 
 # 4. Rust: not installed here (Debian's is too old); say so early.
 if ! command -v cargo >/dev/null; then
