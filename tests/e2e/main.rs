@@ -45,3 +45,8 @@ mod mirror_deep;
 
 /// Issue 7, section 3: the control API (ctl status/watch on mount and serve, state --root, an inconsistent replica refused, root only, hold orders).
 mod mirror_control;
+
+/// Issue 8: the controller in the lab — SIGKILL failover with every acknowledged
+/// write, return as SECOND, swap (stop_prim before start_prim), the stall soak,
+/// the checker's restarts then swap.
+mod farm_failover;

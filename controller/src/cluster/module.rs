@@ -327,6 +327,8 @@ pub struct ModuleCore {
     /// When this core started: quorum is judged only a heartbeat timeout
     /// later (a restarted daemon has no confirmations yet).
     started: Instant,
+    /// The latest time seen (deadlines before it have been acted on).
+    last_now: Instant,
     goal_running: bool,
     plan: VecDeque<Step>,
     busy: Option<Step>,
@@ -393,6 +395,7 @@ impl ModuleCore {
             reason: "not started".into(),
             since: now,
             started: now,
+            last_now: now,
             goal_running: false,
             plan: VecDeque::new(),
             busy: None,
@@ -609,9 +612,12 @@ impl ModuleCore {
         if self.cfg.witness {
             t = t.min(self.next_report);
         }
+        // Only deadlines still ahead: one that passed has been acted on
+        // (a past one would make the driver spin on a zero wait).
         for d in [self.link.deadline(), self.witness_until, self.lease_until]
             .into_iter()
             .flatten()
+            .filter(|d| *d > self.last_now)
         {
             t = t.min(d);
         }
@@ -901,6 +907,7 @@ impl ModuleCore {
 
     /// Re-evaluates everything after an event.
     fn decide(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         self.safety(now);
         self.lease_and_grants(now);
         self.send_messages(now);

@@ -187,3 +187,34 @@ fn a_primary_that_loses_its_peer_writes_only_under_the_lease() {
     assert!(c.may_write(t3));
     assert!(!c.may_write(t2 + Duration::from_millis(2940)));
 }
+
+/// Found in the lab: once the lease and the witness's confirmation had run
+/// out, `poll_timeout` kept returning their (past) ends, and the daemon's
+/// loop, at real-time priority, spun on a zero wait.
+#[test]
+fn poll_timeout_is_never_in_the_past_once_deadlines_expired() {
+    let t0 = Instant::now();
+    let mut c = ModuleCore::new(t0, cfg("n1", "n2", true));
+    c.handle_adopt(t0, MirrorView::default(), true);
+    let r = last_report(&mut c);
+    c.handle_answer(
+        t0 + Duration::from_millis(1),
+        Answer {
+            version: VERSION,
+            module: "web".into(),
+            seq: r.seq,
+            lease: LeaseAnswer::Granted { ms: 3000 },
+            holder: None,
+            behind: false,
+        },
+    );
+    // Long after everything expired, with nothing heard since.
+    let later = t0 + Duration::from_secs(10);
+    c.handle_timeout(later);
+    while c.poll_action().is_some() {}
+    assert!(
+        c.poll_timeout() > later,
+        "{:?} is not after now",
+        c.poll_timeout().saturating_duration_since(t0)
+    );
+}

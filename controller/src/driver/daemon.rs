@@ -159,9 +159,11 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
             .map(|r| r.core.poll_timeout())
             .min()
             .unwrap_or(now + Duration::from_secs(1));
+        // At least 1 ms: this thread runs at real-time priority, and a
+        // deadline that stays in the past must not make it spin.
         let wait = next
             .saturating_duration_since(now)
-            .min(Duration::from_millis(500));
+            .clamp(Duration::from_millis(1), Duration::from_millis(500));
         select! {
             recv(shutdown) -> _ => break,
             recv(net_rx) -> ev => if let Ok(ev) = ev { net_event(&mut runners, ev, &net) },
@@ -487,10 +489,12 @@ fn render_metrics(modules: &[ModuleStatus]) -> String {
     out
 }
 
-/// Locks the daemon's memory so that paging never delays a heartbeat.
+/// Locks the daemon's memory so that paging never delays a heartbeat (as
+/// pages are touched: locking every thread's whole stack and malloc arena
+/// up front would pin hundreds of MB for nothing).
 fn lock_memory() {
     // SAFETY: mlockall has no memory effects on Rust objects.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
         warn!(
             "cannot lock the daemon's memory ({}): heartbeats may be delayed under memory pressure",
             std::io::Error::last_os_error()

@@ -69,6 +69,9 @@ impl FarmLab {
             );
         }
         lab.status = lab.status_json()?;
+        // Settled (start_prim done), and the secondary holds everything.
+        lab.wait_states("PRIM", "SECOND", Duration::from_secs(60))?;
+        lab.wait_in_sync("node1", Duration::from_secs(60))?;
         Ok(lab)
     }
 
@@ -86,14 +89,20 @@ impl FarmLab {
     pub fn status_json(&self) -> Result<Value> {
         let out = self.lab(&["status", "--json"])?;
         if !out.status.success() {
-            bail!("lab status failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "lab status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         serde_json::from_slice(&out.stdout).context("lab status --json is not JSON")
     }
 
     /// A node's field in `lab status --json` (from `up`).
     pub fn node(&self, node: &str, field: &str) -> String {
-        self.status["nodes"][node][field].as_str().unwrap_or_default().to_owned()
+        self.status["nodes"][node][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The VIP.
@@ -113,7 +122,12 @@ impl FarmLab {
     /// The module's status on `node` (`state apache --json`), or None when
     /// its daemon does not answer.
     pub fn module(&self, node: &str) -> Option<Value> {
-        let out = self.mf(node, &["state", "apache", "--json"]).ok()?;
+        self.module_named(node, "apache")
+    }
+
+    /// Module `module`'s status on `node`.
+    pub fn module_named(&self, node: &str, module: &str) -> Option<Value> {
+        let out = self.mf(node, &["state", module, "--json"]).ok()?;
         if !out.status.success() {
             return None;
         }
@@ -123,7 +137,12 @@ impl FarmLab {
 
     /// `STATE` or `STATE-transient`, or `UNREACHABLE`.
     pub fn state(&self, node: &str) -> String {
-        match self.module(node) {
+        self.state_of(node, "apache")
+    }
+
+    /// The same for module `module`.
+    pub fn state_of(&self, node: &str, module: &str) -> String {
+        match self.module_named(node, module) {
             Some(m) => {
                 let s = m["state"].as_str().unwrap_or("?").to_owned();
                 if m["ready"].as_bool() == Some(true) {
@@ -150,17 +169,24 @@ impl FarmLab {
 
     /// Waits until `node`'s primary reports in sync.
     pub fn wait_in_sync(&self, node: &str, deadline: Duration) -> Result<()> {
-        wait_for(deadline, &format!("{node} in sync"), || match self.module(node) {
-            Some(m) if m["in_sync"] == Value::Bool(true) => Probe::Ready(()),
-            Some(m) => Probe::Pending(format!("{m}")),
-            None => Probe::Pending("unreachable".into()),
+        wait_for(deadline, &format!("{node} in sync"), || {
+            match self.module(node) {
+                Some(m) if m["in_sync"] == Value::Bool(true) => Probe::Ready(()),
+                Some(m) => Probe::Pending(format!("{m}")),
+                None => Probe::Pending("unreachable".into()),
+            }
         })
     }
 
     /// A command in the client's namespace.
     pub fn client(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", self.status["client"]["netns"].as_str().unwrap_or_default(), program]);
+        c.args([
+            "netns",
+            "exec",
+            self.status["client"]["netns"].as_str().unwrap_or_default(),
+            program,
+        ]);
         c
     }
 
@@ -176,10 +202,17 @@ impl FarmLab {
     pub fn get(&self, path: &str) -> Option<String> {
         let out = self
             .client("curl")
-            .args(["-sf", "--max-time", "2", &format!("http://{}{path}", self.vip())])
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://{}{path}", self.vip()),
+            ])
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// PUT `body` to http://VIP/PATH from the client: true when acknowledged
@@ -208,7 +241,10 @@ impl FarmLab {
     /// The processes in `node`'s namespace.
     pub fn pids(&self, node: &str) -> Vec<i32> {
         let ns = if node == "witness" {
-            self.status["witness"]["netns"].as_str().unwrap_or_default().to_owned()
+            self.status["witness"]["netns"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
         } else {
             self.node(node, "netns")
         };
@@ -245,7 +281,10 @@ impl FarmLab {
 
     /// The module log of `node`.
     pub fn module_log(&self, node: &str) -> String {
-        let path = format!("/var/lib/mirrorfarm-lab/{}/{node}/state/modules/apache/module.log", self.name);
+        let path = format!(
+            "/var/lib/mirrorfarm-lab/{}/{node}/state/modules/apache/module.log",
+            self.name
+        );
         std::fs::read_to_string(path).unwrap_or_default()
     }
 }
@@ -258,8 +297,101 @@ impl Drop for FarmLab {
         }
         match self.lab(&["down"]) {
             Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("lab down --name {}: {}", self.name, String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => eprintln!(
+                "lab down --name {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => eprintln!("lab down --name {}: {e}", self.name),
         }
+    }
+}
+
+/// Samples, every 20 ms on its own thread, which nodes hold the VIP (in
+/// their namespace's addresses) and which run a writing mount (the mirrorfs
+/// role of the first directory: PRIM, RESYNC or ALONE); records every moment
+/// both did.
+pub struct Overlap {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Overlap {
+    /// Starts sampling `lab`.
+    pub fn watch(lab: &FarmLab) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let vip = lab.vip();
+        let nodes: Vec<(String, String, PathBuf)> = ["node1", "node2"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    lab.node(n, "netns"),
+                    PathBuf::from(format!(
+                        "/var/lib/mirrorfarm-lab/{}/{n}/state/modules/apache/dir1.sock",
+                        lab.name
+                    )),
+                )
+            })
+            .collect();
+        let mirrorfs = super::mirrorfs_bin().unwrap_or_else(|_| PathBuf::from("mirrorfs"));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let vips: Vec<bool> = nodes
+                    .iter()
+                    .map(|(_, ns, _)| {
+                        Command::new("ip")
+                            .args(["-n", ns, "-o", "addr", "show", "dev", "eth0"])
+                            .output()
+                            .map(|o| {
+                                String::from_utf8_lossy(&o.stdout).contains(&format!(" {vip}/"))
+                            })
+                            .unwrap_or(false)
+                    })
+                    .collect();
+                let writers: Vec<bool> = nodes
+                    .iter()
+                    .map(|(_, _, sock)| {
+                        Command::new(&mirrorfs)
+                            .args(["status", "--json", "--control"])
+                            .arg(sock)
+                            .output()
+                            .ok()
+                            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+                            .and_then(|v| v["role"].as_str().map(str::to_owned))
+                            .is_some_and(|r| matches!(r.as_str(), "PRIM" | "RESYNC" | "ALONE"))
+                    })
+                    .collect();
+                if vips.iter().all(|b| *b) {
+                    seen.push("both nodes hold the VIP".to_string());
+                }
+                if writers.iter().all(|b| *b) {
+                    seen.push("both nodes run a writing mount".to_string());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops sampling; the overlaps seen.
+    pub fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Overlap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

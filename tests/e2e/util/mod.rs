@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test module uses a different part of the helpers
 
+pub mod farm;
 pub mod lab;
 pub mod mirror;
 pub mod peer;
