@@ -137,8 +137,7 @@ fn issue_08_sigkill_of_the_primary_fails_over_with_every_acknowledged_write() ->
 /// The time stamp (text, sortable) of the last log line containing `what`.
 fn last_line_time(log: &str, what: &str) -> Option<String> {
     log.lines()
-        .filter(|l| l.contains(what))
-        .last()
+        .rfind(|l| l.contains(what))
         .and_then(|l| l.split_whitespace().next())
         .map(str::to_owned)
 }
