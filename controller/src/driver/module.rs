@@ -116,6 +116,8 @@ pub struct ModuleRunner {
     checker_names: Vec<String>,
     maxloop: MaxLoop,
     app_up: Arc<AtomicBool>,
+    /// The node was primary at the last look (see `drain`).
+    was_primary: bool,
     goal_file: PathBuf,
     stop: Arc<AtomicBool>,
 }
@@ -297,6 +299,7 @@ impl ModuleRunner {
             checker_names,
             maxloop,
             app_up,
+            was_primary: false,
             goal_file,
             stop,
         };
@@ -490,13 +493,19 @@ impl ModuleRunner {
                 }
             }
         }
-        let st = self.core.state();
-        let up = matches!(st, ModuleState::Prim | ModuleState::Alone) && self.core_ready();
-        if up != self.app_up.swap(up, Ordering::Relaxed) && !up {
+        let primary = matches!(self.core.state(), ModuleState::Prim | ModuleState::Alone);
+        // The checkers probe while the application should run (settled
+        // primary); their restart history starts anew each time this node
+        // becomes primary (not at each restart: that would never let the
+        // restarts run out and a swap come).
+        let up = primary && self.core_ready();
+        self.app_up.store(up, Ordering::Relaxed);
+        if primary && !self.was_primary {
             for c in &mut self.checkers {
                 c.reset();
             }
         }
+        self.was_primary = primary;
     }
 
     fn core_ready(&mut self) -> bool {
