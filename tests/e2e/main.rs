@@ -50,3 +50,7 @@ mod mirror_control;
 /// write, return as SECOND, swap (stop_prim before start_prim), the stall soak,
 /// the checker's restarts then swap.
 mod farm_failover;
+
+/// Issue 8: node1's links cut with and without the witness: never two nodes on
+/// the VIP or writing, no acknowledged write lost.
+mod farm_partition;

@@ -309,7 +309,7 @@ pub struct CoreStatus {
     pub lease_until: Option<Instant>,
     /// The witness last refused this node the lease, saying why.
     pub lease_refused: Option<String>,
-    /// The witness answered recently.
+    /// The witness answered within the heartbeat timeout.
     pub witness_up: bool,
     /// The last failover to this node.
     pub last_failover: Option<Failover>,
@@ -352,6 +352,8 @@ pub struct ModuleCore {
     report_seq: u64,
     reports: VecDeque<(u64, Instant)>,
     witness_until: Option<Instant>,
+    /// When the witness last answered (whatever it said).
+    witness_heard: Option<Instant>,
     want_lease: bool,
     lease_until: Option<Instant>,
     lease_refused: Option<String>,
@@ -414,6 +416,7 @@ impl ModuleCore {
             report_seq: cfg_incarnation << 16,
             reports: VecDeque::new(),
             witness_until: None,
+            witness_heard: None,
             want_lease: false,
             lease_until: None,
             lease_refused: None,
@@ -523,10 +526,15 @@ impl ModuleCore {
 
     /// The mirrorfs processes reported a change.
     pub fn handle_mirror(&mut self, now: Instant, view: MirrorView) {
-        if let Some(m) = &view.mounts {
-            self.roots = Some(m.roots.clone());
-        } else if let Some(s) = &view.serves {
-            self.roots = Some(s.roots.clone());
+        // Only a view of every directory says what the data is (a partial
+        // one, while a process is down, would compare as diverged).
+        let roots = match (&view.mounts, &view.serves) {
+            (Some(m), _) => Some(&m.roots),
+            (None, Some(s)) => Some(&s.roots),
+            _ => None,
+        };
+        if let Some(r) = roots.filter(|r| r.len() == self.cfg.dirs) {
+            self.roots = Some(r.clone());
         }
         self.view = view;
         self.decide(now);
@@ -566,6 +574,7 @@ impl ModuleCore {
             return;
         };
         self.behind = answer.behind;
+        self.witness_heard = Some(now);
         self.other_holds = answer
             .holder
             .as_ref()
@@ -657,7 +666,9 @@ impl ModuleCore {
             resync: self.view.mounts.as_ref().and_then(|m| m.resync),
             lease_until: self.lease_until.filter(|l| now < *l),
             lease_refused: self.lease_refused.clone(),
-            witness_up: self.witness_until.is_some_and(|w| now < w),
+            witness_up: self
+                .witness_heard
+                .is_some_and(|w| now.saturating_duration_since(w) < self.cfg.timeout),
             last_failover: self.last_failover.clone(),
             digest_mismatch: self
                 .peer
@@ -828,13 +839,15 @@ impl ModuleCore {
         }
     }
 
-    /// The steps that take the service down on this node.
+    /// The steps that take the service down on this node (and read what the
+    /// data is then: the next decision compares it with the peer's).
     fn plan_stepdown(&mut self) {
         self.plan_scripts(&[Script::StopPrim]);
         if self.cfg.vip {
             self.plan.push_back(Step::RemoveVip);
         }
         self.plan.push_back(Step::Unmount);
+        self.plan.push_back(Step::ReadRoots);
     }
 
     fn step_down(&mut self, now: Instant, why: &str) {
@@ -1073,6 +1086,7 @@ impl ModuleCore {
                 handover: self.handover,
                 swap_requested: self.swap_requested.is_some(),
                 behind: self.behind,
+                knows: self.knows_peer(),
                 roots,
             }));
         }
@@ -1335,7 +1349,11 @@ impl ModuleCore {
             return;
         }
         if self.roots_inconsistent() {
-            self.enter(now, ModuleState::Wait, &format!("{cause}, and this node's data is inconsistent (a resync did not finish): it cannot take over"));
+            // Still the replica (a resync into it was running): it serves on
+            // and the primary resumes the resync when it is back.
+            self.set_reason(format!(
+                "{cause}, and this node's data is inconsistent (a resync did not finish): it cannot take over"
+            ));
             return;
         }
         self.want_lease = true;
@@ -1406,13 +1424,46 @@ impl ModuleCore {
         if peer.roots.is_empty() {
             return None;
         }
-        let order = DataOrder::compare(mine, &peer.roots);
+        // The peer's history is cut in its beats; where it says its whole
+        // history holds our current generation, show it so.
+        let theirs: Vec<RootInfo> = peer
+            .roots
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut r = r.clone();
+                let ours = mine.get(i).and_then(|m| m.history.first());
+                if let (Some(g), Some((known, true))) = (ours, peer.knows.get(i)) {
+                    if known == g && !r.history.contains(g) {
+                        r.history.push(g.clone());
+                    }
+                }
+                r
+            })
+            .collect();
+        let order = DataOrder::compare(mine, &theirs);
         Some(match (self.behind, peer.behind) {
             _ if order == DataOrder::Diverged => order,
             (true, false) => DataOrder::Older,
             (false, true) => DataOrder::Newer,
             _ => order,
         })
+    }
+
+    /// For each directory, the peer's current generation (from its last
+    /// beat) and whether this node's whole history holds it.
+    fn knows_peer(&self) -> Vec<(String, bool)> {
+        let (Some(mine), Some(peer)) = (self.roots.as_ref(), self.peer.as_ref()) else {
+            return Vec::new();
+        };
+        peer.roots
+            .iter()
+            .zip(mine)
+            .filter_map(|(p, m)| {
+                let g = p.history.first()?;
+                Some((g.clone(), m.history.contains(g)))
+            })
+            .collect()
     }
 
     fn connected(&self) -> bool {

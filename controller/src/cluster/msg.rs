@@ -50,8 +50,15 @@ pub struct Beat {
     pub swap_requested: bool,
     /// The witness told the sender its data is behind this peer's.
     pub behind: bool,
-    /// The sender's data, one entry per directory (empty when unknown).
+    /// The sender's data, one entry per directory (empty when unknown); each
+    /// history is cut to its newest generations.
     pub roots: Vec<RootInfo>,
+    /// Per directory, the receiver's current generation as the sender last
+    /// heard it, and whether the sender's whole history holds it (the
+    /// receiver is then not newer there, however long the history cut
+    /// from `roots`).
+    #[serde(default)]
+    pub knows: Vec<(String, bool)>,
 }
 
 /// A node's report to the witness, every interval: who it is and whether it

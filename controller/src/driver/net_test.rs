@@ -94,6 +94,7 @@ pub(crate) fn beat(from: &str, seq: u64) -> Beat {
         serving: false,
         handover: false,
         swap_requested: false,
+        knows: Vec::new(),
         behind: false,
         roots: Vec::new(),
     }

@@ -178,6 +178,18 @@ impl FarmLab {
         })
     }
 
+    /// `mirrorfarm swap apache` on `node`, retried for a few seconds while
+    /// it is refused (the nodes learn each other's readiness by heartbeats).
+    pub fn swap(&self, node: &str) -> Result<()> {
+        wait_for(Duration::from_secs(10), "a swap accepted", || {
+            match self.mf(node, &["swap", "apache"]) {
+                Ok(o) if o.status.success() => Probe::Ready(()),
+                Ok(o) => Probe::Pending(String::from_utf8_lossy(&o.stderr).into_owned()),
+                Err(e) => Probe::Fail(e),
+            }
+        })
+    }
+
     /// A command in the client's namespace.
     pub fn client(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
