@@ -54,3 +54,7 @@ mod farm_failover;
 /// Issue 8: node1's links cut with and without the witness: never two nodes on
 /// the VIP or writing, no acknowledged write lost.
 mod farm_partition;
+
+/// Issue 8: active/active with two modules; bad configurations refused with
+/// their message.
+mod farm_modules;
