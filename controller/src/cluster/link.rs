@@ -146,57 +146,5 @@ impl PeerLink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: Duration = Duration::from_millis(1000);
-
-    #[test]
-    fn lost_only_when_every_network_is_silent() {
-        let t0 = Instant::now();
-        let mut l = PeerLink::new(2, T, 1);
-        let (s, _) = l.send(t0);
-        l.receive(t0, 0, 7, 1, Some(s));
-        l.receive(t0 + Duration::from_millis(800), 1, 7, 2, Some(s));
-        assert!(
-            l.up(t0 + Duration::from_millis(1500)),
-            "network 1 still heard"
-        );
-        assert!(
-            !l.up(t0 + Duration::from_millis(1801)),
-            "both silent past the timeout"
-        );
-    }
-
-    #[test]
-    fn back_only_once_the_link_works_both_ways() {
-        let t0 = Instant::now();
-        let mut l = PeerLink::new(1, T, 1);
-        assert!(l.receive(t0, 0, 7, 1, None));
-        assert!(!l.up(t0), "no echo yet: the peer has not heard us");
-        let (s, _) = l.send(t0);
-        l.receive(t0 + Duration::from_millis(1), 0, 7, 2, Some(s));
-        assert!(l.up(t0 + Duration::from_millis(1)));
-    }
-
-    #[test]
-    fn confirmation_counts_from_when_our_beat_left() {
-        let t0 = Instant::now();
-        let mut l = PeerLink::new(1, T, 1);
-        let (s, _) = l.send(t0);
-        // The echo arrives late; the peer's timer started no earlier than t0.
-        l.receive(t0 + Duration::from_millis(900), 0, 7, 1, Some(s));
-        assert!(l.confirmed(t0 + Duration::from_millis(970)));
-        assert!(!l.confirmed(t0 + T - margin(T)));
-    }
-
-    #[test]
-    fn duplicates_across_networks_are_not_fresh() {
-        let t0 = Instant::now();
-        let mut l = PeerLink::new(2, T, 1);
-        assert!(l.receive(t0, 0, 7, 5, None));
-        assert!(!l.receive(t0, 1, 7, 5, None));
-        assert!(!l.receive(t0, 1, 7, 4, None));
-        assert!(l.receive(t0, 1, 7, 6, None));
-    }
-}
+#[path = "link_test.rs"]
+mod tests;
