@@ -241,3 +241,90 @@ fn issue_08_bad_configurations_are_refused_with_their_message() -> Result<()> {
     );
     Ok(())
 }
+
+/// issue_08: the daemon of the primary is SIGKILLed and started again: it
+/// adopts its running mirrorfs processes through their control sockets; the
+/// application keeps running (same Apache), no failover happens.
+#[test]
+fn issue_08_a_restarted_daemon_adopts_its_mirrorfs_and_the_service_stays() -> Result<()> {
+    let lab = FarmLab::up()?;
+    let dir = format!("/var/lib/mirrorfarm-lab/{}", lab.name);
+    let apache_pids = || -> Vec<i32> {
+        lab.pids("node1")
+            .into_iter()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "apache2")
+            })
+            .collect()
+    };
+    let before = apache_pids();
+    ensure!(!before.is_empty(), "Apache runs on node1");
+    let daemon: Vec<i32> = lab
+        .pids("node1")
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("daemon") && c.starts_with(&lab.bin.display().to_string()))
+        })
+        .collect();
+    ensure!(daemon.len() == 1, "one daemon on node1: {daemon:?}");
+    eprintln!("--- SIGKILL node1's daemon only, then start it again");
+    // SAFETY: kill has no memory effects; the pid is the lab's daemon.
+    unsafe { libc::kill(daemon[0], libc::SIGKILL) };
+    wait_for(Duration::from_secs(5), "the daemon gone", || {
+        if fs::metadata(format!("/proc/{}", daemon[0])).is_err() {
+            Probe::Ready(())
+        } else {
+            Probe::Pending("still there".into())
+        }
+    })?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{dir}/logs/node1.log"))?;
+    let mut cmd = lab.on("node1", &lab.bin.display().to_string());
+    cmd.args(["daemon", "--config", &format!("{dir}/etc/node1.ron")])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the daemon outlives the test's
+    // process tree like the lab's own (lab down stops it).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let _child = cmd.spawn()?;
+    lab.wait_states("PRIM", "SECOND", Duration::from_secs(20))?;
+    ensure!(apache_pids() == before, "the same Apache runs: {before:?} then {:?}", apache_pids());
+    ensure!(lab.get("/").is_some(), "the page is served");
+    let log = lab.module_log("node1");
+    ensure!(log.contains("adopting the running mirrorfs processes (mounts)"), "adopted: {log}");
+    let log2 = lab.module_log("node2");
+    ensure!(!log2.contains("takeover"), "no failover: {log2}");
+    Ok(())
+}
+
+/// issue_08: `mirrorfarm stop` on the primary is announced: the secondary
+/// takes over at once (well before a heartbeat timeout's detection).
+#[test]
+fn issue_08_a_clean_stop_of_the_primary_hands_over_at_once() -> Result<()> {
+    let lab = FarmLab::up()?;
+    let acked = crate::farm_failover::upload(&lab, "stop", 5);
+    ensure!(acked.len() == 5, "uploads before the stop");
+    let out = lab.mf("node1", &["stop", "apache"])?;
+    ensure!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    lab.wait_states("STOP", "ALONE", Duration::from_secs(20))?;
+    let m = lab.module("node2").unwrap_or_default();
+    ensure!(
+        m["last_failover"]["cause"].as_str().is_some_and(|c| c.contains("node1 stopped")),
+        "the takeover says node1 stopped: {m}"
+    );
+    crate::farm_failover::all_served(&lab, &acked)?;
+    eprintln!("--- start it again: node1 returns as SECOND");
+    let out = lab.mf("node1", &["start", "apache"])?;
+    ensure!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    lab.wait_states("SECOND", "PRIM", Duration::from_secs(60))?;
+    Ok(())
+}

@@ -26,8 +26,12 @@ pub struct PeerLink {
     /// Our beats' sequence numbers and when they left.
     sent: VecDeque<(u64, Instant)>,
     next_seq: u64,
-    /// The peer's incarnation and the newest of its beats received.
+    /// The peer's incarnation and the newest of its beats received, and
+    /// when it came.
     peer_seq: Option<(u64, u64)>,
+    peer_seq_at: Option<Instant>,
+    /// Per network, the last round trip measured.
+    rtt: Vec<Option<Duration>>,
     /// Until when the peer surely counts us as alive.
     confirmed_until: Option<Instant>,
     up: bool,
@@ -45,21 +49,32 @@ impl PeerLink {
             sent: VecDeque::new(),
             next_seq: first_seq.max(1),
             peer_seq: None,
+            peer_seq_at: None,
+            rtt: vec![None; networks.max(1)],
             confirmed_until: None,
             up: false,
         }
     }
 
-    /// Records a beat sent at `now`; returns its sequence number and the echo
-    /// to put in it.
-    pub fn send(&mut self, now: Instant) -> (u64, Option<u64>) {
+    /// Records a beat sent at `now`; returns its sequence number, the echo
+    /// to put in it and how long ago the echoed beat arrived (so that the
+    /// peer can take that time out of the round trip it measures).
+    pub fn send(&mut self, now: Instant) -> (u64, Option<u64>, Duration) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.sent.push_back((seq, now));
         while self.sent.len() > SENT_KEPT {
             self.sent.pop_front();
         }
-        (seq, self.peer_seq.map(|(_, s)| s))
+        let held = self
+            .peer_seq_at
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        (seq, self.peer_seq.map(|(_, s)| s), held)
+    }
+
+    /// Per network, the last round trip measured (None: none yet).
+    pub fn rtt(&self) -> &[Option<Duration>] {
+        &self.rtt
     }
 
     /// The sequence number the next beat sent will carry.
@@ -78,12 +93,16 @@ impl PeerLink {
         incarnation: u64,
         seq: u64,
         echo: Option<u64>,
+        echo_held: Duration,
     ) -> bool {
         if let Some(h) = self.heard.get_mut(network) {
             *h = Some(now);
         }
         if let Some(e) = echo {
             if let Some(&(_, at)) = self.sent.iter().find(|(s, _)| *s == e) {
+                if let Some(r) = self.rtt.get_mut(network) {
+                    *r = Some(now.saturating_duration_since(at).saturating_sub(echo_held));
+                }
                 let until = at + self.timeout - margin(self.timeout);
                 if self.confirmed_until.is_none_or(|c| until > c) {
                     self.confirmed_until = Some(until);
@@ -96,6 +115,7 @@ impl PeerLink {
             .is_none_or(|(i, p)| i != incarnation || seq > p);
         if fresh {
             self.peer_seq = Some((incarnation, seq));
+            self.peer_seq_at = Some(now);
         }
         fresh
     }

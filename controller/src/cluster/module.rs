@@ -301,7 +301,10 @@ pub struct CoreStatus {
     pub peer_up: bool,
     /// Per heartbeat network, how long ago the peer was heard.
     pub peer_silence: Vec<Option<Duration>>,
-    /// Primary: connected and in sync.
+    /// Per heartbeat network, the last round trip measured.
+    pub rtt: Vec<Option<Duration>>,
+    /// Primary: connected and in sync. Secondary: its primary's last beat
+    /// said it was in sync with this node (it could take over).
     pub in_sync: bool,
     /// A resync in progress.
     pub resync: Option<ResyncView>,
@@ -547,7 +550,14 @@ impl ModuleCore {
         }
         if !self
             .link
-            .receive(now, network, beat.incarnation, beat.seq, beat.echo)
+            .receive(
+                now,
+                network,
+                beat.incarnation,
+                beat.seq,
+                beat.echo,
+                Duration::from_micros(beat.echo_held_us),
+            )
         {
             self.decide(now);
             return;
@@ -662,7 +672,13 @@ impl ModuleCore {
             peer: self.peer.as_ref().map(|b| (b.state, b.ready)),
             peer_up,
             peer_silence: self.link.silence(now),
-            in_sync: self.mounted && self.view.mounts.as_ref().is_some_and(|m| m.in_sync),
+            rtt: self.link.rtt().to_vec(),
+            in_sync: if self.mounted {
+                self.view.mounts.as_ref().is_some_and(|m| m.in_sync)
+            } else {
+                // A secondary: its primary said so in its last beat.
+                self.serving && self.peer_was_primary && self.peer_was_in_sync
+            },
             resync: self.view.mounts.as_ref().and_then(|m| m.resync),
             lease_until: self.lease_until.filter(|l| now < *l),
             lease_refused: self.lease_refused.clone(),
@@ -1059,7 +1075,7 @@ impl ModuleCore {
     fn send_messages(&mut self, now: Instant) {
         if now >= self.next_beat {
             self.next_beat = now + self.cfg.interval;
-            let (seq, echo) = self.link.send(now);
+            let (seq, echo, held) = self.link.send(now);
             let roots = self
                 .roots
                 .clone()
@@ -1077,6 +1093,7 @@ impl ModuleCore {
                 incarnation: self.cfg.incarnation,
                 seq,
                 echo,
+                echo_held_us: held.as_micros() as u64,
                 digest: self.cfg.digest,
                 state: self.state,
                 ready: self.ready(),

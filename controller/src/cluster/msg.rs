@@ -31,6 +31,10 @@ pub struct Beat {
     /// The newest `seq` the sender has received from this peer: the peer
     /// knows the link worked both ways when the beat it sent then left.
     pub echo: Option<u64>,
+    /// Microseconds between the echoed beat's arrival and this beat's
+    /// departure (left out of the round trip the receiver measures).
+    #[serde(default)]
+    pub echo_held_us: u64,
     /// xxh3 of the sender's module file: a mismatch blocks a start.
     pub digest: u64,
     /// The sender's state.

@@ -34,6 +34,7 @@ fn state() -> State {
             networks: vec![NetworkStatus {
                 addr: "10.77.0.2".into(),
                 heard_secs_ago: Some(0.25),
+                rtt_ms: None,
             }],
             witness: Some(WitnessStatus {
                 addr: "10.77.0.3:7430".into(),
@@ -48,6 +49,8 @@ fn state() -> State {
                 role: Some("PRIM".into()),
                 generation: None,
                 consistent: Some(true),
+                dirty_bytes: None,
+                ops_in_flight: None,
             }],
             last_transition: Some(TransitionStatus {
                 from: "WAIT".into(),

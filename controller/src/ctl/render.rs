@@ -93,7 +93,8 @@ impl ModuleStatus {
             let heard = n
                 .heard_secs_ago
                 .map_or("never heard".into(), |s| format!("heard {} ago", secs(s)));
-            field("  network", &format!("{}: {heard}", n.addr));
+            let rtt = n.rtt_ms.map_or(String::new(), |r| format!(", round trip {r:.2} ms"));
+            field("  network", &format!("{}: {heard}{rtt}", n.addr));
         }
         field("witness", &witness_line(self.witness.as_ref()));
         if let Some(sync) = self.sync_line() {
@@ -150,11 +151,16 @@ impl ModuleStatus {
                 bytes(r.bytes_sent),
             ));
         }
-        self.in_sync.map(|s| {
-            if s {
-                "in sync".to_owned()
-            } else {
+        let second = self.state == "SECOND";
+        self.in_sync.map(|s| match (s, second) {
+            (true, false) => "in sync".to_owned(),
+            (true, true) => "in sync (as the primary last said): this node can take over".to_owned(),
+            (false, false) => {
                 "NOT in sync: the secondary lacks changes (they are recorded for the resync)"
+                    .to_owned()
+            }
+            (false, true) => {
+                "NOT in sync yet (the primary has not said it is): this node cannot take over"
                     .to_owned()
             }
         })

@@ -33,10 +33,12 @@ fn prim() -> ModuleStatus {
             NetworkStatus {
                 addr: "10.77.0.2".into(),
                 heard_secs_ago: Some(0.21),
+                rtt_ms: None,
             },
             NetworkStatus {
                 addr: "10.78.0.2".into(),
                 heard_secs_ago: Some(0.3),
+                rtt_ms: None,
             },
         ],
         witness: Some(WitnessStatus {
@@ -53,6 +55,8 @@ fn prim() -> ModuleStatus {
                 role: Some("PRIM".into()),
                 generation: Some("00000000000000ab".into()),
                 consistent: Some(true),
+                dirty_bytes: None,
+                ops_in_flight: None,
             },
             DirStatus {
                 mount: "/srv/apache-mirror/uploads".into(),
@@ -60,6 +64,8 @@ fn prim() -> ModuleStatus {
                 role: Some("PRIM".into()),
                 generation: Some("00000000000000ac".into()),
                 consistent: Some(true),
+                dirty_bytes: None,
+                ops_in_flight: None,
             },
         ],
         last_transition: Some(TransitionStatus {
@@ -100,10 +106,12 @@ fn resyncing() -> ModuleStatus {
             NetworkStatus {
                 addr: "10.77.0.1".into(),
                 heard_secs_ago: Some(0.05),
+                rtt_ms: None,
             },
             NetworkStatus {
                 addr: "10.78.0.1".into(),
                 heard_secs_ago: None,
+                rtt_ms: None,
             },
         ],
         witness: Some(WitnessStatus {
@@ -119,6 +127,8 @@ fn resyncing() -> ModuleStatus {
             role: Some("SECOND".into()),
             generation: None,
             consistent: Some(false),
+            dirty_bytes: None,
+            ops_in_flight: None,
         }],
         last_transition: Some(TransitionStatus {
             from: "WAIT".into(),
@@ -154,6 +164,7 @@ fn waiting() -> ModuleStatus {
         networks: vec![NetworkStatus {
             addr: "10.77.0.2".into(),
             heard_secs_ago: None,
+            rtt_ms: None,
         }],
         witness: None,
         vip: None,
@@ -163,6 +174,8 @@ fn waiting() -> ModuleStatus {
             role: None,
             generation: None,
             consistent: None,
+            dirty_bytes: None,
+            ops_in_flight: None,
         }],
         last_transition: None,
         last_failover: None,

@@ -55,7 +55,9 @@ pub struct ModuleStatus {
     /// The step running now (e.g. `start_prim script`), if any.
     pub step: Option<String>,
     /// On the primary: connected to the secondary and nothing left to
-    /// resynchronise (every acknowledged write is on both). `null` elsewhere.
+    /// resynchronise (every acknowledged write is on both). On the
+    /// secondary: the primary's last heartbeat said so (this node could
+    /// take over). `null` elsewhere.
     pub in_sync: Option<bool>,
     /// A resynchronisation's progress while one runs.
     pub resync: Option<Resync>,
@@ -103,6 +105,10 @@ pub struct NetworkStatus {
     pub addr: String,
     /// Seconds since the peer was last heard on it (`null`: never).
     pub heard_secs_ago: Option<f64>,
+    /// The last heartbeat round trip on it, in milliseconds (`null`: none
+    /// measured yet).
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// The witness of a module.
@@ -133,6 +139,14 @@ pub struct DirStatus {
     pub generation: Option<String>,
     /// False while a resync into it is unfinished (`null`: unknown).
     pub consistent: Option<bool>,
+    /// Bytes written on this primary that the secondary lacks (what a resync
+    /// would send; `null` on a secondary or without an answer).
+    #[serde(default)]
+    pub dirty_bytes: Option<u64>,
+    /// Operations sent to the secondary and not acknowledged yet (the
+    /// replication lag; `null` on a secondary or without an answer).
+    #[serde(default)]
+    pub ops_in_flight: Option<u64>,
 }
 
 /// A change of state.

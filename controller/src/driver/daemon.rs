@@ -29,6 +29,7 @@ use super::module::{ModuleEvent, ModuleRunner};
 use super::net::{Net, NetEvent, NetModule};
 use crate::cluster::module::{Command, CoreStatus};
 use crate::cluster::state::ModuleState;
+use mirrorfs::ctl::Role;
 use crate::config::{self, NodeConfig};
 use crate::ctl::{self, ModuleStatus, Request, State};
 
@@ -373,7 +374,11 @@ fn module_status(r: &mut ModuleRunner, node: &NodeConfig, now: Instant) -> Modul
         reason: st.reason.clone(),
         since_unix: unix(st.since, now),
         step: st.step.map(|s| s.to_string()),
-        in_sync: matches!(st.state, ModuleState::Prim | ModuleState::Alone).then_some(st.in_sync),
+        in_sync: matches!(
+            st.state,
+            ModuleState::Prim | ModuleState::Alone | ModuleState::Second
+        )
+        .then_some(st.in_sync),
         resync: st.resync.map(|x| ctl::Resync {
             files_done: x.files_done,
             files_left: x.files_left,
@@ -388,9 +393,11 @@ fn module_status(r: &mut ModuleRunner, node: &NodeConfig, now: Instant) -> Modul
                 p.addrs
                     .iter()
                     .zip(st.peer_silence.iter())
-                    .map(|(a, s)| ctl::NetworkStatus {
+                    .zip(st.rtt.iter())
+                    .map(|((a, s), rtt)| ctl::NetworkStatus {
                         addr: a.to_string(),
                         heard_secs_ago: s.map(|d| d.as_secs_f64()),
+                        rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
                     })
                     .collect()
             })
@@ -418,6 +425,8 @@ fn module_status(r: &mut ModuleRunner, node: &NodeConfig, now: Instant) -> Modul
                 role: s.as_ref().map(|s| s.role.to_string()),
                 generation: s.as_ref().and_then(|s| s.generation.clone()),
                 consistent: s.as_ref().and_then(|s| s.inconsistent.map(|i| !i)),
+                dirty_bytes: s.as_ref().filter(|s| s.role != Role::Second).map(|s| s.dirty_bytes),
+                ops_in_flight: s.as_ref().and_then(|s| s.ops_in_flight),
             })
             .collect(),
         last_transition: r.core.history().last().map(|t| ctl::TransitionStatus {
@@ -464,6 +473,37 @@ fn render_metrics(modules: &[ModuleStatus]) -> String {
                 out.push_str(&format!(
                     "mirrorfarm_peer_heard_seconds{{module=\"{}\",network=\"{}\"}} {s:.3}\n",
                     m.module, n.addr
+                ));
+            }
+        }
+    }
+    out.push_str("# HELP mirrorfarm_heartbeat_rtt_seconds The last heartbeat round trip to the peer, per network.\n# TYPE mirrorfarm_heartbeat_rtt_seconds gauge\n");
+    for m in modules {
+        for n in &m.networks {
+            if let Some(r) = n.rtt_ms {
+                out.push_str(&format!(
+                    "mirrorfarm_heartbeat_rtt_seconds{{module=\"{}\",network=\"{}\"}} {:.6}\n",
+                    m.module,
+                    n.addr,
+                    r / 1000.0
+                ));
+            }
+        }
+    }
+    out.push_str("# HELP mirrorfarm_replication_ops_in_flight Operations sent to the secondary and not yet acknowledged (replication lag), per directory.\n# TYPE mirrorfarm_replication_ops_in_flight gauge\n");
+    out.push_str("# HELP mirrorfarm_replication_dirty_bytes Bytes written on the primary that the secondary lacks (what a resync sends), per directory.\n# TYPE mirrorfarm_replication_dirty_bytes gauge\n");
+    for m in modules {
+        for d in &m.dirs {
+            if let Some(n) = d.ops_in_flight {
+                out.push_str(&format!(
+                    "mirrorfarm_replication_ops_in_flight{{module=\"{}\",dir=\"{}\"}} {n}\n",
+                    m.module, d.mount
+                ));
+            }
+            if let Some(b) = d.dirty_bytes {
+                out.push_str(&format!(
+                    "mirrorfarm_replication_dirty_bytes{{module=\"{}\",dir=\"{}\"}} {b}\n",
+                    m.module, d.mount
                 ));
             }
         }

@@ -86,6 +86,7 @@ pub(crate) fn beat(from: &str, seq: u64) -> Beat {
         incarnation: 7,
         seq,
         echo: None,
+        echo_held_us: 0,
         digest: 42,
         state: ModuleState::Wait,
         ready: true,

@@ -72,6 +72,8 @@ impl FarmLab {
         // Settled (start_prim done), and the secondary holds everything.
         lab.wait_states("PRIM", "SECOND", Duration::from_secs(60))?;
         lab.wait_in_sync("node1", Duration::from_secs(60))?;
+        // node2 heard it too: it could take over.
+        lab.wait_in_sync("node2", Duration::from_secs(60))?;
         Ok(lab)
     }
 

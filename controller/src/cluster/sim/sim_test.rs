@@ -11,7 +11,7 @@ fn seeds() -> Vec<u64> {
     let n: u64 = std::env::var("MIRRORFARM_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(2000);
     (1..=n).collect()
 }
 
@@ -44,7 +44,7 @@ fn fast_timing_is_safe_and_live_under_faults() {
         lease_ms: 3000,
         ..Settings::default()
     };
-    for seed in seeds().into_iter().take(200) {
+    for seed in seeds().into_iter().take(500) {
         if let Err(e) = run(seed + 1_000_000, settings.clone()) {
             panic!("{e}");
         }
