@@ -263,8 +263,9 @@ fn issue_08_a_restarted_daemon_adopts_its_mirrorfs_and_the_service_stays() -> Re
         .pids("node1")
         .into_iter()
         .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("daemon") && c.starts_with(&lab.bin.display().to_string()))
+            fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                c.contains("daemon") && c.starts_with(&lab.bin.display().to_string())
+            })
         })
         .collect();
     ensure!(daemon.len() == 1, "one daemon on node1: {daemon:?}");
@@ -297,10 +298,17 @@ fn issue_08_a_restarted_daemon_adopts_its_mirrorfs_and_the_service_stays() -> Re
     }
     let _child = cmd.spawn()?;
     lab.wait_states("PRIM", "SECOND", Duration::from_secs(20))?;
-    ensure!(apache_pids() == before, "the same Apache runs: {before:?} then {:?}", apache_pids());
+    ensure!(
+        apache_pids() == before,
+        "the same Apache runs: {before:?} then {:?}",
+        apache_pids()
+    );
     ensure!(lab.get("/").is_some(), "the page is served");
     let log = lab.module_log("node1");
-    ensure!(log.contains("adopting the running mirrorfs processes (mounts)"), "adopted: {log}");
+    ensure!(
+        log.contains("adopting the running mirrorfs processes (mounts)"),
+        "adopted: {log}"
+    );
     let log2 = lab.module_log("node2");
     ensure!(!log2.contains("takeover"), "no failover: {log2}");
     Ok(())
@@ -314,17 +322,27 @@ fn issue_08_a_clean_stop_of_the_primary_hands_over_at_once() -> Result<()> {
     let acked = crate::farm_failover::upload(&lab, "stop", 5);
     ensure!(acked.len() == 5, "uploads before the stop");
     let out = lab.mf("node1", &["stop", "apache"])?;
-    ensure!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     lab.wait_states("STOP", "ALONE", Duration::from_secs(20))?;
     let m = lab.module("node2").unwrap_or_default();
     ensure!(
-        m["last_failover"]["cause"].as_str().is_some_and(|c| c.contains("node1 stopped")),
+        m["last_failover"]["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("node1 stopped")),
         "the takeover says node1 stopped: {m}"
     );
     crate::farm_failover::all_served(&lab, &acked)?;
     eprintln!("--- start it again: node1 returns as SECOND");
     let out = lab.mf("node1", &["start", "apache"])?;
-    ensure!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     lab.wait_states("SECOND", "PRIM", Duration::from_secs(60))?;
     Ok(())
 }

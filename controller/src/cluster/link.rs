@@ -136,6 +136,11 @@ impl PeerLink {
         !self.heard_within(now, self.timeout)
     }
 
+    /// Until when the peer surely counts us as alive (None: never confirmed).
+    pub fn confirmed_until(&self) -> Option<Instant> {
+        self.confirmed_until
+    }
+
     /// Whether the peer surely still counts us as alive at `now`.
     pub fn confirmed(&self, now: Instant) -> bool {
         self.confirmed_until.is_some_and(|c| now < c)

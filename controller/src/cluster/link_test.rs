@@ -8,7 +8,14 @@ fn lost_only_when_every_network_is_silent() {
     let mut l = PeerLink::new(2, T, 1);
     let (s, _, _) = l.send(t0);
     l.receive(t0, 0, 7, 1, Some(s), Duration::ZERO);
-    l.receive(t0 + Duration::from_millis(800), 1, 7, 2, Some(s), Duration::ZERO);
+    l.receive(
+        t0 + Duration::from_millis(800),
+        1,
+        7,
+        2,
+        Some(s),
+        Duration::ZERO,
+    );
     assert!(
         l.up(t0 + Duration::from_millis(1500)),
         "network 1 still heard"
@@ -26,7 +33,14 @@ fn back_only_once_the_link_works_both_ways() {
     assert!(l.receive(t0, 0, 7, 1, None, Duration::ZERO));
     assert!(!l.up(t0), "no echo yet: the peer has not heard us");
     let (s, _, _) = l.send(t0);
-    l.receive(t0 + Duration::from_millis(1), 0, 7, 2, Some(s), Duration::ZERO);
+    l.receive(
+        t0 + Duration::from_millis(1),
+        0,
+        7,
+        2,
+        Some(s),
+        Duration::ZERO,
+    );
     assert!(l.up(t0 + Duration::from_millis(1)));
 }
 
@@ -36,7 +50,14 @@ fn confirmation_counts_from_when_our_beat_left() {
     let mut l = PeerLink::new(1, T, 1);
     let (s, _, _) = l.send(t0);
     // The echo arrives late; the peer's timer started no earlier than t0.
-    l.receive(t0 + Duration::from_millis(900), 0, 7, 1, Some(s), Duration::ZERO);
+    l.receive(
+        t0 + Duration::from_millis(900),
+        0,
+        7,
+        1,
+        Some(s),
+        Duration::ZERO,
+    );
     assert!(l.confirmed(t0 + Duration::from_millis(970)));
     assert!(!l.confirmed(t0 + T - margin(T)));
 }
@@ -57,6 +78,13 @@ fn the_round_trip_leaves_out_the_time_the_peer_held_our_beat() {
     let mut l = PeerLink::new(2, T, 1);
     let (s, _, _) = l.send(t0);
     // The peer got it at once but answered 80 ms later, in its next beat.
-    l.receive(t0 + Duration::from_millis(100), 1, 7, 1, Some(s), Duration::from_millis(80));
+    l.receive(
+        t0 + Duration::from_millis(100),
+        1,
+        7,
+        1,
+        Some(s),
+        Duration::from_millis(80),
+    );
     assert_eq!(l.rtt(), &[None, Some(Duration::from_millis(20))]);
 }

@@ -37,6 +37,10 @@ use super::margin;
 use super::msg::{Answer, Beat, LeaseAnswer, Report, VERSION};
 use super::state::{DataOrder, ModuleState, RootInfo};
 
+/// How long the kernel keeps a virtual IP after its last renewal
+/// (iproute2's `valid_lft` counts whole seconds).
+pub const VIP_LIFE: Duration = Duration::from_secs(1);
+
 /// How many transitions [`ModuleCore::history`] keeps.
 const HISTORY: usize = 32;
 
@@ -235,6 +239,9 @@ pub struct MountsView {
     pub connected: bool,
     /// Every mount is connected and in sync.
     pub in_sync: bool,
+    /// A mount is fenced (by an order, or by its own hold timeout while no
+    /// controller answered): it writes nothing until unmounted.
+    pub fenced: bool,
     /// Each directory's data.
     pub roots: Vec<RootInfo>,
     /// The resync, while one runs: (bytes left, ETA seconds).
@@ -362,6 +369,9 @@ pub struct ModuleCore {
     lease_refused: Option<String>,
     /// The last refusal was temporary (ask again, do not give up).
     lease_retry: bool,
+    /// The last report that gave the lease up: grants to earlier reports
+    /// are void.
+    released_seq: u64,
     /// The witness says this node's data is behind its peer's.
     behind: bool,
     /// The witness says the other node holds the lease.
@@ -424,6 +434,7 @@ impl ModuleCore {
             lease_until: None,
             lease_refused: None,
             lease_retry: false,
+            released_seq: 0,
             behind: false,
             other_holds: None,
             mount_seq: None,
@@ -456,6 +467,20 @@ impl ModuleCore {
             self.roots = Some(m.roots.clone());
             self.mounted = true;
             self.mount_seq = Some(self.link.next_seq());
+            if m.fenced {
+                // Fenced while no daemon ran (mirrorfs's hold timeout):
+                // it cannot write again; take it down and decide afresh.
+                self.fenced = true;
+                self.view = view;
+                self.enter(
+                    now,
+                    ModuleState::Wait,
+                    "adopted mounts that are fenced: taking them down",
+                );
+                self.plan_stepdown();
+                self.decide(now);
+                return;
+            }
             let to = if m.connected {
                 ModuleState::Prim
             } else {
@@ -510,6 +535,10 @@ impl ModuleCore {
                 self.view.mounts = None;
                 self.want_lease = false;
                 self.granted_until = None;
+                // Unmounted, nothing can write on the lease any more: it is
+                // given up (the reports say `release`, and the witness may
+                // hand it on), so it must never be used again.
+                self.lease_until = None;
             }
             _ => {}
         }
@@ -548,17 +577,14 @@ impl ModuleCore {
         if beat.module != self.cfg.module || beat.from != self.cfg.peer {
             return;
         }
-        if !self
-            .link
-            .receive(
-                now,
-                network,
-                beat.incarnation,
-                beat.seq,
-                beat.echo,
-                Duration::from_micros(beat.echo_held_us),
-            )
-        {
+        if !self.link.receive(
+            now,
+            network,
+            beat.incarnation,
+            beat.seq,
+            beat.echo,
+            Duration::from_micros(beat.echo_held_us),
+        ) {
             self.decide(now);
             return;
         }
@@ -596,6 +622,9 @@ impl ModuleCore {
             self.witness_until = Some(until);
         }
         match answer.lease {
+            // A grant to a report sent before a release is void: the
+            // witness may have handed the lease on since.
+            LeaseAnswer::Granted { .. } if answer.seq <= self.released_seq => {}
             LeaseAnswer::Granted { ms } => {
                 let lease = Duration::from_millis(ms);
                 let until = sent + lease - margin(lease);
@@ -959,6 +988,19 @@ impl ModuleCore {
                 }
                 return;
             }
+            if step == Step::Mount && !self.forced_prim && !self.promotion_holds(now) {
+                // Decided a while ago (a step ran long, or this daemon
+                // stalled): what it rested on no longer holds.
+                self.plan.clear();
+                let peer = self.cfg.peer.clone();
+                self.enter(
+                    now,
+                    ModuleState::Wait,
+                    &format!("the decision to become primary is stale: neither the lease nor a recent word from {peer} backs it"),
+                );
+                self.decide_next(now);
+                return;
+            }
             if step == Step::Mount && self.roots_inconsistent() && !self.forced_prim {
                 self.plan.clear();
                 self.enter(
@@ -1023,6 +1065,10 @@ impl ModuleCore {
     /// at the same moment).
     fn may_serve(&self, now: Instant) -> bool {
         if !self.may_write(now) || !self.quorum(now) {
+            return false;
+        }
+        // The VIP it adds lives at least VIP_LIFE: the quorum must too.
+        if self.cfg.vip && !self.vip_renewable(now, VIP_LIFE) {
             return false;
         }
         // The peer that follows us may hold an old lease (a swap right
@@ -1110,6 +1156,11 @@ impl ModuleCore {
         if self.cfg.witness && now >= self.next_report {
             self.next_report = now + self.cfg.interval;
             self.report_seq += 1;
+            let release = !self.mounted && !self.want_lease;
+            if release {
+                self.released_seq = self.report_seq;
+                self.lease_until = None;
+            }
             self.reports.push_back((self.report_seq, now));
             while self.reports.len() > 64 {
                 self.reports.pop_front();
@@ -1123,7 +1174,7 @@ impl ModuleCore {
                 primary: self.mounted && !self.fenced,
                 in_sync: self.mounted && self.view.mounts.as_ref().is_some_and(|m| m.in_sync),
                 want_lease: self.want_lease,
-                release: !self.mounted && !self.want_lease,
+                release,
                 lease_ms: self.cfg.lease.as_millis() as u64,
                 timeout_ms: self.cfg.timeout.as_millis() as u64,
             }));
@@ -1186,7 +1237,7 @@ impl ModuleCore {
             ));
             return;
         }
-        let Some(peer) = self.peer.clone().filter(|_| self.peer_fresh()) else {
+        let Some(peer) = self.peer.clone().filter(|_| self.peer_fresh(now)) else {
             self.set_reason(format!("waiting for {peer_name} to answer"));
             return;
         };
@@ -1260,7 +1311,7 @@ impl ModuleCore {
         if self.handover {
             // We handed the service over: done once the peer is primary;
             // given up if the peer is gone or no longer a secondary.
-            let fresh = self.peer_fresh();
+            let fresh = self.peer_fresh(now);
             match &self.peer {
                 Some(b) if b.primary => {
                     self.handover = false;
@@ -1279,7 +1330,7 @@ impl ModuleCore {
                 return;
             }
         }
-        let peer = self.peer.clone().filter(|_| self.peer_fresh());
+        let peer = self.peer.clone().filter(|_| self.peer_fresh(now));
         if peer_up
             && peer
                 .as_ref()
@@ -1400,6 +1451,12 @@ impl ModuleCore {
             return self.step_down(
                 now,
                 "a mirrorfs mount exited: the application's writes fail",
+            );
+        }
+        if m.fenced {
+            return self.step_down(
+                now,
+                "a mirrorfs mount fenced itself (no order came within its hold timeout)",
             );
         }
         if m.connected {
@@ -1549,11 +1606,53 @@ impl ModuleCore {
     /// current state: decisions that depend on the peer's state use only
     /// such beats (a beat delayed, or queued while this daemon stalled,
     /// tells of a past that may have changed).
-    fn peer_fresh(&self) -> bool {
-        self.peer
-            .as_ref()
-            .and_then(|b| b.echo)
-            .is_some_and(|e| e >= self.state_seq)
+    ///
+    /// The peer must also have confirmed hearing us lately: beats queued
+    /// while this daemon stalled echo a seq of its state all right, but
+    /// tell of a peer that may have moved on since.
+    fn peer_fresh(&self, now: Instant) -> bool {
+        self.link.confirmed(now)
+            && self
+                .peer
+                .as_ref()
+                .and_then(|b| b.echo)
+                .is_some_and(|e| e >= self.state_seq)
+    }
+
+    /// Whether a promotion may still mount: the lease backs it, or the peer
+    /// is not primary and confirmed hearing this node lately (so it cannot
+    /// have decided we are gone; and it takes over otherwise only from a
+    /// state of ours this one is not), or there is no witness to ask.
+    fn promotion_holds(&self, now: Instant) -> bool {
+        !self.cfg.witness
+            || self.lease_valid(now)
+            || (self.link.confirmed(now) && self.peer.as_ref().is_some_and(|b| !b.primary))
+    }
+
+    /// Whether the VIP may be renewed now for `life` more: only while this
+    /// node's quorum surely lasts that long (the peer's confirmation, the
+    /// witness's, or the lease). An address outlives a dead daemon by
+    /// `life` in the kernel, and must be gone before the peer may take
+    /// over.
+    pub fn vip_renewable(&self, now: Instant, life: Duration) -> bool {
+        self.quorum_until().is_some_and(|u| u >= now + life)
+    }
+
+    /// Until when this node surely keeps its quorum as things stand (the
+    /// peer's confirmation, the witness's — unless it says the other node
+    /// holds the lease —, or the lease), while its mounts run unfenced.
+    pub fn quorum_until(&self) -> Option<Instant> {
+        if !self.mounted || self.fenced {
+            return None;
+        }
+        [
+            self.link.confirmed_until(),
+            self.witness_until.filter(|_| self.other_holds.is_none()),
+            self.lease_until,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
 
     fn push_transition(&mut self, now: Instant, to: ModuleState, why: &str) {

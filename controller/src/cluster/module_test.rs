@@ -13,7 +13,7 @@ fn cfg(me: &str, peer: &str, preferred: bool) -> CoreConfig {
         dirs: 1,
         networks: 1,
         interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(1000),
+        timeout: Duration::from_millis(1500),
         lease: Duration::from_millis(3000),
         witness: true,
         digest: 42,
@@ -115,6 +115,7 @@ fn a_primary_that_loses_its_peer_writes_only_under_the_lease() {
         all_up: true,
         connected: true,
         in_sync: true,
+        fenced: false,
         roots: vec![root.clone()],
         resync: None,
     };

@@ -44,7 +44,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Place};
 pub use module::{
     Check, Checker, DirSpec, MaxLoop, Module, ModuleKind, NodeSpec, OnFailure, Scripts, Then,
-    Timing, Vip, WitnessSpec,
+    Timing, Vip, WitnessSpec, VIP_LIFE,
 };
 pub use node::{NodeConfig, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 

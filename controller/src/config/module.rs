@@ -297,6 +297,9 @@ pub(crate) fn validate(
     let vip = raw.vip.map(|v| vip(&src, v, &nodes)).transpose()?;
     let witness = witness(&src, base, raw.witness, raw.accept_split_brain_risk, &nodes)?;
     let timing = timing(&src, &raw.timing)?;
+    if vip.is_some() {
+        vip_timing(&src, &timing)?;
+    }
     let scripts_dir = match &raw.scripts.dir {
         Some(dir) => resolve(base, dir),
         None => node.modules.join(&loaded.name),
@@ -708,6 +711,34 @@ fn timing(src: &Src<'_>, raw: &RawTiming) -> Result<Timing, ConfigError> {
         lease: Duration::from_millis(lease),
     })
 }
+
+/// The kernel keeps a virtual IP for [`VIP_LIFE`] after its last renewal
+/// (iproute2's `valid_lft` counts whole seconds): a node whose daemon died
+/// answers on it that long, and the peer must not be able to take over
+/// sooner. The daemon renews it only while its quorum lasts that long more,
+/// which needs a timeout of at least that plus two heartbeat intervals.
+fn vip_timing(src: &Src<'_>, t: &Timing) -> Result<(), ConfigError> {
+    let need = VIP_LIFE + t.heartbeat_interval * 2;
+    if t.heartbeat_timeout < need {
+        return Err(ConfigError::Timing {
+            at: src.at("timing.heartbeat_timeout_ms"),
+            problem: format!(
+                "timing.heartbeat_timeout_ms ({}) must be ≥ {} (1000 + 2 × heartbeat_interval_ms) \
+                 with a vip: the kernel keeps a VIP 1 s after its last renewal (whole seconds), \
+                 and it must be gone from a dead node before the peer can take over",
+                t.heartbeat_timeout.as_millis(),
+                need.as_millis()
+            ),
+            fix: format!(
+                "raise heartbeat_timeout_ms to {} or lower heartbeat_interval_ms",
+                need.as_millis()
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub use crate::cluster::module::VIP_LIFE;
 
 /// Scripts: each named one an executable regular file in `dir` (or absolute);
 /// timeouts positive.

@@ -285,7 +285,7 @@ fn the_state_object_has_every_field_null_or_not() {
     assert_eq!(
         m["dirs"][0],
         serde_json::json!({"mount": "/srv/a", "backing": "/var/lib/a", "role": "PRIM",
-            "generation": null, "consistent": true})
+            "generation": null, "consistent": true, "dirty_bytes": null, "ops_in_flight": null})
     );
 }
 

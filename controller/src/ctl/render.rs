@@ -93,7 +93,9 @@ impl ModuleStatus {
             let heard = n
                 .heard_secs_ago
                 .map_or("never heard".into(), |s| format!("heard {} ago", secs(s)));
-            let rtt = n.rtt_ms.map_or(String::new(), |r| format!(", round trip {r:.2} ms"));
+            let rtt = n
+                .rtt_ms
+                .map_or(String::new(), |r| format!(", round trip {r:.2} ms"));
             field("  network", &format!("{}: {heard}{rtt}", n.addr));
         }
         field("witness", &witness_line(self.witness.as_ref()));
@@ -154,7 +156,9 @@ impl ModuleStatus {
         let second = self.state == "SECOND";
         self.in_sync.map(|s| match (s, second) {
             (true, false) => "in sync".to_owned(),
-            (true, true) => "in sync (as the primary last said): this node can take over".to_owned(),
+            (true, true) => {
+                "in sync (as the primary last said): this node can take over".to_owned()
+            }
             (false, false) => {
                 "NOT in sync: the secondary lacks changes (they are recorded for the resync)"
                     .to_owned()

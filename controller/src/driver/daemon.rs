@@ -29,9 +29,9 @@ use super::module::{ModuleEvent, ModuleRunner};
 use super::net::{Net, NetEvent, NetModule};
 use crate::cluster::module::{Command, CoreStatus};
 use crate::cluster::state::ModuleState;
-use mirrorfs::ctl::Role;
 use crate::config::{self, NodeConfig};
 use crate::ctl::{self, ModuleStatus, Request, State};
+use mirrorfs::ctl::Role;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -425,7 +425,10 @@ fn module_status(r: &mut ModuleRunner, node: &NodeConfig, now: Instant) -> Modul
                 role: s.as_ref().map(|s| s.role.to_string()),
                 generation: s.as_ref().and_then(|s| s.generation.clone()),
                 consistent: s.as_ref().and_then(|s| s.inconsistent.map(|i| !i)),
-                dirty_bytes: s.as_ref().filter(|s| s.role != Role::Second).map(|s| s.dirty_bytes),
+                dirty_bytes: s
+                    .as_ref()
+                    .filter(|s| s.role != Role::Second)
+                    .map(|s| s.dirty_bytes),
                 ops_in_flight: s.as_ref().and_then(|s| s.ops_in_flight),
             })
             .collect(),

@@ -360,6 +360,7 @@ pub fn view(statuses: &[Option<Status>]) -> MirrorView {
                     .iter()
                     .all(|s| matches!(s.role, Role::Prim | Role::Resync)),
             in_sync: mounts.len() == n && mounts.iter().all(|s| s.in_sync),
+            fenced: mounts.iter().any(|s| s.role == Role::Fenced),
             roots: mounts.iter().map(|s| root(s)).collect(),
             resync: (!resyncs.is_empty()).then(|| ResyncView {
                 files_done: resyncs.iter().map(|r| r.files_done).sum(),

@@ -13,7 +13,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -116,6 +116,10 @@ pub struct ModuleRunner {
     checker_names: Vec<String>,
     maxloop: MaxLoop,
     app_up: Arc<AtomicBool>,
+    /// Until when the VIP thread may renew the address, in ms after
+    /// `epoch` (0: not at all): the core's quorum end less the lifetime.
+    vip_until: Arc<AtomicU64>,
+    epoch: Instant,
     /// The node was primary at the last look (see `drain`).
     was_primary: bool,
     goal_file: PathBuf,
@@ -218,14 +222,17 @@ impl ModuleRunner {
             interface: v.interface.clone(),
         });
         // The address outlives a dead daemon by at most this long (iproute2
-        // counts whole seconds): below the heartbeat timeout, so that it is
-        // gone before the peer can take over.
-        let lifetime = Duration::from_secs(1);
+        // counts whole seconds); it is renewed only while the quorum lasts
+        // that long more, so it is gone before the peer can take over.
+        let lifetime = crate::config::VIP_LIFE;
+        let epoch = Instant::now();
+        let vip_until = Arc::new(AtomicU64::new(0));
         let vip_tx = vip.as_ref().map(|spec| {
             spawn_vip(
                 spec.clone(),
                 lifetime,
                 module.timing.heartbeat_interval,
+                (vip_until.clone(), epoch),
                 log.clone(),
                 stop.clone(),
             )
@@ -299,6 +306,8 @@ impl ModuleRunner {
             checker_names,
             maxloop,
             app_up,
+            vip_until,
+            epoch,
             was_primary: false,
             goal_file,
             stop,
@@ -493,6 +502,10 @@ impl ModuleRunner {
                 }
             }
         }
+        let until = self.core.quorum_until().map_or(0, |u| {
+            u.saturating_duration_since(self.epoch).as_millis() as u64
+        });
+        self.vip_until.store(until, Ordering::Relaxed);
         let primary = matches!(self.core.state(), ModuleState::Prim | ModuleState::Alone);
         // The checkers probe while the application should run (settled
         // primary); their restart history starts anew each time this node
@@ -699,6 +712,7 @@ fn spawn_vip(
     spec: VipSpec,
     lifetime: Duration,
     interval: Duration,
+    (quorum_until, epoch): (Arc<AtomicU64>, Instant),
     log: ModuleLog,
     stop: Arc<AtomicBool>,
 ) -> Sender<VipCmd> {
@@ -734,8 +748,13 @@ fn spawn_vip(
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             if let Some(since) = held_since {
-                if let Err(e) = vip::renew(&spec, lifetime) {
-                    log.line(&format!("VIP {spec}: renewal failed: {e}"));
+                // Only while the quorum surely lasts the address's lifetime
+                // more (else it lapses by itself, at most `lifetime` later).
+                let until = epoch + Duration::from_millis(quorum_until.load(Ordering::Relaxed));
+                if Instant::now() + lifetime <= until {
+                    if let Err(e) = vip::renew(&spec, lifetime) {
+                        log.line(&format!("VIP {spec}: renewal failed: {e}"));
+                    }
                 }
                 let age = since.elapsed();
                 let due = match announced {

@@ -40,7 +40,7 @@ fn the_module_is_safe_and_live_under_faults() {
 fn fast_timing_is_safe_and_live_under_faults() {
     let settings = Settings {
         interval_ms: 100,
-        timeout_ms: 1000,
+        timeout_ms: 1200,
         lease_ms: 3000,
         ..Settings::default()
     };

@@ -21,7 +21,7 @@ const MS: u64 = 1000;
 
 /// The kernel drops a VIP this long after the daemon last renewed it
 /// (`valid_lft 1`, iproute2's smallest).
-const VIP_LIFE: u64 = 1000 * MS;
+const VIP_LIFE: u64 = crate::cluster::module::VIP_LIFE.as_micros() as u64;
 
 /// The simulation's settings.
 #[derive(Debug, Clone)]
@@ -149,6 +149,8 @@ pub(crate) struct World {
     pub(crate) oracle: Oracle,
     pub(crate) trace: Vec<String>,
     msg_seq: u64,
+    /// A violation found while carrying out actions (checked each tick).
+    violation: Option<Violation>,
 }
 
 impl World {
@@ -199,6 +201,7 @@ impl World {
             oracle: Oracle::default(),
             trace: Vec::new(),
             msg_seq: 0,
+            violation: None,
         };
         w.witness = Some(Witness::new(w.witness_clock(), Persisted::default()));
         for i in 0..2 {
@@ -225,7 +228,7 @@ impl World {
                 let since = *settled_since.get_or_insert(self.now);
                 // Settled for a few heartbeats: done.
                 if self.now - since > 5 * self.settings.interval_ms * MS {
-                    return Ok(());
+                    return invariants::at_the_end(self);
                 }
             } else {
                 settled_since = None;
@@ -307,6 +310,9 @@ impl World {
             self.renew_vip(i);
         }
         self.app_writes();
+        if let Some(v) = self.violation.take() {
+            return Err(v);
+        }
         invariants::check(self)
     }
 
@@ -398,6 +404,13 @@ impl World {
                         _ => self.rng.range(1, 15),
                     };
                     self.nodes[i].step = Some((step, self.now + ms * MS));
+                    if step == Step::Mount && self.violation.is_none() {
+                        // The decision to become primary is taken now: the
+                        // data it mounts must hold every acknowledged write.
+                        // (Once started, a mount completes even if the daemon
+                        // stalls; it writes only connected or under a grant.)
+                        self.violation = invariants::on_mount(self, i).err();
+                    }
                 }
                 Action::Grant { until } => {
                     // The control socket takes up to 2 ms to deliver it.
@@ -452,7 +465,6 @@ impl World {
             Step::StartServe => self.nodes[i].serve = true,
             Step::StopServe => self.nodes[i].serve = false,
             Step::Mount => {
-                invariants::on_mount(self, i)?;
                 self.nodes[i].mount = Some(MountSim {
                     grant_until: None,
                     fenced: false,
@@ -670,6 +682,7 @@ impl World {
                 all_up: true,
                 connected: m.connected,
                 in_sync: m.connected && m.resync_left == 0,
+                fenced: m.fenced,
                 roots: vec![n.data.root()],
                 resync: None,
             }),
@@ -702,11 +715,24 @@ impl World {
         self.drain(i);
     }
 
+    /// The VIP thread renews the address every interval (here: every ms)
+    /// while the core allows it; a dead or stalled daemon renews nothing.
     fn renew_vip(&mut self, i: usize) {
-        if self.up(i) && self.nodes[i].vip_added {
-            self.nodes[i].vip_until = self.now + VIP_LIFE;
-        } else if !self.nodes[i].vip_added && self.up(i) {
+        if !self.up(i) {
+            return;
+        }
+        if !self.nodes[i].vip_added {
             self.nodes[i].vip_until = 0;
+            return;
+        }
+        let clock = self.clock(i, self.now);
+        let life = Duration::from_micros(VIP_LIFE);
+        let ok = self.nodes[i]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.vip_renewable(clock, life));
+        if ok {
+            self.nodes[i].vip_until = self.now + VIP_LIFE;
         }
     }
 

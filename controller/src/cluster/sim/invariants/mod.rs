@@ -7,7 +7,7 @@ mod one_writer;
 
 use super::world::World;
 
-pub(crate) use acked_writes_kept::on_mount;
+pub(crate) use acked_writes_kept::{at_the_end, on_mount};
 
 /// A broken property.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
