@@ -121,6 +121,15 @@ fn issue_08_active_active_two_modules_primary_on_different_nodes() -> Result<()>
             other => Probe::Pending(format!("{other:?}")),
         }
     })?;
+    // node1 has heard node2 say `files` is in sync (so it may take over).
+    wait_for(
+        Duration::from_secs(20),
+        "node1 knows `files` is in sync",
+        || match lab.module_named("node1", "files") {
+            Some(m) if m["in_sync"] == serde_json::Value::Bool(true) => Probe::Ready(()),
+            other => Probe::Pending(format!("{other:?}")),
+        },
+    )?;
     eprintln!("--- SIGKILL node2: node1 takes `files` over");
     lab.kill_node("node2");
     wait_for(Duration::from_secs(30), "node1 primary of both", || {
@@ -242,9 +251,10 @@ fn issue_08_bad_configurations_are_refused_with_their_message() -> Result<()> {
     Ok(())
 }
 
-/// issue_08: the daemon of the primary is SIGKILLed and started again: it
-/// adopts its running mirrorfs processes through their control sockets; the
-/// application keeps running (same Apache), no failover happens.
+/// issue_08: the daemon of the primary is stopped (SIGTERM, as for an
+/// upgrade) and started again: it adopts its running mirrorfs processes
+/// through their control sockets; the application keeps running (same
+/// Apache), no failover happens.
 #[test]
 fn issue_08_a_restarted_daemon_adopts_its_mirrorfs_and_the_service_stays() -> Result<()> {
     let lab = FarmLab::up()?;
@@ -269,9 +279,9 @@ fn issue_08_a_restarted_daemon_adopts_its_mirrorfs_and_the_service_stays() -> Re
         })
         .collect();
     ensure!(daemon.len() == 1, "one daemon on node1: {daemon:?}");
-    eprintln!("--- SIGKILL node1's daemon only, then start it again");
+    eprintln!("--- stop node1's daemon only (SIGTERM), then start it again");
     // SAFETY: kill has no memory effects; the pid is the lab's daemon.
-    unsafe { libc::kill(daemon[0], libc::SIGKILL) };
+    unsafe { libc::kill(daemon[0], libc::SIGTERM) };
     wait_for(Duration::from_secs(5), "the daemon gone", || {
         if fs::metadata(format!("/proc/{}", daemon[0])).is_err() {
             Probe::Ready(())

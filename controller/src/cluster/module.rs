@@ -588,7 +588,10 @@ impl ModuleCore {
             self.decide(now);
             return;
         }
-        if beat.primary {
+        // A primary that is stopping (STOP while still mounted) stopped its
+        // application first: what it said of sync before the stop holds
+        // (its mount's connection goes down as it unmounts).
+        if beat.primary && beat.state != ModuleState::Stop {
             self.peer_was_primary = true;
             self.peer_was_in_sync = beat.in_sync;
         }
@@ -1105,7 +1108,12 @@ impl ModuleCore {
         let Some(until) = self.lease_until.filter(|l| now < *l) else {
             return;
         };
-        if !self.mounted || self.fenced {
+        // Grants go only to mounts of a primary that means to stay one (a
+        // mount being taken down for a swap or a stop must not write alone).
+        if !self.mounted
+            || self.fenced
+            || !matches!(self.state, ModuleState::Prim | ModuleState::Alone)
+        {
             return;
         }
         // Renew the grant when a third of it is used.
@@ -1310,14 +1318,21 @@ impl ModuleCore {
         let peer_up = self.link.up(now);
         if self.handover {
             // We handed the service over: done once the peer is primary;
-            // given up if the peer is gone or no longer a secondary.
+            // given up if the peer is gone, or waits or stopped instead of
+            // taking over (SECOND: not yet; PRIM or ALONE, transient: it is
+            // taking over).
             let fresh = self.peer_fresh(now);
             match &self.peer {
                 Some(b) if b.primary => {
                     self.handover = false;
                     self.set_reason(format!("{peer_name} is primary (swap)"));
                 }
-                Some(b) if peer_up && !(fresh && b.state != ModuleState::Second) => return,
+                Some(b)
+                    if peer_up
+                        && !(fresh && matches!(b.state, ModuleState::Wait | ModuleState::Stop)) =>
+                {
+                    return
+                }
                 _ => {
                     self.handover = false;
                     self.note(

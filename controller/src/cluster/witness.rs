@@ -42,9 +42,10 @@ struct ModuleView {
     holder: Option<(String, Instant)>,
     /// The node that last reported itself primary, and when.
     primary: Option<(String, Instant, Duration)>,
-    /// The report that got the last grant: an older report (delayed) must
-    /// not clear what the grant marked.
-    last_grant_seq: u64,
+    /// The node that got the last grant and the seq of that report: an
+    /// older report of that node (delayed) must not clear what the grant
+    /// marked. (Each node counts its own reports.)
+    last_grant: Option<(String, u64)>,
 }
 
 /// The witness core.
@@ -88,7 +89,7 @@ impl Witness {
             || now < self.started + lease + margin(lease);
         if r.in_sync
             && !lease_runs
-            && r.seq > view.last_grant_seq
+            && !matches!(&view.last_grant, Some((n, seq)) if *n == r.node && r.seq <= *seq)
             && self.persisted.behind.remove(&r.module).is_some()
         {
             self.dirty = true;
@@ -98,7 +99,7 @@ impl Witness {
                 Ok(()) => {
                     let view = self.modules.entry(r.module.clone()).or_default();
                     view.holder = Some((r.node.clone(), now + lease + margin(lease)));
-                    view.last_grant_seq = r.seq;
+                    view.last_grant = Some((r.node.clone(), r.seq));
                     // The lease lets its holder write alone: from now on the
                     // peer may lack what it writes.
                     if self.persisted.behind.get(&r.module) != Some(&r.peer) {
@@ -159,6 +160,11 @@ impl Witness {
         }
         let view = self.modules.get(&r.module);
         if let Some((h, until)) = view.and_then(|v| v.holder.as_ref()) {
+            // The holder renews while its lease runs: nothing else can have
+            // changed that (no one else got it; its peer is marked behind).
+            if *h == r.node && now < *until {
+                return Ok(());
+            }
             if *h != r.node && now < *until {
                 return Err((
                     format!(

@@ -153,3 +153,35 @@ fn refusals_after_in_sync() {
         matches!(a.lease, LeaseAnswer::Refused { ref reason, .. } if reason.contains("n1 is primary"))
     );
 }
+
+/// Found in the lab: a restarted daemon adopted its (peerless) mounts and
+/// reported itself primary for a moment; the holder's renewal was refused
+/// ("node1 is primary"), it stepped down, and the two flapped.
+#[test]
+fn the_holder_renews_whatever_the_other_reports() {
+    let (mut w, now) = running();
+    assert_eq!(
+        w.handle_report(now, &report("n2", "n1", 1, false, false, true))
+            .lease,
+        LeaseAnswer::Granted { ms: L }
+    );
+    w.handle_report(now + ms(10), &report("n1", "n2", 1, true, false, false));
+    assert_eq!(
+        w.handle_report(now + ms(20), &report("n2", "n1", 2, true, false, true))
+            .lease,
+        LeaseAnswer::Granted { ms: L }
+    );
+}
+
+/// Found by the failover benchmark: each node counts its own reports, so a
+/// grant's seq says nothing of the other node's; the new primary's in-sync
+/// report must clear "behind" once no lease runs, whatever its seq.
+#[test]
+fn in_sync_clears_behind_whatever_the_other_nodes_seqs() {
+    let (mut w, now) = running();
+    w.handle_report(now, &report("n1", "n2", 1_000_000, true, false, true));
+    assert!(w.poll_persist().is_some(), "n2 behind");
+    // n2 is later primary and in sync (a swap), with smaller seqs.
+    w.handle_report(now + ms(L + 100), &report("n2", "n1", 5, true, true, false));
+    assert_eq!(w.poll_persist(), Some(Persisted::default()));
+}
