@@ -6,7 +6,7 @@
 //! --workspace && cargo bench --bench failover`. It runs the `mirrorfarm`
 //! binary at `$MIRRORFARM_BIN`, or beside the bench in the same target
 //! directory (`target/release/mirrorfarm`, which finds `mirrorfs` beside
-//! itself). About 10 minutes on 2 cores.
+//! itself). About 3 to 4 minutes on 2 cores.
 //!
 //! **The client.** From the client's namespace, a GET of `/` through the VIP
 //! starts every 20 ms, each on its own connection and thread, with 0.5 s for
@@ -303,12 +303,15 @@ fn baseline(scratch: &Scratch, cfg: &Config, sc: &mut Scenario, rng: &mut Rng) {
         let samples = probe::observe(prober, event, TAIL, LIMIT);
         let outage = probe::outage(&samples, event);
         let serving = v.client_get(v.vip());
-        let note = match &serving {
+        let mut note = match &serving {
             Ok(b) if b == "node b\n" => None,
             other => Some(format!(
                 "after the takeover the VIP answered {other:?}, not node b's page"
             )),
         };
+        if let Some(o) = odd_answers(&samples, event) {
+            note = join(note, o);
+        }
         eprintln!(
             "[keepalived] run {run}: killed {killed} processes, outage {}",
             secs_text(outage.secs)
@@ -373,6 +376,10 @@ fn crash_and_swap(
             .iter()
             .find(|(_, l)| l.contains("failed 3 times") && !l.contains("Restart"))
             .map(|(_, l)| format!("the checker did not restart: {l}"));
+        let note = match odd_answers(&samples, event) {
+            Some(o) => join(note, o),
+            None => note,
+        };
         eprintln!(
             "[crash] run {run}: killed {killed} apache2 processes on {}, outage {}",
             lab.node_name(p),
@@ -413,13 +420,44 @@ fn crash_and_swap(
                 after(&old, wall, |l| l == "done: script stop_prim"),
             ),
             (
+                "old VIP removed",
+                after(&old, wall, |l| l == "done: remove the virtual IP"),
+            ),
+            (
+                "new PRIM",
+                after(&new, wall, |l| l.starts_with("SECOND -> PRIM")),
+            ),
+            (
+                "new mounted",
+                after(&new, wall, |l| l == "done: mount (mirrorfs mount)"),
+            ),
+            (
+                "new VIP added",
+                after(&new, wall, |l| {
+                    l.starts_with("VIP ") && l.ends_with(" added")
+                }),
+            ),
+            (
                 "new start_prim done",
                 after(&new, wall, |l| l == "done: script start_prim"),
             ),
         ];
         let served = acked.is_ok() && upload.served(lab);
         swap.write(acked.is_ok(), served);
-        let note = upload_note(&upload, &acked, served);
+        let mut note = upload_note(&upload, &acked, served);
+        // What the old primary logged of the handover.
+        if let Some((_, l)) = old.iter().find(|(_, l)| l.contains("abandoned")) {
+            let took = new.iter().any(|(_, l)| l.starts_with("SECOND -> PRIM"));
+            let but = if took {
+                format!(" although {} took over", lab.node_name(1 - p))
+            } else {
+                String::new()
+            };
+            note = join(note, format!("{} logged \"{l}\"{but}", lab.node_name(p)));
+        }
+        if let Some(o) = odd_answers(&samples, event) {
+            note = join(note, o);
+        }
         eprintln!(
             "[swap] run {run}: {} -> {}, outage {}",
             lab.node_name(p),
@@ -494,6 +532,9 @@ fn kill_runs(lab: &MirrorLab, cfg: &Config, sc: &mut Scenario, uploads: &mut u64
                 lab.node_name(q)
             ));
         }
+        if let Some(o) = odd_answers(&samples, event) {
+            note = join(note, o);
+        }
         eprintln!(
             "[kill] run {run}: killed {killed} processes of {}, outage {}",
             lab.node_name(p),
@@ -544,6 +585,31 @@ impl Upload {
             sys::nap(Duration::from_millis(100));
         }
     }
+}
+
+/// Two notes in one.
+fn join(a: Option<String>, b: String) -> Option<String> {
+    Some(match a {
+        Some(a) => format!("{a}; {b}"),
+        None => b,
+    })
+}
+
+/// GETs answered with an HTTP error (not a connection failure) after the
+/// event: a server that answers wrongly, worth a look.
+fn odd_answers(samples: &[probe::Sample], event: Instant) -> Option<String> {
+    let odd: Vec<String> = samples
+        .iter()
+        .filter(|s| s.end >= event)
+        .filter_map(|s| {
+            let e = s.error.as_deref()?;
+            e.starts_with("status").then(|| {
+                let at = s.start.saturating_duration_since(event).as_secs_f64();
+                format!("{e} at +{at:.2} s")
+            })
+        })
+        .collect();
+    (!odd.is_empty()).then(|| format!("GETs answered with an error: {}", odd.join(", ")))
 }
 
 fn upload_note(u: &Upload, acked: &Result<(), String>, served: bool) -> Option<String> {

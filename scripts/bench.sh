@@ -12,7 +12,7 @@
 #   scripts/bench.sh failover [ARGS]     the client's outage when the primary of the Apache
 #                                        mirror lab is killed, swapped or loses Apache, vs
 #                                        keepalived; writes target/bench-failover.md (about
-#                                        10 min on 2 cores)
+#                                        4 min on 2 cores)
 # ARGS go to the bench; settings are environment variables:
 #   MIRRORFS_BENCH_ROUNDS   replication: rounds; each figure is their median (default 3)
 #   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
