@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The benchmarks, as root: the machine setup (if this checkout has
-# scripts/setup.sh), a release build of mirrorfs, then the benches, each in its
-# own network namespaces:
-#   scripts/bench.sh [all]               replication, then resync
+# scripts/setup.sh), a release build (mirrorfs; the whole workspace for the
+# failover bench, which runs mirrorfarm), then the benches, each in its own
+# network namespaces:
+#   scripts/bench.sh [all]               replication, resync, then failover
 #   scripts/bench.sh replication [ARGS]  local vs bindfs vs mirrorfs, writes
 #                                        target/bench-replication.md (5-10 min on 2 cores)
 #   scripts/bench.sh resync [ARGS]       incremental and --full resync, sync writes
 #                                        ALONE and during a resync, writes
 #                                        target/bench-resync.md (about 10 min on 2 cores)
+#   scripts/bench.sh failover [ARGS]     the client's outage when the primary of the Apache
+#                                        mirror lab is killed, swapped or loses Apache, vs
+#                                        keepalived; writes target/bench-failover.md (about
+#                                        4 min on 2 cores)
 # ARGS go to the bench; settings are environment variables:
 #   MIRRORFS_BENCH_ROUNDS   replication: rounds; each figure is their median (default 3)
 #   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
@@ -20,19 +25,22 @@
 #   MIRRORFS_BENCH_RESYNC_ROUNDS     resync: rounds of the incremental resync and
 #                                    of the sync writes (default 5)
 #   MIRRORFS_BENCH_RESYNC_SECS       resync: duration of each sync-write run (default 4)
+#   MIRRORFARM_BENCH_FAILOVER_RUNS   failover: runs of each scenario (default 5)
 #   MIRRORFS_BIN            another mirrorfs binary (default target/release/mirrorfs)
+#   MIRRORFARM_BIN          failover: another mirrorfarm binary (default
+#                           target/release/mirrorfarm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 which=all
 case "${1:-}" in
-  all | replication | resync)
+  all | replication | resync | failover)
     which=$1
     shift
     ;;
 esac
 if [ "$which" = all ] && [ $# -gt 0 ]; then
-  echo "bench: arguments go to one bench: $0 replication|resync ARGS..." >&2
+  echo "bench: arguments go to one bench: $0 replication|resync|failover ARGS..." >&2
   exit 2
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -42,11 +50,15 @@ fi
 if [ -x scripts/setup.sh ]; then
   scripts/setup.sh
 fi
-cargo build --release -p mirrorfs
+case "$which" in
+  all | failover) cargo build --release --workspace ;;
+  *) cargo build --release -p mirrorfs ;;
+esac
 case "$which" in
   all)
     cargo bench --bench replication
     cargo bench --bench resync
+    cargo bench --bench failover
     ;;
   *)
     exec cargo bench --bench "$which" -- "$@"

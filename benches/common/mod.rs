@@ -1,4 +1,4 @@
-//! What the two benchmarks (`replication`, `resync`) share. Each bench is its
+//! What the benchmarks (`replication`, `resync`, `failover`) share. Each bench is its
 //! own crate (`harness = false`) and includes this directory with
 //! `#[path = "common/mod.rs"] mod common;`.
 //!
@@ -140,6 +140,25 @@ fn stale_binary(bin: &Path) -> Option<String> {
             "{} is older than the sources in {}: rebuild it (cargo build --release -p mirrorfs)",
             bin.display(),
             src.display()
+        )
+    })
+}
+
+/// A warning if `bin` is older than the sources in the workspace's `dirs`
+/// (for a bench that runs another binary than mirrorfs, e.g. `mirrorfarm`
+/// built from `controller/` and `mirrorfs/`); `rebuild` says how to rebuild it.
+pub(crate) fn older_than_sources(bin: &Path, dirs: &[&str], rebuild: &str) -> Option<String> {
+    let built = fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest = dirs
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d), 4))
+        .max()?;
+    (newest > built).then(|| {
+        format!(
+            "{} is older than the sources in {}: rebuild it ({rebuild})",
+            bin.display(),
+            dirs.join(", ")
         )
     })
 }
