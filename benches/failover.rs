@@ -27,7 +27,10 @@
 //!
 //! 1. SIGKILL of every process of the primary's namespace (`ip netns pids`:
 //!    the daemon, both mirrorfs, Apache), first with the module's timing
-//!    (heartbeat 250 ms, timeout 1500 ms), then at 100 ms / 1000 ms (the
+//!    (heartbeat 250 ms, timeout 1500 ms), then at 100 ms / 1200 ms (the
+//!    issue's 100 ms / 1 s is refused for a module with a VIP: the kernel
+//!    keeps a VIP 1 s after its last renewal, so the timeout must be at
+//!    least 1 s + 2 intervals; the
 //!    `timing:` values of the module file rewritten, both daemons restarted
 //!    with `mirrorfarm lab start node1`, then `node2`; the same back to the
 //!    defaults for scenarios 2 and 3, which run last: a swap that goes wrong
@@ -223,7 +226,7 @@ fn run() {
         Some(Goal::AtMost(2.5)),
     );
     let mut kill_fast = Scenario::new(
-        "SIGKILL of the primary's namespace, heartbeat 100/1000 ms",
+        "SIGKILL of the primary's namespace, heartbeat 100/1200 ms",
         Some(Goal::AtMost(1.5)),
     );
     let mut swap = Scenario::new("planned swap, heartbeat 250/1500 ms", None);
@@ -243,8 +246,8 @@ fn run() {
         // scenarios their figures.
         eprintln!("--- SIGKILL of the primary, {default_timing}");
         kill_runs(&lab, &cfg, &mut kill_default, &mut uploads, &mut rng);
-        eprintln!("--- timing 100/1000 ms: rewriting the module file, restarting both daemons");
-        match lab.set_timing(100, 1000) {
+        eprintln!("--- timing 100/1200 ms: rewriting the module file, restarting both daemons");
+        match lab.set_timing(100, 1200) {
             Ok(()) => {
                 timings.push(format!("then: {}", lab.timing()));
                 kill_runs(&lab, &cfg, &mut kill_fast, &mut uploads, &mut rng);
