@@ -112,12 +112,7 @@ fn issue_08_sigkill_of_the_primary_fails_over_with_every_acknowledged_write() ->
     );
 
     eprintln!("--- swap back to node1");
-    let out = lab.mf("node2", &["swap", "apache"])?;
-    ensure!(
-        out.status.success(),
-        "swap: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.swap("node2")?;
     lab.wait_states("PRIM", "SECOND", Duration::from_secs(60))?;
     all_served(&lab, &acked)?;
     all_served(&lab, &during)?;
