@@ -1019,6 +1019,11 @@ impl ModuleCore {
             return;
         }
         self.settled(now);
+        // A plan made just now (a takeover, a swap) starts at once, not at
+        // the next event (a heartbeat interval later).
+        if self.busy.is_none() && !self.plan.is_empty() {
+            self.decide(now);
+        }
     }
 
     fn decide_next(&mut self, now: Instant) {
