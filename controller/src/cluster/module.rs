@@ -595,6 +595,15 @@ impl ModuleCore {
             self.peer_was_primary = true;
             self.peer_was_in_sync = beat.in_sync;
         }
+        // The peer changed (took the mounts, handed over, stopped): answer
+        // at once, so that what waits on our echo (a new primary's
+        // acknowledgement, a swap) waits a round trip, not an interval.
+        if self.peer.as_ref().is_none_or(|p| {
+            (p.state, p.primary, p.handover, p.serving)
+                != (beat.state, beat.primary, beat.handover, beat.serving)
+        }) {
+            self.next_beat = self.next_beat.min(now);
+        }
         if let (Some(m), Some(e)) = (self.mount_seq, beat.echo) {
             if e >= m {
                 self.peer_follows = !beat.primary && beat.state == ModuleState::Second;
