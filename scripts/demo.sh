@@ -157,8 +157,22 @@ run "$MF" --socket "$S2" state apache
 grep -h 'resync complete' "$LAB"/node2/state/modules/apache/mirrorfs-dir*.log 2>/dev/null | tail -n 2 | sed 's/^/  /' || true
 
 say "A planned switchover (\`mirrorfarm swap apache\` on node2) moves the service back to node1"
+# The nodes learn each other's readiness by heartbeats: a swap ordered the
+# moment node1 turns SECOND may be refused ("not a ready SECOND"); ask again.
+for _ in $(seq 50); do
+  "$MF" --socket "$S2" state apache --json | grep -q '"peer_ready":true' && break
+  sleep 0.1
+done
 T1=$(date +%s.%N)
-run "$MF" --socket "$S2" swap apache
+printf '  $ %s\n' "$MF --socket $S2 swap apache"
+for i in $(seq 20); do
+  if out=$("$MF" --socket "$S2" swap apache 2>&1); then
+    echo "$out" | sed 's/^/    /'
+    break
+  fi
+  [ "$i" = 20 ] && fail "swap refused: $out"
+  sleep 0.25
+done
 wait_state "$S1" PRIM 60
 note "node1 is PRIM again $(awk -v a="$T1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}') after the order"
 sleep 1
