@@ -16,48 +16,18 @@ use std::mem;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::driver::scripts::{kill_group, wait_timeout};
 
-/// One kind of health check, with its target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Probe {
-    /// Some process whose name (`/proc/PID/comm`, at most 15 bytes) is `name`
-    /// runs in this network namespace.
-    Process {
-        /// The process name as `ps -o comm` shows it.
-        name: String,
-    },
-    /// A TCP connection to `addr` is accepted.
-    Tcp {
-        /// Where to connect.
-        addr: SocketAddr,
-    },
-    /// `GET url` answers with status `expect_status`. A host name is resolved
-    /// by the system resolver, whose wait the timeout does not bound: use an
-    /// address for a local service.
-    Http {
-        /// An `http://` URL (no TLS).
-        url: String,
-        /// The status that means healthy.
-        expect_status: u16,
-    },
-    /// The command exits 0 within the timeout.
-    Command {
-        /// The executable.
-        path: PathBuf,
-        /// Its arguments.
-        args: Vec<String>,
-    },
-    /// The interface is up with a carrier.
-    Interface {
-        /// The interface name (`eth0`).
-        name: String,
-    },
-}
+/// One kind of health check, with its target: the module file's
+/// [`Check`](crate::config::Check) itself. `Process` looks only at processes
+/// in this network namespace; `Http` resolves a host name with the system
+/// resolver, whose wait the timeout does not bound (use an address for a
+/// local service); `Interface` means up with a carrier.
+pub type Probe = crate::config::Check;
 
 /// Runs one probe, taking at most about `timeout`. `Err` says what was seen.
 pub fn probe(p: &Probe, timeout: Duration) -> Result<(), String> {

@@ -127,6 +127,19 @@ impl MirrorSet {
         }
     }
 
+    /// This node's identity flags for mirrorfs (`--key`, `--cert`,
+    /// `--peer-cert`), the same for a serve and a mount.
+    fn identity(&self) -> [&std::ffi::OsStr; 6] {
+        [
+            "--key".as_ref(),
+            self.key.as_os_str(),
+            "--cert".as_ref(),
+            self.cert.as_os_str(),
+            "--peer-cert".as_ref(),
+            self.peer_cert.as_os_str(),
+        ]
+    }
+
     /// Asks every control socket for its status (None where nothing answers).
     pub fn probe(&self) -> Vec<Option<Status>> {
         self.dirs
@@ -150,12 +163,7 @@ impl MirrorSet {
                 .arg("--root")
                 .arg(&d.dir.backing)
                 .args(["--listen", &d.listen])
-                .arg("--key")
-                .arg(&self.key)
-                .arg("--cert")
-                .arg(&self.cert)
-                .arg("--peer-cert")
-                .arg(&self.peer_cert)
+                .args(self.identity())
                 .arg("--control")
                 .arg(&d.control)
                 .arg("--outlive-parent");
@@ -190,12 +198,7 @@ impl MirrorSet {
                 .arg("--mountpoint")
                 .arg(&d.dir.mount)
                 .args(["--peer", &d.peer])
-                .arg("--key")
-                .arg(&self.key)
-                .arg("--cert")
-                .arg(&self.cert)
-                .arg("--peer-cert")
-                .arg(&self.peer_cert)
+                .args(self.identity())
                 .args(["--peer-timeout", &secs])
                 .args(["--on-peer-loss", "hold", "--alone"])
                 .arg("--control")

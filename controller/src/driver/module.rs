@@ -32,7 +32,7 @@ use crate::cluster::module::{
     Action, Command, CoreConfig, MirrorView, ModuleCore, Script, ScriptSet, Step,
 };
 use crate::cluster::state::{ModuleState, RootInfo};
-use crate::config::{Check, Module, NodeConfig, OnFailure, Then};
+use crate::config::{Module, NodeConfig, OnFailure, Then};
 
 /// What the module's threads tell the daemon's loop.
 #[derive(Debug)]
@@ -785,19 +785,7 @@ fn spawn_checker(
     stop: Arc<AtomicBool>,
     events: Sender<(String, ModuleEvent)>,
 ) {
-    let probe = match &c.check {
-        Check::Process { name } => Probe::Process { name: name.clone() },
-        Check::Tcp { addr } => Probe::Tcp { addr: *addr },
-        Check::Http { url, expect_status } => Probe::Http {
-            url: url.clone(),
-            expect_status: *expect_status,
-        },
-        Check::Command { path, args } => Probe::Command {
-            path: path.clone(),
-            args: args.clone(),
-        },
-        Check::Interface { name } => Probe::Interface { name: name.clone() },
-    };
+    let probe: Probe = c.check.clone();
     let (interval, timeout, module) = (c.interval, c.timeout, module.to_owned());
     let _ = thread::Builder::new()
         .name(format!("checker-{}", c.name))
