@@ -18,6 +18,10 @@
 //!   before it is acknowledged, and acknowledged only in a generation the
 //!   secondary does not share, so that a secondary promoted before the resync
 //!   ends never looks in sync;
+//! - one sent during a resync and refused (or sent behind a refused one) on
+//!   the connection still up is acknowledged whatever the mode: the resync
+//!   carries it; one refused while in sync fails with the secondary's error
+//!   unless ALONE is allowed;
 //! - the secondary may share our current generation from the moment a
 //!   `SetGeneration` is submitted, not only once it is confirmed;
 //! - with `--on-peer-loss=hold` an unreplicated op is acknowledged only while
@@ -655,9 +659,17 @@ impl Primary {
             OpResult::Applied => Some(libc::EIO),
             OpResult::Lost | OpResult::NotSent => None,
         };
+        // Sent during a resync on the connection still up: the secondary
+        // is marked inconsistent (`BeginResync`, or its own refusal) and the
+        // walk now carries the recorded change, as it carries every change
+        // made while the peer was away.
+        let carried_by_resync = answered.is_some()
+            && o.submitted.is_some()
+            && !o.in_sync_at_submit
+            && self.link.is_some_and(|l| Some(l.epoch) == o.epoch);
         let verdict = if self.fenced {
             Verdict::Fail(libc::EIO)
-        } else if self.alone_allowed() {
+        } else if self.alone_allowed() || carried_by_resync {
             // Acknowledged without the secondary: in a generation it does
             // not share, or a secondary promoted before the resync ends
             // would look in sync and the change would be overwritten.

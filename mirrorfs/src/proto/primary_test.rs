@@ -280,6 +280,7 @@ fn hold_waits_for_the_controller_alone_releases_and_runs_out() {
         c.handle_outcome(now, b.op, OpResult::NotSent, None),
         Verdict::Hold
     );
+    durable(&mut c);
     assert_eq!(c.held(), 1);
     let t = now + Duration::from_secs(1);
     c.handle_alone(t, Duration::from_secs(3)).unwrap();
@@ -315,6 +316,7 @@ fn hold_waits_for_the_controller_alone_releases_and_runs_out() {
         c.handle_outcome(now2, b.op, OpResult::NotSent, None),
         Verdict::Hold
     );
+    durable(&mut c);
     // fence: held ops fail, new ones are refused.
     c.handle_fence(now2, "fenced by the controller");
     assert!(drain(&mut c).contains(&Action::Release(b.op, Verdict::Fail(libc::EIO))));
@@ -367,6 +369,7 @@ fn a_hold_that_lasts_too_long_fences() {
         c.handle_outcome(now, b.op, OpResult::NotSent, None),
         Verdict::Hold
     );
+    durable(&mut c);
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(10)));
     c.handle_tick(now + Duration::from_secs(10));
     assert_eq!(c.role(), Role::Fenced);
@@ -389,6 +392,7 @@ fn held_ops_are_acknowledged_when_the_resync_that_brings_them_over_completes() {
         c.handle_outcome(now, b.op, OpResult::NotSent, None),
         Verdict::Hold
     );
+    durable(&mut c);
     let e2 = c
         .handle_link_up(
             now,
@@ -432,4 +436,83 @@ fn a_record_that_cannot_be_made_durable_refuses_the_op_and_keeps_nothing() {
     assert!(c.take_durable().is_some(), "recorded again next time");
     c.commit();
     assert_eq!(c.handle_submit(now, b.op), None);
+}
+
+#[test]
+fn ci_stop_13_a_refusal_during_the_resync_is_carried_by_it_not_failed() {
+    // CI, stop 13: granted ALONE, the mount created w47; back in RESYNC, the
+    // application rewrote w47 before the walk had brought it over, the
+    // secondary refused the open (ENOENT) and the application saw ENOENT,
+    // though the change was recorded and the walk carries it.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    let b = c.handle_begin(now, write("w47")).unwrap();
+    durable(&mut c);
+    c.handle_submit(now, b.op);
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::NotSent, None),
+        Verdict::Ack
+    );
+    durable(&mut c);
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    assert_eq!(c.role(), Role::Resync);
+    drain(&mut c);
+    let b = c.handle_begin(now, write("w47")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Ack,
+        "recorded, and the walk brings it over"
+    );
+    let d = durable(&mut c);
+    assert_eq!(
+        d.history, None,
+        "the secondary lacks our generation already"
+    );
+    assert!(c.dirty().contains(&p("w47")));
+    while let Some(j) = c.next_job(now) {
+        c.handle_job_done(&j);
+    }
+    c.handle_generation_sent(e2).unwrap();
+    assert!(c.handle_resync_complete(now, e2));
+    durable(&mut c);
+    assert_eq!(c.role(), Role::Prim);
+}
+
+#[test]
+fn a_refusal_in_sync_fails_and_one_during_the_resync_that_follows_is_carried() {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Fail);
+    let a = c.handle_begin(now, write("x")).unwrap();
+    c.handle_submit(now, a.op);
+    assert_eq!(
+        c.handle_outcome(now, a.op, OpResult::Refused(libc::ENOSPC), None),
+        Verdict::Fail(libc::ENOSPC),
+        "in sync: the secondary's error, nothing acknowledged alone"
+    );
+    durable(&mut c);
+    assert_eq!(c.role(), Role::Resync);
+    drain(&mut c);
+    let b = c.handle_begin(now, write("y")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOSPC), None),
+        Verdict::Ack
+    );
+    let d = durable(&mut c);
+    assert!(
+        d.history.is_some(),
+        "the secondary may still share generation 1: acknowledged in a new one"
+    );
+    assert!(c.dirty().contains(&p("y")));
 }
