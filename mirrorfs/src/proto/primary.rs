@@ -18,10 +18,11 @@
 //!   before it is acknowledged, and acknowledged only in a generation the
 //!   secondary does not share, so that a secondary promoted before the resync
 //!   ends never looks in sync;
-//! - one sent during a resync and refused (or sent behind a refused one) on
-//!   the connection still up is acknowledged whatever the mode: the resync
-//!   carries it; one refused while in sync fails with the secondary's error
-//!   unless ALONE is allowed;
+//! - one sent during a resync on a path the walk has still to bring over,
+//!   that the secondary refuses because it lacks the file (or the handle of
+//!   a refused open) while marked inconsistent for this resync, is
+//!   acknowledged whatever the mode: the walk carries it; any other refusal
+//!   fails with the secondary's error unless ALONE is allowed;
 //! - the secondary may share our current generation from the moment a
 //!   `SetGeneration` is submitted, not only once it is confirmed;
 //! - with `--on-peer-loss=hold` an unreplicated op is acknowledged only while
@@ -291,6 +292,9 @@ struct OpState {
     recorded: bool,
     /// Sent behind an op the secondary refused that it depends on.
     tainted: bool,
+    /// Sent during a resync while a path it changes or reads was still to
+    /// be visited: the walk carries it, whatever the secondary makes of it.
+    carried: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -541,6 +545,7 @@ impl Primary {
         self.event(now);
         let role = self.current_role();
         let mut recorded = false;
+        let mut carried = false;
         let (epoch, record_activity, mut source_clean) = match role {
             Role::Fenced | Role::Lost => return Err(libc::EIO),
             Role::Prim | Role::Resync => (self.link.map(|l| l.epoch), true, true),
@@ -552,6 +557,7 @@ impl Primary {
                 if self.carried_by_walk(&touched) {
                     self.record(&touched);
                     recorded = true;
+                    carried = true;
                 }
             }
             Role::Alone | Role::Hold => {
@@ -575,6 +581,7 @@ impl Primary {
                 submitted: None,
                 in_sync_at_submit: false,
                 tainted: false,
+                carried,
             },
         );
         self.note_role();
@@ -612,13 +619,15 @@ impl Primary {
             // A copied range would copy old bytes there: not sent.
             return None;
         }
-        if !o.recorded && self.carried_by_walk(&o.touched) {
+        let carried = !o.recorded && self.carried_by_walk(&o.touched);
+        if carried {
             let touched = o.touched.clone();
             self.record(&touched);
         }
         let in_sync = self.current_role() == Role::Prim;
         self.submissions += 1;
         let o = self.ops.get_mut(&op)?;
+        o.carried |= carried;
         o.recorded = true;
         o.submitted = Some(self.submissions);
         o.in_sync_at_submit = in_sync;
@@ -659,14 +668,21 @@ impl Primary {
             OpResult::Applied => Some(libc::EIO),
             OpResult::Lost | OpResult::NotSent => None,
         };
-        // Sent during a resync on the connection still up: the secondary
-        // is marked inconsistent (`BeginResync`, or its own refusal) and the
-        // walk now carries the recorded change, as it carries every change
-        // made while the peer was away.
-        let carried_by_resync = answered.is_some()
-            && o.submitted.is_some()
-            && !o.in_sync_at_submit
-            && self.link.is_some_and(|l| Some(l.epoch) == o.epoch);
+        // A path the walk still had to bring over, on a secondary marked
+        // inconsistent for this resync: that it lacks the file (or the
+        // handle its refused open would have made) is expected, and the
+        // walk carries the recorded change. Any other refusal (a full disk)
+        // is the secondary's failure and is answered as one.
+        let lacks_base = match result {
+            OpResult::Refused(e) => matches!(e, libc::ENOENT | libc::ENOTDIR | libc::EBADF),
+            OpResult::Applied => o.tainted,
+            OpResult::Lost | OpResult::NotSent => false,
+        };
+        let carried_by_resync = lacks_base
+            && o.carried
+            && self
+                .link
+                .is_some_and(|l| Some(l.epoch) == o.epoch && l.peer_marked);
         let verdict = if self.fenced {
             Verdict::Fail(libc::EIO)
         } else if self.alone_allowed() || carried_by_resync {

@@ -490,7 +490,7 @@ fn ci_stop_13_a_refusal_during_the_resync_is_carried_by_it_not_failed() {
 }
 
 #[test]
-fn a_refusal_in_sync_fails_and_one_during_the_resync_that_follows_is_carried() {
+fn during_a_resync_only_a_refusal_for_lack_of_a_path_still_to_visit_is_carried() {
     let (mut c, now, e) = in_sync(OnPeerLoss::Fail);
     let a = c.handle_begin(now, write("x")).unwrap();
     c.handle_submit(now, a.op);
@@ -502,11 +502,30 @@ fn a_refusal_in_sync_fails_and_one_during_the_resync_that_follows_is_carried() {
     durable(&mut c);
     assert_eq!(c.role(), Role::Resync);
     drain(&mut c);
+    // y is clean: the secondary's refusal is its failure.
     let b = c.handle_begin(now, write("y")).unwrap();
     durable(&mut c);
     assert_eq!(c.handle_submit(now, b.op), Some(e));
     assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Fail(libc::ENOENT)
+    );
+    durable(&mut c);
+    // x is still to visit: a full disk there is still a failure...
+    let b = c.handle_begin(now, write("x")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert_eq!(
         c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOSPC), None),
+        Verdict::Fail(libc::ENOSPC)
+    );
+    durable(&mut c);
+    // ... but its lack of x is what the walk repairs.
+    let b = c.handle_begin(now, write("x")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::EBADF), None),
         Verdict::Ack
     );
     let d = durable(&mut c);
@@ -514,5 +533,5 @@ fn a_refusal_in_sync_fails_and_one_during_the_resync_that_follows_is_carried() {
         d.history.is_some(),
         "the secondary may still share generation 1: acknowledged in a new one"
     );
-    assert!(c.dirty().contains(&p("y")));
+    assert!(c.dirty().contains(&p("x")));
 }
