@@ -8,3 +8,4 @@
 //! or answer ARP for the configured VIPs.
 
 pub mod arp;
+pub mod buckets;
