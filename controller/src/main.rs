@@ -254,9 +254,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     let (modules, errors) = config::load_modules(&node);
     for m in &modules {
         println!(
-            "{}: module {} ok (digest {:016x})",
+            "{}: module {} ok ({:?}, {} nodes, digest {:016x})",
             m.file.display(),
             m.name,
+            m.kind,
+            m.nodes.len(),
             m.digest
         );
     }

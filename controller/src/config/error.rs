@@ -299,24 +299,28 @@ pub enum ConfigError {
     },
     /// The VIP's prefix length is outside 1..=32.
     #[error(
-        "{at}: vip.prefix ({prefix}) must be 1..=32; use the prefix length of the network \
+        "{at}: {vip}.prefix ({prefix}) must be 1..=32; use the prefix length of the network \
          the nodes share, e.g. 24"
     )]
     VipPrefix {
         /// The `vip.prefix` field.
         at: Place,
+        /// The VIP's field (`vip`, `farm.vips[0]`).
+        vip: String,
         /// Its value.
         prefix: u8,
     },
     /// The VIP is not in the network of a node's first address.
     #[error(
-        "{at}: vip.addr ({vip}/{prefix}) is not in the network of node {node:?}'s first address \
-         ({addr}); the VIP must be on the network both nodes' first addresses share: choose a \
-         VIP in {network} or correct vip.prefix"
+        "{at}: {field}.addr ({vip}/{prefix}) is not in the network of node {node:?}'s first \
+         address ({addr}); the VIP must be on the network the nodes' first addresses share: \
+         choose a VIP in {network} or correct {field}.prefix"
     )]
     VipNetwork {
         /// The `vip.addr` field.
         at: Place,
+        /// The VIP's field (`vip`, `farm.vips[0]`).
+        field: String,
         /// The VIP.
         vip: Ipv4Addr,
         /// The prefix.
@@ -330,12 +334,14 @@ pub enum ConfigError {
     },
     /// The VIP is one of the nodes' own addresses.
     #[error(
-        "{at}: vip.addr ({vip}) is node {node:?}'s own address; the VIP moves between \
-         nodes, so choose an unused address"
+        "{at}: {field}.addr ({vip}) is node {node:?}'s own address; a VIP is not any \
+         node's own, so choose an unused address"
     )]
     VipIsNodeAddr {
         /// The `vip.addr` field.
         at: Place,
+        /// The VIP's field (`vip`, `farm.vips[0]`).
+        field: String,
         /// The VIP.
         vip: Ipv4Addr,
         /// The node owning it.

@@ -43,8 +43,8 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Place};
 pub use module::{
-    Check, Checker, DirSpec, MaxLoop, Module, ModuleKind, NodeSpec, OnFailure, Scripts, Then,
-    Timing, Vip, WitnessSpec, VIP_LIFE,
+    Check, Checker, DirSpec, FarmSpec, MaxLoop, Module, ModuleKind, NodeSpec, OnFailure, Proto,
+    Rule, Scripts, Then, Timing, Vip, WitnessSpec, MAX_FARM_NODES, VIP_LIFE,
 };
 pub use node::{NodeConfig, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 
@@ -153,12 +153,13 @@ fn no_clash(module: &Module, loaded: &[Module]) -> Result<(), ConfigError> {
                 ));
             }
         }
-        if let (Some(vip), Some(other_vip)) = (&module.vip, &other.vip) {
-            if vip.addr == other_vip.addr {
+        let other_vips = vips(other);
+        for (field, addr) in vips(module) {
+            if other_vips.iter().any(|(_, a)| *a == addr) {
                 return Err(clash(
-                    format!("vip.addr {}", vip.addr),
+                    format!("{field} {addr}"),
                     other,
-                    "give each module its own virtual IP",
+                    "give each module its own virtual IPs",
                 ));
             }
         }
@@ -179,6 +180,25 @@ fn no_clash(module: &Module, loaded: &[Module]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Every virtual IP of a module (a mirror's `vip`, a farm's `farm.vips`),
+/// with its field path.
+fn vips(module: &Module) -> Vec<(String, std::net::Ipv4Addr)> {
+    let mut out: Vec<(String, std::net::Ipv4Addr)> = module
+        .vip
+        .iter()
+        .map(|v| ("vip.addr".to_owned(), v.addr))
+        .collect();
+    if let Some(farm) = &module.farm {
+        out.extend(
+            farm.vips
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("farm.vips[{i}].addr"), v.addr)),
+        );
+    }
+    out
 }
 
 /// The ports a module listens on, with their role.

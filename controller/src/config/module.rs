@@ -19,8 +19,8 @@ use super::error::ConfigError;
 use super::locate::Src;
 use super::node::NodeConfig;
 use super::raw::{
-    RawCheck, RawChecker, RawDir, RawKind, RawMaxLoop, RawModule, RawNodeSpec, RawOnFailure,
-    RawScripts, RawThen, RawTiming, RawVip, RawWitness,
+    RawCheck, RawChecker, RawDir, RawFarm, RawKind, RawMaxLoop, RawModule, RawNodeSpec,
+    RawOnFailure, RawProto, RawRule, RawScripts, RawThen, RawTiming, RawVip, RawWitness,
 };
 
 /// A validated module: one application made highly available by its nodes.
@@ -34,17 +34,21 @@ pub struct Module {
     pub digest: u64,
     /// What kind of module.
     pub kind: ModuleKind,
-    /// Its nodes (Mirror: exactly 2, distinct names, this node among them).
+    /// Its nodes (Mirror: exactly 2; Farm: 2 to [`MAX_FARM_NODES`]; distinct
+    /// names, this node among them).
     pub nodes: Vec<NodeSpec>,
     /// Port of the heartbeats on every heartbeat network (non-zero).
     pub heartbeat_port: u16,
-    /// First replication port: `dirs[i]` replicates on `mirrorfs_port + i` (all
-    /// within 1..=65535, none equal to `heartbeat_port`).
+    /// Mirror: first replication port, `dirs[i]` replicates on `mirrorfs_port + i`
+    /// (all within 1..=65535, none equal to `heartbeat_port`). Farm: 0.
     pub mirrorfs_port: u16,
-    /// The replicated directories (at least one; all paths absolute, distinct, not nested).
+    /// Mirror: the replicated directories (at least one; all paths absolute,
+    /// distinct, not nested). Farm: none.
     pub dirs: Vec<DirSpec>,
-    /// The virtual IP that follows the primary.
+    /// Mirror: the virtual IP that follows the primary. Farm: `None` (see `farm`).
     pub vip: Option<Vip>,
+    /// Farm: the shared virtual IPs, balanced ports and rule. Mirror: `None`.
+    pub farm: Option<FarmSpec>,
     /// The witness granting the lease; `None` only if the file accepted the
     /// split-brain risk.
     pub witness: Option<WitnessSpec>,
@@ -58,13 +62,49 @@ pub struct Module {
     pub maxloop: MaxLoop,
 }
 
-/// What kind of module. More kinds (a farm) will be added: match with that in mind.
+/// What kind of module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ModuleKind {
     /// Two nodes, one primary; the directories are replicated and the VIP and the
     /// application follow the primary.
     Mirror,
+    /// Two or more nodes, all holding the same virtual IPs; each accepts its
+    /// share of the clients (its buckets) and the application runs on all.
+    Farm,
+}
+
+/// The most nodes a farm module may list.
+pub const MAX_FARM_NODES: usize = 64;
+
+/// A farm module's shared addresses and how clients are shared out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FarmSpec {
+    /// The virtual IPs every serving node holds (at least one, distinct; each
+    /// validated as a mirror's `vip`).
+    pub vips: Vec<Vip>,
+    /// The balanced ports (at least one, distinct, non-zero).
+    pub ports: Vec<(Proto, u16)>,
+    /// How a client is mapped to a bucket.
+    pub rule: Rule,
+}
+
+/// A transport protocol of a balanced port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// How a farm maps a client to a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// The client's address: a client always reaches the same node (affinity).
+    Address,
+    /// The client's address and source port: each connection on its own.
+    AddressAndPort,
 }
 
 /// One node of a module.
@@ -79,6 +119,8 @@ pub struct NodeSpec {
     /// family per network on every node, all distinct); `addrs[0]` also carries the
     /// replication.
     pub addrs: Vec<IpAddr>,
+    /// Farm: the node's share relative to the others' (0: standby). Mirror: 1.
+    pub weight: u32,
 }
 
 /// One replicated directory.
@@ -134,6 +176,10 @@ pub struct Scripts {
     pub stop_prim: Option<PathBuf>,
     /// Run on both nodes after the module stopped.
     pub poststop: Option<PathBuf>,
+    /// Farm: starts the application on a node joining the farm.
+    pub start_both: Option<PathBuf>,
+    /// Farm: stops the application on a node leaving the farm.
+    pub stop_both: Option<PathBuf>,
     /// Limit for start scripts (> 0).
     pub timeout: Duration,
     /// Limit for stop scripts (> 0).
@@ -203,19 +249,23 @@ pub enum OnFailure {
         /// What to do when the restarts are used up.
         then: Then,
     },
-    /// Hand over to the peer.
+    /// Hand over to the peer (mirror).
     Swap,
     /// Stop the module.
     Stop,
+    /// Leave the farm until the check passes again (farm).
+    Leave,
 }
 
 /// What to do once restarts are used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Then {
-    /// Hand over to the peer.
+    /// Hand over to the peer (mirror).
     Swap,
     /// Stop the module.
     Stop,
+    /// Leave the farm until the check passes again (farm).
+    Leave,
 }
 
 /// Failover loop protection: more than `count` failovers within `window` stop the module.
@@ -279,25 +329,41 @@ pub(crate) fn validate(
     let base = src.file.parent().unwrap_or(Path::new("/"));
     let kind = match raw.kind {
         RawKind::Mirror => ModuleKind::Mirror,
+        RawKind::Farm => ModuleKind::Farm,
     };
-    let nodes = nodes(&src, base, raw.nodes, node)?;
-    for (field, port) in [
-        ("heartbeat_port", raw.heartbeat_port),
-        ("mirrorfs_port", raw.mirrorfs_port),
-    ] {
-        if port == 0 {
-            return Err(ConfigError::ZeroPort {
-                at: src.at(field),
-                field: field.to_owned(),
-            });
-        }
+    kind_fields(&src, kind, &raw)?;
+    let nodes = nodes(&src, base, raw.nodes, node, kind)?;
+    if raw.heartbeat_port == 0 {
+        return Err(ConfigError::ZeroPort {
+            at: src.at("heartbeat_port"),
+            field: "heartbeat_port".to_owned(),
+        });
     }
-    let dirs = dirs(&src, raw.dirs)?;
-    ports(&src, raw.heartbeat_port, raw.mirrorfs_port, dirs.len())?;
-    let vip = raw.vip.map(|v| vip(&src, v, &nodes)).transpose()?;
-    let witness = witness(&src, base, raw.witness, raw.accept_split_brain_risk, &nodes)?;
+    let (mirrorfs_port, dirs) = match raw.mirrorfs_port {
+        Some(port) => {
+            if port == 0 {
+                return Err(ConfigError::ZeroPort {
+                    at: src.at("mirrorfs_port"),
+                    field: "mirrorfs_port".to_owned(),
+                });
+            }
+            let dirs = dirs(&src, raw.dirs)?;
+            ports(&src, raw.heartbeat_port, port, dirs.len())?;
+            (port, dirs)
+        }
+        None => (0, Vec::new()),
+    };
+    let vip = raw.vip.map(|v| vip(&src, "vip", v, &nodes)).transpose()?;
+    let farm = raw.farm.map(|f| farm(&src, f, &nodes)).transpose()?;
+    let witness = match kind {
+        ModuleKind::Mirror => {
+            witness(&src, base, raw.witness, raw.accept_split_brain_risk, &nodes)?
+        }
+        // kind_fields refused a witness and the risk flag for a farm.
+        ModuleKind::Farm => None,
+    };
     let timing = timing(&src, &raw.timing)?;
-    if vip.is_some() {
+    if vip.is_some() || farm.is_some() {
         vip_timing(&src, &timing)?;
     }
     let scripts_dir = match &raw.scripts.dir {
@@ -305,7 +371,7 @@ pub(crate) fn validate(
         None => node.modules.join(&loaded.name),
     };
     let scripts = scripts(&src, scripts_dir, raw.scripts)?;
-    let checkers = checkers(&src, &scripts.dir, raw.checkers)?;
+    let checkers = checkers(&src, &scripts.dir, raw.checkers, kind)?;
     let maxloop = maxloop(&src, raw.maxloop)?;
     Ok(Module {
         name: loaded.name,
@@ -314,9 +380,10 @@ pub(crate) fn validate(
         kind,
         nodes,
         heartbeat_port: raw.heartbeat_port,
-        mirrorfs_port: raw.mirrorfs_port,
+        mirrorfs_port,
         dirs,
         vip,
+        farm,
         witness,
         timing,
         scripts,
@@ -325,19 +392,130 @@ pub(crate) fn validate(
     })
 }
 
-/// Nodes: two, named, this node among them, addresses consistent, certificates
-/// readable and issued to the node's name.
+/// The fields of one kind are absent from the other's file: a field that would
+/// be ignored is an error, not a surprise.
+fn kind_fields(src: &Src<'_>, kind: ModuleKind, raw: &RawModule) -> Result<(), ConfigError> {
+    let not_here = |field: &str, fix: &str| {
+        invalid(
+            src,
+            field,
+            "set",
+            format!("is not a field of a {kind:?} module"),
+            fix,
+        )
+    };
+    let weighted = raw.nodes.iter().position(|n| n.weight.is_some());
+    let s = &raw.scripts;
+    match kind {
+        ModuleKind::Mirror => {
+            if raw.mirrorfs_port.is_none() {
+                return Err(invalid(
+                    src,
+                    "kind",
+                    "Mirror",
+                    "needs `mirrorfs_port`, the first replication port",
+                    "add `mirrorfs_port: …` (dirs[i] replicates on mirrorfs_port + i)",
+                ));
+            }
+            if raw.farm.is_some() {
+                return Err(not_here("farm", "remove it, or write `kind: Farm`"));
+            }
+            if let Some(i) = weighted {
+                return Err(not_here(
+                    &format!("nodes[{i}].weight"),
+                    "remove it: a mirror's primary serves every client",
+                ));
+            }
+            for (field, set) in [
+                ("scripts.start_both", s.start_both.is_some()),
+                ("scripts.stop_both", s.stop_both.is_some()),
+            ] {
+                if set {
+                    return Err(not_here(
+                        field,
+                        "use start_prim and stop_prim: the application runs on the primary",
+                    ));
+                }
+            }
+        }
+        ModuleKind::Farm => {
+            if raw.farm.is_none() {
+                return Err(invalid(
+                    src,
+                    "kind",
+                    "Farm",
+                    "needs `farm: (vips: [...], ports: [...])`",
+                    "add the farm's virtual IPs and balanced ports; see examples/apache-farm/",
+                ));
+            }
+            let fix = "remove it: a farm replicates no directory";
+            if raw.mirrorfs_port.is_some() {
+                return Err(not_here("mirrorfs_port", fix));
+            }
+            if !raw.dirs.is_empty() {
+                return Err(not_here("dirs", fix));
+            }
+            if raw.vip.is_some() {
+                return Err(not_here(
+                    "vip",
+                    "list the farm's virtual IPs in `farm.vips`",
+                ));
+            }
+            if raw.witness.is_some() || raw.accept_split_brain_risk {
+                let field = if raw.witness.is_some() {
+                    "witness"
+                } else {
+                    "accept_split_brain_risk"
+                };
+                return Err(not_here(
+                    field,
+                    "remove it: a farm decides by a majority of its own nodes (a node that \
+                     sees fewer than half of them gives up its clients)",
+                ));
+            }
+            for (field, set) in [
+                ("scripts.start_prim", s.start_prim.is_some()),
+                ("scripts.stop_prim", s.stop_prim.is_some()),
+            ] {
+                if set {
+                    return Err(not_here(
+                        field,
+                        "use start_both and stop_both: the application runs on every node",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Nodes: two for a mirror, 2 to [`MAX_FARM_NODES`] for a farm, named, this
+/// node among them, addresses consistent, certificates readable and issued to
+/// the node's name.
 fn nodes(
     src: &Src<'_>,
     base: &Path,
     raw: Vec<RawNodeSpec>,
     node: &NodeConfig,
+    kind: ModuleKind,
 ) -> Result<Vec<NodeSpec>, ConfigError> {
-    if raw.len() != 2 {
-        return Err(ConfigError::NodeCount {
-            at: src.at("nodes"),
-            count: raw.len(),
-        });
+    match kind {
+        ModuleKind::Mirror if raw.len() != 2 => {
+            return Err(ConfigError::NodeCount {
+                at: src.at("nodes"),
+                count: raw.len(),
+            });
+        }
+        ModuleKind::Farm if !(2..=MAX_FARM_NODES).contains(&raw.len()) => {
+            return Err(invalid(
+                src,
+                "nodes",
+                format!("{} listed", raw.len()),
+                format!("is not 2 to {MAX_FARM_NODES}, the nodes a Farm module may have"),
+                "list every node of the farm, this one included",
+            ));
+        }
+        _ => {}
     }
     for (i, n) in raw.iter().enumerate() {
         let field = format!("nodes[{i}].name");
@@ -399,6 +577,7 @@ fn nodes(
             name: n.name,
             cert,
             addrs: n.addrs,
+            weight: n.weight.unwrap_or(1),
         });
     }
     Ok(nodes)
@@ -548,12 +727,82 @@ fn ports(src: &Src<'_>, heartbeat: u16, mirrorfs: u16, dirs: usize) -> Result<()
     Ok(())
 }
 
-/// VIP: prefix 1..=32, inside both nodes' first network, a host address of it,
-/// not a node address, on a valid interface name.
-fn vip(src: &Src<'_>, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigError> {
+/// Farm: at least one VIP (each checked as a mirror's `vip`), distinct; at
+/// least one port, non-zero, distinct.
+fn farm(src: &Src<'_>, raw: RawFarm, nodes: &[NodeSpec]) -> Result<FarmSpec, ConfigError> {
+    if raw.vips.is_empty() {
+        return Err(invalid(
+            src,
+            "farm.vips",
+            "[]",
+            "is empty",
+            "list the virtual IPs the farm serves, e.g. [(addr: \"10.78.0.100\", prefix: 24, \
+             interface: \"eth0\")]",
+        ));
+    }
+    let mut vips: Vec<Vip> = Vec::with_capacity(raw.vips.len());
+    for (i, v) in raw.vips.into_iter().enumerate() {
+        let field = format!("farm.vips[{i}]");
+        let v = vip(src, &field, v, nodes)?;
+        if vips.iter().any(|w| w.addr == v.addr) {
+            return Err(invalid(
+                src,
+                &format!("{field}.addr"),
+                v.addr,
+                "is listed twice",
+                "list each virtual IP once",
+            ));
+        }
+        vips.push(v);
+    }
+    if raw.ports.is_empty() {
+        return Err(invalid(
+            src,
+            "farm.ports",
+            "[]",
+            "is empty",
+            "list the balanced ports, e.g. [(proto: Tcp, port: 80)]",
+        ));
+    }
+    let mut ports: Vec<(Proto, u16)> = Vec::with_capacity(raw.ports.len());
+    for (i, p) in raw.ports.iter().enumerate() {
+        let field = format!("farm.ports[{i}].port");
+        if p.port == 0 {
+            return Err(ConfigError::ZeroPort {
+                at: src.at(&field),
+                field,
+            });
+        }
+        let proto = match p.proto {
+            RawProto::Tcp => Proto::Tcp,
+            RawProto::Udp => Proto::Udp,
+        };
+        if ports.contains(&(proto, p.port)) {
+            return Err(invalid(
+                src,
+                &field,
+                p.port,
+                format!("is listed twice for {proto:?}"),
+                "list each port once",
+            ));
+        }
+        ports.push((proto, p.port));
+    }
+    let rule = match raw.rule {
+        RawRule::Address => Rule::Address,
+        RawRule::AddressAndPort => Rule::AddressAndPort,
+    };
+    Ok(FarmSpec { vips, ports, rule })
+}
+
+/// VIP (at `field`): prefix 1..=32, inside every node's first network, a host
+/// address of it, not a node address, on a valid interface name.
+fn vip(src: &Src<'_>, field: &str, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigError> {
+    let at = |sub: &str| format!("{field}.{sub}");
     if !(1..=32).contains(&raw.prefix) {
         return Err(ConfigError::VipPrefix {
-            at: src.at("vip.prefix"),
+            at: src.at(&at("prefix")),
+            vip: field.to_owned(),
             prefix: raw.prefix,
         });
     }
@@ -564,7 +813,7 @@ fn vip(src: &Src<'_>, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigErro
         let IpAddr::V4(first) = addr else {
             return Err(invalid(
                 src,
-                "vip.addr",
+                &at("addr"),
                 raw.addr,
                 format!(
                     "is IPv4 but node {:?}'s first address ({addr}) is IPv6",
@@ -576,7 +825,8 @@ fn vip(src: &Src<'_>, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigErro
         if u32::from(first) & mask != vip & mask {
             let network = format!("{}/{}", Ipv4Addr::from(u32::from(first) & mask), raw.prefix);
             return Err(ConfigError::VipNetwork {
-                at: src.at("vip.addr"),
+                at: src.at(&at("addr")),
+                field: field.to_owned(),
                 vip: raw.addr,
                 prefix: raw.prefix,
                 node: n.name.clone(),
@@ -590,7 +840,8 @@ fn vip(src: &Src<'_>, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigErro
         .find(|n| n.addrs.contains(&IpAddr::V4(raw.addr)))
     {
         return Err(ConfigError::VipIsNodeAddr {
-            at: src.at("vip.addr"),
+            at: src.at(&at("addr")),
+            field: field.to_owned(),
             vip: raw.addr,
             node: n.name.clone(),
         });
@@ -598,7 +849,7 @@ fn vip(src: &Src<'_>, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigErro
     if raw.prefix <= 30 && (vip & !mask == 0 || vip & !mask == !mask) {
         return Err(invalid(
             src,
-            "vip.addr",
+            &at("addr"),
             raw.addr,
             format!(
                 "is the network or broadcast address of {}/{}",
@@ -608,7 +859,7 @@ fn vip(src: &Src<'_>, raw: RawVip, nodes: &[NodeSpec]) -> Result<Vip, ConfigErro
             "choose a host address of that network",
         ));
     }
-    interface(src, "vip.interface", &raw.interface)?;
+    interface(src, &at("interface"), &raw.interface)?;
     Ok(Vip {
         addr: raw.addr,
         prefix: raw.prefix,
@@ -755,6 +1006,8 @@ fn scripts(src: &Src<'_>, dir: PathBuf, raw: RawScripts) -> Result<Scripts, Conf
     let start_prim = script("start_prim", raw.start_prim)?;
     let stop_prim = script("stop_prim", raw.stop_prim)?;
     let poststop = script("poststop", raw.poststop)?;
+    let start_both = script("start_both", raw.start_both)?;
+    let stop_both = script("stop_both", raw.stop_both)?;
     let timeout = positive_ms(src, "scripts.timeout_ms", raw.timeout_ms)?;
     let stop_timeout = positive_ms(src, "scripts.stop_timeout_ms", raw.stop_timeout_ms)?;
     Ok(Scripts {
@@ -763,6 +1016,8 @@ fn scripts(src: &Src<'_>, dir: PathBuf, raw: RawScripts) -> Result<Scripts, Conf
         start_prim,
         stop_prim,
         poststop,
+        start_both,
+        stop_both,
         timeout,
         stop_timeout,
     })
@@ -773,7 +1028,35 @@ fn checkers(
     src: &Src<'_>,
     scripts_dir: &Path,
     raw: Vec<RawChecker>,
+    kind: ModuleKind,
 ) -> Result<Vec<Checker>, ConfigError> {
+    // Swap hands a mirror over; Leave takes a farm node out. Each fits one kind.
+    let fits = |field: String, action: &str| -> Result<(), ConfigError> {
+        let (wrong, fix) = match kind {
+            ModuleKind::Mirror => (
+                "Leave",
+                "use Swap (hand over to the peer) or Stop: a mirror has no farm to leave",
+            ),
+            ModuleKind::Farm => (
+                "Swap",
+                "use Leave (this node leaves the farm until the check passes) or Stop",
+            ),
+        };
+        if action == wrong {
+            return Err(invalid(
+                src,
+                &field,
+                action,
+                format!("is not an action of a {kind:?} module"),
+                fix,
+            ));
+        }
+        Ok(())
+    };
+    let default_then = match kind {
+        ModuleKind::Mirror => Then::Swap,
+        ModuleKind::Farm => Then::Leave,
+    };
     let mut checkers: Vec<Checker> = Vec::with_capacity(raw.len());
     for (i, c) in raw.into_iter().enumerate() {
         let at = |field: &str| format!("checkers[{i}].{field}");
@@ -809,18 +1092,24 @@ fn checkers(
                 if times == 0 {
                     return Err(zero_count(src, &at("on_failure.times")));
                 }
+                let then = match then {
+                    None => default_then,
+                    Some(RawThen::Swap) => Then::Swap,
+                    Some(RawThen::Stop) => Then::Stop,
+                    Some(RawThen::Leave) => Then::Leave,
+                };
+                fits(at("on_failure.then"), &format!("{then:?}"))?;
                 OnFailure::Restart {
                     times,
                     window: positive_s(src, &at("on_failure.window_s"), window_s)?,
-                    then: match then {
-                        RawThen::Swap => Then::Swap,
-                        RawThen::Stop => Then::Stop,
-                    },
+                    then,
                 }
             }
             RawOnFailure::Swap => OnFailure::Swap,
             RawOnFailure::Stop => OnFailure::Stop,
+            RawOnFailure::Leave => OnFailure::Leave,
         };
+        fits(at("on_failure"), &format!("{on_failure:?}"))?;
         checkers.push(Checker {
             name: c.name,
             check,

@@ -26,11 +26,13 @@ fn expected_example(f: &Fixture, digest: u64) -> Module {
                 name: "node1".to_owned(),
                 cert: f.certs.join("node1.crt"),
                 addrs: vec![IpAddr::from([10, 77, 0, 1])],
+                weight: 1,
             },
             NodeSpec {
                 name: "node2".to_owned(),
                 cert: f.certs.join("node2.crt"),
                 addrs: vec![IpAddr::from([10, 77, 0, 2])],
+                weight: 1,
             },
         ],
         heartbeat_port: 7420,
@@ -50,6 +52,7 @@ fn expected_example(f: &Fixture, digest: u64) -> Module {
             prefix: 24,
             interface: "eth0".to_owned(),
         }),
+        farm: None,
         witness: Some(WitnessSpec {
             addr: SocketAddr::from(([10, 77, 0, 3], 7430)),
             cert: f.certs.join("witness.crt"),
@@ -64,6 +67,8 @@ fn expected_example(f: &Fixture, digest: u64) -> Module {
             start_prim: Some(scripts.join("start_prim")),
             stop_prim: Some(scripts.join("stop_prim")),
             poststop: None,
+            start_both: None,
+            stop_both: None,
             dir: scripts,
             timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
@@ -156,6 +161,8 @@ fn a_minimal_module_gets_the_documented_defaults() {
             start_prim: None,
             stop_prim: None,
             poststop: None,
+            start_both: None,
+            stop_both: None,
             timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
         }
@@ -440,5 +447,97 @@ fn load_modules_reports_a_missing_directory() {
             "$TMP/nowhere: cannot read it: No such file or directory (os error 2); check the path \
           and that it is readable by root"
         ]
+    );
+}
+
+#[test]
+fn the_farm_example_loads_with_its_vips_ports_rule_and_weights() {
+    let f = Fixture::new();
+    let text = f.substitute(&Fixture::example_raw_in("apache-farm", "apache-farm.ron"));
+    let m = f.load(&text).expect("the farm example loads");
+    assert_eq!(m.kind, ModuleKind::Farm);
+    assert_eq!(
+        m.farm,
+        Some(FarmSpec {
+            vips: vec![Vip {
+                addr: Ipv4Addr::new(10, 78, 0, 100),
+                prefix: 24,
+                interface: "eth0".to_owned(),
+            }],
+            ports: vec![(Proto::Tcp, 80)],
+            rule: Rule::Address,
+        })
+    );
+    let names: Vec<(&str, u32)> = m
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.weight))
+        .collect();
+    assert_eq!(names, [("node1", 1), ("node2", 1), ("node3", 1)]);
+    assert_eq!(
+        (m.mirrorfs_port, m.dirs.len(), m.vip.is_none()),
+        (0, 0, true)
+    );
+    assert_eq!(m.witness, None);
+    let scripts = f.modules.join("apache-farm");
+    assert_eq!(m.scripts.start_both, Some(scripts.join("start_both")));
+    assert_eq!(m.scripts.stop_both, Some(scripts.join("stop_both")));
+    assert_eq!(
+        m.checkers[0].on_failure,
+        OnFailure::Restart {
+            times: 3,
+            window: Duration::from_secs(300),
+            then: Then::Leave
+        }
+    );
+}
+
+#[test]
+fn each_farm_rule_refuses_its_bad_file_with_place_field_and_fix() {
+    let f = Fixture::new();
+    let cases = parse_cases(include_str!("testdata/farm_errors.txt"));
+    assert!(
+        cases.len() > 10,
+        "the case file parsed to {} cases",
+        cases.len()
+    );
+    let example = Fixture::example_raw_in("apache-farm", "apache-farm.ron");
+    let mut failures = Vec::new();
+    for c in &cases {
+        let edits: Vec<(&str, &str)> = c
+            .edits
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let text = f.substitute(&edit(&example, &edits));
+        let got = match f.load(&text) {
+            Ok(_) => "loaded".to_owned(),
+            Err(err) => f.message(&err),
+        };
+        if got != c.want {
+            failures.push(format!("case: {}\n got: {got}\nwant: {}", c.name, c.want));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn two_farms_on_one_virtual_ip_clash() {
+    let f = Fixture::new();
+    let farm = f.substitute(&Fixture::example_raw_in("apache-farm", "apache-farm.ron"));
+    let scripts = "dir: \"/etc/mirrorfarm/modules/apache-farm\"";
+    assert!(farm.contains(&f.substitute(scripts)));
+    f.write_module("a", &farm);
+    f.write_module(
+        "b",
+        &edit(&farm, &[("heartbeat_port: 7440", "heartbeat_port: 7450")]),
+    );
+    let (modules, errors) = load_modules(&f.node);
+    assert_eq!(modules.len(), 1);
+    let msgs: Vec<String> = errors.iter().map(|e| f.message(e)).collect();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].contains("farm.vips[0].addr 10.78.0.100") && msgs[0].contains("own virtual IPs"),
+        "{msgs:?}"
     );
 }

@@ -48,19 +48,27 @@ pub(crate) struct RawNode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawModule {
-    /// What the module is: `Mirror`.
+    /// What the module is: `Mirror` or `Farm`.
     pub(crate) kind: RawKind,
     /// The module's nodes.
     pub(crate) nodes: Vec<RawNodeSpec>,
     /// UDP port of the heartbeats, on every heartbeat network.
     pub(crate) heartbeat_port: u16,
-    /// First replication port: `dirs[i]` replicates on `mirrorfs_port + i`.
-    pub(crate) mirrorfs_port: u16,
-    /// The replicated directories.
+    /// Mirror: first replication port, `dirs[i]` replicates on
+    /// `mirrorfs_port + i` (required). Farm: not allowed.
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) mirrorfs_port: Option<u16>,
+    /// Mirror: the replicated directories (at least one). Farm: not allowed.
+    #[serde(default)]
     pub(crate) dirs: Vec<RawDir>,
-    /// The virtual IP that follows the primary; default none.
+    /// Mirror: the virtual IP that follows the primary; default none. Farm: not
+    /// allowed (`farm.vips`).
     #[serde(default)]
     pub(crate) vip: Option<RawVip>,
+    /// Farm: the shared virtual IPs, ports and balancing rule (required).
+    /// Mirror: not allowed.
+    #[serde(default)]
+    pub(crate) farm: Option<RawFarm>,
     /// The witness granting the lease; default none (then
     /// `accept_split_brain_risk: true` is required).
     #[serde(default)]
@@ -88,6 +96,49 @@ pub(crate) struct RawModule {
 pub(crate) enum RawKind {
     /// Two nodes, one primary, replicated directories.
     Mirror,
+    /// Two or more nodes sharing virtual IPs, each serving its share of the clients.
+    Farm,
+}
+
+/// `farm`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFarm {
+    /// The virtual IPs every serving node holds (at least one).
+    pub(crate) vips: Vec<RawVip>,
+    /// The balanced ports (at least one).
+    pub(crate) ports: Vec<RawPort>,
+    /// How clients are shared out; default `Address`.
+    #[serde(default = "default_rule")]
+    pub(crate) rule: RawRule,
+}
+
+/// `farm.ports[i]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPort {
+    /// `Tcp` or `Udp`.
+    pub(crate) proto: RawProto,
+    /// The port (non-zero).
+    pub(crate) port: u16,
+}
+
+/// `farm.ports[i].proto`.
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub(crate) enum RawProto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// `farm.rule`.
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub(crate) enum RawRule {
+    /// By client address: a client always reaches the same node (affinity).
+    Address,
+    /// By client address and source port: each connection on its own.
+    AddressAndPort,
 }
 
 /// One entry of `nodes`.
@@ -101,6 +152,10 @@ pub(crate) struct RawNodeSpec {
     /// One address per heartbeat network, in the same order on every node; the
     /// first also carries the replication.
     pub(crate) addrs: Vec<IpAddr>,
+    /// Farm: the node's share of the clients relative to the others (0: standby);
+    /// default 1. Mirror: not allowed.
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) weight: Option<u32>,
 }
 
 /// One entry of `dirs`.
@@ -180,6 +235,12 @@ pub(crate) struct RawScripts {
     /// Run on both nodes after the module stopped.
     #[serde(default)]
     pub(crate) poststop: Option<PathBuf>,
+    /// Farm: starts the application on a node joining the farm.
+    #[serde(default)]
+    pub(crate) start_both: Option<PathBuf>,
+    /// Farm: stops the application on a node leaving the farm.
+    #[serde(default)]
+    pub(crate) stop_both: Option<PathBuf>,
     /// Limit for start scripts, ms; default 30000.
     #[serde(default = "default_script_timeout_ms")]
     pub(crate) timeout_ms: u64,
@@ -196,6 +257,8 @@ impl Default for RawScripts {
             start_prim: None,
             stop_prim: None,
             poststop: None,
+            start_both: None,
+            stop_both: None,
             timeout_ms: default_script_timeout_ms(),
             stop_timeout_ms: default_stop_timeout_ms(),
         }
@@ -219,7 +282,7 @@ pub(crate) struct RawChecker {
     /// Consecutive failures that trigger `on_failure`; default 3.
     #[serde(default = "default_failures")]
     pub(crate) failures: u32,
-    /// What to do then; default `Restart(times: 3, window_s: 300, then: Swap)`.
+    /// What to do then; default `Restart(times: 3, window_s: 300)`.
     #[serde(default = "default_on_failure")]
     pub(crate) on_failure: RawOnFailure,
 }
@@ -274,14 +337,17 @@ pub(crate) enum RawOnFailure {
         /// The window, s; default 300.
         #[serde(default = "default_restart_window_s")]
         window_s: u64,
-        /// What to do when restarts are used up; default `Swap`.
-        #[serde(default = "default_then")]
-        then: RawThen,
+        /// What to do when restarts are used up; default `Swap` (mirror) or
+        /// `Leave` (farm).
+        #[serde(default, deserialize_with = "present")]
+        then: Option<RawThen>,
     },
     /// Hand over to the peer.
     Swap,
     /// Stop the module.
     Stop,
+    /// Farm: leave the farm until the check passes again.
+    Leave,
 }
 
 /// `Restart(then: …)`.
@@ -291,6 +357,8 @@ pub(crate) enum RawThen {
     Swap,
     /// Stop the module.
     Stop,
+    /// Farm: leave the farm until the check passes again.
+    Leave,
 }
 
 /// `maxloop`.
@@ -318,6 +386,12 @@ impl Default for RawMaxLoop {
 /// depends on context.
 fn present_path<'de, D: Deserializer<'de>>(de: D) -> Result<Option<PathBuf>, D::Error> {
     PathBuf::deserialize(de).map(Some)
+}
+
+/// A field written as a plain value (`weight: 2`, not `Some(2)`) whose
+/// absence selects a default that depends on context.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(de).map(Some)
 }
 
 fn default_socket() -> PathBuf {
@@ -359,15 +433,15 @@ fn default_restart_times() -> u32 {
 fn default_restart_window_s() -> u64 {
     300
 }
-fn default_then() -> RawThen {
-    RawThen::Swap
-}
 fn default_on_failure() -> RawOnFailure {
     RawOnFailure::Restart {
         times: default_restart_times(),
         window_s: default_restart_window_s(),
-        then: default_then(),
+        then: None,
     }
+}
+fn default_rule() -> RawRule {
+    RawRule::Address
 }
 fn default_maxloop_count() -> u32 {
     3

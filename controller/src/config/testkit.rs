@@ -13,7 +13,8 @@ use super::{load_module, load_node, ConfigError, Module, NodeConfig};
 
 /// A temporary configuration tree:
 /// `ROOT/certs/{node1,node2,node3,witness}.{key,crt}`, `ROOT/node.ron` (the
-/// example's), `ROOT/modules/apache/{start_prim,stop_prim}` (executable stubs).
+/// example's), `ROOT/modules/apache/{start_prim,stop_prim}` and
+/// `ROOT/modules/apache-farm/{start_both,stop_both}` (executable stubs).
 pub(super) struct Fixture {
     /// Keeps the tree alive.
     pub(super) dir: TempDir,
@@ -39,6 +40,11 @@ impl Fixture {
         for name in ["start_prim", "stop_prim"] {
             write_executable(&scripts.join(name));
         }
+        let farm_scripts = modules.join("apache-farm");
+        fs::create_dir_all(&farm_scripts).expect("create the farm's scripts directory");
+        for name in ["start_both", "stop_both"] {
+            write_executable(&farm_scripts.join(name));
+        }
         let node_file = root.join("node.ron");
         let node_text = substitute(&root, &Self::example_raw("node.ron"));
         fs::write(&node_file, node_text).expect("write node.ron");
@@ -63,8 +69,14 @@ impl Fixture {
 
     /// `examples/apache-mirror/NAME` as it is.
     pub(super) fn example_raw(name: &str) -> String {
+        Self::example_raw_in("apache-mirror", name)
+    }
+
+    /// `examples/EXAMPLE/NAME` as it is.
+    pub(super) fn example_raw_in(example: &str, name: &str) -> String {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/apache-mirror")
+            .join("../examples")
+            .join(example)
             .join(name);
         fs::read_to_string(&path).expect("read the example file")
     }

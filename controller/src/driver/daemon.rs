@@ -29,7 +29,7 @@ use super::module::{ModuleEvent, ModuleRunner};
 use super::net::{Net, NetEvent, NetModule};
 use crate::cluster::module::{Command, CoreStatus};
 use crate::cluster::state::ModuleState;
-use crate::config::{self, NodeConfig};
+use crate::config::{self, ModuleKind, NodeConfig};
 use crate::ctl::{self, ModuleStatus, Request, State};
 use mirrorfs::ctl::Role;
 
@@ -71,6 +71,16 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
     if !errors.is_empty() {
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         return Err(DaemonError::Config(text.join("\n")));
+    }
+    // The farm's driver is not wired to the daemon yet (issue 9): refuse such
+    // a module by name rather than run it as something it is not.
+    if let Some(m) = modules.iter().find(|m| m.kind == ModuleKind::Farm) {
+        return Err(DaemonError::Config(format!(
+            "{}: a Farm module; this daemon checks farm modules (`mirrorfarm check`) but does \
+             not run them yet: move the file out of {} to start the daemon",
+            m.file.display(),
+            node.modules.display()
+        )));
     }
     if modules.is_empty() {
         warn!(dir = %node.modules.display(), "no modules: the daemon runs and waits (add a module file and restart it)");

@@ -271,11 +271,12 @@ impl ModuleRunner {
                         window: *window,
                         then: match then {
                             Then::Swap => policy::Then::Swap,
-                            Then::Stop => policy::Then::Stop,
+                            // Validated: Leave is a farm's action, never a mirror's.
+                            Then::Stop | Then::Leave => policy::Then::Stop,
                         },
                     },
                     OnFailure::Swap => policy::OnFailure::Swap,
-                    OnFailure::Stop => policy::OnFailure::Stop,
+                    OnFailure::Stop | OnFailure::Leave => policy::OnFailure::Stop,
                 },
             }));
             checker_names.push(c.name.clone());
