@@ -9,3 +9,4 @@
 
 pub mod arp;
 pub mod buckets;
+pub mod ruleset;
