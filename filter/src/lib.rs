@@ -9,4 +9,5 @@
 
 pub mod arp;
 pub mod buckets;
+pub mod nft;
 pub mod ruleset;
