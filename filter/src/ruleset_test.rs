@@ -73,7 +73,8 @@ fn set_update_and_removal() {
 
 #[test]
 fn bad_fields_are_refused_with_their_name() {
-    let cases: [(&str, fn(&mut FarmFilter)); 7] = [
+    type Breaker = fn(&mut FarmFilter);
+    let cases: [(&str, Breaker); 7] = [
         ("module", |f| f.module = "web; flush ruleset".into()),
         ("module", |f| f.module = String::new()),
         ("interface", |f| f.interface = "eth0\" ; flush".into()),
