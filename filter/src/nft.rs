@@ -7,12 +7,19 @@
 //! requests carry its own address, never the VIP; the old value is restored by
 //! [`Installed::remove`]). Must not: touch any other table, sysctl or interface.
 //!
+//! [`install`] works in the calling thread's network namespace and remembers
+//! it: [`Installed`]'s later calls (and its drop) act in that same namespace,
+//! whichever thread makes them.
+//!
 //! The old `arp_announce` is kept in memory only: after a crash, the next
 //! install reads 2 and a later remove restores 2 (harmless: it only makes the
 //! node's ARP requests more precise).
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::thread;
 
 use crate::buckets::BucketSet;
 use crate::ruleset::{self, FarmFilter, RulesetError};
@@ -63,6 +70,13 @@ pub enum NftError {
         #[source]
         source: io::Error,
     },
+    /// Entering the network namespace the filter was installed in failed.
+    #[error("cannot enter the filter's network namespace ({step}): {source}")]
+    Namespace {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// Running `nft` failed at the system-call level.
     #[error("cannot run nft ({step}): {source}")]
     Io {
@@ -81,6 +95,8 @@ pub struct Installed {
     interface: String,
     /// `arp_announce` before install, restored on remove.
     old_arp_announce: String,
+    /// The network namespace it was installed in (`/proc/thread-self/ns/net`).
+    netns: File,
     removed: bool,
 }
 
@@ -100,11 +116,16 @@ pub fn install(f: &FarmFilter) -> Result<Installed, NftError> {
     check_support(f)?;
     let path = arp_announce_path(&f.interface);
     let old_arp_announce = read_sysctl(&path)?;
+    let netns = File::open("/proc/thread-self/ns/net").map_err(|source| NftError::Namespace {
+        step: "open /proc/thread-self/ns/net",
+        source,
+    })?;
     run_nft(&["-f", "-"], "install", &ruleset::install_script(f)?)?;
     let installed = Installed {
         module: f.module.clone(),
         interface: f.interface.clone(),
         old_arp_announce,
+        netns,
         removed: false,
     };
     // On error, `installed` is dropped here and removes the tables again.
@@ -117,7 +138,7 @@ impl Installed {
     /// makes the node accept no new client. Established connections stay.
     pub fn set_owned(&self, owned: &BucketSet) -> Result<(), NftError> {
         let script = ruleset::set_owned_script(&self.module, owned)?;
-        run_nft(&["-f", "-"], "set owned buckets", &script)
+        self.in_netns(|| run_nft(&["-f", "-"], "set owned buckets", &script))
     }
 
     /// Deletes the module's tables and restores `arp_announce`.
@@ -133,9 +154,35 @@ impl Installed {
 
     fn remove_inner(&self) -> Result<(), NftError> {
         let script = ruleset::remove_script(&self.module)?;
-        let tables = run_nft(&["-f", "-"], "remove", &script);
-        let sysctl = write_sysctl(&arp_announce_path(&self.interface), &self.old_arp_announce);
-        tables.and(sysctl)
+        self.in_netns(|| {
+            let tables = run_nft(&["-f", "-"], "remove", &script);
+            let path = arp_announce_path(&self.interface);
+            let sysctl = write_sysctl(&path, &self.old_arp_announce);
+            tables.and(sysctl)
+        })
+    }
+
+    /// Runs `f` on a short-lived thread that first joins the filter's network
+    /// namespace (namespaces are per thread; `nft` children inherit it), so
+    /// the caller's own thread never changes namespace.
+    fn in_netns(&self, f: impl FnOnce() -> Result<(), NftError> + Send) -> Result<(), NftError> {
+        let fd = self.netns.as_raw_fd();
+        thread::scope(|s| {
+            let worker = s.spawn(move || {
+                // SAFETY: setns(2) on a namespace fd we hold open; it only
+                // changes this (scoped, short-lived) thread.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(NftError::Namespace {
+                        step: "setns",
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                f()
+            });
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 }
 
