@@ -189,3 +189,124 @@ fn capture_socket(interface: &str) -> OwnedFd {
     assert_eq!(rc, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
     sock
 }
+
+const VMAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x01, 0x02, 0x03];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 7);
+
+/// A request from CLIENT for VIP, as a client's kernel sends it.
+fn request() -> [u8; FRAME_LEN] {
+    #[rustfmt::skip]
+    let f: [u8; FRAME_LEN] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0x52, 0x54, 0x00, 0x01, 0x02, 0x03,
+        0x08, 0x06,
+        0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01,
+        0x52, 0x54, 0x00, 0x01, 0x02, 0x03, 10, 77, 0, 7,
+        0, 0, 0, 0, 0, 0, 10, 77, 0, 100,
+    ];
+    f
+}
+
+#[test]
+fn a_request_is_parsed_and_answered_with_the_virtual_mac() {
+    let req = parse_request(&request()).expect("a valid request");
+    assert_eq!(
+        req,
+        ArpRequest {
+            sender_mac: CLIENT_MAC,
+            sender_ip: CLIENT,
+            target_ip: VIP
+        }
+    );
+    // Padding to the Ethernet minimum (60 bytes) is fine.
+    let mut padded = request().to_vec();
+    padded.resize(60, 0);
+    assert_eq!(parse_request(&padded), Some(req));
+
+    #[rustfmt::skip]
+    let want: [u8; FRAME_LEN] = [
+        // Ethernet: to the asker, from the node's own MAC.
+        0x52, 0x54, 0x00, 0x01, 0x02, 0x03,
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
+        0x08, 0x06,
+        0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02,
+        // sender: the VIP at the virtual MAC
+        0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 10, 77, 0, 100,
+        // target: the asker
+        0x52, 0x54, 0x00, 0x01, 0x02, 0x03, 10, 77, 0, 7,
+    ];
+    assert_eq!(reply_frame(MAC, VMAC, &req), want);
+}
+
+#[test]
+fn hostile_or_foreign_frames_are_ignored() {
+    let r = request();
+    for len in 0..FRAME_LEN {
+        assert_eq!(parse_request(&r[..len]), None, "truncated to {len}");
+    }
+    let edits: [(usize, u8); 8] = [
+        (13, 0x00), // EtherType IPv4
+        (15, 6),    // hardware type IEEE 802
+        (17, 0xdd), // protocol IPv6
+        (18, 8),    // hardware length
+        (19, 16),   // protocol length
+        (21, 2),    // a reply, not a request
+        (22, 0x01), // multicast sender MAC
+        (21, 0xff), // unknown operation
+    ];
+    for (i, v) in edits {
+        let mut f = r;
+        f[i] = v;
+        assert_eq!(parse_request(&f), None, "byte {i} = {v:#x}");
+    }
+    let mut zero_mac = r;
+    zero_mac[22..28].fill(0);
+    assert_eq!(parse_request(&zero_mac), None);
+}
+
+#[test]
+fn farm_gratuitous_frames_carry_the_virtual_mac() {
+    let [request, reply] = gratuitous_frames_as(MAC, VMAC, VIP);
+    assert_eq!(&request[6..12], &MAC, "Ethernet source: the node's own MAC");
+    assert_eq!(&request[22..28], &VMAC, "ARP sender: the virtual MAC");
+    assert_eq!(&reply[32..38], &VMAC, "reply target: the virtual MAC");
+    assert_eq!(&reply[..6], &BROADCAST);
+}
+
+#[test]
+fn the_responder_answers_for_its_vips_only_and_stops() {
+    in_private_netns(|| {
+        ip(&["link", "add", "ra0", "type", "veth", "peer", "name", "rb0"]);
+        ip(&["link", "set", "ra0", "up"]);
+        ip(&["link", "set", "rb0", "up"]);
+        let responder = ArpResponder::start("ra0", &[VIP], VMAC).expect("start");
+        let capture = capture_socket("rb0");
+        let client = PacketSocket::open("rb0").unwrap();
+        let mut other = request();
+        other[41] = 99; // asks for 10.77.0.99: not ours
+        client
+            .send_all(&[other, [0u8; FRAME_LEN], request()], BROADCAST)
+            .unwrap();
+        let mut buf = [0u8; 128];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(capture.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(
+            n >= FRAME_LEN as isize,
+            "no reply: {}",
+            io::Error::last_os_error()
+        );
+        let sock = PacketSocket::open("ra0").unwrap();
+        let req = parse_request(&request()).unwrap();
+        assert_eq!(&buf[..FRAME_LEN], &reply_frame(sock.mac, VMAC, &req)[..]);
+        // The counter moves just after the send: give it a bounded moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while responder.answered() < 1 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(responder.answered(), 1);
+        let started = std::time::Instant::now();
+        responder.stop();
+        assert!(started.elapsed() < Duration::from_secs(2));
+    });
+}

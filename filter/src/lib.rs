@@ -1,11 +1,39 @@
-//! The farm packet filter: bucket assignment of clients to nodes (nftables `jhash`
-//! over the client address), atomic ruleset updates, and the ARP side of the shared
-//! virtual IP (AF_PACKET responder with a virtual MAC).
+//! The farm packet filter and the ARP side of virtual IPs.
 //!
-//! Built so far: [`arp`], the gratuitous ARP that announces a mirror module's
-//! virtual IP. The farm's buckets, ruleset and ARP responder come with the
-//! farm (issue 9). It must only ever change its own nftables table and send
-//! or answer ARP for the configured VIPs.
+//! Every node of a farm holds the same VIPs; frames to them go to a virtual MAC
+//! that no node ever sends from, so the switch floods them to every node, and a
+//! kernel filter on each node accepts only the clients hashed (nftables `jhash`
+//! of the client address, or address and source port, `mod 256`) into the
+//! buckets it owns. Userspace only replaces the owned set, atomically.
+//!
+//! The crate holds:
+//! - [`buckets`]: [`BucketSet`], the buckets a node owns (pure).
+//! - [`ruleset`]: the nft scripts for a [`FarmFilter`] (install, owned-set
+//!   update, removal) and the virtual MAC [`ruleset::vmac`] (pure, golden-tested).
+//! - [`nft`]: running them: [`nft::check_support`], [`nft::install`] →
+//!   [`Installed`], [`Installed::set_owned`], [`Installed::remove`] (also on drop),
+//!   plus the interface's `arp_announce` sysctl.
+//! - [`arp`]: gratuitous ARP ([`arp::announce`] for a mirror VIP,
+//!   [`arp::announce_virtual`] for a farm VIP) and the [`ArpResponder`] that
+//!   answers requests for the farm VIPs with the virtual MAC.
+//!
+//! The controller's use, per farm module and node, in the node's network
+//! namespace: `nft::install(&filter)?`, `ArpResponder::start(&iface, &vips,
+//! filter.vmac)?`, `arp::announce_virtual(..)` for each VIP, then
+//! `installed.set_owned(&buckets)?` on every membership change (release on the
+//! old owners before taking on the new ones). All I/O happens in the calling
+//! thread's network namespace.
+//!
+//! Must not: change any nftables table but its own `mirrorfarm_<module>`
+//! tables, any sysctl but `arp_announce` of the module's interface, or send or
+//! answer ARP for anything but the configured VIPs.
 
 pub mod arp;
 pub mod buckets;
+pub mod nft;
+pub mod ruleset;
+
+pub use arp::ArpResponder;
+pub use buckets::BucketSet;
+pub use nft::{Installed, NftError};
+pub use ruleset::{FarmFilter, Proto, Rule};

@@ -58,3 +58,8 @@ mod farm_partition;
 /// Issue 8: active/active with two modules; bad configurations refused with
 /// their message.
 mod farm_modules;
+
+/// Issue 9: the farm filter on three nodes sharing one VIP: each connection
+/// answered once, even spread, address affinity, rebalance keeping established
+/// connections, clean removal, hostile ARP ignored.
+mod shared_vip;
