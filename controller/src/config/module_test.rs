@@ -426,7 +426,7 @@ fn load_modules_keeps_the_good_files_and_reports_the_bad_ones() {
              ($TMP/modules/apache.ron); give each module its own heartbeat_port and mirrorfs_port \
              range",
             "$TMP/modules/zvip.ron: vip.addr 10.77.0.100 is also used by module \"apache\" \
-             ($TMP/modules/apache.ron); give each module its own virtual IP",
+             ($TMP/modules/apache.ron); give each module its own virtual IPs",
         ]
     );
 }
