@@ -248,7 +248,7 @@ fn below_quorum_a_node_releases_everything_and_drops_its_vip() {
         net.cut[j][0] = true;
     }
     net.log.clear();
-    net.run(1500, &[true; 3]);
+    net.run(2500, &[true; 3]);
     let n1: Vec<&FarmAction> = net
         .log
         .iter()
