@@ -43,8 +43,10 @@
 //! before `sent + T`, clock rates within 1 %, see [`super::margin`]). It also
 //! stops renewing when a member it hears does not confirm hearing it (a
 //! one-way cut): that member's side may then take over. When the VIP lapses,
-//! the node forgets what it took and empties its kernel set before it
-//! renews again: everything is taken again through (1)/(2).
+//! the node forgets what it took, *restarts its claims* (new claim sequence
+//! numbers, so only reports sent after the lapse count for (1)) and empties
+//! its kernel set before it renews again: everything is taken again through
+//! (1)/(2).
 //!
 //! **Silent (2).** Node Y takes X's bucket on silence at `t` when a quorum Q
 //! (Y and members Y hears both ways) reports not having heard X: each
@@ -248,6 +250,8 @@ pub struct FarmCore {
     /// The VIP is valid until then (None: not held).
     vip_until: Option<Instant>,
     last_renew: Option<Instant>,
+    /// The last members given to `assign()`, and our share.
+    share_cache: Option<(Vec<(String, u32)>, BucketSet)>,
     out: VecDeque<FarmAction>,
 }
 
@@ -289,6 +293,7 @@ impl FarmCore {
             claim_seq: BTreeMap::new(),
             vip_until: None,
             last_renew: None,
+            share_cache: None,
             out: VecDeque::new(),
         };
         core.decide(now);
@@ -410,7 +415,7 @@ impl FarmCore {
         // The VIP lapsed: what we took is no longer protected; take again.
         if self.vip_until.is_some_and(|v| now >= v) {
             self.vip_until = None;
-            self.taken = BucketSet::empty();
+            self.lapse();
         }
         let view = self.view(now);
         let quorum = self.quorum(&view);
@@ -419,8 +424,7 @@ impl FarmCore {
         let eligible = self.started && self.healthy;
         let members = self.members(&view, eligible);
         self.target = if eligible && quorum {
-            let refs: Vec<(&str, u32)> = members.iter().map(|(n, w)| (n.as_str(), *w)).collect();
-            assign(&refs).remove(&self.cfg.me).unwrap_or_default()
+            self.share(&members)
         } else {
             BucketSet::empty()
         };
@@ -430,7 +434,7 @@ impl FarmCore {
         if !base && (self.last_renew.is_some() || self.vip_until.is_some()) {
             self.last_renew = None;
             self.vip_until = None;
-            self.taken = BucketSet::empty();
+            self.lapse();
             self.out.push_back(FarmAction::DropVip);
         }
         // Release first.
@@ -452,16 +456,16 @@ impl FarmCore {
         }
         self.update_claims();
         // The VIP.
-        let clean = self.applied.is_some_and(|a| a.difference(&self.taken).is_empty())
+        let clean = self
+            .applied
+            .is_some_and(|a| a.difference(&self.taken).is_empty())
             && self
                 .requested
                 .is_none_or(|r| r.difference(&self.taken).is_empty());
         let renew_ok = base && clean;
         if renew_ok {
             let due = self.vip_until.is_none()
-                || self
-                    .last_renew
-                    .is_none_or(|l| now >= l + self.cfg.interval);
+                || self.last_renew.is_none_or(|l| now >= l + self.cfg.interval);
             if due {
                 self.last_renew = Some(now);
                 self.vip_until = Some(now + VIP_LIFE + VIP_SLACK);
@@ -513,6 +517,28 @@ impl FarmCore {
         if now >= self.next_beat {
             self.beat(now, &view, eligible);
         }
+    }
+
+    /// Our share of `assign(members)` (cached: members rarely change).
+    fn share(&mut self, members: &[(String, u32)]) -> BucketSet {
+        if let Some((m, set)) = &self.share_cache {
+            if m == members {
+                return *set;
+            }
+        }
+        let refs: Vec<(&str, u32)> = members.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+        let set = assign(&refs).remove(&self.cfg.me).unwrap_or_default();
+        self.share_cache = Some((members.to_vec(), set));
+        set
+    }
+
+    /// The VIP lapsed (or was dropped): forget what we took and restart
+    /// every claim, so that a release we rely on from now on was reported
+    /// after this moment (a report from before the lapse may predate the
+    /// other side's takeover on our silence: simulation seed 116).
+    fn lapse(&mut self) {
+        self.taken = BucketSet::empty();
+        self.claim_seq.clear();
     }
 
     /// The claim: what the kernel may hold, what we are applying and want.
@@ -638,7 +664,12 @@ impl FarmCore {
             .filter(|m| names.contains(&m.name))
             .count();
         2 * k > n
-            || (2 * k == n && self.cfg.members.first().is_some_and(|f| names.contains(&f.name)))
+            || (2 * k == n
+                && self
+                    .cfg
+                    .members
+                    .first()
+                    .is_some_and(|f| names.contains(&f.name)))
     }
 
     /// Until when we may hold the VIP: the latest time at which a quorum

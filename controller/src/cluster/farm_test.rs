@@ -317,3 +317,37 @@ fn a_failed_application_leaves_and_rejoins() {
         ]
     );
 }
+
+/// A daemon stalled past its VIP's life, whose share was taken on its
+/// silence, does not accept any of it again while cut from the taker.
+/// (Scenario of simulation seed 116; this harness drops beats to a stalled
+/// node instead of queueing them, so it does not reproduce that bug by
+/// itself: `farm_sim::sim_test::regression_seed_116` does.)
+#[test]
+fn a_stalled_node_does_not_retake_what_was_taken_on_its_silence() {
+    let mut net = Net::new(3);
+    net.run(500, &[true; 3]);
+    let now = net.now;
+    net.cores[1].handle_health(now, false);
+    // n3 stalls; n1 (with n2, healthy no more) takes everything.
+    net.run(4000, &[true, true, false]);
+    assert_eq!(net.cores[0].applied().map(|a| a.len()), Some(256));
+    // n3 wakes, cut from n1 both ways; it still holds n1's old beat.
+    net.cut[0][2] = true;
+    net.cut[2][0] = true;
+    net.log.clear();
+    for _ in 0..3000 {
+        net.run(1, &[true; 3]);
+        let renewed = net
+            .log
+            .iter()
+            .any(|(i, a)| *i == 2 && matches!(a, FarmAction::RenewVip { .. }));
+        let n3 = net.cores[2].applied().unwrap_or(BucketSet::full());
+        let n1 = net.cores[0].applied().unwrap_or(BucketSet::full());
+        assert!(
+            !renewed || n3.intersection(&n1).is_empty(),
+            "n3 accepts {} of n1's buckets",
+            n3.intersection(&n1).len()
+        );
+    }
+}

@@ -248,7 +248,10 @@ mod bucket_hex {
 
     pub(super) fn serialize<S: Serializer>(set: &BucketSet, s: S) -> Result<S::Ok, S::Error> {
         let w = set.words();
-        s.serialize_str(&format!("{:016x}{:016x}{:016x}{:016x}", w[0], w[1], w[2], w[3]))
+        s.serialize_str(&format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            w[0], w[1], w[2], w[3]
+        ))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BucketSet, D::Error> {

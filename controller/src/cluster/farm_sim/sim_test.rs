@@ -52,3 +52,13 @@ fn a_farm_seed_replays_the_same_trace() {
     assert!(a.len() > 10, "the run did something: {a:?}");
     assert_eq!(a, trace(4242));
 }
+
+/// Seed 116: a daemon stalled past its VIP's life took its old buckets back
+/// on a release its cut-off peer had reported before taking them on its
+/// silence (fixed: a lapse restarts every claim).
+#[test]
+fn regression_seed_116() {
+    if let Err(e) = run(116) {
+        panic!("{e}");
+    }
+}

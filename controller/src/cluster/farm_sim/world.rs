@@ -53,9 +53,9 @@ impl Settings {
             weights,
             interval_ms,
             timeout_ms,
-            safety_ms: 20_000,
+            safety_ms: 10_000,
             liveness_ms: 12_000,
-            fault_rate: 1.0 / 700.0,
+            fault_rate: 1.0 / 400.0,
         }
     }
 }
@@ -314,6 +314,11 @@ impl World {
                     let life = (VIP_LIFE.as_micros() as f64 / self.nodes[i].rate) as u64;
                     let end = self.now + late + life;
                     let _ = until;
+                    if self.nodes[i].vip_until <= self.now {
+                        let name = self.nodes[i].name.clone();
+                        let k = self.nodes[i].kernel;
+                        self.trace(format!("{name}: adds the VIP (kernel {k})"));
+                    }
                     let n = &mut self.nodes[i];
                     n.vip_until = n.vip_until.max(end);
                 }
@@ -332,6 +337,10 @@ impl World {
     }
 
     fn finish_apply(&mut self, i: usize) {
+        // A stalled daemon's driver waits too.
+        if self.nodes[i].core.is_some() && !self.up(i) {
+            return;
+        }
         loop {
             let Some(q) = self.nodes[i].apply.as_mut() else {
                 return;
@@ -343,6 +352,8 @@ impl World {
                         self.nodes[i].apply = None;
                     }
                     self.nodes[i].kernel = set;
+                    let name = self.nodes[i].name.clone();
+                    self.trace(format!("{name}: kernel set {} buckets", set.len()));
                     let clock = self.clock(i);
                     if let Some(c) = self.nodes[i].core.as_mut() {
                         c.handle_applied(clock, set);
@@ -365,7 +376,8 @@ impl World {
         self.msg_seq += 1;
         let id = self.msgs.len();
         self.msgs.push(Some((to, beat)));
-        self.queue.push(Reverse((self.now + delay, self.msg_seq, id)));
+        self.queue
+            .push(Reverse((self.now + delay, self.msg_seq, id)));
     }
 
     fn deliver_due(&mut self) {
@@ -523,7 +535,10 @@ impl World {
             Heal::Loss => self.loss = 0.01,
             Heal::Health(i) => {
                 if !self.nodes[i].healthy {
-                    self.trace(format!("--- {}'s application is healthy", self.nodes[i].name));
+                    self.trace(format!(
+                        "--- {}'s application is healthy",
+                        self.nodes[i].name
+                    ));
                     self.set_health(i, true);
                 }
             }
