@@ -680,7 +680,7 @@ impl FarmCore {
             .iter()
             .filter_map(|(n, p)| p.confirmed_until.map(|c| (c, n)))
             .collect();
-        confs.sort_by(|a, b| b.0.cmp(&a.0));
+        confs.sort_by_key(|c| std::cmp::Reverse(c.0));
         let mut names = vec![self.cfg.me.clone()];
         let mut until = None;
         if self.quorum(&names) {

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // index loops read best over several parallel vectors
 use std::time::{Duration, Instant};
 
 use pretty_assertions::assert_eq;

@@ -11,7 +11,7 @@ fn seeds() -> Vec<u64> {
     let n: u64 = std::env::var("MIRRORFARM_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(700);
     (1..=n).collect()
 }
 
