@@ -8,16 +8,22 @@
 //! - [`link`]: losing and finding the peer across heartbeat networks.
 //! - [`witness`]: the witness's lease decisions.
 //! - [`module`]: one module on one node (STOP/WAIT/ALONE/PRIM/SECOND).
+//! - [`farm`]: one farm module on one node (STOP/WAIT/UP): membership,
+//!   quorum and bucket ownership, released before taken.
 //! - [`checker`]: a checker's failures → restart, swap or stop; loop protection.
 //! - `sim` (tests): a seeded simulation of two nodes and a witness.
+//! - `farm_sim` (tests): a seeded simulation of a farm of 2 to 4 nodes.
 
 pub mod checker;
+pub mod farm;
 pub mod link;
 pub mod module;
 pub mod msg;
 pub mod state;
 pub mod witness;
 
+#[cfg(test)]
+mod farm_sim;
 #[cfg(test)]
 mod sim;
 

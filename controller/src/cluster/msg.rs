@@ -193,3 +193,77 @@ impl Versioned for Answer {
         self.version
     }
 }
+
+/// One farm heartbeat ([`FarmCore`](super::farm::FarmCore)): broadcast by
+/// every member of a farm module to every other, every interval. JSON; the
+/// bucket sets are 64 hex digits (the four 64-bit words of the bitmap,
+/// bucket `b` = bit `b % 64` of word `b / 64`) so that the beat stays well
+/// under [`MAX_MESSAGE`] whatever the sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarmBeat {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The module.
+    pub module: String,
+    /// The sending node.
+    pub from: String,
+    /// The sender daemon's incarnation (its start time in ms).
+    pub incarnation: u64,
+    /// Counts the sender's beats, from `incarnation << 16`: always above
+    /// what an earlier incarnation sent.
+    pub seq: u64,
+    /// Per member, the newest `seq` the sender received from it: the member
+    /// knows its beat `seq` was heard, at the earliest when that beat left.
+    pub echo: Vec<(String, u64)>,
+    /// Per member, milliseconds since the sender last heard it (or since
+    /// the sender started, if never), capped at 60 000.
+    pub silent_ms: Vec<(String, u64)>,
+    /// The members the sender hears both ways (itself included).
+    pub view: Vec<String>,
+    /// The sender is started and its application healthy: it counts in the
+    /// map.
+    pub eligible: bool,
+    /// The sender's state.
+    pub state: super::farm::FarmState,
+    /// The buckets the sender's kernel holds (as last confirmed applied;
+    /// all 256 while unknown).
+    #[serde(with = "bucket_hex")]
+    pub applied: filter::buckets::BucketSet,
+    /// The buckets the sender holds or wants: no other member takes one of
+    /// them from this beat's word.
+    #[serde(with = "bucket_hex")]
+    pub claim: filter::buckets::BucketSet,
+}
+
+impl Versioned for FarmBeat {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// A [`BucketSet`](filter::buckets::BucketSet) as 64 hex digits.
+mod bucket_hex {
+    use filter::buckets::BucketSet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(set: &BucketSet, s: S) -> Result<S::Ok, S::Error> {
+        let w = set.words();
+        s.serialize_str(&format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            w[0], w[1], w[2], w[3]
+        ))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BucketSet, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(serde::de::Error::custom("a bucket set is 64 hex digits"));
+        }
+        let mut w = [0u64; 4];
+        for (i, word) in w.iter_mut().enumerate() {
+            *word = u64::from_str_radix(&s[i * 16..i * 16 + 16], 16)
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(BucketSet::from_words(w))
+    }
+}
