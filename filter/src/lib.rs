@@ -7,7 +7,8 @@
 //! buckets it owns. Userspace only replaces the owned set, atomically.
 //!
 //! The crate holds:
-//! - [`buckets`]: [`BucketSet`], the buckets a node owns (pure).
+//! - [`buckets`]: [`BucketSet`], the buckets a node owns, and
+//!   [`buckets::assign`], the bucket map of a set of weighted members (pure).
 //! - [`ruleset`]: the nft scripts for a [`FarmFilter`] (install, owned-set
 //!   update, removal) and the virtual MAC [`ruleset::vmac`] (pure, golden-tested).
 //! - [`nft`]: running them: [`nft::check_support`], [`nft::install`] →
