@@ -213,6 +213,26 @@ pub struct FarmStatus {
     pub view: Vec<String>,
 }
 
+/// One configured member as this node sees it, for `mirrorfarm state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Its name.
+    pub name: String,
+    /// Its weight.
+    pub weight: u32,
+    /// This node (then the other fields are this node's own).
+    pub me: bool,
+    /// How long ago its newest beat arrived (`None`: never, or this node).
+    pub heard: Option<Duration>,
+    /// Its state as last heard (this node's own for `me`).
+    pub state: Option<FarmState>,
+    /// The buckets its kernel held as last heard (this node's confirmed set
+    /// for `me`).
+    pub applied: Option<BucketSet>,
+    /// In this node's view (heard both ways).
+    pub in_view: bool,
+}
+
 /// What we know of one other member.
 #[derive(Debug, Clone)]
 struct Peer {
@@ -396,6 +416,42 @@ impl FarmCore {
             target: self.target,
             view: self.view(now),
         }
+    }
+
+    /// Every configured member, in the configured order, as this node sees it.
+    pub fn member_views(&self, now: Instant) -> Vec<MemberView> {
+        let view = self.view(now);
+        self.cfg
+            .members
+            .iter()
+            .map(|m| {
+                let in_view = view.contains(&m.name);
+                if m.name == self.cfg.me {
+                    return MemberView {
+                        name: m.name.clone(),
+                        weight: m.weight,
+                        me: true,
+                        heard: None,
+                        state: Some(self.state),
+                        applied: self.applied,
+                        in_view,
+                    };
+                }
+                let p = self.peers.get(&m.name);
+                let beat = p.and_then(|p| p.beat.as_ref());
+                MemberView {
+                    name: m.name.clone(),
+                    weight: m.weight,
+                    me: false,
+                    heard: p
+                        .filter(|p| p.beat.is_some())
+                        .map(|p| now.saturating_duration_since(p.heard)),
+                    state: beat.map(|b| b.state),
+                    applied: beat.map(|b| b.applied),
+                    in_view,
+                }
+            })
+            .collect()
     }
 
     /// The silence after which a member counts as gone, and the length of a

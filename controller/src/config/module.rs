@@ -744,6 +744,18 @@ fn farm(src: &Src<'_>, raw: RawFarm, nodes: &[NodeSpec]) -> Result<FarmSpec, Con
     for (i, v) in raw.vips.into_iter().enumerate() {
         let field = format!("farm.vips[{i}]");
         let v = vip(src, &field, v, nodes)?;
+        if let Some(first) = vips.first().filter(|f| f.interface != v.interface) {
+            return Err(invalid(
+                src,
+                &format!("{field}.interface"),
+                &v.interface,
+                format!(
+                    "differs from farm.vips[0].interface ({}): one farm filters one interface",
+                    first.interface
+                ),
+                "put the farm's VIPs on one interface, or make a module per interface",
+            ));
+        }
         if vips.iter().any(|w| w.addr == v.addr) {
             return Err(invalid(
                 src,

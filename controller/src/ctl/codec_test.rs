@@ -64,6 +64,7 @@ fn state() -> State {
                 at_unix: 2.0,
             }),
             config_mismatch: false,
+            farm: None,
         }],
     )
 }
@@ -273,6 +274,7 @@ fn the_state_object_has_every_field_null_or_not() {
         "last_transition",
         "last_failover",
         "config_mismatch",
+        "farm",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);

@@ -64,8 +64,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use self::state::{
-    DirStatus, FailoverStatus, ModuleStatus, NetworkStatus, Resync, State, TransitionStatus,
-    WitnessStatus,
+    DirStatus, FailoverStatus, FarmMemberStatus, FarmStatus, ModuleStatus, NetworkStatus, Resync,
+    State, TransitionStatus, WitnessStatus,
 };
 
 /// The version of the control protocol, carried by every request and answer.

@@ -88,6 +88,49 @@ impl ModuleStatus {
         if let Some(step) = &self.step {
             field("step", step);
         }
+        if let Some(f) = &self.farm {
+            let held = if f.vip_held { "held" } else { "not held" };
+            field(
+                "vips",
+                &format!("{} ({held}), rule {}", f.vips.join(", "), f.rule),
+            );
+            let share = match (f.share, &f.buckets) {
+                (Some(n), Some(b)) => format!("{n}/256 buckets {b}"),
+                _ => "not known yet".into(),
+            };
+            field("share", &format!("{share}; target {}", f.target));
+            for p in &f.members {
+                let me = if p.name == self.node {
+                    " (this node)"
+                } else {
+                    ""
+                };
+                let state = p.state.as_deref().unwrap_or("never heard");
+                let heard = p
+                    .heard_secs_ago
+                    .map_or(String::new(), |s| format!(", heard {} ago", secs(s)));
+                let share = p.share.map_or(String::new(), |n| format!(", {n} buckets"));
+                let view = if p.in_view || !me.is_empty() {
+                    ""
+                } else {
+                    ", not in view"
+                };
+                field(
+                    "  member",
+                    &format!(
+                        "{}{me}: {state}, weight {}{share}{heard}{view}",
+                        p.name, p.weight
+                    ),
+                );
+            }
+            if let Some(t) = &self.last_transition {
+                field(
+                    "last transition",
+                    &format!("{} -> {} at {}: {}", t.from, t.to, utc(t.at_unix), t.reason),
+                );
+            }
+            return out;
+        }
         field("peer", &self.peer_line());
         for n in &self.networks {
             let heard = n
@@ -173,6 +216,12 @@ impl ModuleStatus {
 
 /// The SYNC cell of the table.
 fn sync_cell(m: &ModuleStatus) -> String {
+    if let Some(f) = &m.farm {
+        return match f.share {
+            Some(n) => format!("{n}/256 buckets"),
+            None => "buckets ?".into(),
+        };
+    }
     if let Some(r) = &m.resync {
         return match percent(r.files_done, r.files_done + r.files_left) {
             Some(p) => format!("resync {p}%"),
@@ -188,6 +237,19 @@ fn sync_cell(m: &ModuleStatus) -> String {
 
 /// The PEER cell of the table.
 fn peer_cell(m: &ModuleStatus) -> String {
+    if let Some(f) = &m.farm {
+        let others: Vec<String> = f
+            .members
+            .iter()
+            .filter(|p| p.name != m.node)
+            .map(|p| match (&p.state, p.in_view) {
+                (Some(s), true) => format!("{} {s}", p.name),
+                (_, false) => format!("{} unreachable", p.name),
+                (None, true) => format!("{} ?", p.name),
+            })
+            .collect();
+        return others.join(", ");
+    }
     match (&m.peer_state, m.peer_reachable) {
         (_, false) => format!("{} unreachable", m.peer),
         (Some(s), true) if m.peer_ready == Some(false) => format!("{} {s} (transient)", m.peer),

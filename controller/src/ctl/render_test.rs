@@ -8,7 +8,9 @@ use std::path::Path;
 use pretty_assertions::assert_eq;
 
 use super::*;
-use crate::ctl::state::{FailoverStatus, NetworkStatus, Resync, TransitionStatus};
+use crate::ctl::state::{
+    FailoverStatus, FarmMemberStatus, FarmStatus, NetworkStatus, Resync, TransitionStatus,
+};
 
 /// 2025-12-05 08:42:02 UTC.
 const T: f64 = 1_764_924_122.0;
@@ -76,6 +78,7 @@ fn prim() -> ModuleStatus {
         }),
         last_failover: None,
         config_mismatch: false,
+        farm: None,
     }
 }
 
@@ -142,6 +145,7 @@ fn resyncing() -> ModuleStatus {
             at_unix: T - 86_400.0,
         }),
         config_mismatch: true,
+        farm: None,
     }
 }
 
@@ -180,7 +184,67 @@ fn waiting() -> ModuleStatus {
         last_transition: None,
         last_failover: None,
         config_mismatch: false,
+        farm: None,
     }
+}
+
+/// A farm node serving its share, one member lost.
+fn farm_up() -> ModuleStatus {
+    let member = |name: &str, state: Option<&str>, heard, share, in_view| FarmMemberStatus {
+        name: name.into(),
+        weight: 1,
+        state: state.map(Into::into),
+        heard_secs_ago: heard,
+        share,
+        in_view,
+    };
+    ModuleStatus {
+        module: "web".into(),
+        node: "farm1".into(),
+        peer: "farm2, farm3".into(),
+        state: "UP".into(),
+        ready: true,
+        reason: "serving 128 of 256 buckets".into(),
+        since_unix: T - 12.0,
+        step: None,
+        in_sync: None,
+        resync: None,
+        peer_state: None,
+        peer_ready: None,
+        peer_reachable: true,
+        networks: Vec::new(),
+        witness: None,
+        vip: Some("10.78.0.100/24 on eth0".into()),
+        dirs: Vec::new(),
+        last_transition: Some(TransitionStatus {
+            from: "WAIT".into(),
+            to: "UP".into(),
+            reason: "serving 128 of 256 buckets".into(),
+            at_unix: T - 12.0,
+        }),
+        last_failover: None,
+        config_mismatch: false,
+        farm: Some(FarmStatus {
+            vips: vec!["10.78.0.100/24 on eth0".into()],
+            vip_held: true,
+            rule: "Address".into(),
+            share: Some(128),
+            buckets: Some("{0-63, 128-191}".into()),
+            target: 128,
+            members: vec![
+                member("farm1", Some("UP"), None, Some(128), true),
+                member("farm2", Some("UP"), Some(4.2), Some(85), false),
+                member("farm3", Some("UP"), Some(0.1), Some(128), true),
+            ],
+        }),
+    }
+}
+
+#[test]
+fn the_block_and_row_of_a_farm_node() {
+    golden("state_farm.txt", &farm_up().render_text());
+    let state = State::new("farm1", vec![farm_up()]);
+    golden("state_farm_table.txt", &state.render_table());
 }
 
 /// Compares `got` with `testdata/NAME`, or writes it there when

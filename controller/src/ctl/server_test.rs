@@ -81,6 +81,7 @@ impl Fake {
             last_transition: None,
             last_failover: None,
             config_mismatch: false,
+            farm: None,
         }
     }
 

@@ -83,6 +83,45 @@ pub struct ModuleStatus {
     pub last_failover: Option<FailoverStatus>,
     /// The peer's module file differs from this node's (its digest does).
     pub config_mismatch: bool,
+    /// A farm module's members and shares (`null` for a mirror).
+    #[serde(default)]
+    pub farm: Option<FarmStatus>,
+}
+
+/// A farm module on the node that answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FarmStatus {
+    /// The virtual IPs, e.g. `10.78.0.100/24 on eth0`.
+    pub vips: Vec<String>,
+    /// Whether this node holds them now (renewed, serving its buckets).
+    pub vip_held: bool,
+    /// `Address` or `AddressAndPort`.
+    pub rule: String,
+    /// Buckets (of 256) this node's kernel accepts now (`null`: not known yet).
+    pub share: Option<usize>,
+    /// Those buckets as ranges, e.g. `{0-84, 200}`.
+    pub buckets: Option<String>,
+    /// Buckets this node should hold in its current view of the farm.
+    pub target: usize,
+    /// Every configured member, in the module file's order.
+    pub members: Vec<FarmMemberStatus>,
+}
+
+/// One member of a farm as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FarmMemberStatus {
+    /// Its node name.
+    pub name: String,
+    /// Its weight (0: standby).
+    pub weight: u32,
+    /// Its state as last heard (`null`: never heard).
+    pub state: Option<String>,
+    /// Seconds since its last heartbeat (`null`: never, or the answering node).
+    pub heard_secs_ago: Option<f64>,
+    /// Buckets its kernel accepted as last heard (`null`: unknown).
+    pub share: Option<usize>,
+    /// Heard both ways: it counts in the answering node's map.
+    pub in_view: bool,
 }
 
 /// A resynchronisation's progress (the sum over the module's directories).

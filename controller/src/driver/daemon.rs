@@ -1,5 +1,6 @@
 //! `mirrorfarm daemon`: one per node. Loads this node's modules, starts the
-//! heartbeat and witness transport, a [`ModuleRunner`] per module, the
+//! heartbeat and witness transport, a [`ModuleRunner`] per mirror module and
+//! a [`FarmRunner`] per farm module, the
 //! control socket and the metrics endpoint, and runs the loop that feeds
 //! every event to the module cores.
 //!
@@ -12,7 +13,9 @@
 //!
 //! Stopping the daemon (SIGTERM) leaves the mirrorfs processes running and
 //! the VIP until its lifetime ends: a restarted daemon adopts them, so that
-//! an upgrade or a crash of the daemon does not take the service down.
+//! an upgrade or a crash of the daemon does not take the service down. A
+//! farm module's VIPs and filter go with the daemon (the other members take
+//! its share over); its application keeps running.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use tracing::{info, warn};
 
+use super::farm::FarmRunner;
 use super::metrics;
 use super::module::{ModuleEvent, ModuleRunner};
 use super::net::{Net, NetEvent, NetModule};
@@ -72,16 +76,6 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         return Err(DaemonError::Config(text.join("\n")));
     }
-    // The farm's driver is not wired to the daemon yet (issue 9): refuse such
-    // a module by name rather than run it as something it is not.
-    if let Some(m) = modules.iter().find(|m| m.kind == ModuleKind::Farm) {
-        return Err(DaemonError::Config(format!(
-            "{}: a Farm module; this daemon checks farm modules (`mirrorfarm check`) but does \
-             not run them yet: move the file out of {} to start the daemon",
-            m.file.display(),
-            node.modules.display()
-        )));
-    }
     if modules.is_empty() {
         warn!(dir = %node.modules.display(), "no modules: the daemon runs and waits (add a module file and restart it)");
     }
@@ -94,7 +88,17 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
 
     let (mod_tx, mod_rx) = unbounded::<(String, ModuleEvent)>();
     let mut runners = BTreeMap::new();
+    let mut farms: BTreeMap<String, FarmRunner> = BTreeMap::new();
     let mut net_modules = Vec::new();
+    let (farm_modules, modules): (Vec<_>, Vec<_>) = modules
+        .into_iter()
+        .partition(|m| m.kind == ModuleKind::Farm);
+    for m in farm_modules {
+        let name = m.name.clone();
+        let runner = FarmRunner::start(m, &node, incarnation, mod_tx.clone())
+            .map_err(DaemonError::Config)?;
+        farms.insert(name, runner);
+    }
     for m in modules {
         let peer = m.peer_of(&node.name).cloned().ok_or_else(|| {
             DaemonError::Config(format!("{}: {} is not listed", m.name, node.name))
@@ -138,6 +142,7 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
     let logs: BTreeMap<String, std::path::PathBuf> = runners
         .iter()
         .map(|(k, r)| (k.clone(), r.log.path().clone()))
+        .chain(farms.iter().map(|(k, r)| (k.clone(), r.log.path().clone())))
         .collect();
     let backend = Arc::new(Backend {
         calls: call_tx,
@@ -159,7 +164,7 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
             Err(e) => warn!(%addr, "no metrics endpoint: {e}"),
         }
     }
-    info!(node = %node.name, modules = runners.len(), socket = %node.socket.display(), "daemon running");
+    info!(node = %node.name, modules = runners.len() + farms.len(), socket = %node.socket.display(), "daemon running");
 
     raise_priority("the daemon's loop");
     let mut last_snapshot = Instant::now() - Duration::from_secs(1);
@@ -168,6 +173,7 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
         let next = runners
             .values()
             .map(|r| r.core.poll_timeout())
+            .chain(farms.values().map(|f| f.core.poll_timeout()))
             .min()
             .unwrap_or(now + Duration::from_secs(1));
         // At least 1 ms: this thread runs at real-time priority, and a
@@ -177,25 +183,29 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
             .clamp(Duration::from_millis(1), Duration::from_millis(500));
         select! {
             recv(shutdown) -> _ => break,
-            recv(net_rx) -> ev => if let Ok(ev) = ev { net_event(&mut runners, ev, &net) },
+            recv(net_rx) -> ev => if let Ok(ev) = ev { net_event(&mut runners, &mut farms, ev, &net) },
             recv(mod_rx) -> ev => if let Ok((m, ev)) = ev {
                 if let Some(r) = runners.get_mut(&m) {
                     r.handle(Instant::now(), ev, Some(&net));
+                } else if let Some(f) = farms.get_mut(&m) {
+                    f.handle(Instant::now(), ev, Some(&net));
                 }
             },
-            recv(call_rx) -> call => if let Ok(call) = call { answer(&mut runners, &node, call, &net) },
+            recv(call_rx) -> call => if let Ok(call) = call {
+                answer(&mut runners, &mut farms, &node, call, &net)
+            },
             default(wait) => {},
         }
         let now = Instant::now();
         for r in runners.values_mut() {
             r.tick(now, Some(&net));
         }
+        for f in farms.values_mut() {
+            f.tick(now, Some(&net));
+        }
         if now.duration_since(last_snapshot) >= Duration::from_millis(500) {
             last_snapshot = now;
-            let all = runners
-                .values_mut()
-                .map(|r| module_status(r, &node, now))
-                .collect();
+            let all = all_statuses(&mut runners, &farms, &node, now);
             *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = all;
         }
     }
@@ -203,6 +213,9 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
     stop.store(true, Ordering::Relaxed);
     for r in runners.values() {
         r.shutdown();
+    }
+    for f in farms.values() {
+        f.shutdown();
     }
     net.stop();
     let _ = server.join();
@@ -283,7 +296,28 @@ impl Backend {
     }
 }
 
-fn net_event(runners: &mut BTreeMap<String, ModuleRunner>, ev: NetEvent, net: &Net) {
+/// Every module's status, sorted by name.
+fn all_statuses(
+    runners: &mut BTreeMap<String, ModuleRunner>,
+    farms: &BTreeMap<String, FarmRunner>,
+    node: &NodeConfig,
+    now: Instant,
+) -> Vec<ModuleStatus> {
+    let mut all: Vec<ModuleStatus> = runners
+        .values_mut()
+        .map(|r| module_status(r, node, now))
+        .chain(farms.values().map(|f| f.status(node, now)))
+        .collect();
+    all.sort_by(|a, b| a.module.cmp(&b.module));
+    all
+}
+
+fn net_event(
+    runners: &mut BTreeMap<String, ModuleRunner>,
+    farms: &mut BTreeMap<String, FarmRunner>,
+    ev: NetEvent,
+    net: &Net,
+) {
     let now = Instant::now();
     match ev {
         NetEvent::Beat {
@@ -305,25 +339,33 @@ fn net_event(runners: &mut BTreeMap<String, ModuleRunner>, ev: NetEvent, net: &N
         NetEvent::Problem { module, text } => {
             if let Some(r) = runners.get(&module) {
                 r.log.line(&text);
+            } else if let Some(f) = farms.get(&module) {
+                f.log.line(&text);
             }
         }
     }
 }
 
-fn answer(runners: &mut BTreeMap<String, ModuleRunner>, node: &NodeConfig, call: Call, net: &Net) {
+fn answer(
+    runners: &mut BTreeMap<String, ModuleRunner>,
+    farms: &mut BTreeMap<String, FarmRunner>,
+    node: &NodeConfig,
+    call: Call,
+    net: &Net,
+) {
     let now = Instant::now();
-    let names = runners.keys().cloned().collect::<Vec<_>>().join(", ");
+    let mut all_names: Vec<String> = runners.keys().chain(farms.keys()).cloned().collect();
+    all_names.sort();
+    let names = all_names.join(", ");
     match call {
         Call::State(module, reply) => {
             let r = match module {
-                Some(m) => match runners.get_mut(&m) {
-                    Some(r) => Ok(vec![module_status(r, node, now)]),
-                    None => Err(format!("no module {m:?} on this node (modules: {names})")),
+                Some(m) => match (runners.get_mut(&m), farms.get(&m)) {
+                    (Some(r), _) => Ok(vec![module_status(r, node, now)]),
+                    (None, Some(f)) => Ok(vec![f.status(node, now)]),
+                    (None, None) => Err(format!("no module {m:?} on this node (modules: {names})")),
                 },
-                None => Ok(runners
-                    .values_mut()
-                    .map(|r| module_status(r, node, now))
-                    .collect()),
+                None => Ok(all_statuses(runners, farms, node, now)),
             };
             let _ = reply.send(r.map(|modules| State {
                 version: ctl::VERSION,
@@ -344,8 +386,13 @@ fn answer(runners: &mut BTreeMap<String, ModuleRunner>, node: &NodeConfig, call:
                     return;
                 }
             };
-            let r = match runners.get_mut(m) {
-                Some(r) => r.command(now, cmd, Some(net)).map(|()| {
+            let done = match (runners.get_mut(m), farms.get_mut(m)) {
+                (Some(r), _) => Some(r.command(now, cmd, Some(net))),
+                (None, Some(f)) => Some(f.command(now, cmd, Some(net))),
+                (None, None) => None,
+            };
+            let r = match done {
+                Some(done) => done.map(|()| {
                     format!(
                         "{m}: {} ordered (follow with `mirrorfarm state {m}`)",
                         format!("{cmd:?}").to_lowercase()
@@ -359,7 +406,7 @@ fn answer(runners: &mut BTreeMap<String, ModuleRunner>, node: &NodeConfig, call:
 }
 
 /// Seconds since the Unix epoch of an instant of this process's clock.
-fn unix(t: Instant, now: Instant) -> f64 {
+pub(super) fn unix(t: Instant, now: Instant) -> f64 {
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -454,6 +501,7 @@ fn module_status(r: &mut ModuleRunner, node: &NodeConfig, now: Instant) -> Modul
             at_unix: f.at.map(|a| unix(a, now)).unwrap_or(0.0),
         }),
         config_mismatch: st.digest_mismatch,
+        farm: None,
     }
 }
 
@@ -462,12 +510,21 @@ fn render_metrics(modules: &[ModuleStatus]) -> String {
     let mut out = String::new();
     out.push_str("# HELP mirrorfarm_module_state 1 for the module's current state on this node.\n# TYPE mirrorfarm_module_state gauge\n");
     for m in modules {
-        for s in ["STOP", "WAIT", "ALONE", "PRIM", "SECOND"] {
+        for s in ["STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP"] {
             out.push_str(&format!(
                 "mirrorfarm_module_state{{module=\"{}\",node=\"{}\",state=\"{s}\"}} {}\n",
                 m.module,
                 m.node,
                 u8::from(m.state == s)
+            ));
+        }
+    }
+    out.push_str("# HELP mirrorfarm_farm_buckets Buckets (of 256) of a farm module this node's kernel accepts.\n# TYPE mirrorfarm_farm_buckets gauge\n");
+    for m in modules {
+        if let Some(n) = m.farm.as_ref().and_then(|f| f.share) {
+            out.push_str(&format!(
+                "mirrorfarm_farm_buckets{{module=\"{}\",node=\"{}\"}} {n}\n",
+                m.module, m.node
             ));
         }
     }

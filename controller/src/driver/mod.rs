@@ -1,11 +1,12 @@
 //! The I/O drivers that carry out the cluster cores' decisions: the daemon
-//! ([`daemon`]) and its modules ([`module`]), the mirrorfs processes
+//! ([`daemon`]) and its modules (mirror: [`module`], farm: [`farm`]), the mirrorfs processes
 //! ([`mirror`]), the heartbeat and witness transport ([`net`]) and the
 //! witness process ([`witness`]), application scripts ([`scripts`]),
 //! checkers ([`checkers`]), the virtual IP ([`vip`]) and the metrics endpoint
 //! ([`metrics`]).
 pub mod checkers;
 pub mod daemon;
+pub mod farm;
 pub mod metrics;
 pub mod mirror;
 pub mod module;

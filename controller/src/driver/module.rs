@@ -48,6 +48,8 @@ pub enum ModuleEvent {
     },
     /// A mirrorfs watcher reported.
     Mirror(MirrorEvent),
+    /// A farm module's thread reported.
+    Farm(super::farm::FarmEvent),
     /// A checker probed.
     Checked {
         /// Which checker.
@@ -364,6 +366,8 @@ impl ModuleRunner {
                 self.push_view(now);
             }
             ModuleEvent::Checked { index, result } => self.checked(now, index, result),
+            // A farm's events never come from a mirror's threads.
+            ModuleEvent::Farm(_) => {}
         }
         self.drain(net);
     }
@@ -778,7 +782,7 @@ fn spawn_vip(
 
 /// A checker's thread: probes every interval while the application should
 /// run here.
-fn spawn_checker(
+pub(super) fn spawn_checker(
     module: &str,
     index: usize,
     c: &crate::config::Checker,
