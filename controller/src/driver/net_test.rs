@@ -104,7 +104,7 @@ pub(crate) fn beat(from: &str, seq: u64) -> Beat {
 /// Starts a `Net` with its own event channel.
 pub(crate) fn start(id: Identity, m: NetModule) -> (Net, Receiver<NetEvent>) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let net = Net::start(id, vec![m], tx).expect("Net::start");
+    let net = Net::start(id, vec![m], Vec::new(), tx).expect("Net::start");
     (net, rx)
 }
 
@@ -375,7 +375,7 @@ fn start_fails_naming_an_address_not_on_this_node() {
         40_123,
     );
 
-    let err = Net::start(id1, vec![m], tx).expect_err("must fail");
+    let err = Net::start(id1, vec![m], Vec::new(), tx).expect_err("must fail");
 
     assert!(
         matches!(&err, NetError::AddressNotHere { network: 1, addr, .. } if addr.ip() == not_here),
@@ -397,7 +397,7 @@ fn start_fails_naming_a_port_in_use() {
     let (tx, _rx) = crossbeam_channel::unbounded();
     let m = module("node1", &pin2, vec![lo(1)], vec![lo(3)], port);
 
-    let err = Net::start(id1, vec![m], tx).expect_err("must fail");
+    let err = Net::start(id1, vec![m], Vec::new(), tx).expect_err("must fail");
 
     assert!(matches!(&err, NetError::PortInUse { .. }), "{err:?}");
     let msg = err.to_string();
@@ -433,7 +433,7 @@ fn start_refuses_settings_that_do_not_fit() {
         let mut m = module("node1", &pin2, vec![lo(1)], vec![lo(3)], 1);
         change(&mut m);
         let (tx, _rx) = crossbeam_channel::unbounded();
-        let err = Net::start(id, vec![m], tx).expect_err("must fail");
+        let err = Net::start(id, vec![m], Vec::new(), tx).expect_err("must fail");
         assert!(matches!(err, NetError::Config { .. }), "{err:?}");
         assert!(
             err.to_string().contains(expect),
