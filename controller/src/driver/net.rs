@@ -1247,11 +1247,20 @@ impl Link {
     /// A beat that names another module or sender than the link's (whose
     /// sender TLS authenticated).
     fn foreign(&self, module: &str, from: &str) {
+        let fix = if module == self.report.module {
+            format!(
+                "the connection presented {}'s certificate: a node beats under its own name \
+                 only (check the node name and certificate on {})",
+                self.peer.name, self.peer.name
+            )
+        } else {
+            "give each module its own heartbeat_port on every node".to_owned()
+        };
         self.problem(
             "foreign",
             format!(
                 "{}: dropped a beat for module {module:?} from {from:?}: this link carries \
-                 module {:?} from {:?}; give each module its own heartbeat_port on every node",
+                 module {:?} from {:?}; {fix}",
                 self.what(),
                 self.report.module,
                 self.peer.name
