@@ -1111,8 +1111,7 @@ impl Link {
                 old.close(0u32.into(), b"replaced by a newer connection");
             }
         }
-        let _enter = self.span.enter();
-        debug!(remote = %conn.remote_address(), "connected");
+        debug!(parent: &self.span, remote = %conn.remote_address(), "connected");
         tokio::spawn(self.clone().read(conn).instrument(self.span.clone()));
     }
 
