@@ -134,8 +134,8 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
         runners.insert(name, runner);
     }
     let (net_tx, net_rx) = unbounded::<NetEvent>();
-    let net =
-        Net::start(identity, net_modules, net_tx).map_err(|e| DaemonError::Net(e.to_string()))?;
+    let net = Net::start(identity, net_modules, Vec::new(), net_tx)
+        .map_err(|e| DaemonError::Net(e.to_string()))?;
 
     let (call_tx, call_rx) = unbounded::<Call>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -342,6 +342,14 @@ fn net_event(
             } else if let Some(f) = farms.get(&module) {
                 f.log.line(&text);
             }
+        }
+        // Farm modules are not started by the daemon yet: it passes the
+        // transport no farm, so none of these arrive.
+        NetEvent::FarmBeat { module, .. } => {
+            warn!(
+                module,
+                "farm beat for a module the daemon does not run: dropped"
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A node's heartbeat and witness links: the QUIC transport that carries
-//! [`Beat`]s between the two nodes of each module, on every heartbeat network,
-//! and [`Report`]s to the module's witness with its [`Answer`]s back.
+//! [`Beat`]s between the two nodes of each mirror module and [`FarmBeat`]s
+//! among the members of each farm module, on every heartbeat network, and
+//! [`Report`]s to a mirror module's witness with its [`Answer`]s back.
 //!
 //! Owns: one dedicated OS thread running a current-thread tokio runtime at
 //! real-time priority (so that heartbeats never wait behind disk, logging or
@@ -12,10 +13,17 @@
 //! messages, not from QUIC); what arrives is decoded, checked for who sent it,
 //! and handed to the daemon as a [`NetEvent`].
 //!
-//! Who dials: on each network the node whose name sorts first dials the
-//! other's address (re-dialling every interval while the link is down); the
-//! other accepts. Both ends present their node certificate and accept only the
-//! pinned peer's (mutual TLS, `mirrorfs::net::tls`), so a stranger can neither
+//! A farm module has one endpoint per network too, shared by its links to
+//! every other member (with its own ALPN, [`ALPN_FARM`]): the server accepts
+//! any member's pinned certificate and the connection becomes the link of
+//! the member whose certificate it presented; a beat must name that member
+//! as its sender.
+//!
+//! Who dials: on each network, of each pair of nodes, the one whose name
+//! sorts first dials the other's address (re-dialling every interval while
+//! the link is down); the other accepts (a newer connection from the same
+//! peer replaces the older). Both ends present their node certificate and
+//! accept only the pinned peers' (mutual TLS, `mirrorfs::net::tls`), so a stranger can neither
 //! send a beat nor receive one.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,13 +41,21 @@ use mirrorfs::net::tls::{
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
-use crate::cluster::msg::{self, Answer, Beat, Report, MAX_MESSAGE};
+use crate::cluster::msg::{self, Answer, Beat, FarmBeat, Report, MAX_MESSAGE};
 
 /// The ALPN of the heartbeat connections between the two nodes of a module.
 pub const ALPN_HEARTBEAT: &[u8] = b"mirrorfarm-hb/1";
 
 /// The ALPN of the connections from a node to the witness.
 pub const ALPN_WITNESS: &[u8] = b"mirrorfarm-witness/1";
+
+/// The ALPN of the heartbeat connections among the members of a farm module
+/// (distinct from [`ALPN_HEARTBEAT`]: a farm endpoint never takes a mirror's
+/// connection, nor the reverse).
+pub const ALPN_FARM: &[u8] = b"mirrorfarm-farm/1";
+
+/// The most nodes a farm module has.
+pub const MAX_FARM_NODES: usize = 64;
 
 /// The real-time priority of the transport thread (SCHED_FIFO).
 const RT_PRIORITY: i32 = 10;
@@ -74,6 +90,37 @@ pub struct NetModule {
     pub timeout: Duration,
 }
 
+/// One farm module's links, as the daemon configures them.
+#[derive(Debug, Clone)]
+pub struct NetFarm {
+    /// The module's name (farm beats carry it).
+    pub module: String,
+    /// This node's name (the CN of its certificate).
+    pub me: String,
+    /// Every other member of the farm (1 to [`MAX_FARM_NODES`] - 1).
+    pub peers: Vec<FarmPeer>,
+    /// This node's address on each heartbeat network.
+    pub local: Vec<IpAddr>,
+    /// The module's heartbeat port (the same on all nodes).
+    pub port: u16,
+    /// The heartbeat interval: QUIC keep-alives and re-dials go at this pace.
+    pub interval: Duration,
+    /// The heartbeat timeout (the QUIC idle timeout is three times it).
+    pub timeout: Duration,
+}
+
+/// Another member of a farm module.
+#[derive(Debug, Clone)]
+pub struct FarmPeer {
+    /// Its node name (the CN of `cert`; its farm beats carry it).
+    pub name: String,
+    /// Its pinned certificate.
+    pub cert: PinnedPeer,
+    /// Its address on each heartbeat network, in the order of
+    /// [`NetFarm::local`].
+    pub addrs: Vec<IpAddr>,
+}
+
 /// What the transport hands to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetEvent {
@@ -85,6 +132,16 @@ pub enum NetEvent {
         network: usize,
         /// The beat.
         beat: Beat,
+    },
+    /// A farm beat from a member arrived on heartbeat network `network`; its
+    /// `from` is the member whose certificate the connection presented.
+    FarmBeat {
+        /// The farm module.
+        module: String,
+        /// The index of the network (into [`NetFarm::local`]).
+        network: usize,
+        /// The beat.
+        beat: FarmBeat,
     },
     /// The witness answered a report.
     Answer {
@@ -188,30 +245,44 @@ impl Net {
     /// Starts the transport thread: a dedicated OS thread running a
     /// current-thread tokio runtime, raised to real-time priority (SCHED_FIFO
     /// 10; if refused, logs once and goes on), so heartbeats never wait behind
-    /// disk, logging or the application. Returns once every endpoint is
-    /// bound, or the first error.
+    /// disk, logging or the application. Returns once every endpoint of the
+    /// mirror `modules` and the `farms` is bound, or the first error.
     pub fn start(
         id: Identity,
         modules: Vec<NetModule>,
+        farms: Vec<NetFarm>,
         events: Sender<NetEvent>,
     ) -> Result<Self, NetError> {
-        let prepared = modules
+        let modules = modules
             .into_iter()
             .map(|m| Prepared::new(&id, m))
             .collect::<Result<Vec<_>, _>>()?;
+        let farms = farms
+            .into_iter()
+            .map(|f| PreparedFarm::new(&id, f))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Events name the module only: one name, one module, of either kind.
         let mut names = BTreeSet::new();
-        for p in &prepared {
-            if !names.insert(p.m.module.clone()) {
+        for name in modules
+            .iter()
+            .map(|p| &p.m.module)
+            .chain(farms.iter().map(|p| &p.f.module))
+        {
+            if !names.insert(name.clone()) {
                 return Err(config_err(
-                    &p.m.module,
+                    name,
                     "the module is listed twice: give each module file a distinct name".into(),
                 ));
             }
         }
         let shared = Arc::new(Shared {
-            modules: prepared
+            modules: modules
                 .iter()
                 .map(|p| (p.m.module.clone(), p.slots.clone()))
+                .collect(),
+            farms: farms
+                .iter()
+                .map(|p| (p.f.module.clone(), p.slots.clone()))
                 .collect(),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -230,7 +301,7 @@ impl Net {
                         return;
                     }
                 };
-                rt.block_on(drive(prepared, events, ready_tx, stop_rx));
+                rt.block_on(drive(modules, farms, events, ready_tx, stop_rx));
             })
             .map_err(NetError::Thread)?;
         match ready_rx.recv() {
@@ -272,6 +343,27 @@ impl Net {
         }
     }
 
+    /// Sends `beat` to every member of the farm module connected on each
+    /// network (one datagram per member and network); never blocks. A member
+    /// whose link is down on a network misses the beat there.
+    pub fn send_farm_beat(&self, module: &str, beat: &FarmBeat) {
+        let Some(slots) = self.inner.shared.farms.get(module) else {
+            warn!(
+                module,
+                "send_farm_beat for a farm module the transport was not started with"
+            );
+            return;
+        };
+        let Some(bytes) = encode_checked(module, beat) else {
+            return;
+        };
+        for s in slots {
+            send_on(&s.slot, &bytes, module, || {
+                format!("farm network {} to {}", s.network, s.peer)
+            });
+        }
+    }
+
     /// Sends `report` to the module's witness if its link is up; never blocks.
     pub fn send_report(&self, module: &str, report: &Report) {
         let Some(slots) = self.inner.shared.modules.get(module) else {
@@ -304,6 +396,7 @@ impl fmt::Debug for Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net")
             .field("modules", &self.inner.shared.modules.keys())
+            .field("farms", &self.inner.shared.farms.keys())
             .finish_non_exhaustive()
     }
 }
@@ -339,9 +432,21 @@ struct ModuleSlots {
     witness: Option<Slot>,
 }
 
+/// The slot of one farm link: to one member on one network.
+#[derive(Clone)]
+struct FarmSlot {
+    /// The member's name.
+    peer: String,
+    /// The index of the network (into [`NetFarm::local`]).
+    network: usize,
+    slot: Slot,
+}
+
 /// What the sending handle reads.
 struct Shared {
     modules: BTreeMap<String, ModuleSlots>,
+    /// Per farm module, its links (network by network, members in order).
+    farms: BTreeMap<String, Vec<FarmSlot>>,
 }
 
 /// The thread and how to stop it; stopping happens once, by [`Net::stop`] or
@@ -371,8 +476,8 @@ impl Drop for Inner {
     }
 }
 
-/// A module checked and with its TLS configurations built (on the caller's
-/// thread, so that certificate errors come back from [`Net::start`]).
+/// A mirror module checked and with its TLS configurations built (on the
+/// caller's thread, so that certificate errors come back from [`Net::start`]).
 struct Prepared {
     m: NetModule,
     server: quinn::ServerConfig,
@@ -385,13 +490,7 @@ impl Prepared {
     fn new(id: &Identity, m: NetModule) -> Result<Self, NetError> {
         let module = m.module.clone();
         let bad = |why: String| Err(config_err(&module, why));
-        if id.name != m.me {
-            return bad(format!(
-                "this node is {:?} in the module but its certificate's name (CN) is {:?}: use \
-                 this node's own key and certificate, or fix the node's name",
-                m.me, id.name
-            ));
-        }
+        check_me(id, &m.module, &m.me)?;
         if m.peer.name == m.me {
             return bad(format!(
                 "the peer's certificate is this node's own ({:?}): pin the other node's \
@@ -399,22 +498,7 @@ impl Prepared {
                 m.me
             ));
         }
-        if m.local.is_empty() || m.local.len() != m.remote.len() {
-            return bad(format!(
-                "{} local and {} peer heartbeat addresses: list one address per heartbeat network \
-                 for each node, in the same order",
-                m.local.len(),
-                m.remote.len()
-            ));
-        }
-        for (k, (l, r)) in m.local.iter().zip(&m.remote).enumerate() {
-            if l.is_ipv4() != r.is_ipv4() {
-                return bad(format!(
-                    "network {k}: this node's address {l} and the peer's {r} are not of the same \
-                     IP version: use addresses of the same network"
-                ));
-            }
-        }
+        check_addrs(&m.module, &m.local, &m.remote, "peer")?;
         if let Some((addr, _)) = &m.witness {
             if addr.is_ipv4() != m.local[0].is_ipv4() {
                 return bad(format!(
@@ -424,17 +508,8 @@ impl Prepared {
                 ));
             }
         }
-        if m.interval.is_zero() || m.timeout <= m.interval {
-            return bad(format!(
-                "heartbeat interval {:?} and timeout {:?}: the timeout must be longer than a \
-                 non-zero interval",
-                m.interval, m.timeout
-            ));
-        }
-        let tls = |source| NetError::Tls {
-            module: module.clone(),
-            source: Box::new(source),
-        };
+        check_timing(&m.module, m.interval, m.timeout)?;
+        let tls = |source| tls_err(&module, source);
         let transport = Arc::new(transport(Some(m.interval), m.timeout));
         let mut server = server_config_for(id, &[&m.peer], ALPN_HEARTBEAT).map_err(tls)?;
         server.transport_config(transport.clone());
@@ -462,93 +537,272 @@ impl Prepared {
     }
 }
 
+/// A farm module checked and with its TLS configurations built: one server
+/// configuration accepting any member, one client configuration per member.
+struct PreparedFarm {
+    f: NetFarm,
+    server: quinn::ServerConfig,
+    /// One per member, in the order of [`NetFarm::peers`].
+    clients: Vec<quinn::ClientConfig>,
+    /// Network by network, members in order.
+    slots: Vec<FarmSlot>,
+}
+
+impl PreparedFarm {
+    fn new(id: &Identity, f: NetFarm) -> Result<Self, NetError> {
+        let module = f.module.clone();
+        let bad = |why: String| Err(config_err(&module, why));
+        check_me(id, &f.module, &f.me)?;
+        if f.peers.is_empty() || f.peers.len() >= MAX_FARM_NODES {
+            return bad(format!(
+                "{} other members: a farm has 2 to {MAX_FARM_NODES} nodes; list every other \
+                 member (and only those) in the module file",
+                f.peers.len()
+            ));
+        }
+        let mut names = BTreeSet::from([f.me.as_str()]);
+        for p in &f.peers {
+            if p.cert.name != p.name {
+                return bad(format!(
+                    "member {:?}: its certificate's name (CN) is {:?}: pin that member's own \
+                     certificate, or fix its name",
+                    p.name, p.cert.name
+                ));
+            }
+            if !names.insert(&p.name) {
+                return bad(format!(
+                    "member {:?} is listed twice (or is this node): list every other member once",
+                    p.name
+                ));
+            }
+            check_addrs(
+                &f.module,
+                &f.local,
+                &p.addrs,
+                &format!("member {:?}", p.name),
+            )?;
+        }
+        check_timing(&f.module, f.interval, f.timeout)?;
+        let tls = |source| tls_err(&module, source);
+        let transport = Arc::new(transport(Some(f.interval), f.timeout));
+        let pins: Vec<&PinnedPeer> = f.peers.iter().map(|p| &p.cert).collect();
+        let mut server = server_config_for(id, &pins, ALPN_FARM).map_err(tls)?;
+        server.transport_config(transport.clone());
+        let clients = f
+            .peers
+            .iter()
+            .map(|p| {
+                let mut c = client_config_for(id, &p.cert, ALPN_FARM).map_err(tls)?;
+                c.transport_config(transport.clone());
+                Ok(c)
+            })
+            .collect::<Result<Vec<_>, NetError>>()?;
+        let slots = (0..f.local.len())
+            .flat_map(|network| {
+                f.peers.iter().map(move |p| FarmSlot {
+                    peer: p.name.clone(),
+                    network,
+                    slot: Slot::default(),
+                })
+            })
+            .collect();
+        Ok(Self {
+            f,
+            server,
+            clients,
+            slots,
+        })
+    }
+}
+
+/// The module's node is this node (its certificate's CN).
+fn check_me(id: &Identity, module: &str, me: &str) -> Result<(), NetError> {
+    if id.name != me {
+        return Err(config_err(
+            module,
+            format!(
+                "this node is {me:?} in the module but its certificate's name (CN) is {:?}: use \
+                 this node's own key and certificate, or fix the node's name",
+                id.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// This node's and a peer's (`whose`) addresses: one per network, each pair
+/// of the same IP version.
+fn check_addrs(
+    module: &str,
+    local: &[IpAddr],
+    remote: &[IpAddr],
+    whose: &str,
+) -> Result<(), NetError> {
+    if local.is_empty() || local.len() != remote.len() {
+        return Err(config_err(
+            module,
+            format!(
+                "{} local and {} {whose} heartbeat addresses: list one address per heartbeat \
+                 network for each node, in the same order",
+                local.len(),
+                remote.len()
+            ),
+        ));
+    }
+    for (k, (l, r)) in local.iter().zip(remote).enumerate() {
+        if l.is_ipv4() != r.is_ipv4() {
+            return Err(config_err(
+                module,
+                format!(
+                    "network {k}: this node's address {l} and the {whose}'s {r} are not of the \
+                     same IP version: use addresses of the same network"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_timing(module: &str, interval: Duration, timeout: Duration) -> Result<(), NetError> {
+    if interval.is_zero() || timeout <= interval {
+        return Err(config_err(
+            module,
+            format!(
+                "heartbeat interval {interval:?} and timeout {timeout:?}: the timeout must be \
+                 longer than a non-zero interval"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What a link carries in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Beats from the peer, on heartbeat network `network`.
+    /// Beats from the mirror peer, on heartbeat network `network`.
     Peer { network: usize },
+    /// Farm beats from one member, on heartbeat network `network`.
+    Farm { network: usize },
     /// Answers from the witness.
     Witness,
 }
 
-/// One link: an endpoint, the one peer it talks to, and its connection slot.
-struct Link {
+impl Kind {
+    /// "heartbeat network K", "farm network K" or "witness", to start
+    /// messages with.
+    fn what(self) -> String {
+        match self {
+            Self::Peer { network } => format!("heartbeat network {network}"),
+            Self::Farm { network } => format!("farm network {network}"),
+            Self::Witness => "witness".into(),
+        }
+    }
+}
+
+/// Hands a module's events and rate-limited problems to the daemon.
+struct Reporter {
     module: String,
-    /// This node's name.
-    me: String,
+    events: Sender<NetEvent>,
+    problems: Mutex<RateLimit>,
+    /// Set when the transport stops: problems are no longer reported.
+    stopping: watch::Receiver<bool>,
+}
+
+/// One link: the one peer it talks to (over an endpoint it may share with
+/// the module's other links on that network), and its connection slot.
+struct Link {
     kind: Kind,
     /// The peer node or the witness.
     peer: PinnedPeer,
     /// Where to dial.
     remote: SocketAddr,
     endpoint: quinn::Endpoint,
+    /// Pins `peer` (an endpoint serves several peers: no default client).
+    client: quinn::ClientConfig,
+    /// This end dials (and re-dials) the link; else it only accepts.
+    dials: bool,
     slot: Slot,
-    events: Sender<NetEvent>,
     interval: Duration,
-    problems: Mutex<RateLimit>,
-    /// Set when the transport stops: problems are no longer reported.
-    stopping: watch::Receiver<bool>,
+    report: Reporter,
     span: Span,
+}
+
+/// The accepting side of a heartbeat endpoint: each connection goes to the
+/// link of the peer whose pinned certificate it presented.
+struct Acceptor {
+    endpoint: quinn::Endpoint,
+    kind: Kind,
+    /// Every link on the endpoint (one for a mirror, one per member for a
+    /// farm).
+    links: Vec<Arc<Link>>,
+    report: Reporter,
+    span: Span,
+}
+
+/// Everything bound for the modules: run by [`drive`].
+#[derive(Default)]
+struct Bound {
+    acceptors: Vec<Arc<Acceptor>>,
+    links: Vec<Arc<Link>>,
+    endpoints: Vec<quinn::Endpoint>,
 }
 
 /// The transport thread's body: binds everything, reports readiness, runs
 /// the links until told to stop, then closes the endpoints.
 async fn drive(
     modules: Vec<Prepared>,
+    farms: Vec<PreparedFarm>,
     events: Sender<NetEvent>,
     ready: std::sync::mpsc::Sender<Result<(), NetError>>,
     stop: oneshot::Receiver<()>,
 ) {
     let (stopping_tx, stopping) = watch::channel(false);
-    let mut links = Vec::new();
-    for p in modules {
-        match bind_module(p, &events, &stopping) {
-            Ok(mut l) => links.append(&mut l),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        }
+    let mut bound = Bound::default();
+    let binding = modules
+        .into_iter()
+        .try_for_each(|p| bind_module(p, &events, &stopping, &mut bound))
+        .and_then(|()| {
+            farms
+                .into_iter()
+                .try_for_each(|p| bind_farm(p, &events, &stopping, &mut bound))
+        });
+    if let Err(e) = binding {
+        let _ = ready.send(Err(e));
+        return;
     }
-    for link in &links {
-        let dials = match link.kind {
-            Kind::Peer { .. } => {
-                tokio::spawn(accept_loop(link.clone()));
-                // The node whose name sorts first dials.
-                link.me < link.peer.name
-            }
-            Kind::Witness => true,
-        };
-        if dials {
-            tokio::spawn(dial_loop(link.clone()));
-        }
+    for acceptor in &bound.acceptors {
+        tokio::spawn(accept_loop(acceptor.clone()));
+    }
+    for link in bound.links.iter().filter(|l| l.dials) {
+        tokio::spawn(dial_loop(link.clone()));
     }
     let _ = ready.send(Ok(()));
-    info!(links = links.len(), "heartbeat transport running");
+    info!(links = bound.links.len(), "heartbeat transport running");
     // A dropped handle (the daemon gone) stops the transport too.
     let _ = stop.await;
     let _ = stopping_tx.send(true);
-    for link in &links {
-        link.endpoint.close(0u32.into(), b"stopping");
+    for endpoint in &bound.endpoints {
+        endpoint.close(0u32.into(), b"stopping");
     }
     // One bound for all: the peers' acknowledgements of the closes come
     // concurrently anyway.
     let idle = async {
-        for link in &links {
-            link.endpoint.wait_idle().await;
+        for endpoint in &bound.endpoints {
+            endpoint.wait_idle().await;
         }
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, idle).await;
     info!("heartbeat transport stopped");
 }
 
-/// Binds one module's endpoints: one per heartbeat network on
+/// Binds one mirror module's endpoints: one per heartbeat network on
 /// `local[k]:port` (a server that also dials), and the witness client.
 fn bind_module(
     p: Prepared,
     events: &Sender<NetEvent>,
     stopping: &watch::Receiver<bool>,
-) -> Result<Vec<Arc<Link>>, NetError> {
+    bound: &mut Bound,
+) -> Result<(), NetError> {
     let Prepared {
         m,
         server,
@@ -557,108 +811,187 @@ fn bind_module(
         slots,
     } = p;
     let span = info_span!("net", node = %m.me, module = %m.module);
-    let mut links = Vec::new();
+    let report = || Reporter::new(&m.module, events, stopping);
     for (network, (local, remote)) in m.local.iter().zip(&m.remote).enumerate() {
-        let addr = SocketAddr::new(*local, m.port);
-        let mut endpoint = quinn::Endpoint::server(server.clone(), addr).map_err(|source| {
-            match source.kind() {
-                io::ErrorKind::AddrNotAvailable => NetError::AddressNotHere {
-                    module: m.module.clone(),
-                    network,
-                    addr,
-                },
-                io::ErrorKind::AddrInUse => NetError::PortInUse {
-                    module: m.module.clone(),
-                    network,
-                    addr,
-                },
-                _ => NetError::Bind {
-                    module: m.module.clone(),
-                    addr,
-                    source,
-                },
-            }
-        })?;
-        endpoint.set_default_client_config(client.clone());
-        links.push(Arc::new(Link {
-            module: m.module.clone(),
-            me: m.me.clone(),
-            kind: Kind::Peer { network },
+        let endpoint = bind_endpoint(
+            &m.module,
+            network,
+            SocketAddr::new(*local, m.port),
+            server.clone(),
+        )?;
+        let kind = Kind::Peer { network };
+        let link_span = info_span!(parent: &span, "link", network);
+        let link = Arc::new(Link {
+            kind,
             peer: m.peer.clone(),
             remote: SocketAddr::new(*remote, m.port),
-            endpoint,
+            endpoint: endpoint.clone(),
+            client: client.clone(),
+            // The node whose name sorts first dials.
+            dials: m.me < m.peer.name,
             slot: slots.links[network].clone(),
-            events: events.clone(),
             interval: m.interval,
-            problems: Mutex::default(),
-            stopping: stopping.clone(),
-            span: info_span!(parent: &span, "link", network),
+            report: report(),
+            span: link_span.clone(),
+        });
+        bound.acceptors.push(Arc::new(Acceptor {
+            endpoint: endpoint.clone(),
+            kind,
+            links: vec![link.clone()],
+            report: report(),
+            span: link_span,
         }));
+        bound.links.push(link);
+        bound.endpoints.push(endpoint);
     }
     if let (Some((addr, pin)), Some(client), Some(slot)) =
         (&m.witness, witness_client, &slots.witness)
     {
         let bind = SocketAddr::new(m.local[0], 0);
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind {
+        let endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind {
             module: m.module.clone(),
             addr: bind,
             source,
         })?;
-        endpoint.set_default_client_config(client);
-        links.push(Arc::new(Link {
-            module: m.module.clone(),
-            me: m.me.clone(),
+        bound.links.push(Arc::new(Link {
             kind: Kind::Witness,
             peer: pin.clone(),
             remote: *addr,
-            endpoint,
+            endpoint: endpoint.clone(),
+            client,
+            dials: true,
             slot: slot.clone(),
-            events: events.clone(),
             interval: m.interval,
-            problems: Mutex::default(),
-            stopping: stopping.clone(),
+            report: report(),
             span: info_span!(parent: &span, "witness", addr = %addr),
         }));
+        bound.endpoints.push(endpoint);
     }
-    Ok(links)
+    Ok(())
+}
+
+/// Binds one farm module's endpoints: one per heartbeat network on
+/// `local[k]:port`, each accepting every member and dialling those whose
+/// names sort after this node's.
+fn bind_farm(
+    p: PreparedFarm,
+    events: &Sender<NetEvent>,
+    stopping: &watch::Receiver<bool>,
+    bound: &mut Bound,
+) -> Result<(), NetError> {
+    let PreparedFarm {
+        f,
+        server,
+        clients,
+        slots,
+    } = p;
+    let span = info_span!("farm", node = %f.me, module = %f.module);
+    let report = || Reporter::new(&f.module, events, stopping);
+    let mut slots = slots.into_iter();
+    for (network, local) in f.local.iter().enumerate() {
+        let endpoint = bind_endpoint(
+            &f.module,
+            network,
+            SocketAddr::new(*local, f.port),
+            server.clone(),
+        )?;
+        let kind = Kind::Farm { network };
+        let mut links = Vec::with_capacity(f.peers.len());
+        for (peer, client) in f.peers.iter().zip(&clients) {
+            // PreparedFarm::new made one slot per network and member, in
+            // this order.
+            let slot = slots.next().expect("one slot per network and member");
+            debug_assert!(slot.network == network && slot.peer == peer.name);
+            links.push(Arc::new(Link {
+                kind,
+                peer: peer.cert.clone(),
+                remote: SocketAddr::new(peer.addrs[network], f.port),
+                endpoint: endpoint.clone(),
+                client: client.clone(),
+                // Of each pair of members, the one whose name sorts first
+                // dials.
+                dials: f.me < peer.name,
+                slot: slot.slot,
+                interval: f.interval,
+                report: report(),
+                span: info_span!(parent: &span, "link", network, peer = %peer.name),
+            }));
+        }
+        bound.acceptors.push(Arc::new(Acceptor {
+            endpoint: endpoint.clone(),
+            kind,
+            links: links.clone(),
+            report: report(),
+            span: info_span!(parent: &span, "accept", network),
+        }));
+        bound.links.extend(links);
+        bound.endpoints.push(endpoint);
+    }
+    Ok(())
+}
+
+/// Binds a heartbeat endpoint (a server that also dials) on `addr`, with
+/// errors that say what to fix.
+fn bind_endpoint(
+    module: &str,
+    network: usize,
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, NetError> {
+    quinn::Endpoint::server(server, addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrNotAvailable => NetError::AddressNotHere {
+            module: module.to_owned(),
+            network,
+            addr,
+        },
+        io::ErrorKind::AddrInUse => NetError::PortInUse {
+            module: module.to_owned(),
+            network,
+            addr,
+        },
+        _ => NetError::Bind {
+            module: module.to_owned(),
+            addr,
+            source,
+        },
+    })
 }
 
 /// Accepts connections on a heartbeat endpoint: each one that completes the
-/// handshake with the pinned peer's certificate becomes the link's connection.
-async fn accept_loop(link: Arc<Link>) {
-    let span = link.span.clone();
-    let mut stopping = link.stopping.clone();
+/// handshake with a pinned peer's certificate becomes that peer's link's
+/// connection (replacing an older one).
+async fn accept_loop(acc: Arc<Acceptor>) {
+    let span = acc.span.clone();
+    let mut stopping = acc.report.stopping.clone();
     async move {
         loop {
             let incoming = tokio::select! {
-                i = link.endpoint.accept() => i,
+                i = acc.endpoint.accept() => i,
                 _ = stopping.changed() => break,
             };
             let Some(incoming) = incoming else { break };
             let from = incoming.remote_address();
-            let link = link.clone();
+            let acc = acc.clone();
             tokio::spawn(
                 async move {
                     match incoming.await {
-                        // The TLS config accepts only the pinned peer; this
-                        // checks it again, at no cost, before any message.
-                        Ok(conn) if connected_peer(&conn, &[&link.peer]).is_some() => {
-                            link.install(conn);
-                        }
-                        Ok(conn) => {
-                            conn.close(1u32.into(), b"not the pinned peer");
-                            link.problem(
-                                "refused",
-                                format!(
-                                    "{}: refused a connection from {from}: it is not {}",
-                                    link.what(),
-                                    link.peer.name
-                                ),
-                            );
-                        }
-                        Err(e) => link.problem(
+                        Ok(conn) => match acc.link_of(&conn) {
+                            Some(link) => link.install(conn),
+                            None => {
+                                conn.close(1u32.into(), b"not a pinned peer");
+                                acc.report.problem(
+                                    "refused",
+                                    format!(
+                                        "{}: refused a connection from {from}: it is not {}",
+                                        acc.kind.what(),
+                                        acc.expected()
+                                    ),
+                                );
+                            }
+                        },
+                        Err(e) => acc.report.problem(
                             "refused",
-                            format!("{}: refused a connection from {from}: {e}", link.what()),
+                            format!("{}: refused a connection from {from}: {e}", acc.kind.what()),
                         ),
                     }
                 }
@@ -670,10 +1003,32 @@ async fn accept_loop(link: Arc<Link>) {
     .await;
 }
 
+impl Acceptor {
+    /// The link of the peer at the other end of `conn`. The TLS config
+    /// accepts only pinned peers; this checks it again, at no cost, and
+    /// finds which one.
+    fn link_of(&self, conn: &quinn::Connection) -> Option<&Arc<Link>> {
+        let pins: Vec<&PinnedPeer> = self.links.iter().map(|l| &l.peer).collect();
+        let pin = connected_peer(conn, &pins)?;
+        self.links
+            .iter()
+            .find(|l| l.peer.fingerprint == pin.fingerprint)
+    }
+
+    /// Who may connect, for messages: "node2" or "any of node2, node3".
+    fn expected(&self) -> String {
+        let names: Vec<&str> = self.links.iter().map(|l| l.peer.name.as_str()).collect();
+        match names.as_slice() {
+            [one] => (*one).to_owned(),
+            many => format!("any of {}", many.join(", ")),
+        }
+    }
+}
+
 /// Dials the link's peer (or witness) every interval while the link is down.
 async fn dial_loop(link: Arc<Link>) {
     let span = link.span.clone();
-    let mut stopping = link.stopping.clone();
+    let mut stopping = link.report.stopping.clone();
     // Each attempt restarts the handshake's retransmissions from a short
     // timer, so a returning peer is found soon after it listens again.
     let attempt = (link.interval * 2).max(Duration::from_millis(500));
@@ -688,16 +1043,20 @@ async fn dial_loop(link: Arc<Link>) {
             if link.is_up() {
                 continue;
             }
-            let connecting = match link.endpoint.connect(link.remote, &link.peer.name) {
-                Ok(c) => c,
-                Err(e) => {
-                    link.problem(
-                        "connect",
-                        format!("{}: cannot dial {}: {e}", link.what(), link.remote),
-                    );
-                    continue;
-                }
-            };
+            let connecting =
+                match link
+                    .endpoint
+                    .connect_with(link.client.clone(), link.remote, &link.peer.name)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        link.problem(
+                            "connect",
+                            format!("{}: cannot dial {}: {e}", link.what(), link.remote),
+                        );
+                        continue;
+                    }
+                };
             let result = tokio::select! {
                 r = tokio::time::timeout(attempt, connecting) => r,
                 _ = stopping.changed() => break,
@@ -733,12 +1092,10 @@ async fn dial_loop(link: Arc<Link>) {
 }
 
 impl Link {
-    /// "heartbeat network K" or "witness", to start messages with.
+    /// "heartbeat network K", "farm network K" or "witness", to start
+    /// messages with.
     fn what(&self) -> String {
-        match self.kind {
-            Kind::Peer { network } => format!("heartbeat network {network}"),
-            Kind::Witness => "witness".into(),
-        }
+        self.kind.what()
     }
 
     /// Whether the link has a live connection.
@@ -757,8 +1114,8 @@ impl Link {
                 old.close(0u32.into(), b"replaced by a newer connection");
             }
         }
-        debug!(remote = %conn.remote_address(), "connected");
-        tokio::spawn(self.clone().read(conn).instrument(Span::current()));
+        debug!(parent: &self.span, remote = %conn.remote_address(), "connected");
+        tokio::spawn(self.clone().read(conn).instrument(self.span.clone()));
     }
 
     /// Delivers the connection's datagrams until it closes, then clears the
@@ -774,7 +1131,7 @@ impl Link {
                         // ends a problem: a peer that accepts the handshake
                         // and then refuses our certificate would otherwise
                         // be reported every interval.
-                        lock(&self.problems).reset();
+                        lock(&self.report.problems).reset();
                         info!(remote = %conn.remote_address(), "link up");
                     }
                 }
@@ -820,48 +1177,48 @@ impl Link {
     /// Decodes and checks one datagram and hands it to the daemon. Returns
     /// whether it was a good message.
     fn deliver(&self, bytes: &[u8]) -> bool {
+        let module = &self.report.module;
         match self.kind {
             Kind::Peer { network } => match msg::decode::<Beat>(bytes) {
-                Ok(beat) if beat.module == self.module && beat.from == self.peer.name => {
-                    self.emit(NetEvent::Beat {
-                        module: self.module.clone(),
+                Ok(beat) if beat.module == *module && beat.from == self.peer.name => {
+                    self.report.emit(NetEvent::Beat {
+                        module: module.clone(),
                         network,
                         beat,
                     });
                     true
                 }
                 Ok(beat) => {
-                    self.problem(
-                        "foreign",
-                        format!(
-                            "{}: dropped a beat for module {:?} from {:?}: this link carries \
-                             module {:?} from {:?}; give each module its own heartbeat_port on \
-                             both nodes",
-                            self.what(),
-                            beat.module,
-                            beat.from,
-                            self.module,
-                            self.peer.name
-                        ),
-                    );
+                    self.foreign(&beat.module, &beat.from);
                     false
                 }
                 Err(e) => {
-                    self.problem(
-                        "malformed",
-                        format!(
-                            "{}: dropped a beat from {}: {e}",
-                            self.what(),
-                            self.peer.name
-                        ),
-                    );
+                    self.malformed("a beat", e);
+                    false
+                }
+            },
+            Kind::Farm { network } => match msg::decode::<FarmBeat>(bytes) {
+                Ok(beat) if beat.module == *module && beat.from == self.peer.name => {
+                    self.report.emit(NetEvent::FarmBeat {
+                        module: module.clone(),
+                        network,
+                        beat,
+                    });
+                    true
+                }
+                Ok(beat) => {
+                    self.foreign(&beat.module, &beat.from);
+                    false
+                }
+                Err(e) => {
+                    self.malformed("a farm beat", e);
                     false
                 }
             },
             Kind::Witness => match msg::decode::<Answer>(bytes) {
-                Ok(answer) if answer.module == self.module => {
-                    self.emit(NetEvent::Answer {
-                        module: self.module.clone(),
+                Ok(answer) if answer.module == *module => {
+                    self.report.emit(NetEvent::Answer {
+                        module: module.clone(),
                         answer,
                     });
                     true
@@ -873,7 +1230,7 @@ impl Link {
                             "{}: dropped an answer for module {:?} on the link of module {:?}",
                             self.what(),
                             answer.module,
-                            self.module
+                            module
                         ),
                     );
                     false
@@ -886,6 +1243,56 @@ impl Link {
                     false
                 }
             },
+        }
+    }
+
+    /// A beat that names another module or sender than the link's (whose
+    /// sender TLS authenticated).
+    fn foreign(&self, module: &str, from: &str) {
+        let fix = if module == self.report.module {
+            format!(
+                "the connection presented {}'s certificate: a node beats under its own name \
+                 only (check the node name and certificate on {})",
+                self.peer.name, self.peer.name
+            )
+        } else {
+            "give each module its own heartbeat_port on every node".to_owned()
+        };
+        self.problem(
+            "foreign",
+            format!(
+                "{}: dropped a beat for module {module:?} from {from:?}: this link carries \
+                 module {:?} from {:?}; {fix}",
+                self.what(),
+                self.report.module,
+                self.peer.name
+            ),
+        );
+    }
+
+    fn malformed(&self, what: &str, e: msg::MsgError) {
+        self.problem(
+            "malformed",
+            format!(
+                "{}: dropped {what} from {}: {e}",
+                self.what(),
+                self.peer.name
+            ),
+        );
+    }
+
+    fn problem(&self, kind: &'static str, text: String) {
+        self.report.problem(kind, text);
+    }
+}
+
+impl Reporter {
+    fn new(module: &str, events: &Sender<NetEvent>, stopping: &watch::Receiver<bool>) -> Self {
+        Self {
+            module: module.to_owned(),
+            events: events.clone(),
+            problems: Mutex::default(),
+            stopping: stopping.clone(),
         }
     }
 
@@ -987,6 +1394,13 @@ fn config_err(module: &str, why: String) -> NetError {
     NetError::Config {
         module: module.to_owned(),
         why,
+    }
+}
+
+fn tls_err(module: &str, source: TlsError) -> NetError {
+    NetError::Tls {
+        module: module.to_owned(),
+        source: Box::new(source),
     }
 }
 

@@ -129,7 +129,10 @@ fn start_node(
     let mut m = module(me, peer, vec![local], vec![remote], port);
     m.witness = Some(witness);
     let (tx, rx) = crossbeam_channel::unbounded();
-    (Net::start(id, vec![m], tx).expect("Net::start"), rx)
+    (
+        Net::start(id, vec![m], Vec::new(), tx).expect("Net::start"),
+        rx,
+    )
 }
 
 /// Loads an identity generated before.
