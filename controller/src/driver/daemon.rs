@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::farm::FarmRunner;
 use super::metrics;
 use super::module::{ModuleEvent, ModuleRunner};
-use super::net::{Net, NetEvent, NetModule};
+use super::net::{FarmPeer, Net, NetEvent, NetFarm, NetModule};
 use crate::cluster::module::{Command, CoreStatus};
 use crate::cluster::state::ModuleState;
 use crate::config::{self, ModuleKind, NodeConfig};
@@ -93,7 +93,36 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
     let (farm_modules, modules): (Vec<_>, Vec<_>) = modules
         .into_iter()
         .partition(|m| m.kind == ModuleKind::Farm);
+    let mut net_farms = Vec::new();
     for m in farm_modules {
+        let load = |p: &Path| {
+            mirrorfs::net::tls::load_peer(p).map_err(|e| DaemonError::Identity(e.to_string()))
+        };
+        let me = m
+            .nodes
+            .iter()
+            .find(|n| n.name == node.name)
+            .cloned()
+            .ok_or_else(|| {
+                DaemonError::Config(format!("{}: {} is not listed", m.name, node.name))
+            })?;
+        let mut peers = Vec::new();
+        for n in m.nodes.iter().filter(|n| n.name != node.name) {
+            peers.push(FarmPeer {
+                name: n.name.clone(),
+                cert: load(&n.cert)?,
+                addrs: n.addrs.clone(),
+            });
+        }
+        net_farms.push(NetFarm {
+            module: m.name.clone(),
+            me: node.name.clone(),
+            peers,
+            local: me.addrs.clone(),
+            port: m.heartbeat_port,
+            interval: m.timing.heartbeat_interval,
+            timeout: m.timing.heartbeat_timeout,
+        });
         let name = m.name.clone();
         let runner = FarmRunner::start(m, &node, incarnation, mod_tx.clone())
             .map_err(DaemonError::Config)?;
@@ -134,7 +163,7 @@ pub fn run(node: NodeConfig, shutdown: Receiver<()>) -> Result<(), DaemonError> 
         runners.insert(name, runner);
     }
     let (net_tx, net_rx) = unbounded::<NetEvent>();
-    let net = Net::start(identity, net_modules, Vec::new(), net_tx)
+    let net = Net::start(identity, net_modules, net_farms, net_tx)
         .map_err(|e| DaemonError::Net(e.to_string()))?;
 
     let (call_tx, call_rx) = unbounded::<Call>();
@@ -343,13 +372,10 @@ fn net_event(
                 f.log.line(&text);
             }
         }
-        // Farm modules are not started by the daemon yet: it passes the
-        // transport no farm, so none of these arrive.
-        NetEvent::FarmBeat { module, .. } => {
-            warn!(
-                module,
-                "farm beat for a module the daemon does not run: dropped"
-            );
+        NetEvent::FarmBeat { module, beat, .. } => {
+            if let Some(f) = farms.get_mut(&module) {
+                f.beat(now, beat, Some(net));
+            }
         }
     }
 }

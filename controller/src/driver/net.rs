@@ -384,9 +384,6 @@ impl Net {
 
     /// Closes every endpoint and connection and joins the thread (clones of
     /// this handle can no longer send anything).
-    /// TEMPORARY until the farm links land: farm beats are not carried yet.
-    pub fn send_farm_beat(&self, _module: &str, _beat: &msg::FarmBeat) {}
-
     pub fn stop(self) {
         self.inner.stop_and_join();
     }
