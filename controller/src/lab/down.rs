@@ -30,8 +30,9 @@ pub(crate) fn down(lab: &Lab) -> Result<(), LabError> {
     }
     let mut problems = Vec::new();
 
-    let daemons: Vec<i32> = [Host::Node1, Host::Node2, Host::Witness]
+    let daemons: Vec<i32> = Host::ALL
         .iter()
+        .filter(|&&h| h != Host::Client)
         .filter_map(|&h| sys::live_pid(&lab.pid_file(h), &lab.netns(h)))
         .collect();
     if !daemons.is_empty() {
@@ -42,6 +43,19 @@ pub(crate) fn down(lab: &Lab) -> Result<(), LabError> {
                 DAEMON_GRACE.as_secs()
             );
         }
+    }
+    // Apache detaches from the daemon that started it (stop_both or
+    // stop_prim would have stopped it): stop what its pid files name, also
+    // outside the namespaces found (a namespace deleted by hand), before
+    // every process left in the namespaces is stopped.
+    let apaches: Vec<i32> = Host::ALL
+        .iter()
+        .filter(|h| h.runs_daemon())
+        .filter_map(|&h| sys::pid_of(&lab.app_pid_file(h), "apache2"))
+        .collect();
+    if !apaches.is_empty() {
+        println!("lab {name}: stopping Apache (pids {apaches:?})");
+        sys::term_then_kill(&apaches, GRACE);
     }
     if let Err(e) = sys::stop_all(&namespaces, GRACE) {
         problems.push(e);

@@ -74,7 +74,7 @@ fn assert_pings(lab: &Lab, from: Host, to: Host) {
 fn the_network_connects_every_host_and_down_removes_it_all() {
     let t = TestLab::new('n');
     let lab = &t.lab;
-    net::build(lab).unwrap();
+    net::build(lab, &Host::ALL).unwrap();
     for ns in lab.namespaces() {
         assert!(sys::netns_exists(&ns), "namespace {ns} is missing");
     }
@@ -90,6 +90,9 @@ fn the_network_connects_every_host_and_down_removes_it_all() {
         (Host::Client, Host::Node2),
         (Host::Witness, Host::Node1),
         (Host::Node2, Host::Witness),
+        (Host::Client, Host::Farm1),
+        (Host::Farm2, Host::Farm3),
+        (Host::Farm3, Host::Node1),
     ] {
         assert_pings(lab, from, to);
     }
@@ -176,7 +179,7 @@ fn down_removes_a_half_built_lab() {
 fn start_prim_serves_and_takes_uploads_and_stop_prim_stops_it() {
     let t = TestLab::new('s');
     let lab = &t.lab;
-    net::build(lab).unwrap();
+    net::build(lab, &Host::MIRROR_PART).unwrap();
     let scripts = lab.scripts_dir();
     fs::create_dir_all(&scripts).unwrap();
     for (name, text) in render::SCRIPTS {
@@ -300,7 +303,27 @@ fn parse(args: &[&str]) -> Result<LabCmd, clap::Error> {
 #[test]
 fn the_command_line_has_defaults_and_checks_names() {
     let name = |s: &str| s.parse::<LabName>().unwrap();
-    assert_eq!(parse(&["up"]).unwrap(), LabCmd::Up { name: name("mf") });
+    assert_eq!(
+        parse(&["up"]).unwrap(),
+        LabCmd::Up {
+            name: name("mf"),
+            no_farm: false
+        }
+    );
+    assert_eq!(
+        parse(&["up", "--no-farm", "--name", "a"]).unwrap(),
+        LabCmd::Up {
+            name: name("a"),
+            no_farm: true
+        }
+    );
+    assert_eq!(
+        parse(&["start", "farm3"]).unwrap(),
+        LabCmd::Start {
+            node: Host::Farm3,
+            name: name("mf")
+        }
+    );
     assert_eq!(
         parse(&["status", "--name", "x1", "--json"]).unwrap(),
         LabCmd::Status {
@@ -333,4 +356,148 @@ fn the_command_line_has_defaults_and_checks_names() {
         .to_string();
     assert!(err.contains("1 to 10 characters"), "{err}");
     let _: LabError = "x".repeat(11).parse::<LabName>().unwrap_err();
+}
+
+/// The farm's files as `up` writes them (certificates made in process, as
+/// `mirrorfs keygen` makes them): the farm module file that the lab renders
+/// passes the daemon's own validation on every farm node, with the lab's
+/// nodes, addresses, certificates, VIP and scripts, and the example's other
+/// settings; the mirror nodes' module directory does not see it.
+#[test]
+fn the_farm_module_renders_and_passes_the_daemons_validation() {
+    use crate::config::{self, ModuleKind};
+    use crate::lab::layout::{FARM_VIP, PREFIX_LEN};
+
+    let root = tempfile::tempdir().unwrap();
+    let lab = Lab::new("mf".parse().unwrap(), root.path());
+    fs::create_dir_all(lab.farm_scripts_dir()).unwrap();
+    fs::create_dir_all(lab.certs_dir()).unwrap();
+    for host in Host::FARM {
+        mirrorfs::net::tls::keygen(&lab.certs_dir(), host.name()).unwrap();
+    }
+    let module_file = lab.farm_module_file();
+    fs::write(&module_file, render::farm_module_file(&lab)).unwrap();
+    for (name, text) in render::FARM_SCRIPTS {
+        let path = lab.farm_scripts_dir().join(name);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let example: ron::Value = ron::from_str(render::FARM_EXAMPLE).unwrap();
+    let ours: ron::Value = ron::from_str(&fs::read_to_string(&module_file).unwrap()).unwrap();
+    assert_ne!(example, ours);
+
+    for host in Host::FARM {
+        let node_file = lab.node_file(host);
+        fs::create_dir_all(node_file.parent().unwrap()).unwrap();
+        fs::write(
+            &node_file,
+            render::node_file(&lab, host, Path::new("/bin/true")),
+        )
+        .unwrap();
+        let node = config::load_node(&node_file).unwrap();
+        assert_eq!(node.modules, lab.farm_modules_dir());
+        let m = config::load_module(&module_file, &node).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.name, "apache-farm");
+        assert_eq!(m.kind, ModuleKind::Farm);
+        let nodes: Vec<(String, Vec<String>, PathBuf, u32)> = m
+            .nodes
+            .iter()
+            .map(|n| {
+                let addrs = n.addrs.iter().map(|a| a.to_string()).collect();
+                (n.name.clone(), addrs, n.cert.clone(), n.weight)
+            })
+            .collect();
+        let want: Vec<(String, Vec<String>, PathBuf, u32)> = Host::FARM
+            .iter()
+            .map(|&h| (h.name().into(), vec![h.addr().to_string()], lab.cert(h), 1))
+            .collect();
+        assert_eq!(nodes, want);
+        let farm = m.farm.as_ref().unwrap();
+        let vips: Vec<(std::net::Ipv4Addr, u8, String)> = farm
+            .vips
+            .iter()
+            .map(|v| (v.addr, v.prefix, v.interface.clone()))
+            .collect();
+        assert_eq!(vips, [(FARM_VIP, PREFIX_LEN, "eth0".to_owned())]);
+        assert_eq!(m.heartbeat_port, 7440);
+        assert_eq!(m.scripts.dir, lab.farm_scripts_dir());
+    }
+    // Nothing of the example's machine is left outside comments.
+    let text = fs::read_to_string(&module_file).unwrap();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for gone in ["/etc/mirrorfarm", "10.78.", "\"node"] {
+            assert!(!line.contains(gone), "left over ({gone}): {line}");
+        }
+    }
+    // A mirror node's daemon does not load the farm's file (it would refuse
+    // a module it is no node of).
+    assert_ne!(lab.modules_dir_of(Host::Node1), lab.farm_modules_dir());
+    assert!(!module_file.starts_with(lab.modules_dir()));
+}
+
+/// The farm's scripts as the lab installs them, run by hand in farm2 as
+/// its daemon would (in the run dir `down` knows): Apache serves the page
+/// naming the node and big.bin to the client on the node's address; then
+/// `down` stops that detached Apache (by its pid file and namespace) and
+/// leaves nothing.
+#[test]
+fn start_both_serves_the_node_and_down_stops_the_detached_apache() {
+    let t = TestLab::new('f');
+    let lab = &t.lab;
+    net::build(lab, &[Host::Client, Host::Farm2]).unwrap();
+    let scripts = lab.farm_scripts_dir();
+    fs::create_dir_all(&scripts).unwrap();
+    for (name, text) in render::FARM_SCRIPTS {
+        let path = scripts.join(name);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let node = Host::Farm2;
+    let pid_file = lab.app_pid_file(node);
+    let run_dir = pid_file.parent().unwrap().to_owned();
+    fs::create_dir_all(&run_dir).unwrap();
+    // The run dir's parents must be reachable by www-data.
+    for d in run_dir.ancestors().take_while(|d| d.starts_with(lab.dir())) {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = sys::in_netns(&lab.netns(node), scripts.join("start_both"));
+    cmd.current_dir(&scripts)
+        .env("MIRRORFARM_MODULE", "apache-farm")
+        .env("MIRRORFARM_NODE", node.name())
+        .env("MIRRORFARM_RUN_DIR", &run_dir);
+    let out = sys::output_within(cmd, Duration::from_secs(40)).expect("start_both finishes");
+    assert!(
+        out.status.success(),
+        "start_both: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = sys::pid_of(&pid_file, "apache2").expect("Apache runs");
+    assert!(sys::runs_in(pid, &lab.netns(node)));
+    let curl = |args: &[&str]| {
+        let mut c = sys::in_netns(&lab.netns(Host::Client), "curl");
+        c.args(["-sS", "-f", "--max-time", "10"]).args(args);
+        sys::output_within(c, Duration::from_secs(15)).expect("curl finishes")
+    };
+    let base = format!("http://{}", node.addr());
+    let page = curl(&[&format!("{base}/")]);
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("served by farm2"),
+        "{page:?}"
+    );
+    let size = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("{base}/big.bin"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&size.stdout), "67108864");
+
+    down::down(lab).unwrap();
+    assert!(!sys::alive_as(pid, "apache2"), "Apache (pid {pid}) is left");
+    for ns in lab.namespaces() {
+        assert!(!sys::netns_exists(&ns), "namespace {ns} is left");
+    }
+    assert!(!lab.dir().exists());
 }

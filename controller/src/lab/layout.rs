@@ -21,6 +21,10 @@ pub(crate) const WITNESS_PORT: u16 = 7430;
 pub(crate) const MODULE: &str = "apache";
 /// The bridge in the switch namespace.
 pub(crate) const BRIDGE: &str = "br0";
+/// The virtual IP of the Apache farm module (every farm node holds it).
+pub(crate) const FARM_VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 200);
+/// The farm module of the lab (its file stem).
+pub(crate) const FARM_MODULE: &str = "apache-farm";
 
 /// A lab's name, `[a-z0-9]{1,10}`: short enough that every interface name
 /// made from it fits Linux's 15 characters, and safe in paths and commands.
@@ -70,13 +74,42 @@ pub enum Host {
     /// Where the operator (or a test) plays the client of the VIP.
     #[value(skip)]
     Client,
+    /// The first node of the farm.
+    Farm1,
+    /// The second node of the farm.
+    Farm2,
+    /// The third node of the farm.
+    Farm3,
 }
 
 impl Host {
     /// Every host, in the order they are built.
-    pub(crate) const ALL: [Self; 4] = [Self::Node1, Self::Node2, Self::Witness, Self::Client];
+    pub(crate) const ALL: [Self; 7] = [
+        Self::Node1,
+        Self::Node2,
+        Self::Witness,
+        Self::Client,
+        Self::Farm1,
+        Self::Farm2,
+        Self::Farm3,
+    ];
+    /// The hosts of the mirror part (every lab has them), in build order.
+    pub(crate) const MIRROR_PART: [Self; 4] =
+        [Self::Node1, Self::Node2, Self::Witness, Self::Client];
     /// The two mirror nodes.
     pub(crate) const NODES: [Self; 2] = [Self::Node1, Self::Node2];
+    /// The farm's nodes (absent from a lab built with `--no-farm`).
+    pub(crate) const FARM: [Self; 3] = [Self::Farm1, Self::Farm2, Self::Farm3];
+
+    /// Whether the host is a node of the farm.
+    pub(crate) fn is_farm(self) -> bool {
+        Self::FARM.contains(&self)
+    }
+
+    /// Whether the host runs a `mirrorfarm daemon` (a mirror or farm node).
+    pub(crate) fn runs_daemon(self) -> bool {
+        matches!(self, Self::Node1 | Self::Node2) || self.is_farm()
+    }
 
     /// The host's name, as in the configuration (`node1`) and in namespaces.
     pub fn name(self) -> &'static str {
@@ -85,6 +118,9 @@ impl Host {
             Self::Node2 => "node2",
             Self::Witness => "witness",
             Self::Client => "client",
+            Self::Farm1 => "farm1",
+            Self::Farm2 => "farm2",
+            Self::Farm3 => "farm3",
         }
     }
 
@@ -95,6 +131,9 @@ impl Host {
             Self::Node2 => 2,
             Self::Witness => 3,
             Self::Client => 10,
+            Self::Farm1 => 21,
+            Self::Farm2 => 22,
+            Self::Farm3 => 23,
         };
         Ipv4Addr::new(10, 77, 0, last)
     }
@@ -106,6 +145,9 @@ impl Host {
             Self::Node2 => "n2",
             Self::Witness => "w",
             Self::Client => "c",
+            Self::Farm1 => "f1",
+            Self::Farm2 => "f2",
+            Self::Farm3 => "f3",
         }
     }
 }
@@ -150,7 +192,8 @@ impl Lab {
         format!("{}-sw", self.name)
     }
 
-    /// Every namespace of the lab: the hosts', then the switch's.
+    /// Every namespace a lab may have (the farm's too, whether it was built
+    /// or not): the hosts', then the switch's.
     pub(crate) fn namespaces(&self) -> Vec<String> {
         let mut all: Vec<String> = Host::ALL.iter().map(|&h| self.netns(h)).collect();
         all.push(self.switch_netns());
@@ -186,9 +229,44 @@ impl Lab {
         self.etc_dir().join(format!("{host}.ron"))
     }
 
-    /// `etc/modules`: the nodes' `modules` directory.
+    /// `etc/modules`: the mirror nodes' `modules` directory.
     pub(crate) fn modules_dir(&self) -> PathBuf {
         self.etc_dir().join("modules")
+    }
+
+    /// `etc/farm-modules`: the farm nodes' `modules` directory (apart from
+    /// the mirror's: a daemon loads every module file of its directory and
+    /// must be a node of each).
+    pub(crate) fn farm_modules_dir(&self) -> PathBuf {
+        self.etc_dir().join("farm-modules")
+    }
+
+    /// The `modules` directory of `host`'s node file.
+    pub(crate) fn modules_dir_of(&self, host: Host) -> PathBuf {
+        if host.is_farm() {
+            self.farm_modules_dir()
+        } else {
+            self.modules_dir()
+        }
+    }
+
+    /// `etc/farm-modules/apache-farm.ron`.
+    pub(crate) fn farm_module_file(&self) -> PathBuf {
+        self.farm_modules_dir().join(format!("{FARM_MODULE}.ron"))
+    }
+
+    /// `etc/farm-modules/apache-farm`: the farm module's scripts.
+    pub(crate) fn farm_scripts_dir(&self) -> PathBuf {
+        self.farm_modules_dir().join(FARM_MODULE)
+    }
+
+    /// Whether the lab has (or had begun to build) its farm part: the farm's
+    /// module file or one of its namespaces exists.
+    pub(crate) fn has_farm(&self) -> bool {
+        self.farm_module_file().exists()
+            || Host::FARM
+                .iter()
+                .any(|&h| super::sys::netns_exists(&self.netns(h)))
     }
 
     /// `etc/modules/apache.ron`.
@@ -234,6 +312,18 @@ impl Lab {
     /// `<host>.pid`: the pid of `host`'s daemon (or witness).
     pub(crate) fn pid_file(&self, host: Host) -> PathBuf {
         self.dir.join(format!("{host}.pid"))
+    }
+
+    /// The pid file of the Apache that `host`'s module runs: the daemon's
+    /// run dir of the module (`<state_dir>/modules/<module>/run`, its
+    /// `MIRRORFARM_RUN_DIR`), where start_prim and start_both write it.
+    pub(crate) fn app_pid_file(&self, host: Host) -> PathBuf {
+        let module = if host.is_farm() { FARM_MODULE } else { MODULE };
+        self.state_dir(host)
+            .join("modules")
+            .join(module)
+            .join("run")
+            .join("apache2.pid")
     }
 
     /// `path` (absolute, as in `apache.ron`) as seen on `host`: under its
@@ -284,7 +374,10 @@ mod tests {
                 "abcdefghij-n1",
                 "abcdefghij-n2",
                 "abcdefghij-w",
-                "abcdefghij-c"
+                "abcdefghij-c",
+                "abcdefghij-f1",
+                "abcdefghij-f2",
+                "abcdefghij-f3",
             ]
         );
         for p in &ports {
@@ -302,7 +395,16 @@ mod tests {
         let lab = Lab::new("mf".parse().unwrap(), Path::new("/var/lib/mirrorfarm-lab"));
         assert_eq!(
             lab.namespaces(),
-            ["mf-node1", "mf-node2", "mf-witness", "mf-client", "mf-sw"]
+            [
+                "mf-node1",
+                "mf-node2",
+                "mf-witness",
+                "mf-client",
+                "mf-farm1",
+                "mf-farm2",
+                "mf-farm3",
+                "mf-sw"
+            ]
         );
         let htdocs = Path::new("/srv/apache-mirror/htdocs");
         let table = [
@@ -314,6 +416,22 @@ mod tests {
             (lab.key(Host::Witness), "certs/witness.key"),
             (lab.pid_file(Host::Node2), "node2.pid"),
             (lab.log(Host::Witness), "logs/witness.log"),
+            (lab.node_file(Host::Farm3), "etc/farm3.ron"),
+            (lab.farm_module_file(), "etc/farm-modules/apache-farm.ron"),
+            (lab.farm_scripts_dir(), "etc/farm-modules/apache-farm"),
+            (lab.modules_dir_of(Host::Farm1), "etc/farm-modules"),
+            (lab.modules_dir_of(Host::Node1), "etc/modules"),
+            (lab.socket(Host::Farm2), "farm2/run/mirrorfarm.sock"),
+            (lab.key(Host::Farm1), "certs/farm1.key"),
+            (lab.pid_file(Host::Farm1), "farm1.pid"),
+            (
+                lab.app_pid_file(Host::Farm2),
+                "farm2/state/modules/apache-farm/run/apache2.pid",
+            ),
+            (
+                lab.app_pid_file(Host::Node1),
+                "node1/state/modules/apache/run/apache2.pid",
+            ),
             (
                 lab.on_node(Host::Node2, htdocs),
                 "node2/srv/apache-mirror/htdocs",
@@ -322,6 +440,25 @@ mod tests {
         for (got, want) in table {
             assert_eq!(got, Path::new("/var/lib/mirrorfarm-lab/mf").join(want));
         }
+    }
+
+    #[test]
+    fn addresses_are_distinct_on_the_segment_and_miss_the_vips() {
+        let mut addrs: Vec<Ipv4Addr> = Host::ALL.iter().map(|h| h.addr()).collect();
+        addrs.extend([VIP, FARM_VIP]);
+        for a in &addrs {
+            assert_eq!(a.octets()[..3], [10, 77, 0], "{a} is off the lab's /24");
+        }
+        let n = addrs.len();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(
+            addrs.len(),
+            n,
+            "two hosts (or a host and a VIP) share an address"
+        );
+        assert!(Host::FARM.iter().all(|h| h.is_farm() && h.runs_daemon()));
+        assert!(!Host::Witness.runs_daemon() && !Host::Client.runs_daemon());
     }
 
     #[test]

@@ -8,14 +8,15 @@ use super::layout::{Host, Lab, BRIDGE, PREFIX_LEN};
 use super::sys::{self, ip};
 use super::LabError;
 
-/// Builds the namespaces, the bridge and the links, with `lo` up everywhere.
+/// Builds the namespaces of `hosts` (the mirror part's, and the farm's
+/// unless `--no-farm`), the bridge and the links, with `lo` up everywhere.
 /// Stops at the first error and leaves what it made (`down` removes it).
-pub(crate) fn build(lab: &Lab) -> Result<(), LabError> {
+pub(crate) fn build(lab: &Lab, hosts: &[Host]) -> Result<(), LabError> {
     let sw = lab.switch_netns();
     add_netns(&sw)?;
     ip(["-n", &sw, "link", "add", BRIDGE, "type", "bridge"])?;
     ip(["-n", &sw, "link", "set", BRIDGE, "up"])?;
-    for host in Host::ALL {
+    for &host in hosts {
         let ns = lab.netns(host);
         add_netns(&ns)?;
         let port = lab.port(host);

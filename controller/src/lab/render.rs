@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::layout::{Host, Lab};
+use super::layout::{Host, Lab, FARM_VIP};
 
 /// The example module, as shipped.
 pub(crate) const MODULE_EXAMPLE: &str = include_str!("../../../examples/apache-mirror/apache.ron");
@@ -22,6 +22,25 @@ pub(crate) const SCRIPTS: [(&str, &str); 2] = [
         include_str!("../../../examples/apache-mirror/stop_prim"),
     ),
 ];
+
+/// The example farm module, as shipped.
+pub(crate) const FARM_EXAMPLE: &str = include_str!("../../../examples/apache-farm/apache-farm.ron");
+/// The farm module's scripts (name, text), installed executable in its
+/// scripts dir.
+pub(crate) const FARM_SCRIPTS: [(&str, &str); 2] = [
+    (
+        "start_both",
+        include_str!("../../../examples/apache-farm/start_both"),
+    ),
+    (
+        "stop_both",
+        include_str!("../../../examples/apache-farm/stop_both"),
+    ),
+];
+/// The farm example's VIP (the whole string literal).
+const FARM_EXAMPLE_VIP: &str = "\"10.78.0.100\"";
+/// The farm example's scripts directory (the whole `scripts.dir` value).
+const FARM_EXAMPLE_SCRIPTS_DIR: &str = "\"/etc/mirrorfarm/modules/apache-farm\"";
 
 /// Where the example keeps certificates (a prefix of each `cert` path).
 const EXAMPLE_CERTS: &str = "\"/etc/mirrorfarm/certs/";
@@ -54,7 +73,34 @@ pub(crate) fn module_file(lab: &Lab) -> String {
         .replace(EXAMPLE_SCRIPTS_DIR, &scripts)
 }
 
-/// The node file of `host` (a node): the schema of `examples/apache-mirror/
+/// The lab's `apache-farm.ron`: the farm example with its string literals
+/// substituted, as the mirror's file is made: each example node `nodeI`
+/// (name, `/etc/mirrorfarm/certs/nodeI.crt`, address `10.78.0.I`) becomes
+/// the lab's `farmI` (its name, `<lab>/certs/farmI.crt`, its address), the
+/// VIP `10.78.0.100` the lab's [`FARM_VIP`] (same prefix, interface `eth0`
+/// as in the lab), and the scripts dir `<lab>/etc/farm-modules/apache-farm`.
+/// Everything else (ports, rule, weights, timing, checkers, comments) is the
+/// example's.
+pub(crate) fn farm_module_file(lab: &Lab) -> String {
+    let q = |s: &str| format!("\"{s}\"");
+    let mut text = FARM_EXAMPLE.to_owned();
+    for (i, host) in Host::FARM.iter().enumerate() {
+        let n = i + 1;
+        let cert = lab.cert(*host).display().to_string();
+        for (from, to) in [
+            (q(&format!("node{n}")), q(host.name())),
+            (q(&format!("/etc/mirrorfarm/certs/node{n}.crt")), q(&cert)),
+            (q(&format!("10.78.0.{n}")), q(&host.addr().to_string())),
+        ] {
+            text = text.replace(&from, &to);
+        }
+    }
+    let scripts = q(&lab.farm_scripts_dir().display().to_string());
+    text.replace(FARM_EXAMPLE_VIP, &q(&FARM_VIP.to_string()))
+        .replace(FARM_EXAMPLE_SCRIPTS_DIR, &scripts)
+}
+
+/// The node file of `host` (a mirror or farm node): the schema of `examples/apache-mirror/
 /// node.ron` with everything inside the lab, `path_prefix` set to the node's
 /// directory (the nodes share one file system) and the mirrorfs binary given.
 pub(crate) fn node_file(lab: &Lab, host: Host, mirrorfs: &Path) -> String {
@@ -81,7 +127,7 @@ pub(crate) fn node_file(lab: &Lab, host: Host, mirrorfs: &Path) -> String {
         netns = lab.netns(host),
         key = q(&lab.key(host)),
         cert = q(&lab.cert(host)),
-        modules = q(&lab.modules_dir()),
+        modules = q(&lab.modules_dir_of(host)),
         socket = q(&lab.socket(host)),
         state = q(&lab.state_dir(host)),
         mirrorfs = q(mirrorfs),

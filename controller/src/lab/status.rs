@@ -3,7 +3,10 @@
 //!
 //! A node's state comes from its daemon, asked with the CLI itself
 //! (`mirrorfarm --socket SOCK state --json`), bounded in time: a daemon that
-//! does not answer shows as `UNREACHABLE`.
+//! does not answer shows as `UNREACHABLE`. The farm part (`farm`, absent
+//! from a lab built with `--no-farm`) is read the same way from each farm
+//! node's daemon, with the node's `share` (its bucket count) where the
+//! daemon's answer has one.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::layout::{Host, Lab, MODULE, VIP, WITNESS_PORT};
+use super::layout::{Host, Lab, FARM_MODULE, FARM_VIP, MODULE, VIP, WITNESS_PORT};
 use super::render::{self, DirSpec};
 use super::sys;
 
@@ -40,6 +43,39 @@ pub(crate) struct Status {
     pub(crate) nodes: BTreeMap<String, NodeStatus>,
     pub(crate) witness: WitnessStatus,
     pub(crate) client: ClientStatus,
+    /// The farm part; absent when the lab has none (`lab up --no-farm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) farm: Option<FarmStatus>,
+}
+
+/// The Apache farm of the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct FarmStatus {
+    /// The farm module's name.
+    pub(crate) module: String,
+    /// The VIP every farm node holds.
+    pub(crate) vip: String,
+    /// `farm1`, `farm2`, `farm3`.
+    pub(crate) nodes: BTreeMap<String, FarmNodeStatus>,
+}
+
+/// One node of the farm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct FarmNodeStatus {
+    /// Its network namespace.
+    pub(crate) netns: String,
+    /// Its address on the lab's segment.
+    pub(crate) addr: String,
+    /// The farm module's state from its daemon (STOP, WAIT, UP),
+    /// [`UNREACHABLE`] or [`UNKNOWN`].
+    pub(crate) state: String,
+    /// Its share of the farm (buckets it owns), as its daemon says; `null`
+    /// when the daemon's answer has none (or there is no answer).
+    pub(crate) share: Option<u64>,
+    /// Its daemon's control socket.
+    pub(crate) socket: PathBuf,
+    /// Its daemon's pid, if that runs.
+    pub(crate) pid: Option<i32>,
 }
 
 /// One node of the mirror.
@@ -81,20 +117,45 @@ pub(crate) struct ClientStatus {
 pub(crate) fn collect(lab: &Lab, exe: &Path) -> Status {
     let dirs = lab_dirs(lab);
     let first_mount = dirs.first().map(|d| d.mount.clone()).unwrap_or_default();
-    // Both daemons at once: an unreachable one costs the bound once, not twice.
-    let states: Vec<String> = thread::scope(|s| {
+    let farm_hosts: &[Host] = if lab.has_farm() { &Host::FARM } else { &[] };
+    // Every daemon at once: an unreachable one costs the bound once in all.
+    let mut answers: Vec<Answer> = thread::scope(|s| {
         let asks: Vec<_> = Host::NODES
             .iter()
-            .map(|&h| s.spawn(move || node_state(exe, &lab.socket(h))))
+            .chain(farm_hosts)
+            .map(|&h| {
+                let module = if h.is_farm() { FARM_MODULE } else { MODULE };
+                s.spawn(move || daemon_state(exe, &lab.socket(h), module))
+            })
             .collect();
         asks.into_iter()
-            .map(|a| a.join().unwrap_or_else(|_| UNREACHABLE.to_owned()))
+            .map(|a| a.join().unwrap_or_else(|_| Answer::unreachable()))
             .collect()
+    });
+    let farm_answers = answers.split_off(Host::NODES.len());
+    let farm = (!farm_hosts.is_empty()).then(|| FarmStatus {
+        module: FARM_MODULE.to_owned(),
+        vip: FARM_VIP.to_string(),
+        nodes: farm_hosts
+            .iter()
+            .zip(farm_answers)
+            .map(|(&h, a)| {
+                let node = FarmNodeStatus {
+                    netns: lab.netns(h),
+                    addr: h.addr().to_string(),
+                    state: a.state,
+                    share: a.share,
+                    socket: lab.socket(h),
+                    pid: sys::live_pid(&lab.pid_file(h), &lab.netns(h)),
+                };
+                (h.name().to_owned(), node)
+            })
+            .collect(),
     });
     let nodes = Host::NODES
         .iter()
-        .zip(states)
-        .map(|(&h, state)| {
+        .zip(answers)
+        .map(|(&h, Answer { state, .. })| {
             let node = NodeStatus {
                 netns: lab.netns(h),
                 addr: h.addr().to_string(),
@@ -121,32 +182,69 @@ pub(crate) fn collect(lab: &Lab, exe: &Path) -> Status {
             netns: lab.netns(Host::Client),
             addr: Host::Client.addr().to_string(),
         },
+        farm,
     }
 }
 
-/// The module's state on the node whose daemon listens on `socket`.
+/// What a daemon said of one module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// The module's state, [`UNREACHABLE`] or [`UNKNOWN`].
+    pub(crate) state: String,
+    /// The node's share (farm modules), if the answer has one.
+    pub(crate) share: Option<u64>,
+}
+
+impl Answer {
+    fn unreachable() -> Self {
+        Self {
+            state: UNREACHABLE.to_owned(),
+            share: None,
+        }
+    }
+}
+
+/// The mirror module's state on the node whose daemon listens on `socket`.
 pub(crate) fn node_state(exe: &Path, socket: &Path) -> String {
+    daemon_state(exe, socket, MODULE).state
+}
+
+/// `module`'s state (and share) on the node whose daemon listens on `socket`.
+pub(crate) fn daemon_state(exe: &Path, socket: &Path, module: &str) -> Answer {
     let mut cmd = Command::new(exe);
     cmd.arg("--socket").arg(socket).args(["state", "--json"]);
     match sys::output_within(cmd, QUERY_BOUND) {
-        Some(out) if out.status.success() => {
-            module_state(&out.stdout, MODULE).unwrap_or_else(|| UNKNOWN.to_owned())
-        }
-        _ => UNREACHABLE.to_owned(),
+        Some(out) if out.status.success() => Answer {
+            state: module_state(&out.stdout, module).unwrap_or_else(|| UNKNOWN.to_owned()),
+            share: module_share(&out.stdout, module),
+        },
+        _ => Answer::unreachable(),
     }
 }
 
-/// The state of `module` in the output of `mirrorfarm state --json`
+/// The entry of `module` in the output of `mirrorfarm state --json`
 /// (`{"version":1,"node":..,"modules":[{"module":..,"state":..},..]}`).
-pub(crate) fn module_state(json: &[u8], module: &str) -> Option<String> {
+fn module_entry(json: &[u8], module: &str) -> Option<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
     v.get("modules")?
         .as_array()?
         .iter()
-        .find(|m| m.get("module").and_then(|n| n.as_str()) == Some(module))?
+        .find(|m| m.get("module").and_then(|n| n.as_str()) == Some(module))
+        .cloned()
+}
+
+/// The state of `module` in the output of `mirrorfarm state --json`.
+pub(crate) fn module_state(json: &[u8], module: &str) -> Option<String> {
+    module_entry(json, module)?
         .get("state")?
         .as_str()
         .map(str::to_owned)
+}
+
+/// The share of `module` in the output of `mirrorfarm state --json`
+/// (`null` or absent: `None`).
+pub(crate) fn module_share(json: &[u8], module: &str) -> Option<u64> {
+    module_entry(json, module)?.get("share")?.as_u64()
 }
 
 /// The module's dirs from the lab's module file, or from the built-in example
@@ -197,9 +295,6 @@ pub(crate) fn render_text(st: &Status) -> String {
         "-".to_owned(),
         String::new(),
     ]);
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
     let mut out = format!(
         "lab {} ({}): module {}, VIP {}\n",
         st.name,
@@ -207,7 +302,59 @@ pub(crate) fn render_text(st: &Status) -> String {
         st.module,
         st.vip
     );
-    for row in &rows {
+    table(&mut out, &rows);
+    match &st.farm {
+        None => out.push_str("no farm (built with --no-farm)\n"),
+        Some(farm) => {
+            out.push_str(&format!(
+                "farm: module {}, VIP {} on every node\n",
+                farm.module, farm.vip
+            ));
+            let mut rows = vec![[
+                "HOST".to_owned(),
+                "NETNS".to_owned(),
+                "ADDRESS".to_owned(),
+                "STATE".to_owned(),
+                "SHARE".to_owned(),
+                "PID".to_owned(),
+            ]];
+            for (name, n) in &farm.nodes {
+                rows.push([
+                    name.clone(),
+                    n.netns.clone(),
+                    n.addr.clone(),
+                    n.state.clone(),
+                    n.share.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                    pid(n.pid),
+                ]);
+            }
+            table(&mut out, &rows);
+            let down: Vec<&str> = farm
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.pid.is_none())
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if !down.is_empty() {
+                out.push_str(&format!(
+                    "farm daemons not running: {} (see their logs in {}/logs; \
+                     `mirrorfarm lab start NODE --name {}` restarts one)\n",
+                    down.join(", "),
+                    st.dir.display(),
+                    st.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Appends `rows` to `out` as columns aligned to their widest cell.
+fn table<const N: usize>(out: &mut String, rows: &[[String; N]]) {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -216,7 +363,6 @@ pub(crate) fn render_text(st: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    out
 }
 
 #[cfg(test)]
@@ -238,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn the_share_is_read_where_the_answer_has_one() {
+        let answer = br#"{"version":1,"node":"farm1","modules":[
+            {"module":"apache","state":"PRIM","share":null},
+            {"module":"apache-farm","state":"UP","share":86}]}"#;
+        assert_eq!(module_share(answer, "apache-farm"), Some(86));
+        assert_eq!(module_state(answer, "apache-farm").as_deref(), Some("UP"));
+        assert_eq!(module_share(answer, "apache"), None);
+        let without = br#"{"version":1,"node":"farm1","modules":[
+            {"module":"apache-farm","state":"WAIT"}]}"#;
+        assert_eq!(module_share(without, "apache-farm"), None);
+        let absent = daemon_state(Path::new("false"), Path::new("/x.sock"), "apache-farm");
+        assert_eq!(
+            absent,
+            Answer {
+                state: UNREACHABLE.into(),
+                share: None
+            }
+        );
+    }
+
+    #[test]
     fn an_absent_daemon_is_unreachable() {
         // `false` exits 1 like a CLI whose daemon does not answer.
         let state = node_state(Path::new("false"), Path::new("/nonexistent.sock"));
@@ -252,7 +419,106 @@ mod tests {
         st.nodes.get_mut("node1").unwrap().state = "PRIM".into();
         st.nodes.get_mut("node1").unwrap().pid = Some(1234);
         st.witness.pid = Some(1200);
+        // Whatever this machine has (a real lab `mf`'s farm namespaces).
+        st.farm = None;
         st
+    }
+
+    /// [`example`] with its farm: farm1 UP with a share, farm2 without one,
+    /// farm3's daemon gone.
+    fn example_with_farm() -> Status {
+        let lab = Lab::new("mf".parse().unwrap(), Path::new("/nonexistent"));
+        let mut st = example();
+        let node = |h: Host, state: &str, share, pid| {
+            let n = FarmNodeStatus {
+                netns: lab.netns(h),
+                addr: h.addr().to_string(),
+                state: state.into(),
+                share,
+                socket: lab.socket(h),
+                pid,
+            };
+            (h.name().to_owned(), n)
+        };
+        st.farm = Some(FarmStatus {
+            module: FARM_MODULE.into(),
+            vip: FARM_VIP.to_string(),
+            nodes: [
+                node(Host::Farm1, "UP", Some(128), Some(1301)),
+                node(Host::Farm2, "WAIT", None, Some(1302)),
+                node(Host::Farm3, UNREACHABLE, None, None),
+            ]
+            .into_iter()
+            .collect(),
+        });
+        st
+    }
+
+    #[test]
+    fn the_farm_json_has_the_contracts_fields() {
+        let v = serde_json::to_value(example_with_farm()).unwrap();
+        let want = serde_json::json!({
+            "module": "apache-farm",
+            "vip": "10.77.0.200",
+            "nodes": {
+                "farm1": {
+                    "netns": "mf-farm1",
+                    "addr": "10.77.0.21",
+                    "state": "UP",
+                    "share": 128,
+                    "socket": "/nonexistent/mf/farm1/run/mirrorfarm.sock",
+                    "pid": 1301,
+                },
+                "farm2": {
+                    "netns": "mf-farm2",
+                    "addr": "10.77.0.22",
+                    "state": "WAIT",
+                    "share": null,
+                    "socket": "/nonexistent/mf/farm2/run/mirrorfarm.sock",
+                    "pid": 1302,
+                },
+                "farm3": {
+                    "netns": "mf-farm3",
+                    "addr": "10.77.0.23",
+                    "state": "UNREACHABLE",
+                    "share": null,
+                    "socket": "/nonexistent/mf/farm3/run/mirrorfarm.sock",
+                    "pid": null,
+                },
+            },
+        });
+        assert_eq!(v["farm"], want);
+        // The mirror part is as without a farm.
+        let mut without = v.clone();
+        without.as_object_mut().unwrap().remove("farm");
+        assert_eq!(without, serde_json::to_value(example()).unwrap());
+    }
+
+    #[test]
+    fn a_lab_without_a_farm_has_no_farm_key() {
+        let lab = Lab::new("mf".parse().unwrap(), Path::new("/nonexistent"));
+        // No farm module file under a root that does not exist; the farm's
+        // namespaces of a real lab `mf` would show, so only when none exist.
+        if !lab.has_farm() {
+            assert_eq!(collect(&lab, Path::new("false")).farm, None);
+        }
+        let v = serde_json::to_value(example()).unwrap();
+        assert!(v.get("farm").is_none(), "{v}");
+    }
+
+    #[test]
+    fn the_text_shows_the_farm() {
+        let text = render_text(&example_with_farm());
+        let farm = text.split_once("farm: ").unwrap().1;
+        let want = "\
+module apache-farm, VIP 10.77.0.200 on every node
+HOST   NETNS     ADDRESS     STATE        SHARE  PID
+farm1  mf-farm1  10.77.0.21  UP           128    1301
+farm2  mf-farm2  10.77.0.22  WAIT         -      1302
+farm3  mf-farm3  10.77.0.23  UNREACHABLE  -      -
+farm daemons not running: farm3 (see their logs in /nonexistent/mf/logs; `mirrorfarm lab start NODE --name mf` restarts one)
+";
+        assert_eq!(farm, want);
     }
 
     #[test]
@@ -296,6 +562,7 @@ node1    mf-node1    10.77.0.1       PRIM         1234  /nonexistent/mf/node1/sr
 node2    mf-node2    10.77.0.2       UNREACHABLE  -     /nonexistent/mf/node2/srv/apache-mirror/htdocs
 witness  mf-witness  10.77.0.3:7430  -            1200
 client   mf-client   10.77.0.10      -            -
+no farm (built with --no-farm)
 ";
         assert_eq!(render_text(&example()), want);
     }

@@ -221,6 +221,54 @@ pub(crate) fn stop_all(namespaces: &[String], grace: Duration) -> Result<(), Str
     }
 }
 
+/// The pid in `pid_file` if it names a live process (not a zombie) whose
+/// command is `comm`, in whatever namespace.
+pub(crate) fn pid_of(pid_file: &Path, comm: &str) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    alive_as(pid, comm).then_some(pid)
+}
+
+/// Whether `pid` is a live process (not a zombie) whose command is `comm`.
+pub(crate) fn alive_as(pid: i32, comm: &str) -> bool {
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].split_whitespace().next();
+    &stat[open + 1..close] == comm && state != Some("Z")
+}
+
+/// SIGTERM to each of `pids` (leaders of their process groups, as a
+/// detached Apache is), up to `grace` for them to exit, then SIGKILL to
+/// their process groups.
+pub(crate) fn term_then_kill(pids: &[i32], grace: Duration) {
+    let comms: Vec<(i32, String)> = pids
+        .iter()
+        .map(|&p| {
+            let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            (p, comm.trim().to_owned())
+        })
+        .collect();
+    for &(pid, _) in &comms {
+        signal_pid(pid, libc::SIGTERM);
+    }
+    let gone = || (!comms.iter().any(|(p, c)| alive_as(*p, c))).then_some(());
+    if wait_until(grace, gone).is_none() {
+        for (pid, comm) in &comms {
+            if alive_as(*pid, comm) {
+                // SAFETY: kill(2) has no memory-safety preconditions; the
+                // pid was just seen alive with its command.
+                unsafe { libc::kill(-*pid, libc::SIGKILL) };
+                signal_pid(*pid, libc::SIGKILL);
+            }
+        }
+        let _ = wait_until(KILL_WAIT, gone);
+    }
+}
+
 /// Sends SIGTERM to `pids` and waits up to `grace` for them to leave
 /// `namespaces` (exit); returns whether they all did.
 pub(crate) fn term_and_wait(pids: &[i32], namespaces: &[String], grace: Duration) -> bool {
