@@ -197,13 +197,22 @@ fn build(lab: &Lab, exe: &Path, mirrorfs: &Path, farm: bool) -> Result<(), LabEr
     println!(
         "lab {name} is up. Try:\n  \
          ip netns exec {client} curl http://{VIP}/\n  \
-         ip netns exec {client} curl http://{FARM_VIP}/   (the farm, if up: names the node)\n  \
+         {farm_hint}\
          ip netns exec {client} curl -T FILE http://{VIP}/uploads/FILE\n  \
          mirrorfarm lab status --name {name}\n  \
          kill the primary's processes: kill $(ip netns pids {n1}); then mirrorfarm lab start node1 --name {name}\n  \
          mirrorfarm lab down --name {name}\n\
          logs: {logs}",
         client = lab.netns(Host::Client),
+        farm_hint = if farm {
+            format!(
+                "ip netns exec {} curl http://{FARM_VIP}/   (the farm, once UP: the page \
+                 names the node)\n  ",
+                lab.netns(Host::Client)
+            )
+        } else {
+            String::new()
+        },
         n1 = lab.netns(Host::Node1),
         logs = lab.logs_dir().display(),
     );
