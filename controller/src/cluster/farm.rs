@@ -242,6 +242,9 @@ struct Peer {
     beat: Option<FarmBeat>,
     /// It surely hears us until then.
     confirmed_until: Option<Instant>,
+    /// When our beat that its newest echo names left (None: it never echoed
+    /// one we remember).
+    echo_sent: Option<Instant>,
 }
 
 /// One farm module on one node.
@@ -290,6 +293,7 @@ impl FarmCore {
                         heard: now,
                         beat: None,
                         confirmed_until: None,
+                        echo_sent: None,
                     },
                 )
             })
@@ -353,6 +357,7 @@ impl FarmCore {
         p.heard = now;
         if let Some((_, e)) = beat.echo.iter().find(|(n, _)| *n == self.cfg.me) {
             if let Some(&(_, at)) = self.sent.iter().find(|(s, _)| s == e) {
+                p.echo_sent = Some(at);
                 let until = at + window - margin(window);
                 if p.confirmed_until.is_none_or(|c| until > c) {
                     p.confirmed_until = Some(until);
@@ -729,7 +734,7 @@ impl FarmCore {
     }
 
     /// Until when we may hold the VIP: the latest time at which a quorum
-    /// still confirms us, and no member we hear has stopped confirming us.
+    /// still confirms us, and no member we hear has stopped hearing us.
     fn hold_until(&self, now: Instant) -> Option<Instant> {
         let mut confs: Vec<(Instant, &String)> = self
             .peers
@@ -750,9 +755,17 @@ impl FarmCore {
                 }
             }
         }
-        // One-way: a member we hear that does not confirm us.
+        // One-way: a member we hear whose beats do not echo ours (its newest
+        // beat named one of ours more than two intervals older, or none). A
+        // member that merely went silent is not one: its last beat echoed
+        // us, and the quorum above decides (else every survivor of a crash
+        // would drop its VIP until the dead member's silence ran out).
         for p in self.peers.values() {
-            if p.beat.is_some() && now.saturating_duration_since(p.heard) < self.window() {
+            let heard = p.beat.is_some() && now.saturating_duration_since(p.heard) < self.window();
+            let deaf = p
+                .echo_sent
+                .is_none_or(|at| p.heard.saturating_duration_since(at) > 2 * self.cfg.interval);
+            if heard && deaf {
                 let c = p.confirmed_until.unwrap_or(now);
                 until = until.map(|u| u.min(c));
             }

@@ -352,3 +352,47 @@ fn a_stalled_node_does_not_retake_what_was_taken_on_its_silence() {
         );
     }
 }
+
+/// Found in the lab: when farm2 was killed, farm1 and farm3 dropped their
+/// VIPs (the one-way rule saw a member still "heard" whose confirmation had
+/// run out) and every new client failed for a second and a half. A member
+/// that went silent is not a one-way cut: the survivors keep serving.
+#[test]
+fn survivors_keep_their_vip_while_a_member_dies() {
+    for (interval, timeout) in [(100, 1000), (250, 1500)] {
+        let mut net = Net::new(3);
+        for c in &mut net.cores {
+            c.cfg.interval = Duration::from_millis(interval);
+            c.cfg.timeout = Duration::from_millis(timeout);
+        }
+        net.run(3000, &[true; 3]);
+        assert!(net.states().iter().all(|s| s.0 == FarmState::Up));
+        net.log.clear();
+        net.run(4000, &[true, true, false]);
+        let dropped: Vec<&(usize, FarmAction)> = net
+            .log
+            .iter()
+            .filter(|(i, a)| {
+                *i < 2
+                    && match a {
+                        FarmAction::DropVip => true,
+                        // Taking the dead member's share is the one wait
+                        // allowed: the VIP and the old share stay.
+                        FarmAction::Transition(t) => {
+                            t.to == FarmState::Wait && t.reason != "taking its share"
+                        }
+                        _ => false,
+                    }
+            })
+            .collect();
+        assert_eq!(
+            dropped,
+            Vec::<&(usize, FarmAction)>::new(),
+            "{interval}/{timeout}"
+        );
+        assert_eq!(
+            net.states()[..2],
+            [(FarmState::Up, Some(128)), (FarmState::Up, Some(128))]
+        );
+    }
+}
