@@ -241,10 +241,14 @@ pub(crate) fn module_state(json: &[u8], module: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The share of `module` in the output of `mirrorfarm state --json`
-/// (`null` or absent: `None`).
+/// The share of `module` in the output of `mirrorfarm state --json`: its
+/// `farm.share`, the buckets this node's kernel accepts (`null` or absent:
+/// `None`).
 pub(crate) fn module_share(json: &[u8], module: &str) -> Option<u64> {
-    module_entry(json, module)?.get("share")?.as_u64()
+    module_entry(json, module)?
+        .get("farm")?
+        .get("share")?
+        .as_u64()
 }
 
 /// The module's dirs from the lab's module file, or from the built-in example
@@ -386,13 +390,13 @@ mod tests {
     #[test]
     fn the_share_is_read_where_the_answer_has_one() {
         let answer = br#"{"version":1,"node":"farm1","modules":[
-            {"module":"apache","state":"PRIM","share":null},
-            {"module":"apache-farm","state":"UP","share":86}]}"#;
+            {"module":"apache","state":"PRIM","farm":null},
+            {"module":"apache-farm","state":"UP","farm":{"share":86}}]}"#;
         assert_eq!(module_share(answer, "apache-farm"), Some(86));
         assert_eq!(module_state(answer, "apache-farm").as_deref(), Some("UP"));
         assert_eq!(module_share(answer, "apache"), None);
         let without = br#"{"version":1,"node":"farm1","modules":[
-            {"module":"apache-farm","state":"WAIT"}]}"#;
+            {"module":"apache-farm","state":"WAIT","farm":{"share":null}}]}"#;
         assert_eq!(module_share(without, "apache-farm"), None);
         let absent = daemon_state(Path::new("false"), Path::new("/x.sock"), "apache-farm");
         assert_eq!(
