@@ -63,3 +63,8 @@ mod farm_modules;
 /// answered once, even spread, address affinity, rebalance keeping established
 /// connections, clean removal, hostile ARP ignored.
 mod shared_vip;
+
+/// Issue 9: the farm module in the lab (farm1..3, Apache, the controller):
+/// one answer per client, affinity, a node killed or cut off and back, a
+/// node whose Apache fails leaves until it passes.
+mod farm_balance;

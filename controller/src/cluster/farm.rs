@@ -242,9 +242,11 @@ struct Peer {
     beat: Option<FarmBeat>,
     /// It surely hears us until then.
     confirmed_until: Option<Instant>,
-    /// When our beat that its newest echo names left (None: it never echoed
-    /// one we remember).
+    /// When our beat that its newest echo names left (None: this
+    /// incarnation of it never echoed one we remember).
     echo_sent: Option<Instant>,
+    /// When the first beat of its current incarnation arrived.
+    since: Instant,
 }
 
 /// One farm module on one node.
@@ -294,6 +296,7 @@ impl FarmCore {
                         beat: None,
                         confirmed_until: None,
                         echo_sent: None,
+                        since: now,
                     },
                 )
             })
@@ -353,6 +356,14 @@ impl FarmCore {
             if beat.incarnation < old.incarnation || beat.seq <= old.seq {
                 return;
             }
+        }
+        if p.beat
+            .as_ref()
+            .is_none_or(|o| o.incarnation != beat.incarnation)
+        {
+            // A new daemon there: it has yet to hear us.
+            p.since = now;
+            p.echo_sent = None;
         }
         p.heard = now;
         if let Some((_, e)) = beat.echo.iter().find(|(n, _)| *n == self.cfg.me) {
@@ -756,15 +767,18 @@ impl FarmCore {
             }
         }
         // One-way: a member we hear whose beats do not echo ours (its newest
-        // beat named one of ours more than two intervals older, or none). A
-        // member that merely went silent is not one: its last beat echoed
-        // us, and the quorum above decides (else every survivor of a crash
-        // would drop its VIP until the dead member's silence ran out).
+        // beat named one of ours more than two intervals older, or none for
+        // two intervals since its daemon started). A member that merely went
+        // silent is not one: its last beat echoed us, and the quorum above
+        // decides (else every survivor of a crash would drop its VIP until
+        // the dead member's silence ran out); nor is one that just started.
+        let lag = 2 * self.cfg.interval;
         for p in self.peers.values() {
             let heard = p.beat.is_some() && now.saturating_duration_since(p.heard) < self.window();
-            let deaf = p
-                .echo_sent
-                .is_none_or(|at| p.heard.saturating_duration_since(at) > 2 * self.cfg.interval);
+            let deaf = match p.echo_sent {
+                Some(at) => p.heard.saturating_duration_since(at) > lag,
+                None => p.heard.saturating_duration_since(p.since) > lag,
+            };
             if heard && deaf {
                 let c = p.confirmed_until.unwrap_or(now);
                 until = until.map(|u| u.min(c));

@@ -396,3 +396,55 @@ fn survivors_keep_their_vip_while_a_member_dies() {
         );
     }
 }
+
+/// Found by the demo: when farm2 came back (a new daemon), farm1 dropped its
+/// VIP and emptied its kernel set for a moment — it heard farm2's first
+/// beats, which could not echo it yet, and took farm2 for a one-way cut. A
+/// member that has just (re)started is not deaf: the others keep serving.
+#[test]
+fn a_member_that_comes_back_does_not_make_the_others_drop() {
+    for (interval, timeout) in [(100, 1000), (250, 1500)] {
+        let mut net = Net::new(3);
+        for c in &mut net.cores {
+            c.cfg.interval = Duration::from_millis(interval);
+            c.cfg.timeout = Duration::from_millis(timeout);
+        }
+        net.run(3000, &[true; 3]);
+        net.run(4000, &[true, true, false]);
+        assert_eq!(
+            net.states()[..2],
+            [(FarmState::Up, Some(128)), (FarmState::Up, Some(128))]
+        );
+        // n3's daemon starts again: a new incarnation, an empty kernel set.
+        let mut c3 = cfg("n3", 3);
+        c3.interval = Duration::from_millis(interval);
+        c3.timeout = Duration::from_millis(timeout);
+        c3.incarnation = 2;
+        net.cores[2] = FarmCore::new(net.now, c3);
+        net.cores[2].handle_command(net.now, FarmCommand::Start);
+        net.log.clear();
+        net.run(5000, &[true; 3]);
+        let bad: Vec<&(usize, FarmAction)> = net
+            .log
+            .iter()
+            .filter(|(i, a)| {
+                *i < 2
+                    && match a {
+                        FarmAction::DropVip => true,
+                        FarmAction::ApplyOwned(s) => s.is_empty(),
+                        _ => false,
+                    }
+            })
+            .collect();
+        assert_eq!(
+            bad,
+            Vec::<&(usize, FarmAction)>::new(),
+            "{interval}/{timeout}"
+        );
+        assert!(
+            net.states().iter().all(|s| s.0 == FarmState::Up),
+            "{:?}",
+            net.states()
+        );
+    }
+}

@@ -83,6 +83,10 @@ pub struct FarmRunner {
     left: bool,
     /// The last start_both failed.
     start_failed: bool,
+    /// A checker's restart runs: its start_both must not clear the
+    /// checkers' restart history (else the restarts never run out and the
+    /// node never leaves).
+    checker_restart: bool,
     /// When the state last changed, and the change.
     since: Instant,
     last: Option<(FarmTransition, Instant)>,
@@ -212,6 +216,7 @@ impl FarmRunner {
             vip_held,
             left: false,
             start_failed: false,
+            checker_restart: false,
             since: now,
             last: None,
             vips,
@@ -311,8 +316,10 @@ impl FarmRunner {
             (FarmScript::StartBoth, Ok(())) => {
                 self.start_failed = false;
                 self.app_up.store(true, Ordering::Relaxed);
-                for c in &mut self.checkers {
-                    c.reset();
+                if !std::mem::take(&mut self.checker_restart) {
+                    for c in &mut self.checkers {
+                        c.reset();
+                    }
                 }
             }
             (FarmScript::StartBoth, Err(e)) => {
@@ -357,6 +364,7 @@ impl FarmRunner {
                 self.log.line(&format!(
                     "checker {name}: failed {failures} times: restarting the application"
                 ));
+                self.checker_restart = true;
                 let _ = self.worker.send(FarmScript::StopBoth);
                 let _ = self.worker.send(FarmScript::StartBoth);
             }

@@ -43,9 +43,19 @@ pub fn mirrorfarm_bin() -> Result<PathBuf> {
 }
 
 impl FarmLab {
-    /// Builds a lab and waits until the module is PRIM on node1 and SECOND
-    /// on node2 (`lab up` itself waits for that and for the VIP to answer).
+    /// Builds a lab without its farm part and waits until the module is PRIM
+    /// on node1 and SECOND on node2 (`lab up` itself waits for that and for
+    /// the VIP to answer).
     pub fn up() -> Result<Self> {
+        Self::build(&["up", "--no-farm"])
+    }
+
+    /// Builds the whole lab, the farm (farm1..3, module `apache-farm`) too.
+    pub fn up_with_farm() -> Result<Self> {
+        Self::build(&["up"])
+    }
+
+    fn build(up: &[&str]) -> Result<Self> {
         require_root()?;
         let bin = mirrorfarm_bin()?;
         // [a-z0-9]{1,10}, unique per process and lab.
@@ -59,7 +69,7 @@ impl FarmLab {
             bin,
             status: Value::Null,
         };
-        let out = lab.lab(&["up"])?;
+        let out = lab.lab(up)?;
         if !out.status.success() {
             bail!(
                 "mirrorfarm lab up --name {} failed: {}\n{}",
@@ -276,8 +286,27 @@ impl FarmLab {
 
     /// SIGKILLs every process of `node` (all run in its namespace).
     pub fn kill_node(&self, node: &str) {
-        for pid in self.pids(node) {
-            // SAFETY: kill has no memory effects; the pids are the lab's.
+        self.kill_node_ns(&self.node(node, "netns"));
+    }
+
+    /// SIGKILLs every process in the lab's namespace `ns`.
+    pub fn kill_node_ns(&self, ns: &str) {
+        assert!(
+            ns.starts_with(&format!("{}-", self.name)),
+            "{ns} is not this lab's"
+        );
+        let pids: Vec<i32> = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for pid in pids {
+            // SAFETY: kill has no memory effects; the pids run in this lab's namespace.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
