@@ -217,6 +217,7 @@ print(" ".join("%s %s %s" % (n, s["state"], s["share"]) for n, s in sorted(f["no
 wait_farm() { # SECS WHAT TEST: until TEST (python on dict n -> (state, share)) holds
   local secs=$1 what=$2 test=$3 t0 now last=
   t0=$(date +%s.%N)
+  note "waiting (up to $secs s) for $what; the farm's states and shares (\`lab status\`):"
   while :; do
     now=$(farm_states)
     [ "$now" != "$last" ] && note "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%5.1f s", b-a}')  $now"
@@ -333,14 +334,14 @@ last = max(t for t, _ in moved.values())
 print(f"  every one of farm2's {len(addrs)} addresses is served by farm1/farm3 {last:.1f} s after the kill"
       f" (the first {first:.1f} s after)")
 PY
-wait_farm 20 "farm1 and farm3 UP with farm2's share" \
+wait_farm 20 "farm1 and farm3 UP with farm2's share between them" \
   "n['farm1'][0] == n['farm3'][0] == 'UP' and n['farm2'][0] != 'UP' and (n['farm1'][1] or 0) + (n['farm3'][1] or 0) == $TOTAL"
 tally "${ADDRS[@]}"
 cp "$LAB/tally" "$LAB/tally.down"
 show_tally "$LAB/tally.down"
 grep -qE ' (-|farm2)$' "$LAB/tally.down" && fail "with farm2 down, some addresses were not served by farm1/farm3"
 STAYED=$(join "$LAB/tally.before" "$LAB/tally.down" | awk '$2 != "farm2" {n++; if ($2 == $3) s++} END {printf "%d of %d", s, n}')
-note "the addresses of farm1 and farm3 stayed where they were: $STAYED"
+note "of the addresses farm1 and farm3 served before, $STAYED stayed on the same node (the rest moved in the rebalance of the buckets)"
 
 say "farm2 comes back (\`mirrorfarm lab start farm2\`) and takes its share again"
 run "$MF" lab start farm2 --name "$P"
