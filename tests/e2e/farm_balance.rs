@@ -4,7 +4,8 @@
 //! again; a node killed or cut off has its clients served by the others while
 //! a download on another node goes on; the node back takes its clients back
 //! without breaking a connection the others hold; a node whose Apache fails
-//! its checker leaves the farm until it passes again.
+//! its checker leaves the farm until it passes again; a stopped daemon
+//! leaves no filter and no VIP behind.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -349,7 +350,43 @@ fn farm_node_cut_off_gives_up_and_one_whose_apache_fails_leaves_until_it_passes(
         c.map()? == before,
         "farm3 healthy again: every client back on its node"
     );
+
+    // farm1's daemon stopped (SIGTERM): its filter and VIP go with it.
+    let ns1 = farm_field(&lab, "farm1", "netns");
+    let pid = lab.status_json()?["farm"]["nodes"]["farm1"]["pid"]
+        .as_i64()
+        .context("farm1's daemon pid")?;
+    // SAFETY: kill has no memory effects; the pid is the lab's farm1 daemon.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for(
+        Duration::from_secs(20),
+        "farm1's daemon gone, nothing of its farm left",
+        || {
+            let tables = run_in(&ns1, &["nft", "list", "tables"]);
+            let addrs = run_in(&ns1, &["ip", "-4", "addr", "show"]);
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let alive = !status.is_empty() && !status.contains("State:\tZ");
+            if !alive && !tables.contains("mirrorfarm_") && !addrs.contains(&farm_vip(&lab)) {
+                Probe::Ready(())
+            } else {
+                Probe::Pending(format!(
+                    "alive {alive}; tables: {tables}; addresses: {addrs}"
+                ))
+            }
+        },
+    )?;
+    wait_served_without(&c, &of("farm1"), "farm1")?;
     Ok(())
+}
+
+/// The output of a command in namespace `ns` (empty if it fails).
+fn run_in(ns: &str, argv: &[&str]) -> String {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Runs an nft script in namespace `ns`.

@@ -59,9 +59,16 @@ pub enum FarmEvent {
 /// The kernel thread's jobs.
 enum KernelCmd {
     Apply(BucketSet),
-    Renew { until: Instant },
+    Renew {
+        until: Instant,
+    },
     Drop,
+    /// Remove everything, then answer.
+    Shutdown(Sender<()>),
 }
+
+/// How long the daemon's stop waits for a farm's filter to be removed.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// One farm module on this node.
 pub struct FarmRunner {
@@ -299,11 +306,17 @@ impl FarmRunner {
         self.drain(net);
     }
 
-    /// The daemon stops: the VIPs go and the filter is removed (the
+    /// The daemon stops: the VIPs go and the filter is removed before this
+    /// returns (bounded), so that nothing of it outlives the daemon (the
     /// application keeps running; a restarted daemon takes it up again).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.kernel.send(KernelCmd::Drop);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.kernel.send(KernelCmd::Shutdown(tx)).is_ok()
+            && rx.recv_timeout(SHUTDOWN_WAIT).is_err()
+        {
+            warn!(module = %self.module.name, "the farm filter was not removed in time");
+        }
     }
 
     /// This module's answer to `state`.
@@ -536,6 +549,7 @@ fn spawn_kernel(
             let mut pending: Option<BucketSet> = None;
             let mut held_since: Option<Instant> = None;
             let mut announced = 0u32;
+            let mut done: Option<Sender<()>> = None;
             loop {
                 let cmd = match rx.recv_timeout(interval) {
                     Ok(c) => Some(c),
@@ -562,6 +576,10 @@ fn spawn_kernel(
                         }
                     }
                     Some(KernelCmd::Renew { .. }) => {}
+                    Some(KernelCmd::Shutdown(reply)) => {
+                        done = Some(reply);
+                        break;
+                    }
                     Some(KernelCmd::Drop) => {
                         if held_since.take().is_some() {
                             log.line("VIPs dropped");
@@ -612,8 +630,12 @@ fn spawn_kernel(
                 let _ = vip::remove(v);
             }
             responder.stop();
-            if let Err(e) = installed.remove() {
-                log.line(&format!("removing the filter: {e}"));
+            match installed.remove() {
+                Ok(()) => log.line("filter and VIPs removed"),
+                Err(e) => log.line(&format!("removing the filter: {e}")),
+            }
+            if let Some(reply) = done {
+                let _ = reply.send(());
             }
         });
     tx
