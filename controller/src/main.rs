@@ -245,6 +245,53 @@ fn unreachable(e: &client::ClientError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
+/// The preflight of farm modules: through this node's running daemon, do
+/// frames to each farm's virtual MAC reach every member (the daemons probe
+/// it all the time)? Prints what it finds; false if they do not.
+fn farm_flooding(node: &config::NodeConfig, modules: &[config::Module]) -> bool {
+    let mut ok = true;
+    for m in modules
+        .iter()
+        .filter(|m| m.kind == config::ModuleKind::Farm)
+    {
+        let req = Request::State {
+            module: Some(m.name.clone()),
+        };
+        let farm = match client::request(&node.socket, &req) {
+            Ok(Answer::State(st)) => st.modules.into_iter().next().and_then(|s| s.farm),
+            _ => None,
+        };
+        let Some(farm) = farm else {
+            println!(
+                "{}: flooding not tested: the daemon does not answer on {} — start the daemons on \
+                 every node, then run `mirrorfarm check` again to test that frames for the \
+                 virtual MAC reach every node",
+                m.name,
+                node.socket.display()
+            );
+            continue;
+        };
+        if farm.flood_problems.is_empty() {
+            let running = farm
+                .members
+                .iter()
+                .filter(|p| p.in_view || p.name == node.name)
+                .count();
+            println!(
+                "{}: frames to the virtual MAC reach every running member ({running} of {})",
+                m.name,
+                farm.members.len()
+            );
+        } else {
+            ok = false;
+            for p in &farm.flood_problems {
+                eprintln!("{}: {p}: {}", m.name, ctl::render::FLOOD_FIX);
+            }
+        }
+    }
+    ok
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     let node = match config::load_node(path) {
         Ok(n) => n,
@@ -265,8 +312,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     for e in &errors {
         eprintln!("{e}");
     }
-    if errors.is_empty() {
+    let flooding = farm_flooding(&node, &modules);
+    if errors.is_empty() && flooding {
         ExitCode::SUCCESS
+    } else if errors.is_empty() {
+        ExitCode::from(2)
     } else {
         eprintln!(
             "mirrorfarm: {} module file(s) refused: fix them (the daemon starts no module while one is broken)",

@@ -243,24 +243,30 @@ impl Drop for ArpResponder {
     }
 }
 
-/// A raw `AF_PACKET` socket for ARP on one interface, with the interface's
-/// index and own MAC.
-struct PacketSocket {
-    fd: OwnedFd,
+/// A raw `AF_PACKET` socket for one EtherType (ARP, or the farm's probe) on
+/// one interface, with the interface's index and own MAC.
+pub(crate) struct PacketSocket {
+    pub(crate) fd: OwnedFd,
     interface: String,
     ifindex: i32,
-    mac: [u8; 6],
+    pub(crate) mac: [u8; 6],
+    proto: u16,
 }
 
 impl PacketSocket {
     fn open(interface: &str) -> Result<Self, ArpError> {
+        Self::open_proto(interface, ETH_P_ARP)
+    }
+
+    /// A socket for EtherType `proto` on `interface`.
+    pub(crate) fn open_proto(interface: &str, proto: u16) -> Result<Self, ArpError> {
         let name = interface_name(interface)?;
         // SAFETY: plain socket(2); the result is checked before it is owned.
         let fd = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
+                i32::from(proto.to_be()),
             )
         };
         if fd < 0 {
@@ -278,6 +284,7 @@ impl PacketSocket {
             interface: interface.to_owned(),
             ifindex,
             mac,
+            proto,
         })
     }
 
@@ -285,15 +292,15 @@ impl PacketSocket {
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut a: libc::sockaddr_ll = unsafe { mem::zeroed() };
         a.sll_family = libc::AF_PACKET as u16;
-        a.sll_protocol = ETH_P_ARP.to_be();
+        a.sll_protocol = self.proto.to_be();
         a.sll_ifindex = self.ifindex;
         a.sll_halen = 6;
         a.sll_addr[..6].copy_from_slice(&dest);
         a
     }
 
-    /// Receive only ARP arriving on this interface.
-    fn bind(&self) -> Result<(), ArpError> {
+    /// Receive only this socket's EtherType arriving on this interface.
+    pub(crate) fn bind(&self) -> Result<(), ArpError> {
         let addr = self.addr([0; 6]);
         // SAFETY: addr is valid for the given length.
         let rc = unsafe {
@@ -310,22 +317,28 @@ impl PacketSocket {
     }
 
     fn send_all(&self, frames: &[[u8; FRAME_LEN]], dest: [u8; 6]) -> Result<(), ArpError> {
-        let dest = self.addr(dest);
         for f in frames {
-            // SAFETY: f and dest are valid for the lengths given for the whole call.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const dest).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if n < 0 {
-                return Err(self.error("sendto"));
-            }
+            self.send(f, dest)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one whole frame (Ethernet header included) to `dest`.
+    pub(crate) fn send(&self, f: &[u8], dest: [u8; 6]) -> Result<(), ArpError> {
+        let dest = self.addr(dest);
+        // SAFETY: f and dest are valid for the lengths given for the whole call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const dest).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(self.error("sendto"));
         }
         Ok(())
     }

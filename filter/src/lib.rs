@@ -14,6 +14,8 @@
 //! - [`nft`]: running them: [`nft::check_support`], [`nft::install`] →
 //!   [`Installed`], [`Installed::set_owned`], [`Installed::remove`] (also on drop),
 //!   plus the interface's `arp_announce` sysctl.
+//! - [`probe`]: the flooding probe (does a frame to the virtual MAC reach
+//!   every node?) and its listener.
 //! - [`arp`]: gratuitous ARP ([`arp::announce`] for a mirror VIP,
 //!   [`arp::announce_virtual`] for a farm VIP) and the [`ArpResponder`] that
 //!   answers requests for the farm VIPs with the virtual MAC.
@@ -32,6 +34,7 @@
 pub mod arp;
 pub mod buckets;
 pub mod nft;
+pub mod probe;
 pub mod ruleset;
 
 pub use arp::ArpResponder;

@@ -5,7 +5,8 @@
 //! a download on another node goes on; the node back takes its clients back
 //! without breaking a connection the others hold; a node whose Apache fails
 //! its checker leaves the farm until it passes again; a stopped daemon
-//! leaves no filter and no VIP behind.
+//! leaves no filter and no VIP behind; `mirrorfarm check` tells whether
+//! frames to the virtual MAC reach every node.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -272,6 +273,51 @@ fn farm_spreads_clients_keeps_them_and_survives_a_node_kill_and_return() -> Resu
         tally(&before),
         tally(&after)
     );
+
+    // The preflight: `mirrorfarm check` on farm1 says whether frames to the
+    // virtual MAC reach every node. The bridge stops flooding unknown
+    // unicast to farm3's port (what a non-flooding switch does): it says so.
+    let check = || -> Result<(bool, String)> {
+        let out = Command::new(&lab.bin)
+            .args(["check", "--config"])
+            .arg(format!(
+                "/var/lib/mirrorfarm-lab/{}/etc/farm1.ron",
+                lab.name
+            ))
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let flooded = |want_ok: bool, want: &str| {
+        wait_for(Duration::from_secs(60), want, || match check() {
+            Ok((ok, text)) if ok == want_ok && text.contains(want) => Probe::Ready(()),
+            Ok((ok, text)) => Probe::Pending(format!("exit ok {ok}: {text}")),
+            Err(e) => Probe::Fail(e),
+        })
+    };
+    flooded(true, "reach every running member (3 of 3)")?;
+    let sw = format!("{}-sw", lab.name);
+    let port = format!("{}-f3", lab.name);
+    let bridge = |flood: &str| -> Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &sw, "bridge", "link", "set", "dev", &port])
+            .args(["flood", flood])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "bridge flood {flood}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    bridge("off")?;
+    flooded(false, "do not reach farm3")?;
+    bridge("on")?;
+    flooded(true, "reach every running member (3 of 3)")?;
     Ok(())
 }
 

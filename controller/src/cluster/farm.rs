@@ -231,6 +231,9 @@ pub struct MemberView {
     pub applied: Option<BucketSet>,
     /// In this node's view (heard both ways).
     pub in_view: bool,
+    /// The members whose flooding probes reached it, as last heard (this
+    /// node's own for `me`; `None`: never heard).
+    pub flood: Option<Vec<String>>,
 }
 
 /// What we know of one other member.
@@ -277,6 +280,8 @@ pub struct FarmCore {
     last_renew: Option<Instant>,
     /// The last members given to `assign()`, and our share.
     share_cache: Option<(Vec<(String, u32)>, BucketSet)>,
+    /// The members whose flooding probes reached us lately (driver's word).
+    flood: Vec<String>,
     out: VecDeque<FarmAction>,
 }
 
@@ -321,6 +326,7 @@ impl FarmCore {
             vip_until: None,
             last_renew: None,
             share_cache: None,
+            flood: Vec::new(),
             out: VecDeque::new(),
         };
         core.decide(now);
@@ -388,6 +394,12 @@ impl FarmCore {
         self.decide(now);
     }
 
+    /// The members whose flooding probes (frames to the virtual MAC)
+    /// reached this node lately; passed on in the beats, for the operator.
+    pub fn handle_flood(&mut self, from: Vec<String>) {
+        self.flood = from;
+    }
+
     /// The application's health (checkers, scripts).
     pub fn handle_health(&mut self, now: Instant, healthy: bool) {
         self.healthy = healthy;
@@ -451,6 +463,7 @@ impl FarmCore {
                         state: Some(self.state),
                         applied: self.applied,
                         in_view,
+                        flood: Some(self.flood.clone()),
                     };
                 }
                 let p = self.peers.get(&m.name);
@@ -465,6 +478,7 @@ impl FarmCore {
                     state: beat.map(|b| b.state),
                     applied: beat.map(|b| b.applied),
                     in_view,
+                    flood: beat.map(|b| b.flood.clone()),
                 }
             })
             .collect()
@@ -842,6 +856,7 @@ impl FarmCore {
             state: self.state,
             applied: self.applied.unwrap_or(BucketSet::full()),
             claim,
+            flood: self.flood.clone(),
         }));
     }
 }

@@ -233,6 +233,11 @@ pub struct FarmBeat {
     /// them from this beat's word.
     #[serde(with = "bucket_hex")]
     pub claim: filter::buckets::BucketSet,
+    /// The members whose flooding probes (frames to the virtual MAC)
+    /// reached the sender lately: the network floods from them to it. Not
+    /// used by any decision; shown by `mirrorfarm state` and `check`.
+    #[serde(default)]
+    pub flood: Vec<String>,
 }
 
 impl Versioned for FarmBeat {

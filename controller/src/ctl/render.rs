@@ -68,6 +68,11 @@ impl State {
         for m in self.modules.iter().filter(|m| m.config_mismatch) {
             let _ = writeln!(out, "warning: {}", mismatch(m));
         }
+        for m in &self.modules {
+            for p in m.farm.iter().flat_map(|f| &f.flood_problems) {
+                let _ = writeln!(out, "warning: {}: {p}: {FLOOD_FIX}", m.module);
+            }
+        }
         out
     }
 }
@@ -128,6 +133,9 @@ impl ModuleStatus {
                     "last transition",
                     &format!("{} -> {} at {}: {}", t.from, t.to, utc(t.at_unix), t.reason),
                 );
+            }
+            for p in &f.flood_problems {
+                field("WARNING", &format!("{p}: {FLOOD_FIX}"));
             }
             return out;
         }
@@ -215,6 +223,11 @@ impl ModuleStatus {
 }
 
 /// The SYNC cell of the table.
+/// What to do when frames to a farm's virtual MAC do not reach every node.
+pub const FLOOD_FIX: &str = "the network must flood frames for the virtual MAC to every farm \
+node (switches flood unknown unicast by default; a hypervisor or cloud network that filters by \
+MAC must allow it, or the NICs need promiscuous mode)";
+
 fn sync_cell(m: &ModuleStatus) -> String {
     if let Some(f) = &m.farm {
         return match f.share {

@@ -197,6 +197,7 @@ fn farm_up() -> ModuleStatus {
         heard_secs_ago: heard,
         share,
         in_view,
+        flood_from: Some(Vec::new()),
     };
     ModuleStatus {
         module: "web".into(),
@@ -235,6 +236,9 @@ fn farm_up() -> ModuleStatus {
                 member("farm1", Some("UP"), None, Some(128), true),
                 member("farm2", Some("UP"), Some(4.2), Some(85), false),
                 member("farm3", Some("UP"), Some(0.1), Some(128), true),
+            ],
+            flood_problems: vec![
+                "frames to the virtual MAC sent by farm3 do not reach farm1".into()
             ],
         }),
     }

@@ -105,6 +105,12 @@ pub struct FarmStatus {
     pub target: usize,
     /// Every configured member, in the module file's order.
     pub members: Vec<FarmMemberStatus>,
+    /// Frames to the virtual MAC that do not reach a member (the network
+    /// does not flood them), one line each: empty when every member that
+    /// runs hears every other's probes. Empty too in the first seconds after
+    /// the daemon started.
+    #[serde(default)]
+    pub flood_problems: Vec<String>,
 }
 
 /// One member of a farm as the answering node sees it.
@@ -122,6 +128,10 @@ pub struct FarmMemberStatus {
     pub share: Option<usize>,
     /// Heard both ways: it counts in the answering node's map.
     pub in_view: bool,
+    /// The members whose flooding probes (frames to the virtual MAC) reached
+    /// it lately, as it last said (`null`: never heard).
+    #[serde(default)]
+    pub flood_from: Option<Vec<String>>,
 }
 
 /// A resynchronisation's progress (the sum over the module's directories).

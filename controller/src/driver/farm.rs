@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 use filter::buckets::BucketSet;
+use filter::probe::ProbeListener;
 use filter::{ArpResponder, FarmFilter, Installed};
 use tracing::{info, warn};
 
@@ -70,6 +71,14 @@ enum KernelCmd {
 /// How long the daemon's stop waits for a farm's filter to be removed.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
+/// A flooding probe goes to the virtual MAC this often...
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// ... and a member's counts as arriving while its newest is this recent.
+const PROBE_FRESH: Duration = Duration::from_secs(20);
+/// Flooding problems are reported once the daemon has run this long (every
+/// member has sent probes by then).
+const PROBE_SETTLE: Duration = Duration::from_secs(15);
+
 /// One farm module on this node.
 pub struct FarmRunner {
     /// The module.
@@ -98,6 +107,11 @@ pub struct FarmRunner {
     since: Instant,
     last: Option<(FarmTransition, Instant)>,
     vips: Vec<VipSpec>,
+    /// Whose flooding probes arrive here (None: the listener could not start).
+    probe: Option<ProbeListener>,
+    /// The flood list last given to the core, and when it was computed.
+    flood: (Vec<String>, Instant),
+    started: Instant,
     goal_file: PathBuf,
     stop: Arc<AtomicBool>,
 }
@@ -147,6 +161,16 @@ impl FarmRunner {
             filter.interface,
             filter::arp::format_mac(filter.vmac)
         ));
+        let probe = match ProbeListener::start(&filter.interface, &filter.module, &node.name) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log.line(&format!(
+                    "cannot listen for flooding probes ({e}): whether the network floods the \
+                     virtual MAC goes untested"
+                ));
+                None
+            }
+        };
         let vips: Vec<VipSpec> = farm
             .vips
             .iter()
@@ -161,6 +185,7 @@ impl FarmRunner {
         let vip_held = Arc::new(AtomicBool::new(false));
         let kernel = spawn_kernel(
             name.clone(),
+            node.name.clone(),
             installed,
             responder,
             vips.clone(),
@@ -227,6 +252,9 @@ impl FarmRunner {
             since: now,
             last: None,
             vips,
+            probe,
+            flood: (Vec::new(), now),
+            started: now,
             goal_file,
             stop,
         };
@@ -300,6 +328,21 @@ impl FarmRunner {
 
     /// Time passed.
     pub fn tick(&mut self, now: Instant, net: Option<&Net>) {
+        if now >= self.flood.1 + Duration::from_secs(1) {
+            let heard: Vec<String> = self
+                .probe
+                .as_ref()
+                .map(|p| p.heard())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, at)| now.saturating_duration_since(*at) < PROBE_FRESH)
+                .map(|(n, _)| n)
+                .collect();
+            if heard != self.flood.0 {
+                self.core.handle_flood(heard.clone());
+            }
+            self.flood = (heard, now);
+        }
         if now >= self.core.poll_timeout() {
             self.core.handle_timeout(now);
         }
@@ -515,6 +558,26 @@ fn farm_filter(module: &Module) -> Result<FarmFilter, String> {
     })
 }
 
+/// For every running member R (this node, or one in its view) and every
+/// other running member S: S's probes do not reach R.
+fn flood_problems(members: &[crate::cluster::farm::MemberView]) -> Vec<String> {
+    let running: Vec<&crate::cluster::farm::MemberView> =
+        members.iter().filter(|m| m.me || m.in_view).collect();
+    let mut out = Vec::new();
+    for r in &running {
+        let Some(heard) = &r.flood else { continue };
+        for s in running.iter().filter(|s| s.name != r.name) {
+            if !heard.contains(&s.name) {
+                out.push(format!(
+                    "frames to the virtual MAC sent by {} do not reach {}",
+                    s.name, r.name
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The filter's name for a module: its characters outside `[A-Za-z0-9_]`
 /// become `_` (`apache-farm` → `apache_farm`), cut to the filter's limit.
 pub fn table_name(module: &str) -> String {
@@ -533,6 +596,7 @@ pub fn table_name(module: &str) -> String {
 #[allow(clippy::too_many_arguments)]
 fn spawn_kernel(
     module: String,
+    me: String,
     installed: Installed,
     responder: ArpResponder,
     vips: Vec<VipSpec>,
@@ -550,7 +614,17 @@ fn spawn_kernel(
             let mut held_since: Option<Instant> = None;
             let mut announced = 0u32;
             let mut done: Option<Sender<()>> = None;
+            let table = table_name(&module);
+            let mut probed: Option<Instant> = None;
             loop {
+                if probed.is_none_or(|p| p.elapsed() >= PROBE_EVERY) {
+                    probed = Some(Instant::now());
+                    if let Some(v) = vips.first() {
+                        if let Err(e) = filter::probe::send(&v.interface, vmac, &table, &me) {
+                            log.line(&format!("flooding probe: {e}"));
+                        }
+                    }
+                }
                 let cmd = match rx.recv_timeout(interval) {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -778,8 +852,16 @@ fn status(r: &FarmRunner, node: &NodeConfig, now: Instant) -> crate::ctl::Module
                     heard_secs_ago: m.heard.map(|d| d.as_secs_f64()),
                     share: m.applied.map(|a| a.len()),
                     in_view: m.in_view,
+                    flood_from: m.flood.clone(),
                 })
                 .collect(),
+            flood_problems: if now.saturating_duration_since(r.started) >= PROBE_SETTLE
+                && r.probe.is_some()
+            {
+                flood_problems(&members)
+            } else {
+                Vec::new()
+            },
         }),
     }
 }

@@ -546,6 +546,7 @@ fn farm_beat(from: &str, seq: u64) -> FarmBeat {
         state: crate::cluster::farm::FarmState::Stop,
         applied: filter::buckets::BucketSet::full(),
         claim: filter::buckets::BucketSet::empty(),
+        flood: Vec::new(),
     }
 }
 
