@@ -19,10 +19,11 @@
 //!   secondary does not share, so that a secondary promoted before the resync
 //!   ends never looks in sync;
 //! - one sent during a resync on a path the walk has still to bring over,
-//!   that the secondary refuses because it lacks the file (or the handle of
-//!   a refused open) while marked inconsistent for this resync, is
-//!   acknowledged whatever the mode: the walk carries it; any other refusal
-//!   fails with the secondary's error unless ALONE is allowed;
+//!   that the secondary refuses because it lacks the file (or, on any path,
+//!   the handle of an open it refused) while marked inconsistent for this
+//!   resync, is acknowledged whatever the mode: the walk carries it (the
+//!   path is recorded again); any other refusal fails with the secondary's
+//!   error unless ALONE is allowed;
 //! - the secondary may share our current generation from the moment a
 //!   `SetGeneration` is submitted, not only once it is confirmed;
 //! - with `--on-peer-loss=hold` an unreplicated op is acknowledged only while
@@ -678,8 +679,11 @@ impl Primary {
             OpResult::Applied => o.tainted,
             OpResult::Lost | OpResult::NotSent => false,
         };
+        // A handle the secondary lacks (EBADF) is one whose open it refused
+        // and the walk carried, even if the walk has visited its path since.
+        let missing_handle = result == OpResult::Refused(libc::EBADF);
         let carried_by_resync = lacks_base
-            && o.carried
+            && (o.carried || missing_handle)
             && self
                 .link
                 .is_some_and(|l| Some(l.epoch) == o.epoch && l.peer_marked);

@@ -535,3 +535,56 @@ fn during_a_resync_only_a_refusal_for_lack_of_a_path_still_to_visit_is_carried()
     );
     assert!(c.dirty().contains(&p("x")));
 }
+
+#[test]
+fn ci_2026_12_06_a_handle_op_refused_for_a_handle_whose_open_was_carried_is_carried_too() {
+    // CI again, same test: the open of w28 was refused (ENOENT, carried),
+    // then the walk visited w28, then the application's fsync on the handle
+    // was refused (EBADF: the secondary never had the handle). w28 was not
+    // pending any more, so the fsync was failed with EBADF.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    let b = c.handle_begin(now, write("w28")).unwrap();
+    durable(&mut c);
+    c.handle_submit(now, b.op);
+    c.handle_outcome(now, b.op, OpResult::NotSent, None);
+    durable(&mut c);
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    drain(&mut c);
+    let open = c.handle_begin(now, write("w28")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, open.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, open.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Ack
+    );
+    durable(&mut c);
+    // The walk brings w28 over...
+    while let Some(j) = c.next_job(now) {
+        c.handle_job_done(&j);
+    }
+    // ... and only then is the fsync on the handle begun.
+    let fsync = Touched {
+        paths: vec![p("w28")],
+        ..Touched::default()
+    };
+    let b = c.handle_begin(now, fsync).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::EBADF), None),
+        Verdict::Ack,
+        "the handle is missing there because its open was carried"
+    );
+    durable(&mut c);
+    assert!(c.dirty().contains(&p("w28")), "visited again");
+}
