@@ -215,6 +215,15 @@ fn run() {
                 "haproxy is not installed (scripts/setup.sh installs it): no baseline".into(),
             );
         }
+        // wrk closes each connection itself after a `Connection: close`
+        // answer, so every request leaves a TIME_WAIT port in the client:
+        // 10 s at 10 000 requests/s would exhaust the ephemeral ports.
+        lab.client_sysctl("net.ipv4.tcp_tw_reuse", "1");
+        notes.push(
+            "the client namespace has net.ipv4.tcp_tw_reuse=1 (wrk closes every `Connection: close` \
+             connection itself; without it the TIME_WAIT ports run out within seconds)"
+                .into(),
+        );
         throughput(&lab, &cfg, hap.is_some(), &mut loads);
         drop(hap);
         let mut rng = Rng(SEED);
@@ -366,16 +375,41 @@ fn takeover_run(lab: &FarmLab, rng: &mut Rng) -> Result<TakeoverRun, String> {
         by.extend(s.by);
     }
     let mut others_failed = 0;
-    let mut moved = 0;
+    let mut others = Vec::new();
     for i in (0..nodes.len()).filter(|i| !mine.contains(i)) {
         let samples = clients.samples(i);
         let after: Vec<_> = samples.iter().filter(|s| s.end >= event).collect();
-        others_failed += after.iter().filter(|s| s.answer.is_err()).count();
-        moved += usize::from(
-            after
+        let failed: Vec<_> = after.iter().filter(|s| s.answer.is_err()).collect();
+        others_failed += failed.len();
+        let moved_to = after
+            .iter()
+            .rev()
+            .find_map(|s| s.answer.as_ref().ok().filter(|n| **n != nodes[i]));
+        if failed.is_empty() && moved_to.is_none() {
+            continue;
+        }
+        let mut o = format!("client port {} ({}", clients.ports[i], nodes[i]);
+        if let Some(m) = moved_to {
+            let _ = write!(o, " → {m}");
+        }
+        o += ")";
+        if let (Some(a), Some(b)) = (failed.first(), failed.last()) {
+            let mut errors: Vec<&str> = failed
                 .iter()
-                .any(|s| s.answer.as_ref().is_ok_and(|n| *n != nodes[i])),
-        );
+                .filter_map(|s| s.answer.as_ref().err().map(String::as_str))
+                .collect();
+            errors.sort_unstable();
+            errors.dedup();
+            let _ = write!(
+                o,
+                ": {} failed GETs from +{:.2} to +{:.2} s ({})",
+                failed.len(),
+                a.start.saturating_duration_since(event).as_secs_f64(),
+                b.start.saturating_duration_since(event).as_secs_f64(),
+                errors.join(", ")
+            );
+        }
+        others.push(o);
     }
     let mut note = Vec::new();
     if later > 0 {
@@ -383,8 +417,8 @@ fn takeover_run(lab: &FarmLab, rng: &mut Rng) -> Result<TakeoverRun, String> {
             "{later} failed GETs of {victim}'s clients after they were served again"
         ));
     }
-    if moved > 0 {
-        note.push(format!("{moved} other clients were moved to another node"));
+    if !others.is_empty() {
+        note.push(format!("other clients: {}", others.join("; ")));
     }
     let f1 = by.iter().filter(|n| **n == lab.nodes[0].name).count();
     note.push(format!(
@@ -545,7 +579,7 @@ fn takeover_table(runs: &[TakeoverRun], planned: u64, goal_s: Option<f64>) -> Ta
         .filter_map(|r| r.back.iter().flatten().copied().reduce(f64::min))
         .collect();
     let goal = goal_s.map(Goal::AtMost);
-    let row = |label: &str, v: &[f64], n: String| {
+    let row = |label: &str, v: &[f64], n: String, goal: Option<Goal>| {
         let min = v.iter().copied().reduce(f64::min);
         let max = v.iter().copied().reduce(f64::max);
         let complete = all.len() == clients && !runs.is_empty();
@@ -569,16 +603,19 @@ fn takeover_table(runs: &[TakeoverRun], planned: u64, goal_s: Option<f64>) -> Ta
         "every client of farm2, every run: kill → served again",
         &all,
         format!("{}/{clients}", all.len()),
+        goal,
     ));
     t.row(row(
         "per run, the first client back",
         &firsts,
         firsts.len().to_string(),
+        None,
     ));
     t.row(row(
         "per run, the last client back",
         &lasts,
         lasts.len().to_string(),
+        goal,
     ));
     t
 }

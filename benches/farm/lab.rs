@@ -123,6 +123,19 @@ impl FarmLab {
         lab
     }
 
+    /// Sets a sysctl in the client's namespace (per namespace: the
+    /// machine's own stays as it is).
+    pub(crate) fn client_sysctl(&self, key: &str, value: &str) {
+        sys::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.client_ns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ]));
+    }
+
     /// `mirrorfarm lab status --json`.
     pub(crate) fn status_json(&self) -> Value {
         let out = self

@@ -175,7 +175,7 @@ impl Haproxy {
             .collect();
         let cfg = format!(
             "# The farm bench's baseline: round-robin over the farm nodes' own addresses.\n\
-             global\n    maxconn 20000\n\
+             global\n    maxconn 4096\n\
              defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
              frontend web\n    bind {HAPROXY_ADDR}:80\n    default_backend farm\n\
              backend farm\n    balance roundrobin\n{servers}"
