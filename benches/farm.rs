@@ -5,7 +5,7 @@
 //! Run as root: `scripts/bench.sh farm`, or `cargo build --release
 //! --workspace && cargo bench --bench farm`. It runs the `mirrorfarm`
 //! binary at `$MIRRORFARM_BIN`, or beside the bench in the same target
-//! directory (`target/release/mirrorfarm`). About 3 to 4 minutes on 2 cores.
+//! directory (`target/release/mirrorfarm`). About 2 minutes on 2 cores.
 //!
 //! **The system under test** is the farm part of `mirrorfarm lab up --name
 //! fm<pid>` ([`lab`]): farm1..3 (10.77.0.21-23), each a namespace on the

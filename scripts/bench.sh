@@ -16,7 +16,7 @@
 #   scripts/bench.sh farm [ARGS]         the Apache farm of the lab: wrk through the farm VIP vs
 #                                        one node's own address vs haproxy over the three nodes,
 #                                        and the takeover time of a SIGKILLed farm node's clients;
-#                                        writes target/bench-farm.md (about 4 min on 2 cores)
+#                                        writes target/bench-farm.md (about 2 min on 2 cores)
 # ARGS go to the bench; settings are environment variables:
 #   MIRRORFS_BENCH_ROUNDS   replication: rounds; each figure is their median (default 3)
 #   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
