@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmarks, as root: the machine setup (if this checkout has
 # scripts/setup.sh), a release build (mirrorfs; the whole workspace for the
-# failover bench, which runs mirrorfarm), then the benches, each in its own
+# failover and farm benches, which run mirrorfarm), then the benches, each in its own
 # network namespaces:
-#   scripts/bench.sh [all]               replication, resync, then failover
+#   scripts/bench.sh [all]               replication, resync, failover, then farm
 #   scripts/bench.sh replication [ARGS]  local vs bindfs vs mirrorfs, writes
 #                                        target/bench-replication.md (5-10 min on 2 cores)
 #   scripts/bench.sh resync [ARGS]       incremental and --full resync, sync writes
@@ -13,6 +13,10 @@
 #                                        mirror lab is killed, swapped or loses Apache, vs
 #                                        keepalived; writes target/bench-failover.md (about
 #                                        4 min on 2 cores)
+#   scripts/bench.sh farm [ARGS]         the Apache farm of the lab: wrk through the farm VIP vs
+#                                        one node's own address vs haproxy over the three nodes,
+#                                        and the takeover time of a SIGKILLed farm node's clients;
+#                                        writes target/bench-farm.md (about 2 min on 2 cores)
 # ARGS go to the bench; settings are environment variables:
 #   MIRRORFS_BENCH_ROUNDS   replication: rounds; each figure is their median (default 3)
 #   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
@@ -26,21 +30,24 @@
 #                                    of the sync writes (default 5)
 #   MIRRORFS_BENCH_RESYNC_SECS       resync: duration of each sync-write run (default 4)
 #   MIRRORFARM_BENCH_FAILOVER_RUNS   failover: runs of each scenario (default 5)
+#   MIRRORFARM_BENCH_FARM_RUNS       farm: takeover runs (default 5)
+#   MIRRORFARM_BENCH_FARM_SECS       farm: duration of each wrk run (default 10)
+#   MIRRORFARM_BENCH_FARM_CONNS      farm: wrk connections (default 32)
 #   MIRRORFS_BIN            another mirrorfs binary (default target/release/mirrorfs)
-#   MIRRORFARM_BIN          failover: another mirrorfarm binary (default
+#   MIRRORFARM_BIN          failover, farm: another mirrorfarm binary (default
 #                           target/release/mirrorfarm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 which=all
 case "${1:-}" in
-  all | replication | resync | failover)
+  all | replication | resync | failover | farm)
     which=$1
     shift
     ;;
 esac
 if [ "$which" = all ] && [ $# -gt 0 ]; then
-  echo "bench: arguments go to one bench: $0 replication|resync|failover ARGS..." >&2
+  echo "bench: arguments go to one bench: $0 replication|resync|failover|farm ARGS..." >&2
   exit 2
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -51,7 +58,7 @@ if [ -x scripts/setup.sh ]; then
   scripts/setup.sh
 fi
 case "$which" in
-  all | failover) cargo build --release --workspace ;;
+  all | failover | farm) cargo build --release --workspace ;;
   *) cargo build --release -p mirrorfs ;;
 esac
 case "$which" in
@@ -59,6 +66,7 @@ case "$which" in
     cargo bench --bench replication
     cargo bench --bench resync
     cargo bench --bench failover
+    cargo bench --bench farm
     ;;
   *)
     exec cargo bench --bench "$which" -- "$@"

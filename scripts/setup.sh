@@ -22,6 +22,7 @@ PACKAGES=(
   curl         # HTTP client of the Apache tests
   stress-ng    # the controller's stall soak test (CPU and I/O load on the primary)
   keepalived   # the failover benchmark's baseline (VRRP moving an IP)
+  haproxy      # the farm benchmark's baseline (a proxy in front of the farm's nodes)
 )
 
 say() { echo "setup: $*"; }
@@ -61,10 +62,10 @@ if [ ! -e /dev/fuse ]; then
   modprobe fuse || say "WARNING: no /dev/fuse: FUSE mounts will fail"
 fi
 
-# 3. No system Apache or keepalived: the packages enable and start them; our
+# 3. No system Apache, keepalived or haproxy: the packages enable and start them; our
 #    tests, demo and benchmarks start their own instances in their own network
 #    namespaces, and nothing may touch the machine's own network.
-for svc in apache2 keepalived; do
+for svc in apache2 keepalived haproxy; do
   if [ -d /run/systemd/system ]; then
     if systemctl is-active --quiet "$svc"; then
       say "stopping the $svc service"
@@ -74,6 +75,7 @@ for svc in apache2 keepalived; do
     # No systemd as init (e.g. a container): the SysV script runs it, if anything.
     pidfile=/run/$svc/$svc.pid
     [ "$svc" = keepalived ] && pidfile=/run/keepalived.pid
+    [ "$svc" = haproxy ] && pidfile=/run/haproxy.pid
     if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       say "stopping the $svc service"
       service "$svc" stop
