@@ -363,8 +363,11 @@ pub(crate) fn validate(
         ModuleKind::Farm => None,
     };
     let timing = timing(&src, &raw.timing)?;
-    if vip.is_some() || farm.is_some() {
+    if vip.is_some() {
         vip_timing(&src, &timing)?;
+    }
+    if farm.is_some() {
+        farm_timing(&src, &timing)?;
     }
     let scripts_dir = match &raw.scripts.dir {
         Some(dir) => resolve(base, dir),
@@ -1002,6 +1005,33 @@ fn vip_timing(src: &Src<'_>, t: &Timing) -> Result<(), ConfigError> {
 }
 
 pub use crate::cluster::module::VIP_LIFE;
+
+/// A farm: timeout ≥ VIP lifetime + its slack + 3 intervals. A member keeps
+/// its VIPs only while the others' echoes of its beats are fresh, and must
+/// stop renewing a lifetime before its peers may take its clients on its
+/// silence; with a shorter timeout the core would wait longer than the file
+/// says (`FarmCore::window`).
+fn farm_timing(src: &Src<'_>, t: &Timing) -> Result<(), ConfigError> {
+    let need = VIP_LIFE + crate::cluster::farm::VIP_SLACK + t.heartbeat_interval * 3;
+    if t.heartbeat_timeout < need {
+        return Err(ConfigError::Timing {
+            at: src.at("timing.heartbeat_timeout_ms"),
+            problem: format!(
+                "timing.heartbeat_timeout_ms ({}) must be ≥ {} (1050 + 3 × heartbeat_interval_ms) \
+                 in a farm: a member must stop holding the VIPs a lifetime (1 s) before the others \
+                 may take its clients, and it learns that it is heard only between beats",
+                t.heartbeat_timeout.as_millis(),
+                need.as_millis()
+            ),
+            fix: format!(
+                "raise heartbeat_timeout_ms to {} or lower heartbeat_interval_ms (150 ms with \
+                 1500 ms, 100 ms with 1350 ms)",
+                need.as_millis()
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// Scripts: each named one an executable regular file in `dir` (or absolute);
 /// timeouts positive.
