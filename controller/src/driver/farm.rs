@@ -150,6 +150,7 @@ impl FarmRunner {
             .unwrap_or(true);
 
         let filter = farm_filter(&module)?;
+        preflight_vips(&module)?;
         filter::nft::check_support(&filter)
             .map_err(|e| format!("{name}: the farm filter cannot be installed: {e}"))?;
         let installed = filter::nft::install(&filter)
@@ -488,6 +489,39 @@ impl FarmRunner {
             warn!(file = %self.goal_file.display(), "cannot save the module's goal: {e}");
         }
     }
+}
+
+/// Before anything is changed: each VIP's interface exists here and has an
+/// address whose network holds the VIP (a VIP outside it would be answered
+/// by no one, or routed elsewhere).
+fn preflight_vips(module: &Module) -> Result<(), String> {
+    for v in module.farm.iter().flat_map(|f| &f.vips) {
+        let spec = VipSpec {
+            addr: v.addr,
+            prefix: v.prefix,
+            interface: v.interface.clone(),
+        };
+        let nets = vip::networks(&spec).map_err(|e| format!("{}: {e}", module.name))?;
+        if !nets.iter().any(|n| vip::within(v.addr, *n)) {
+            let have: Vec<String> = nets.iter().map(|(a, p)| format!("{a}/{p}")).collect();
+            return Err(format!(
+                "{}: VIP {}/{} is not in the network of any address of {} here ({}): give {} \
+                 this node's address on the VIP's network, or correct farm.vips in {}",
+                module.name,
+                v.addr,
+                v.prefix,
+                v.interface,
+                if have.is_empty() {
+                    "it has no IPv4 address".to_owned()
+                } else {
+                    have.join(", ")
+                },
+                v.interface,
+                module.file.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The checker core's policy for a farm's checker: its hand-over verdict

@@ -163,6 +163,43 @@ pub fn present(spec: &VipSpec) -> Result<bool, VipError> {
         .any(|a| a.get("local").and_then(|l| l.as_str()) == Some(want.as_str())))
 }
 
+/// The IPv4 networks (`address/prefix`) of the VIP's interface, the VIP's
+/// own address left out.
+pub fn networks(spec: &VipSpec) -> Result<Vec<(Ipv4Addr, u8)>, VipError> {
+    let args = ["-j", "-4", "addr", "show", "dev", spec.interface.as_str()];
+    let out = ip(spec, &args)?;
+    let bad = |reason: String| VipError::BadOutput {
+        spec: spec.clone(),
+        args: args.join(" "),
+        reason,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(out.trim()).map_err(|e| bad(e.to_string()))?;
+    let links = json
+        .as_array()
+        .ok_or_else(|| bad("not a JSON array".into()))?;
+    Ok(links
+        .iter()
+        .filter_map(|link| link.get("addr_info")?.as_array())
+        .flatten()
+        .filter_map(|a| {
+            let local: Ipv4Addr = a.get("local")?.as_str()?.parse().ok()?;
+            let prefix = u8::try_from(a.get("prefixlen")?.as_u64()?).ok()?;
+            (local != spec.addr).then_some((local, prefix))
+        })
+        .collect())
+}
+
+/// Whether `addr` lies in the network `net/prefix`.
+pub fn within(addr: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    u32::from(addr) & mask == u32::from(net) & mask
+}
+
 fn cidr(spec: &VipSpec) -> String {
     format!("{}/{}", spec.addr, spec.prefix)
 }

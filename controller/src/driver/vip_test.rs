@@ -147,3 +147,39 @@ fn in_private_netns(f: impl FnOnce() + Send + 'static) {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn the_interface_s_networks_tell_whether_a_vip_belongs_there() {
+    in_private_netns(|| {
+        veth_up("vc0", "vd0");
+        let vip = spec("vc0");
+        assert_eq!(networks(&vip).unwrap(), Vec::new(), "no address yet");
+        run_ip(&["addr", "add", "10.77.0.5/24", "dev", "vc0"]);
+        run_ip(&["addr", "add", "10.99.0.5/16", "dev", "vc0"]);
+        add(&vip, Duration::from_secs(30)).expect("add");
+        let nets = networks(&vip).unwrap();
+        assert_eq!(
+            nets,
+            vec![
+                (Ipv4Addr::new(10, 77, 0, 5), 24),
+                (Ipv4Addr::new(10, 99, 0, 5), 16)
+            ],
+            "the VIP itself is left out"
+        );
+        assert!(nets.iter().any(|n| within(vip.addr, *n)));
+        assert!(!within(Ipv4Addr::new(10, 78, 0, 100), nets[0]));
+        assert!(within(Ipv4Addr::new(10, 99, 200, 1), nets[1]));
+        assert!(within(
+            Ipv4Addr::new(1, 2, 3, 4),
+            (Ipv4Addr::UNSPECIFIED, 0)
+        ));
+        assert!(within(
+            Ipv4Addr::new(10, 77, 0, 5),
+            (Ipv4Addr::new(10, 77, 0, 5), 32)
+        ));
+        assert!(!within(
+            Ipv4Addr::new(10, 77, 0, 6),
+            (Ipv4Addr::new(10, 77, 0, 5), 32)
+        ));
+    });
+}
