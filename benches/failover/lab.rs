@@ -100,8 +100,12 @@ impl MirrorLab {
             client_ns: String::new(),
             vip: SocketAddr::from(([0, 0, 0, 0], 80)),
         };
-        eprintln!("[lab] mirrorfarm lab up --name {lab_name}");
-        if let Err(e) = lab.cli(&["lab", "up", "--name", lab_name], Duration::from_secs(300)) {
+        // The mirror part only: the farm's three nodes would share the CPUs.
+        eprintln!("[lab] mirrorfarm lab up --no-farm --name {lab_name}");
+        if let Err(e) = lab.cli(
+            &["lab", "up", "--no-farm", "--name", lab_name],
+            Duration::from_secs(300),
+        ) {
             panic!("mirrorfarm lab up failed: {e}");
         }
         let out = lab
