@@ -508,7 +508,11 @@ impl FarmCore {
         let hold = self.hold_until(now);
         let can_hold = hold.is_some_and(|h| h >= now + VIP_LIFE + VIP_SLACK);
         let eligible = self.started && self.healthy;
-        let members = self.members(&view, eligible);
+        // In the map (ours, and the others' from our beats) only once we
+        // hold the VIPs: the others release our share when we can take it,
+        // not while we still start (a joiner's clients would find no node).
+        let serving = eligible && self.vip_until.is_some();
+        let members = self.members(&view, serving);
         self.target = if eligible && quorum {
             self.share(&members)
         } else {
@@ -601,7 +605,7 @@ impl FarmCore {
         }
         self.reason = reason;
         if now >= self.next_beat {
-            self.beat(now, &view, eligible);
+            self.beat(now, &view, serving);
         }
     }
 

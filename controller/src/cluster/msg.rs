@@ -220,8 +220,8 @@ pub struct FarmBeat {
     pub silent_ms: Vec<(String, u64)>,
     /// The members the sender hears both ways (itself included).
     pub view: Vec<String>,
-    /// The sender is started and its application healthy: it counts in the
-    /// map.
+    /// The sender is started, its application healthy and it holds the
+    /// VIPs (it can serve a share): it counts in the map.
     pub eligible: bool,
     /// The sender's state.
     pub state: super::farm::FarmState,

@@ -403,8 +403,16 @@ impl fmt::Debug for Net {
 /// that QUIC never judges liveness before the cores do (max(3 × `timeout`,
 /// 3 s)). `interval: None`: no keep-alives (the witness; the nodes send them).
 pub fn transport(interval: Option<Duration>, timeout: Duration) -> quinn::TransportConfig {
+    transport_idle(interval, (timeout * 3).max(Duration::from_secs(3)))
+}
+
+/// The same with idle timeout `idle`. A farm link uses the heartbeat timeout
+/// itself: of each pair only one member dials, so a member that restarts is
+/// reached again only once the other side's old connection to its dead
+/// process has timed out (with 3 × T, a rejoining member waited seconds for
+/// the member that dials it; the core has counted it lost after T anyway).
+pub fn transport_idle(interval: Option<Duration>, idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    let idle = (timeout * 3).max(Duration::from_secs(3));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     t.keep_alive_interval(interval);
     t.datagram_receive_buffer_size(Some(64 * 1024));
@@ -581,7 +589,8 @@ impl PreparedFarm {
         }
         check_timing(&f.module, f.interval, f.timeout)?;
         let tls = |source| tls_err(&module, source);
-        let transport = Arc::new(transport(Some(f.interval), f.timeout));
+        let idle = f.timeout.max(Duration::from_secs(1));
+        let transport = Arc::new(transport_idle(Some(f.interval), idle));
         let pins: Vec<&PinnedPeer> = f.peers.iter().map(|p| &p.cert).collect();
         let mut server = server_config_for(id, &pins, ALPN_FARM).map_err(tls)?;
         server.transport_config(transport.clone());
