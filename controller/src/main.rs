@@ -271,7 +271,13 @@ fn farm_flooding(node: &config::NodeConfig, modules: &[config::Module]) -> bool 
             );
             continue;
         };
-        if farm.flood_problems.is_empty() {
+        if !farm.flood_tested {
+            println!(
+                "{}: flooding not tested yet (the daemon has run less than 15 s, or cannot \
+                 listen for probes: see the module log); run `mirrorfarm check` again",
+                m.name
+            );
+        } else if farm.flood_problems.is_empty() {
             let running = farm
                 .members
                 .iter()

@@ -111,6 +111,10 @@ pub struct FarmStatus {
     /// the daemon started.
     #[serde(default)]
     pub flood_problems: Vec<String>,
+    /// Whether flooding has been tested: the daemon has run long enough for
+    /// every member's probes to arrive, and listens for them.
+    #[serde(default)]
+    pub flood_tested: bool,
 }
 
 /// One member of a farm as the answering node sees it.

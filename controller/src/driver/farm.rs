@@ -833,6 +833,8 @@ fn status(r: &FarmRunner, node: &NodeConfig, now: Instant) -> crate::ctl::Module
     let st = r.core.status(now);
     let members = r.core.member_views(now);
     let held = r.vip_held.load(Ordering::Relaxed);
+    let flood_tested =
+        now.saturating_duration_since(r.started) >= PROBE_SETTLE && r.probe.is_some();
     let vips: Vec<String> = r.vips.iter().map(ToString::to_string).collect();
     let others: Vec<String> = members
         .iter()
@@ -889,13 +891,12 @@ fn status(r: &FarmRunner, node: &NodeConfig, now: Instant) -> crate::ctl::Module
                     flood_from: m.flood.clone(),
                 })
                 .collect(),
-            flood_problems: if now.saturating_duration_since(r.started) >= PROBE_SETTLE
-                && r.probe.is_some()
-            {
+            flood_problems: if flood_tested {
                 flood_problems(&members)
             } else {
                 Vec::new()
             },
+            flood_tested,
         }),
     }
 }
