@@ -297,16 +297,22 @@ async fn drive(
         move |reason: String| {
             let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
             c.handle_lost(reason.clone());
-            complete(&mut c, &waiters, &shared);
-            let mut r = shared.reason.lock().unwrap_or_else(|e| e.into_inner());
-            if r.is_none() {
-                // Once, whoever noticed first (the core's timer included).
-                warn!(%reason, "connection to the secondary lost");
-                conn.close(1u32.into(), b"peer lost");
-                *r = Some(reason);
-                shared.lost.store(true, Ordering::Release);
-                shared.lost_cv.notify_all();
+            {
+                let mut r = shared.reason.lock().unwrap_or_else(|e| e.into_inner());
+                if r.is_none() {
+                    // Once, whoever noticed first (the core's timer included).
+                    warn!(%reason, "connection to the secondary lost");
+                    conn.close(1u32.into(), b"peer lost");
+                    *r = Some(reason);
+                    shared.lost.store(true, Ordering::Release);
+                    shared.lost_cv.notify_all();
+                }
             }
+            // Only now the waiters' EIO: a caller that gets it must find the
+            // link lost (the op's outcome is unknown, not refused), or under
+            // `--on-peer-loss hold` the application would get EIO instead of
+            // a held write (seen under load: a stalled secondary lost).
+            complete(&mut c, &waiters, &shared);
         }
     };
 
