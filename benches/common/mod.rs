@@ -1,12 +1,13 @@
-//! What the benchmarks (`replication`, `resync`, `failover`) share. Each bench is its
+//! What the benchmarks (`replication`, `resync`, `failover`, `farm`) share. Each bench is its
 //! own crate (`harness = false`) and includes this directory with
 //! `#[path = "common/mod.rs"] mod common;`.
 //!
 //! - this file: the bench's `main` (root, signals, exit code), settings from
 //!   the environment, and where the target directory and the `mirrorfs`
 //!   binary are;
-//! - [`sys`]: child processes owned by PID, commands, stop signals, mounts,
-//!   caches, threads in a network namespace;
+//! - [`sys`]: child processes owned by PID, commands (also within a time
+//!   limit), stop signals, mounts, caches, threads in a network namespace and
+//!   the processes in one;
 //! - [`lab`]: the scratch directory, the two network namespaces, the node
 //!   identities, `mirrorfs serve` and FUSE mounts, each a guard that undoes
 //!   itself on drop;

@@ -421,3 +421,50 @@ pub(crate) fn nofile_limit() -> String {
     }
     format!("{} soft, {} hard", lim.rlim_cur, lim.rlim_max)
 }
+
+/// Runs a command to completion within `limit` (killed past it), stdout and
+/// stderr captured.
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let pid = child.id();
+    // wait_with_output reads both pipes; a watchdog thread kills the child past the limit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => {
+            let _ = waiter.join();
+            r.map_err(|e| format!("{cmd:?}: {e}"))
+        }
+        Err(_) => {
+            // SAFETY: plain syscall on our own child, not yet reaped (the waiter still waits).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let _ = waiter.join();
+            Err(format!(
+                "{cmd:?} did not finish within {} s",
+                limit.as_secs()
+            ))
+        }
+    }
+}
+
+/// The processes in a network namespace (`ip netns pids`).
+pub(crate) fn netns_pids(ns: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -21,8 +21,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::lab::Scratch;
+use crate::common::sys::netns_pids;
 use crate::common::sys::{self, Proc};
-use crate::lab::{kill_all, netns_pids};
+use crate::lab::kill_all;
 use crate::probe;
 
 /// The baseline's virtual IP.

@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::name;
+use crate::common::sys::output_within;
 use crate::common::sys::{self, Proc};
-use crate::lab::{output_within, FarmLab};
+use crate::lab::FarmLab;
 
 /// The haproxy namespace's address on the lab's network (unused by the lab).
 pub(crate) const HAPROXY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 40);

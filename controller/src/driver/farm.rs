@@ -16,7 +16,6 @@
 //! node out of the farm — its buckets go to the others — until a probe
 //! passes again; `Stop` stops the module here.
 
-use std::fs;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +30,10 @@ use filter::{ArpResponder, FarmFilter, Installed};
 use tracing::{info, warn};
 
 use super::daemon::unix;
-use super::module::{spawn_checker, ModuleEvent, ModuleLog};
+use super::module::{
+    announce_due, run_module_script, save_goal, spawn_checker, ModuleEvent, ModuleHome, ModuleLog,
+};
 use super::net::Net;
-use super::scripts::{self, ScriptOutcome, ScriptRun};
 use super::vip::{self, VipSpec};
 use crate::cluster::checker::{self as policy, CheckerPolicy, CheckerState, Verdict};
 use crate::cluster::farm::{
@@ -132,22 +132,13 @@ impl FarmRunner {
             .farm
             .clone()
             .ok_or_else(|| format!("{name}: not a farm module"))?;
-        let dir = node.state_dir.join("modules").join(&name);
-        let run_dir = dir.join("run");
-        for d in [&dir, &run_dir] {
-            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-        }
-        // The application's scripts (and Apache as www-data) use the run dir.
-        let _ = fs::set_permissions(
-            &run_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        );
-        let _ = fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-        let log = ModuleLog::new(dir.join("module.log"));
-        let goal_file = dir.join("goal");
-        let goal_running = fs::read_to_string(&goal_file)
-            .map(|s| s.trim() != "stopped")
-            .unwrap_or(true);
+        let ModuleHome {
+            run_dir,
+            log,
+            goal_file,
+            goal_running,
+            ..
+        } = ModuleHome::open(node, &name)?;
 
         let filter = farm_filter(&module)?;
         preflight_vips(&module)?;
@@ -484,10 +475,7 @@ impl FarmRunner {
     }
 
     fn save_goal(&self, running: bool) {
-        let text = if running { "started\n" } else { "stopped\n" };
-        if let Err(e) = fs::write(&self.goal_file, text) {
-            warn!(file = %self.goal_file.display(), "cannot save the module's goal: {e}");
-        }
+        save_goal(&self.goal_file, running);
     }
 }
 
@@ -714,13 +702,7 @@ fn spawn_kernel(
                     }
                 }
                 if let Some(since) = held_since {
-                    let due = match announced {
-                        0 => Duration::from_millis(500),
-                        1 => Duration::from_secs(1),
-                        2 => Duration::from_secs(2),
-                        n => Duration::from_secs(2 + 30 * u64::from(n - 2)),
-                    };
-                    if since.elapsed() >= due {
+                    if since.elapsed() >= announce_due(announced) {
                         announced += 1;
                         for v in &vips {
                             if let Err(e) =
@@ -802,22 +784,7 @@ fn spawn_worker(
                 };
                 let result = match path {
                     None => Ok(()),
-                    Some(path) => {
-                        let run = ScriptRun {
-                            path: path.clone(),
-                            args: Vec::new(),
-                            env: env.clone(),
-                            cwd: module.scripts.dir.clone(),
-                            timeout,
-                            stop_grace: Duration::from_secs(5),
-                            log: log.path().clone(),
-                            label: format!("{} {label}", module.name),
-                        };
-                        match scripts::run(&run) {
-                            ScriptOutcome::Ok => Ok(()),
-                            other => Err(format!("{} {label}: {other}", module.name)),
-                        }
-                    }
+                    Some(path) => run_module_script(&module, path, label, timeout, &env, &log),
                 };
                 let ev = ModuleEvent::Farm(FarmEvent::ScriptDone { script, result });
                 if events.send((module.name.clone(), ev)).is_err() {

@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -162,23 +162,14 @@ impl ModuleRunner {
             .peer_of(&node.name)
             .cloned()
             .ok_or_else(|| format!("{name}: no peer for {}", node.name))?;
-        let dir = node.state_dir.join("modules").join(&name);
-        let run_dir = dir.join("run");
-        for d in [&dir, &run_dir] {
-            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-        }
-        // The application's scripts (and Apache as www-data) use the run dir.
-        let _ = fs::set_permissions(
-            &run_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        );
-        let _ = fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-        let log = ModuleLog::new(dir.join("module.log"));
+        let ModuleHome {
+            dir,
+            run_dir,
+            log,
+            goal_file,
+            goal_running,
+        } = ModuleHome::open(node, &name)?;
         let mirror = MirrorSet::new(&module, node, &me, &peer, &dir);
-        let goal_file = dir.join("goal");
-        let goal_running = fs::read_to_string(&goal_file)
-            .map(|s| s.trim() != "stopped")
-            .unwrap_or(true);
         let scripts = ScriptSet {
             prestart: module.scripts.prestart.is_some(),
             start_prim: module.scripts.start_prim.is_some(),
@@ -531,10 +522,66 @@ impl ModuleRunner {
     }
 
     fn save_goal(&self, running: bool) {
-        let text = if running { "started\n" } else { "stopped\n" };
-        if let Err(e) = fs::write(&self.goal_file, text) {
-            warn!(file = %self.goal_file.display(), "cannot save the module's goal: {e}");
+        save_goal(&self.goal_file, running);
+    }
+}
+
+/// A module's place on this node: `STATE_DIR/modules/NAME/` (its log and
+/// the operator's start/stop goal) and `run/` in it (the application's
+/// runtime directory), both made if missing.
+pub(super) struct ModuleHome {
+    /// `STATE_DIR/modules/NAME`.
+    pub(super) dir: PathBuf,
+    /// `DIR/run`, for the application's scripts (and Apache as www-data).
+    pub(super) run_dir: PathBuf,
+    /// `DIR/module.log`.
+    pub(super) log: ModuleLog,
+    /// `DIR/goal`: `started` or `stopped`.
+    pub(super) goal_file: PathBuf,
+    /// The goal read from it (running unless the operator stopped it).
+    pub(super) goal_running: bool,
+}
+
+impl ModuleHome {
+    pub(super) fn open(node: &NodeConfig, name: &str) -> Result<Self, String> {
+        let dir = node.state_dir.join("modules").join(name);
+        let run_dir = dir.join("run");
+        for d in [&dir, &run_dir] {
+            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            // The application's scripts (and Apache as www-data) use the run dir.
+            let _ = fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         }
+        let log = ModuleLog::new(dir.join("module.log"));
+        let goal_file = dir.join("goal");
+        let goal_running = fs::read_to_string(&goal_file)
+            .map(|s| s.trim() != "stopped")
+            .unwrap_or(true);
+        Ok(Self {
+            dir,
+            run_dir,
+            log,
+            goal_file,
+            goal_running,
+        })
+    }
+}
+
+/// Persists the operator's start/stop goal of a module.
+pub(super) fn save_goal(goal_file: &Path, running: bool) {
+    let text = if running { "started\n" } else { "stopped\n" };
+    if let Err(e) = fs::write(goal_file, text) {
+        warn!(file = %goal_file.display(), "cannot save the module's goal: {e}");
+    }
+}
+
+/// When a VIP's gratuitous ARP is due again, after `announced` of them since
+/// it was added: 0.5, 1 and 2 s after, then every 30 s.
+pub(super) fn announce_due(announced: u32) -> Duration {
+    match announced {
+        0 => Duration::from_millis(500),
+        1 => Duration::from_secs(1),
+        2 => Duration::from_secs(2),
+        n => Duration::from_secs(2 + 30 * u64::from(n - 2)),
     }
 }
 
@@ -666,19 +713,33 @@ fn run_script(
         Script::StopPrim | Script::Poststop => module.scripts.stop_timeout,
         _ => module.scripts.timeout,
     };
+    run_module_script(module, path, &s.to_string(), timeout, env, log)
+}
+
+/// Runs one of `module`'s scripts (`label`, e.g. `start_prim script`) in its
+/// scripts dir with `env`, its output in the module log; an error names the
+/// module, the script and how it ended.
+pub(super) fn run_module_script(
+    module: &Module,
+    path: &Path,
+    label: &str,
+    timeout: Duration,
+    env: &[(String, String)],
+    log: &ModuleLog,
+) -> Result<(), String> {
     let run = ScriptRun {
-        path: path.clone(),
+        path: path.to_path_buf(),
         args: Vec::new(),
         env: env.to_vec(),
         cwd: module.scripts.dir.clone(),
         timeout,
         stop_grace: Duration::from_secs(5),
         log: log.path().clone(),
-        label: format!("{} {s}", module.name),
+        label: format!("{} {label}", module.name),
     };
     match scripts::run(&run) {
         ScriptOutcome::Ok => Ok(()),
-        other => Err(format!("{} {s}: {other}", module.name)),
+        other => Err(format!("{} {label}: {other}", module.name)),
     }
 }
 
@@ -761,14 +822,7 @@ fn spawn_vip(
                         log.line(&format!("VIP {spec}: renewal failed: {e}"));
                     }
                 }
-                let age = since.elapsed();
-                let due = match announced {
-                    0 => Duration::from_millis(500),
-                    1 => Duration::from_secs(1),
-                    2 => Duration::from_secs(2),
-                    n => Duration::from_secs(2 + 30 * u64::from(n - 2)),
-                };
-                if age >= due {
+                if since.elapsed() >= announce_due(announced) {
                     announced += 1;
                     if let Err(e) = filter::arp::announce(&spec.interface, spec.addr) {
                         log.line(&format!("VIP {spec}: gratuitous ARP: {e}"));

@@ -272,16 +272,7 @@ impl FarmLab {
         } else {
             self.node(node, "netns")
         };
-        Command::new("ip")
-            .args(["netns", "pids", &ns])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        ns_pids(&ns)
     }
 
     /// SIGKILLs every process of `node` (all run in its namespace).
@@ -295,17 +286,7 @@ impl FarmLab {
             ns.starts_with(&format!("{}-", self.name)),
             "{ns} is not this lab's"
         );
-        let pids: Vec<i32> = Command::new("ip")
-            .args(["netns", "pids", ns])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for pid in pids {
+        for pid in ns_pids(ns) {
             // SAFETY: kill has no memory effects; the pids run in this lab's namespace.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -330,6 +311,20 @@ impl FarmLab {
         );
         std::fs::read_to_string(path).unwrap_or_default()
     }
+}
+
+/// The processes in namespace `ns` (none if it cannot be read).
+fn ns_pids(ns: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for FarmLab {
