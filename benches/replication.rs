@@ -52,7 +52,9 @@
 //!
 //! The goals column is issue 2's targets for mirrorfs; they are goals, not
 //! asserts. Other settings: `MIRRORFS_BENCH_SECS` (duration of each timed run,
-//! default 5) and `MIRRORFS_BENCH_TARGETS` (e.g. `local,mirrorfs`).
+//! default 5), `MIRRORFS_BENCH_TARGETS` (e.g. `local,mirrorfs`) and
+//! `MIRRORFS_BENCH_WORKLOADS` (a subset of `rw1,rw4,seq,create,churn,http4k,
+//! http1m,walk`; all by default).
 //!
 //! The table is printed and written as Markdown to `bench-replication.md` in
 //! the target directory. Everything the run makes (namespaces, mounts,
@@ -98,6 +100,10 @@ struct Config {
     files: u64,
     churn: u64,
     targets: Vec<Target>,
+    /// The workloads to run (`MIRRORFS_BENCH_WORKLOADS`), and whether the
+    /// tree is built and walked (`walk` in that list).
+    workloads: Vec<Workload>,
+    walk: bool,
     mirrorfs: PathBuf,
     /// Where the Markdown table goes.
     markdown: PathBuf,
@@ -119,6 +125,22 @@ impl Config {
                 .collect(),
             Err(_) => Target::ALL.to_vec(),
         };
+        let (workloads, walk) = match std::env::var("MIRRORFS_BENCH_WORKLOADS") {
+            Ok(list) => {
+                let names: Vec<&str> = list.split(',').map(str::trim).collect();
+                for n in &names {
+                    if *n != "walk" && !Workload::ALL.iter().any(|w| w.name() == *n) {
+                        panic!("MIRRORFS_BENCH_WORKLOADS: unknown workload {n:?} (rw1, rw4, seq, create, churn, http4k, http1m, walk)");
+                    }
+                }
+                let ws = Workload::ALL
+                    .into_iter()
+                    .filter(|w| names.contains(&w.name()))
+                    .collect();
+                (ws, names.contains(&"walk"))
+            }
+            Err(_) => (Workload::ALL.to_vec(), true),
+        };
         Self {
             secs: env_u64("MIRRORFS_BENCH_SECS", 5, 1),
             rounds: env_u64("MIRRORFS_BENCH_ROUNDS", 3, 1),
@@ -127,6 +149,8 @@ impl Config {
             files: 5000,
             churn: 2000,
             targets,
+            workloads,
+            walk,
             mirrorfs: paths.mirrorfs,
             markdown: paths.target_dir.join("bench-replication.md"),
         }
@@ -251,6 +275,19 @@ impl Workload {
         Self::Http4k,
         Self::Http1m,
     ];
+
+    /// Its name in `MIRRORFS_BENCH_WORKLOADS`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::RandWrite1 => "rw1",
+            Self::RandWrite4 => "rw4",
+            Self::Seq => "seq",
+            Self::Create => "create",
+            Self::Churn => "churn",
+            Self::Http4k => "http4k",
+            Self::Http1m => "http1m",
+        }
+    }
 }
 
 fn run() {
@@ -343,7 +380,7 @@ fn run() {
                 }
             }
         }
-        for w in Workload::ALL {
+        for &w in &cfg.workloads {
             for s in subjects.iter_mut() {
                 s.settle();
                 // A failed measurement (say EMFILE or EIO from a FUSE target)
@@ -386,7 +423,7 @@ fn run() {
     // The tree: created once per target (FUSE targets freshly mounted, so they
     // do not carry the inodes of the workloads above), walked cold and warm in
     // every round.
-    for s in subjects.iter_mut() {
+    for s in subjects.iter_mut().filter(|_| cfg.walk) {
         if let Some(m) = s.mount.as_mut() {
             m.remount();
         }
@@ -405,7 +442,7 @@ fn run() {
             Err(e) => tree_failed(s, &e, &mut notes),
         }
     }
-    for round in 1..=cfg.rounds {
+    for round in (1..=cfg.rounds).filter(|_| cfg.walk) {
         eprintln!("--- tree walks, round {round} of {}", cfg.rounds);
         for s in subjects.iter_mut() {
             if let Err(e) = tree_walks(s) {
