@@ -32,6 +32,16 @@ use crate::sys;
 /// How long a writable open waits for passthrough readers of the file to close.
 const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Regular files up to this size are read through the kernel's page cache of
+/// the mount (kept across opens), not through passthrough: a passthrough read
+/// marks the atime stale (fs/fuse/passthrough.c `fuse_file_accessed`), so
+/// every `stat` after it costs a GETATTR round trip, while a page-cache hit
+/// costs nothing. For small files that round trip is most of the cost of
+/// serving them (Apache: stat, open, sendfile, close per GET); larger files
+/// keep passthrough, which caches their data once (the backing file's pages)
+/// instead of twice.
+pub const PAGE_CACHED_MAX: i64 = 64 * 1024;
+
 /// Open flags kept on the backing descriptor and replicated with the open.
 const SYNC_FLAGS: i32 = libc::O_SYNC | libc::O_DSYNC;
 
@@ -62,6 +72,12 @@ pub struct Opened {
     pub fh: u64,
     /// For read-only opens that may use kernel passthrough: the backing file.
     pub passthrough: Option<Arc<File>>,
+    /// A read-only open served through mirrorfs: the kernel may keep the
+    /// file's page cache across opens (`FOPEN_KEEP_CACHE`). Right because
+    /// every change of the file's data goes through this mount, whose kernel
+    /// side updates or drops those pages itself (write-through writes,
+    /// truncation, fallocate, copy_file_range).
+    pub keep_cache: bool,
 }
 
 /// A change of attributes (`None` leaves an attribute as it is).
@@ -745,11 +761,18 @@ impl Overlay {
             fd.as_fd(),
             libc::O_RDONLY | (flags & libc::O_NONBLOCK),
         )?));
-        let allowed = self.passthrough.load(Ordering::Relaxed) && is_kind(&st, libc::S_IFREG);
+        let regular = is_kind(&st, libc::S_IFREG);
+        let allowed =
+            self.passthrough.load(Ordering::Relaxed) && regular && st.st_size > PAGE_CACHED_MAX;
         let mode = self.io_modes.open_read(ino, allowed);
         let passthrough = (mode == ReadMode::Passthrough).then(|| file.clone());
+        let keep_cache = regular && passthrough.is_none();
         let fh = self.insert_handle(ino, file, false, 0, passthrough.is_some());
-        Ok(Opened { fh, passthrough })
+        Ok(Opened {
+            fh,
+            passthrough,
+            keep_cache,
+        })
     }
 
     /// Opens `ino` with `flags`: read-only opens at once, writable ones are
@@ -796,6 +819,7 @@ impl Overlay {
                     Opened {
                         fh,
                         passthrough: None,
+                        keep_cache: false,
                     },
                     ops,
                 ))
@@ -935,6 +959,7 @@ impl Overlay {
                 Opened {
                     fh,
                     passthrough: None,
+                    keep_cache: false,
                 },
             ),
             ops,

@@ -379,3 +379,43 @@ fn issue_7_a_handle_is_reopened_with_its_sync_flags_on_a_new_connection() {
         ]
     );
 }
+
+/// Issue 10, item 4: small regular files are read through the kernel's page
+/// cache, kept across opens; larger ones through passthrough; a writer
+/// coming makes no difference to a small file (the kernel keeps its pages
+/// coherent with writes through the mount).
+#[test]
+fn issue_10_small_files_keep_the_page_cache_large_ones_use_passthrough() {
+    let (dir, rec, ov) = setup();
+    ov.enable_passthrough(true);
+    fs::write(dir.path().join("small"), vec![1u8; 4096]).unwrap();
+    let big = usize::try_from(PAGE_CACHED_MAX).unwrap() + 1;
+    fs::write(dir.path().join("big"), vec![2u8; big]).unwrap();
+    let small = ov.lookup(ROOT_INO, OsStr::new("small")).unwrap();
+    let large = ov.lookup(ROOT_INO, OsStr::new("big")).unwrap();
+    let d = ov
+        .mkdir(ROOT, ROOT_INO, OsStr::new("d"), 0o755, 0)
+        .wait()
+        .unwrap();
+
+    let o = ov.open_read(small.ino, libc::O_RDONLY).unwrap();
+    assert!(o.keep_cache && o.passthrough.is_none());
+    assert_eq!(ov.read(o.fh, 0, 8192).unwrap(), vec![1u8; 4096]);
+    let w = ov.open(small.ino, libc::O_WRONLY).wait().unwrap();
+    assert_eq!(ov.write(w.fh, 0, b"x").wait().unwrap(), 1);
+    let o2 = ov.open_read(small.ino, libc::O_RDONLY).unwrap();
+    assert!(o2.keep_cache && o2.passthrough.is_none());
+    for fh in [o.fh, w.fh, o2.fh] {
+        ov.release(fh);
+    }
+
+    let o = ov.open_read(large.ino, libc::O_RDONLY).unwrap();
+    assert!(!o.keep_cache && o.passthrough.is_some());
+    ov.release(o.fh);
+
+    // Nothing but regular files has a page cache to keep.
+    let o = ov.open_read(d.ino, libc::O_RDONLY).unwrap();
+    assert!(!o.keep_cache && o.passthrough.is_none());
+    ov.release(o.fh);
+    rec.take();
+}
