@@ -175,6 +175,15 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 /// `fd` itself, from its start, so that no name is resolved again (`d_type`
 /// may be `DT_UNKNOWN` on file systems that do not fill it).
 pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
+    Ok(read_dir_inos(fd)?
+        .into_iter()
+        .map(|(name, kind, _)| (name, kind))
+        .collect())
+}
+
+/// As [`read_dir`], with each entry's inode number (`d_ino`):
+/// (name, `d_type`, `d_ino`).
+pub fn read_dir_inos(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8, u64)>> {
     /// Closes the stream (and the duplicate descriptor it owns).
     struct Stream(std::ptr::NonNull<libc::DIR>);
     impl Drop for Stream {
@@ -213,14 +222,15 @@ pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
         }
         // SAFETY: a non-null entry is valid until the next readdir, and its
         // name is NUL-terminated.
-        let (name, kind) = unsafe {
+        let (name, kind, ino) = unsafe {
             (
                 std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()).to_bytes(),
                 (*entry).d_type,
+                (*entry).d_ino,
             )
         };
         if name != b"." && name != b".." {
-            out.push((name.to_vec(), kind));
+            out.push((name.to_vec(), kind, ino));
         }
     }
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, info};
 
@@ -37,6 +37,15 @@ const TTL: Duration = Duration::from_secs(60);
 /// no lock owner needs the FLUSH to drop its locks. One synchronous round
 /// trip less per `close(2)` of a file served read-only (Apache: one per GET).
 const READ_ONLY_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
+/// Flags of every directory open: the kernel caches a directory's listing
+/// (`FOPEN_CACHE_DIR`) and keeps it across opens (`FOPEN_KEEP_CACHE`), so a
+/// directory listed again costs OPENDIR and RELEASEDIR only. Right because
+/// every change of a directory goes through this mount: the kernel drops the
+/// cached listing when the directory's version or mtime changes
+/// (fs/fuse/readdir.c `fuse_readdir_cached`), which each create, unlink or
+/// rename through the mount does (`fuse_dir_changed`).
+const DIR_OPEN: FopenFlags = FopenFlags::FOPEN_CACHE_DIR.union(FopenFlags::FOPEN_KEEP_CACHE);
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -199,6 +208,16 @@ impl MirrorFs {
 impl Filesystem for MirrorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
+        // Listings come with every entry's attributes (always, not the
+        // kernel's adaptive choice): a tree walk then needs no LOOKUP per
+        // entry. Right for the same reason as the long TTL: every change
+        // goes through this mount.
+        if config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS)
+            .is_err()
+        {
+            info!("the kernel offers no READDIRPLUS: listings come without attributes");
+        }
         if self.passthrough.load(Ordering::Relaxed) {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
@@ -231,8 +250,8 @@ impl Filesystem for MirrorFs {
         self.ops.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ops.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ops.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
             Err(e) => reply.error(errno(e)),
         }
@@ -473,7 +492,7 @@ impl Filesystem for MirrorFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.ops.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), DIR_OPEN),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -496,6 +515,40 @@ impl Filesystem for MirrorFs {
                 }
                 reply.ok();
             }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        // "." and "..": the kernel neither links nor counts them.
+        let mut dot = attr(0, &zeroed_stat());
+        dot.kind = FileType::Directory;
+        let r = self.ops.readdirplus(ino.0, fh.0, offset, |i, e, entry| {
+            let next = i + 1;
+            match entry {
+                Some(en) => reply.add(
+                    INodeNo(en.ino),
+                    next,
+                    &e.name,
+                    &TTL,
+                    &attr(en.ino, &en.attr),
+                    Generation(0),
+                ),
+                None => {
+                    dot.ino = INodeNo(e.ino);
+                    reply.add(INodeNo(e.ino), next, &e.name, &TTL, &dot, Generation(0))
+                }
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -4,10 +4,15 @@
 //! `O_PATH` descriptor, the kernel's lookup count (honouring `forget`), and
 //! every name it is known under, which is what replication sends to the
 //! secondary. Descriptors are a bounded cache (the kernel may know far more
-//! inodes than a process may hold descriptors): an evicted one is opened again
-//! from its path with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and
-//! checked to be the same `(dev, ino)`. FUSE inode numbers only go up and are
-//! never reused. Must not do any replication itself.
+//! inodes than a process may hold descriptors), filled only when an
+//! operation needs one (a lookup or a directory listing records the inode
+//! from its `fstatat` alone): a missing one is opened from its parent's
+//! descriptor by its one name component with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` (ancestors first, each cached on the way) and
+//! checked to be the same `(dev, ino)`, so nothing outside the backing root is
+//! reached and a stale name gives `ESTALE`, never another file. FUSE inode
+//! numbers only go up and are never reused. Must not do any replication
+//! itself.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -51,7 +56,6 @@ struct Inner {
 #[derive(Debug)]
 pub struct InodeTable {
     inner: Mutex<Inner>,
-    root: Arc<OwnedFd>,
     /// Most descriptors cached at once.
     budget: usize,
 }
@@ -71,7 +75,7 @@ impl InodeTable {
             ROOT_INO,
             Node {
                 key: root_key,
-                fd: Some(root.clone()),
+                fd: Some(root),
                 used: true,
                 lookups: 1,
                 names: Vec::new(),
@@ -80,7 +84,6 @@ impl InodeTable {
         inner.by_key.insert(root_key, ROOT_INO);
         Self {
             inner: Mutex::new(inner),
-            root,
             budget: budget.max(64),
         }
     }
@@ -116,41 +119,68 @@ impl InodeTable {
     }
 
     /// The O_PATH descriptor of `ino` (`ESTALE` if the kernel forgot it, or
-    /// if its path no longer leads to the same inode).
+    /// if its name no longer leads to the same inode; `ENOENT` if it has no
+    /// name left and no descriptor).
     pub fn fd(&self, ino: u64) -> io::Result<Arc<OwnedFd>> {
-        let (key, path) = {
+        // The uncached inodes from `ino` up to the first cached ancestor
+        // (the root always is), nearest first.
+        let (mut fd, chain) = {
             let mut t = self.lock();
-            let node = t
-                .nodes
-                .get_mut(&ino)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
-            node.used = true;
-            if let Some(fd) = &node.fd {
-                return Ok(fd.clone());
+            let mut chain: Vec<(u64, Key, OsString)> = Vec::new();
+            let mut cur = ino;
+            loop {
+                let node = t
+                    .nodes
+                    .get_mut(&cur)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+                node.used = true;
+                if let Some(fd) = &node.fd {
+                    break (fd.clone(), chain);
+                }
+                let (parent, name) = node
+                    .names
+                    .first()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+                chain.push((cur, node.key, name.clone()));
+                cur = *parent;
+                // Names form a tree rooted at ROOT_INO; this also ends a cycle.
+                if chain.len() > MAX_PATH / 2 {
+                    return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+                }
             }
-            (node.key, Self::path_locked(&t, ino)?)
         };
-        let fd = sys::openat2(
-            self.root.as_fd(),
-            path.as_os_str(),
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-            sys::RESOLVE_STRICT,
-        )?;
-        let st = sys::fstat(fd.as_fd())?;
-        if (st.st_dev, st.st_ino) != key {
-            return Err(io::Error::from_raw_os_error(libc::ESTALE));
-        }
-        let fd = Arc::new(fd);
-        let mut t = self.lock();
-        self.make_room(&mut t);
-        if let Some(node) = t.nodes.get_mut(&ino) {
-            if node.fd.is_none() {
-                node.fd = Some(fd.clone());
-                t.cached += 1;
+        for (ino, key, name) in chain.into_iter().rev() {
+            // One name component (checked at the boundary), beneath its parent.
+            let child = sys::openat2(
+                fd.as_fd(),
+                &name,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+                sys::RESOLVE_STRICT,
+            )?;
+            let st = sys::fstat(child.as_fd())?;
+            if (st.st_dev, st.st_ino) != key {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE));
             }
+            fd = self.cache_fd(ino, Arc::new(child));
         }
         Ok(fd)
+    }
+
+    /// Caches `fd` for `ino` unless another thread did first (whose
+    /// descriptor is returned then).
+    fn cache_fd(&self, ino: u64, fd: Arc<OwnedFd>) -> Arc<OwnedFd> {
+        let mut t = self.lock();
+        self.make_room(&mut t);
+        let Some(node) = t.nodes.get_mut(&ino) else {
+            return fd;
+        };
+        if let Some(old) = &node.fd {
+            return old.clone();
+        }
+        node.fd = Some(fd.clone());
+        t.cached += 1;
+        fd
     }
 
     /// A lookup of a name the table already knows for `key`: counts it and
@@ -166,16 +196,17 @@ impl InodeTable {
         None
     }
 
-    /// Records a lookup of `parent/name` that found `key`. `open` makes the
-    /// O_PATH descriptor when the inode is new (or its number was reused by the
-    /// backing filesystem: `alive` says whether an existing node's inode still
-    /// has links). Returns the FUSE inode number.
+    /// Records a lookup of `parent/name` that found `key`, with its O_PATH
+    /// descriptor if the caller has one (else it is opened when first
+    /// needed). A new number is given when the inode is new, or when its
+    /// number was reused by the backing filesystem: `alive` says whether an
+    /// existing node's inode still has links. Returns the FUSE inode number.
     pub fn lookup(
         &self,
         parent: u64,
         name: &OsStr,
         key: Key,
-        fd: OwnedFd,
+        fd: Option<OwnedFd>,
         alive: impl FnOnce(&OwnedFd) -> bool,
     ) -> u64 {
         let mut t = self.lock();
@@ -193,7 +224,7 @@ impl InodeTable {
                 if !node.names.iter().any(|(p, n)| *p == parent && n == name) {
                     node.names.push((parent, name.to_owned()));
                 }
-                if node.fd.is_none() {
+                if let (None, Some(fd)) = (&node.fd, fd) {
                     node.fd = Some(Arc::new(fd));
                     t.cached += 1;
                     self.make_room(&mut t);
@@ -207,17 +238,19 @@ impl InodeTable {
         let ino = t.next;
         t.next += 1;
         self.make_room(&mut t);
+        if fd.is_some() {
+            t.cached += 1;
+        }
         t.nodes.insert(
             ino,
             Node {
                 key,
-                fd: Some(Arc::new(fd)),
+                fd: fd.map(Arc::new),
                 used: true,
                 lookups: 1,
                 names: vec![(parent, name.to_owned())],
             },
         );
-        t.cached += 1;
         t.by_key.insert(key, ino);
         ino
     }

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirEntryExt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -253,8 +253,11 @@ fn busy_ino(e: &io::Error) -> Option<u64> {
 
 #[derive(Debug)]
 struct DirHandle {
+    /// The directory's inode.
+    ino: u64,
     file: Arc<File>,
-    entries: Vec<DirEntry>,
+    /// Read at the first listing.
+    entries: std::sync::OnceLock<Vec<DirEntry>>,
 }
 
 /// The primary's overlay of one backing directory.
@@ -344,8 +347,7 @@ impl Overlay {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
         self.check_visible(parent, name)?;
         let pfd = self.inodes.fd(parent)?;
-        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let st = sys::fstat(fd.as_fd())?;
+        let st = sys::fstatat(pfd.as_fd(), name)?;
         // Fast path: a name the table already knows for this inode.
         if let Some(ino) = self.inodes.lookup_known(parent, name, key_of(&st)) {
             return Ok(Entry { ino, attr: st });
@@ -358,11 +360,12 @@ impl Overlay {
     }
 
     /// [`lookup`](Self::lookup) for callers that hold the sequencer.
+    /// No descriptor is opened: the table opens one from the parent's when
+    /// an operation first needs it (a tree walk needs none).
     fn lookup_locked(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
         let pfd = self.inodes.fd(parent)?;
-        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let st = sys::fstat(fd.as_fd())?;
-        let ino = self.inodes.lookup(parent, name, key_of(&st), fd, |old| {
+        let st = sys::fstatat(pfd.as_fd(), name)?;
+        let ino = self.inodes.lookup(parent, name, key_of(&st), None, |old| {
             sys::fstat(old.as_fd()).is_ok_and(|old| still_the_same(&old, &st))
         });
         Ok(Entry { ino, attr: st })
@@ -403,8 +406,15 @@ impl Overlay {
         }
     }
 
-    /// Attributes of `ino`.
-    pub fn getattr(&self, ino: u64) -> io::Result<libc::stat> {
+    /// Attributes of `ino`; through the open handle `fh` when the kernel
+    /// names one (`fstat(2)` of an open file: it still works once the file
+    /// is unlinked).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> io::Result<libc::stat> {
+        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+            if h.ino == ino {
+                return sys::fstat(h.file.as_fd());
+            }
+        }
         sys::fstat(self.inodes.fd(ino)?.as_fd())
     }
 
@@ -450,14 +460,36 @@ impl Overlay {
 
     // ---- directories --------------------------------------------------------
 
-    /// Opens directory `ino`, taking a snapshot of its entries.
+    /// Opens directory `ino`. Its entries are read at the first listing
+    /// (a snapshot the later ones continue): the kernel answers most
+    /// listings of a directory it has seen from its own cache (see
+    /// [`fuse`](super::fuse)) and asks for none.
     pub fn opendir(&self, ino: u64) -> io::Result<u64> {
         let fd = self.inodes.fd(ino)?;
-        let file = File::from(reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?);
-        let path = Path::new(OsStr::from_bytes(
-            sys::proc_fd_path(file.as_fd()).as_bytes(),
-        ))
-        .to_owned();
+        let file = File::from(sys::openat(
+            fd.as_fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.write().unwrap_or_else(|e| e.into_inner()).insert(
+            fh,
+            Arc::new(DirHandle {
+                ino,
+                file: Arc::new(file),
+                entries: std::sync::OnceLock::new(),
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// The entries of `d` (read now if this is its first listing).
+    fn entries<'a>(&self, d: &'a DirHandle) -> io::Result<&'a [DirEntry]> {
+        if let Some(e) = d.entries.get() {
+            return Ok(e);
+        }
+        let ino = d.ino;
         let parent_ino = if ino == ROOT_INO {
             ROOT_INO
         } else {
@@ -475,36 +507,71 @@ impl Overlay {
                 kind: libc::S_IFDIR,
             },
         ];
-        let st = sys::fstat(file.as_fd())?;
-        for e in std::fs::read_dir(&path)? {
-            let e = e?;
-            let name = e.file_name();
+        let st = sys::fstat(d.file.as_fd())?;
+        for (name, d_type, d_ino) in sys::read_dir_inos(d.file.as_fd())? {
+            let name = OsString::from_vec(name);
             if ino == ROOT_INO && name == META_DIR {
                 continue;
             }
-            let kind = e.file_type().map(file_type_bits).unwrap_or(0);
-            let reported = self.inodes.by_key((st.st_dev, e.ino())).unwrap_or(e.ino());
+            let reported = self.inodes.by_key((st.st_dev, d_ino)).unwrap_or(d_ino);
             entries.push(DirEntry {
                 name,
                 ino: reported,
-                kind,
+                kind: d_type_bits(d_type),
             });
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.write().unwrap_or_else(|e| e.into_inner()).insert(
-            fh,
-            Arc::new(DirHandle {
-                file: Arc::new(file),
-                entries,
-            }),
-        );
-        Ok(fh)
+        // Two listings of one handle at once: the first snapshot stands.
+        Ok(d.entries.get_or_init(|| entries))
     }
 
     /// Entries of an open directory from index `offset` on.
     pub fn readdir(&self, fh: u64, offset: u64) -> io::Result<Vec<DirEntry>> {
         let d = self.dir(fh)?;
-        Ok(d.entries.iter().skip(offset as usize).cloned().collect())
+        Ok(self
+            .entries(&d)?
+            .iter()
+            .skip(offset as usize)
+            .cloned()
+            .collect())
+    }
+
+    /// `READDIRPLUS`: the entries of the open directory `fh` (of inode
+    /// `ino`) from index `offset` on, each looked up as [`lookup`] does
+    /// (counted: the kernel will forget it), handed to `add` with its index
+    /// until `add` answers that its buffer is full; that entry's lookup is
+    /// given back, as is the lookup of one `add` did not take. `.` and `..`
+    /// come without an entry (the kernel links and counts neither). Names
+    /// removed since `opendir` are left out.
+    ///
+    /// [`lookup`]: Self::lookup
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirEntry, Option<&Entry>) -> bool,
+    ) -> io::Result<()> {
+        let d = self.dir(fh)?;
+        for (i, e) in self.entries(&d)?.iter().enumerate().skip(offset as usize) {
+            let entry = if e.name == "." || e.name == ".." {
+                None
+            } else {
+                match self.lookup(ino, &e.name) {
+                    Ok(entry) => Some(entry),
+                    Err(err) => {
+                        tracing::debug!(error = %err, name = ?e.name, "readdirplus: entry gone");
+                        continue;
+                    }
+                }
+            };
+            if add(i as u64, e, entry.as_ref()) {
+                if let Some(entry) = entry {
+                    self.forget(entry.ino, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Closes a directory handle.
@@ -683,6 +750,7 @@ impl Overlay {
             |path, _| {
                 let pfd = self.inodes.fd(parent)?;
                 let st = sys::fstatat(pfd.as_fd(), name)?;
+                self.keep_fd(&st);
                 sys::unlinkat(pfd.as_fd(), name, flags)?;
                 self.inodes.remove_name(key_of(&st), parent, name);
                 let op = if flags & libc::AT_REMOVEDIR != 0 {
@@ -731,6 +799,9 @@ impl Overlay {
                 let npfd = self.inodes.fd(newparent)?;
                 let src = sys::fstatat(pfd.as_fd(), name)?;
                 let dst = sys::fstatat(npfd.as_fd(), newname).ok();
+                if let Some(dst) = &dst {
+                    self.keep_fd(dst);
+                }
                 sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
                 if let Some(dst) = &dst {
                     if key_of(dst) != key_of(&src) {
@@ -1492,6 +1563,17 @@ impl Overlay {
         Some(Target::Handle(HandleId(fh)))
     }
 
+    /// Before a name of the inode `st` is removed: if the kernel knows the
+    /// inode, its descriptor is cached while a name still leads to it (the
+    /// table opens descriptors lazily, and keeps those of inodes with no
+    /// name left), so that it stays reachable if it was its last name
+    /// (unlinked while open).
+    fn keep_fd(&self, st: &libc::stat) {
+        if let Some(ino) = self.inodes.by_key(key_of(st)) {
+            let _ = self.inodes.fd(ino);
+        }
+    }
+
     /// The backing root (an O_PATH directory) for the resync.
     pub(crate) fn backing_root(&self) -> io::Result<Arc<OwnedFd>> {
         self.inodes.fd(ROOT_INO)
@@ -1670,24 +1752,17 @@ fn still_the_same(old: &libc::stat, new: &libc::stat) -> bool {
     old.st_nlink > 0 && old.st_mode & libc::S_IFMT == new.st_mode & libc::S_IFMT
 }
 
-fn file_type_bits(t: std::fs::FileType) -> u32 {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        libc::S_IFDIR
-    } else if t.is_file() {
-        libc::S_IFREG
-    } else if t.is_symlink() {
-        libc::S_IFLNK
-    } else if t.is_fifo() {
-        libc::S_IFIFO
-    } else if t.is_socket() {
-        libc::S_IFSOCK
-    } else if t.is_char_device() {
-        libc::S_IFCHR
-    } else if t.is_block_device() {
-        libc::S_IFBLK
-    } else {
-        0
+/// `S_IF*` bits of a `d_type` (0 for `DT_UNKNOWN`).
+fn d_type_bits(t: u8) -> u32 {
+    match t {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => 0,
     }
 }
 

@@ -419,3 +419,165 @@ fn issue_10_small_files_keep_the_page_cache_large_ones_use_passthrough() {
     ov.release(o.fh);
     rec.take();
 }
+
+/// Issue 10, item 5: READDIRPLUS looks every entry up (counted, so the
+/// kernel's later forget balances it), gives back the lookup of an entry the
+/// reply buffer refused, hands `.` and `..` over without an entry, and
+/// leaves out a name removed since the directory was opened.
+#[test]
+fn issue_10_readdirplus_counts_exactly_the_entries_the_kernel_gets() {
+    let (dir, rec, ov) = setup();
+    let d = ov
+        .mkdir(ROOT, ROOT_INO, OsStr::new("d"), 0o755, 0)
+        .wait()
+        .unwrap();
+    for n in ["a", "b", "c", "gone"] {
+        fs::write(dir.path().join("d").join(n), n).unwrap();
+    }
+    let fh = ov.opendir(d.ino).unwrap();
+    // Listed first (the snapshot), removed after.
+    let _ = ov.readdir(fh, 0).unwrap();
+    fs::remove_file(dir.path().join("d/gone")).unwrap();
+    let mut got = Vec::new();
+    ov.readdirplus(d.ino, fh, 0, |i, e, entry| {
+        // The buffer takes three entries.
+        if got.len() == 3 {
+            return true;
+        }
+        got.push((i, e.name.clone(), entry.map(|en| en.ino)));
+        false
+    })
+    .unwrap();
+    let names: Vec<_> = got.iter().map(|(_, n, _)| n.clone()).collect();
+    assert_eq!(names.len(), 3);
+    assert_eq!(&names[..2], &[OsString::from("."), OsString::from("..")]);
+    assert!(got[0].2.is_none() && got[1].2.is_none());
+    let first = got[2].2.expect("a file comes with its entry");
+    // The next call starts after the last entry taken.
+    let mut rest = Vec::new();
+    ov.readdirplus(d.ino, fh, got[2].0 + 1, |_, e, entry| {
+        rest.push((e.name.clone(), entry.map(|en| en.ino)));
+        false
+    })
+    .unwrap();
+    assert_eq!(rest.len(), 2, "{rest:?}: the removed name is left out");
+    assert!(rest.iter().all(|(n, ino)| n != "gone" && ino.is_some()));
+    ov.releasedir(fh);
+    // Known: a, b, c (one lookup each) besides the root and d.
+    assert_eq!(ov.inode_stats().0, 5);
+    // The kernel forgets what it was given.
+    for ino in rest.iter().filter_map(|(_, ino)| *ino).chain([first]) {
+        ov.forget(ino, 1);
+    }
+    assert_eq!(ov.inode_stats().0, 2, "every lookup was counted once");
+    rec.take();
+}
+
+/// Issue 10, item 5: lookups open no descriptor (a walk of a tree larger
+/// than the descriptor budget holds none per file); one is opened from the
+/// parent's descriptor when an operation needs it, still right after the
+/// parent was renamed, and a name that now leads to another inode gives
+/// ESTALE, never the other file. An inode looked up, opened and then
+/// unlinked keeps its attributes.
+#[test]
+fn issue_10_descriptors_are_opened_lazily_from_the_parent() {
+    let (dir, rec, ov) = setup();
+    let d = ov
+        .mkdir(ROOT, ROOT_INO, OsStr::new("d"), 0o755, 0)
+        .wait()
+        .unwrap();
+    for n in 0..100 {
+        fs::write(dir.path().join(format!("d/f{n}")), b"x").unwrap();
+    }
+    let cached = ov.inode_stats().1;
+    let entries: Vec<Entry> = (0..100)
+        .map(|n| ov.lookup(d.ino, OsStr::new(&format!("f{n}"))).unwrap())
+        .collect();
+    // Only the directory's, opened to look names up in it.
+    assert_eq!(
+        ov.inode_stats(),
+        (102, cached + 1),
+        "no descriptor per lookup"
+    );
+
+    ov.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), 0)
+        .wait()
+        .unwrap();
+    let st = ov
+        .setattr(
+            entries[1].ino,
+            None,
+            SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(st.st_mode & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(dir.path().join("e/f1")).unwrap().mode() & 0o777,
+        0o600
+    );
+
+    // Replaced behind the overlay's back: the name leads elsewhere now (the
+    // old inode kept, so that its number is not reused for the new one).
+    fs::rename(dir.path().join("e/f2"), dir.path().join("moved")).unwrap();
+    fs::write(dir.path().join("e/f2"), b"other").unwrap();
+    let e = ov.getattr(entries[2].ino, None).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+
+    // Open, then unlinked through the mount: still reachable.
+    let o = ov.open_read(entries[3].ino, libc::O_RDONLY).unwrap();
+    let e4 = entries[4].ino;
+    ov.unlink(d.ino, OsStr::new("f3")).wait().unwrap();
+    ov.unlink(d.ino, OsStr::new("f4")).wait().unwrap();
+    assert_eq!(ov.getattr(entries[3].ino, Some(o.fh)).unwrap().st_nlink, 0);
+    assert_eq!(ov.getattr(entries[3].ino, None).unwrap().st_nlink, 0);
+    assert_eq!(ov.read(o.fh, 0, 10).unwrap(), b"x");
+    ov.release(o.fh);
+    assert_eq!(ov.getattr(e4, None).unwrap().st_nlink, 0);
+    rec.take();
+}
+
+/// Found for issue 10: an open file whose cached descriptor was evicted
+/// (more inodes than the budget) and which was then unlinked through the
+/// mount lost its attributes: `fstat(2)` of the open file reached GETATTR,
+/// which looked the inode up by a name it no longer had (ENOENT). Now the
+/// descriptor is taken before a name is removed, and GETATTR with a handle
+/// uses the handle.
+#[test]
+fn issue_10_an_open_file_unlinked_after_its_descriptor_was_evicted_keeps_its_attributes() {
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-ops")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let ov = Overlay::with_fd_budget(dir.path(), rec.clone(), 64).unwrap();
+    let (victim, o) = ov
+        .create(ROOT, ROOT_INO, OsStr::new("victim"), 0o644, 0, libc::O_RDWR)
+        .wait()
+        .unwrap();
+    ov.getattr(victim.ino, None).unwrap();
+    // Enough other inodes used to evict every cached descriptor.
+    for n in 0..200 {
+        let (e, f) = ov
+            .create(
+                ROOT,
+                ROOT_INO,
+                OsStr::new(&format!("f{n}")),
+                0o644,
+                0,
+                libc::O_RDWR,
+            )
+            .wait()
+            .unwrap();
+        ov.release(f.fh);
+        ov.getattr(e.ino, None).unwrap();
+    }
+    ov.unlink(ROOT_INO, OsStr::new("victim")).wait().unwrap();
+    assert_eq!(ov.getattr(victim.ino, None).unwrap().st_nlink, 0);
+    assert_eq!(ov.getattr(victim.ino, Some(o.fh)).unwrap().st_nlink, 0);
+    ov.release(o.fh);
+    rec.take();
+}
