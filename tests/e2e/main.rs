@@ -40,6 +40,10 @@ mod mirror_serve_limits;
 /// regression test.
 mod mirror_review;
 
+/// Issue 10, items 4 and 5: kept pages, cached listings and READDIRPLUS
+/// entries follow every change through the mount.
+mod mirror_reads;
+
 /// Issue 7, item 10: trees deeper than PATH_MAX replicate, resync and verify up to the 32 KiB bound.
 mod mirror_deep;
 
