@@ -55,8 +55,8 @@ fn farm_module(lab: &FarmLab, node: &str) -> Option<Value> {
     v["modules"].get(0).cloned()
 }
 
-/// Waits until each of `nodes` is UP holding a share, the shares of all of
-/// them making the 256 buckets.
+/// Waits until each of `nodes` is UP holding a share and the VIP, the
+/// shares of all of them making the 256 buckets.
 fn wait_up(lab: &FarmLab, nodes: &[&str], deadline: Duration) -> Result<()> {
     wait_for(
         deadline,
@@ -71,9 +71,12 @@ fn wait_up(lab: &FarmLab, nodes: &[&str], deadline: Duration) -> Result<()> {
                     .as_ref()
                     .and_then(|m| m["state"].as_str().map(str::to_owned));
                 let share = m.as_ref().and_then(|m| m["farm"]["share"].as_u64());
-                all_up &= state.as_deref() == Some("UP") && share.is_some_and(|s| s > 0);
+                let held = m.as_ref().and_then(|m| m["farm"]["vip_held"].as_bool());
+                all_up &= state.as_deref() == Some("UP")
+                    && share.is_some_and(|s| s > 0)
+                    && held == Some(true);
                 total += share.unwrap_or(0);
-                seen.push(format!("{n} {state:?} {share:?}"));
+                seen.push(format!("{n} {state:?} share {share:?} vip_held {held:?}"));
             }
             if all_up && total == 256 {
                 Probe::Ready(())
@@ -110,18 +113,12 @@ impl<'a> Clients<'a> {
         Ok(Self { lab, netns })
     }
 
-    /// GET /node.txt from client address `a`: the node that answered.
-    fn who(&self, a: u8) -> Option<String> {
+    /// GET /node.txt from client address `a`, given at most `max_secs`:
+    /// the node that answered.
+    fn who(&self, a: u8, max_secs: u32) -> Option<String> {
         let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "curl",
-                "-sf",
-                "--max-time",
-                "1",
-            ])
+            .args(["netns", "exec", &self.netns, "curl", "-sf", "--max-time"])
+            .arg(max_secs.to_string())
             .args(["--interface", &format!("10.77.0.{a}")])
             .arg(format!("http://{}/node.txt", farm_vip(self.lab)))
             .output()
@@ -130,12 +127,14 @@ impl<'a> Clients<'a> {
         (out.status.success() && FARM.contains(&body.as_str())).then_some(body)
     }
 
-    /// Which node answers each client address (every one must answer).
+    /// Which node answers each client address (every one must answer, in
+    /// 3 s: room for one ARP retransmission of an address that has not
+    /// spoken yet, on a loaded machine).
     fn map(&self) -> Result<BTreeMap<u8, String>> {
         let mut m = BTreeMap::new();
         for a in CLIENTS {
             let node = self
-                .who(a)
+                .who(a, 3)
                 .with_context(|| format!("client 10.77.0.{a} got no answer through the VIP"))?;
             m.insert(a, node);
         }
@@ -198,7 +197,7 @@ fn wait_served_without(c: &Clients<'_>, addrs: &[u8], gone: &str) -> Result<Dura
         || {
             let left: Vec<String> = addrs
                 .iter()
-                .filter_map(|a| match c.who(*a) {
+                .filter_map(|a| match c.who(*a, 1) {
                     Some(n) if n != gone => None,
                     other => Some(format!("{a}: {other:?}")),
                 })
