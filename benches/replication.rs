@@ -56,6 +56,13 @@
 //! `MIRRORFS_BENCH_WORKLOADS` (a subset of `rw1,rw4,seq,create,churn,http4k,
 //! http1m,walk`; all by default).
 //!
+//! Before the rounds, the bare QUIC round trip node 1 → node 2 (`mirrorfs
+//! rtt`: replication's TLS and transport, 64 B and 4 KiB out, 16 B back) is
+//! measured, the floor under every replicated op. After each latency-bound
+//! workload (random writes, create, churn) on mirrorfs, both sides' stage
+//! histograms (`mirrorfs ctl latency`, reset before the workload) are
+//! printed: where each op's time went (`replication/breakdown.rs`).
+//!
 //! The table is printed and written as Markdown to `bench-replication.md` in
 //! the target directory. Everything the run makes (namespaces, mounts,
 //! processes, the scratch directory /var/tmp/mfbench-<pid>) is removed at the
@@ -66,6 +73,8 @@
 //! with the resync bench (`common/`); `replication/` holds what only this
 //! bench does: its workloads, Apache and wrk, and its per-target table.
 
+#[path = "replication/breakdown.rs"]
+mod breakdown;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "replication/http.rs"]
@@ -276,6 +285,14 @@ impl Workload {
         Self::Http1m,
     ];
 
+    /// Latency-bound: the mirrorfs run is followed by its breakdown.
+    fn explained(self) -> bool {
+        matches!(
+            self,
+            Self::RandWrite1 | Self::RandWrite4 | Self::Create | Self::Churn
+        )
+    }
+
     /// Its name in `MIRRORFS_BENCH_WORKLOADS`.
     fn name(self) -> &'static str {
         match self {
@@ -307,6 +324,27 @@ fn run() {
     let backing = scratch.dir("backing");
     let mut serve = mirrorfs.serve(&replica, &scratch.log("serve"));
     let http = http::Tools::find().map_err(|note| notes.push(note)).ok();
+    let mount_control = scratch.path.join("mount.ctl");
+    let breakdown = breakdown::Breakdown {
+        bin: cfg.mirrorfs.clone(),
+        mount: mount_control.clone(),
+        serve: Mirrorfs::serve_control(&scratch.log("serve")),
+    };
+    // The floor under every replicated op, measured in this run.
+    match mirrorfs.rtt(&[64, 4096], &scratch.log("rtt")) {
+        Ok(figures) => {
+            for f in figures {
+                let line = format!(
+                    "bare QUIC round trip node 1 -> node 2 (`mirrorfs rtt`, {} B out, 16 B back): \
+                     p50 {} µs, p90 {} µs, p99 {} µs",
+                    f["size"], f["p50_us"], f["p90_us"], f["p99_us"]
+                );
+                eprintln!("{line}");
+                notes.push(line);
+            }
+        }
+        Err(e) => notes.push(format!("bare QUIC round trip not measured: {e}")),
+    }
 
     let mut subjects = Vec::new();
     for &t in &cfg.targets {
@@ -332,7 +370,10 @@ fn run() {
             }
             Target::Mirrorfs => {
                 let mnt = scratch.dir("mnt");
-                let spec = mirrorfs.mount_spec(&backing, &mnt, &scratch.log("mount"));
+                let mut spec = mirrorfs.mount_spec(&backing, &mnt, &scratch.log("mount"));
+                spec.args
+                    .extend(["--control".into(), mount_control.clone().into()]);
+                spec.ready_file = Some(mount_control.clone());
                 let m = FuseMount::start(spec);
                 smoke_test(m.mountpoint(), &replica);
                 Subject::new(t, mnt, Some(m))
@@ -383,11 +424,31 @@ fn run() {
         for &w in &cfg.workloads {
             for s in subjects.iter_mut() {
                 s.settle();
+                // The latency-bound workloads on mirrorfs: where the time went.
+                let explained = s.target == Target::Mirrorfs && w.explained();
+                if explained {
+                    if let Err(e) = breakdown.reset() {
+                        notes.push(format!("no latency breakdown: {e}"));
+                    }
+                }
                 // A failed measurement (say EMFILE or EIO from a FUSE target)
                 // becomes a note and an empty cell, not the end of the run.
                 if let Err(e) = measure(s, w, &cfg, http.as_ref(), round, &mut notes) {
                     eprintln!("[{}] {w:?} failed: {e}", s.name());
                     notes.push(format!("{}, round {round}: {w:?} failed: {e}", s.name()));
+                } else if explained {
+                    match breakdown.take(&format!("{} round {round}", w.name())) {
+                        Ok(lines) => {
+                            for l in &lines {
+                                eprintln!("[{}] {l}", s.name());
+                            }
+                            // The last round's, in the table's notes.
+                            if round == cfg.rounds {
+                                notes.push(lines.join("<br>"));
+                            }
+                        }
+                        Err(e) => notes.push(format!("no latency breakdown: {e}")),
+                    }
                 }
             }
         }

@@ -193,7 +193,8 @@ impl Mirrorfs {
         }
     }
 
-    /// Starts `mirrorfs serve` of `root` on node 2 and waits (up to 20 s)
+    /// Starts `mirrorfs serve` of `root` on node 2 (with a control socket
+    /// beside its log, [`Mirrorfs::serve_control`]) and waits (up to 20 s)
     /// until its UDP socket is bound.
     pub(crate) fn serve(&self, root: &Path, log: &Path) -> Proc {
         let mut cmd = sys::command_in(Some(&self.node2), &self.bin);
@@ -201,6 +202,8 @@ impl Mirrorfs {
             .arg("--root")
             .arg(root)
             .args(["--listen", &self.peer])
+            .arg("--control")
+            .arg(Self::serve_control(log))
             .args(self.identity("node2", "node1"));
         let mut p = Proc::spawn("mirrorfs serve", &mut cmd, log);
         // nsenter execs the program, so /proc/PID/net/udp lists node 2's sockets.
@@ -255,6 +258,52 @@ impl Mirrorfs {
             ready_file: None,
             log: log.to_path_buf(),
         }
+    }
+
+    /// The control socket of the serve started with `log`.
+    pub(crate) fn serve_control(log: &Path) -> PathBuf {
+        log.with_extension("ctl")
+    }
+
+    /// The bare QUIC round trip from node 1 to node 2 with `size`-byte
+    /// messages and 16-byte answers (`mirrorfs rtt`, replication's TLS and
+    /// transport settings, nothing else): its JSON figures (p50_us, p99_us,
+    /// ...), or why it could not be measured.
+    pub(crate) fn rtt(&self, sizes: &[usize], log: &Path) -> Result<Vec<Value>, String> {
+        let addr = self
+            .peer
+            .replace(&format!(":{SERVE_PORT}"), &format!(":{}", SERVE_PORT + 100));
+        let mut cmd = sys::command_in(Some(&self.node2), &self.bin);
+        cmd.arg("rtt-serve")
+            .args(["--listen", &addr])
+            .args(self.identity("node2", "node1"));
+        let _server = Proc::spawn("mirrorfs rtt-serve", &mut cmd, log);
+        let mut out = Vec::new();
+        for &size in sizes {
+            let end = Instant::now() + Duration::from_secs(20);
+            let figures = loop {
+                let mut cmd = sys::command_in(Some(&self.node1), &self.bin);
+                cmd.arg("rtt")
+                    .args(["--peer", &addr])
+                    .args(["--size", &size.to_string()])
+                    .args(self.identity("node1", "node2"));
+                let o = sys::output_within(&mut cmd, Duration::from_secs(60))?;
+                if o.status.success() {
+                    break serde_json::from_slice(&o.stdout)
+                        .map_err(|e| format!("mirrorfs rtt printed no figures: {e}"))?;
+                }
+                // The server may not listen yet: it binds within moments.
+                if Instant::now() > end {
+                    return Err(format!(
+                        "mirrorfs rtt failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ));
+                }
+                sys::nap(Duration::from_millis(100));
+            };
+            out.push(figures);
+        }
+        Ok(out)
     }
 
     fn identity(&self, me: &str, peer: &str) -> Vec<OsString> {

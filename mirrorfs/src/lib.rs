@@ -15,6 +15,7 @@
 pub mod ctl;
 pub mod discard;
 pub mod fs;
+pub mod latency;
 pub mod meta;
 pub mod mirror;
 pub mod mount;

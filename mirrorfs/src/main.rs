@@ -85,6 +85,32 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks: answer `mirrorfs rtt` round trips on --listen (until
+    /// killed), from the peer of --peer-cert only.
+    #[command(hide = true, name = "rtt-serve")]
+    RttServe {
+        /// UDP address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        #[command(flatten)]
+        id: Identity,
+    },
+    /// Benchmarks: the bare QUIC round trip to a `mirrorfs rtt-serve`, with
+    /// replication's TLS and transport settings; prints one JSON line.
+    #[command(hide = true)]
+    Rtt {
+        /// The `rtt-serve` address.
+        #[arg(long)]
+        peer: SocketAddr,
+        #[command(flatten)]
+        id: Identity,
+        /// Bytes sent per round trip (the answer is 16 bytes, as an ack).
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        /// Round trips measured.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
     /// Compare two trees; exit 0 when identical, 1 with one line per difference.
     Verify {
         /// First tree (e.g. the primary's backing directory).
@@ -121,6 +147,13 @@ enum CtlRequest {
     /// Lift the fence: back to HOLD, or to PRIM through a resync once the
     /// peer is back.
     Unfence,
+    /// Where this mount's or serve's replicated ops spent their time, stage
+    /// by stage, per class of op (microseconds: mean, p50, p90, p99).
+    Latency {
+        /// Forget the figures after answering (start a new measurement).
+        #[arg(long)]
+        reset: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -271,6 +304,19 @@ fn main() -> ExitCode {
         Cmd::Ctl(a) => return ctl(a),
         Cmd::State { root, json } => return state(&root, json),
         Cmd::Discard { root } => discard(&root),
+        Cmd::RttServe { listen, id } => {
+            load_identity(&id).and_then(|(me, peer)| mirrorfs::net::rtt::serve(listen, &me, &peer))
+        }
+        Cmd::Rtt {
+            peer,
+            id,
+            size,
+            count,
+        } => load_identity(&id).and_then(|(me, pinned)| {
+            let f = mirrorfs::net::rtt::measure(peer, &me, &pinned, size, count)?;
+            println!("{}", serde_json::to_string(&f).map_err(|e| e.to_string())?);
+            Ok(())
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -571,6 +617,7 @@ fn ctl(a: CtlArgs) -> ExitCode {
         CtlRequest::Alone { seconds } => Request::Alone { seconds },
         CtlRequest::Fence => Request::Fence,
         CtlRequest::Unfence => Request::Unfence,
+        CtlRequest::Latency { reset } => Request::Latency { reset },
     };
     let fail = |e: ClientError| {
         eprintln!("mirrorfs: ctl {}: {e}", request.name());
@@ -580,6 +627,15 @@ fn ctl(a: CtlArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if let Request::Latency { reset } = request {
+        return match client.latency(reset) {
+            Ok((line, _)) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
     if let Err(e) = client.send(&request) {
         return fail(e);
     }

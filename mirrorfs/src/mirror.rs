@@ -866,10 +866,15 @@ impl Mirror {
         after.run();
         match (link, recorded) {
             (Some(link), Ok(())) if !ops.is_empty() => {
+                // The op itself comes last (an open of its handle may precede it).
+                let class = ops
+                    .last()
+                    .map_or(crate::latency::Class::Meta, crate::latency::Class::of);
                 let rxs: Vec<_> = ops.into_iter().map(|op| link.submit(op)).collect();
                 let l = link.clone();
                 Ticket::sent(
                     begun.op,
+                    class,
                     rxs,
                     Box::new(move || l.lost().is_some()),
                     self.limit,

@@ -119,10 +119,44 @@ impl Client {
         match Answer::decode(&line) {
             Ok(Answer::Status(st)) => Ok((line, *st)),
             Ok(Answer::Error(e)) => Err(ClientError::Refused(e)),
+            Ok(Answer::Latency(_)) => Err(ClientError::BadAnswer {
+                path: self.path.clone(),
+                line,
+                why: "latency figures where a status was expected".into(),
+            }),
             Err(e) => Err(ClientError::BadAnswer {
                 path: self.path.clone(),
                 line,
                 why: e.to_string(),
+            }),
+        }
+    }
+
+    /// Sends `latency` (with `reset`) and returns its answer line and
+    /// figures.
+    pub fn latency(
+        &mut self,
+        reset: bool,
+    ) -> Result<(String, super::latency::LatencyAnswer), ClientError> {
+        self.send(&Request::Latency { reset })?;
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| self.io(source))?;
+        if n == 0 {
+            return Err(ClientError::Closed {
+                path: self.path.clone(),
+            });
+        }
+        let line = line.trim_end().to_owned();
+        match Answer::decode(&line) {
+            Ok(Answer::Latency(a)) => Ok((line, a)),
+            Ok(Answer::Error(e)) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::BadAnswer {
+                path: self.path.clone(),
+                line,
+                why: format!("not latency figures: {other:?}"),
             }),
         }
     }

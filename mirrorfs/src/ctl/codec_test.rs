@@ -68,6 +68,14 @@ fn every_request_encodes_to_one_versioned_line_and_back() {
         ),
         (Request::Fence, r#"{"version":1,"request":"fence"}"#),
         (Request::Unfence, r#"{"version":1,"request":"unfence"}"#),
+        (
+            Request::Latency { reset: false },
+            r#"{"version":1,"request":"latency"}"#,
+        ),
+        (
+            Request::Latency { reset: true },
+            r#"{"version":1,"request":"latency","reset":true}"#,
+        ),
     ];
     for (request, line) in requests {
         assert_eq!(request.encode(), line);
@@ -88,6 +96,13 @@ fn every_request_encodes_to_one_versioned_line_and_back() {
         Request::decode(r#"{"version":1,"request":"alone","seconds":0.25}"#),
         Ok(Request::Alone { seconds: 0.25 })
     );
+}
+
+#[test]
+fn a_latency_answer_is_its_own_shape() {
+    let a = crate::ctl::latency::answer(false);
+    let line = serde_json::to_string(&a).unwrap();
+    assert_eq!(Answer::decode(&line).unwrap(), Answer::Latency(a));
 }
 
 #[test]
@@ -145,6 +160,14 @@ fn malformed_requests_are_errors_that_name_the_fix() {
         (
             r#"{"version":1,"request":"alone","seconds":5,"force":true}"#,
             "alone takes no \"force\"",
+        ),
+        (
+            r#"{"version":1,"request":"latency","reset":"yes"}"#,
+            "not true or false",
+        ),
+        (
+            r#"{"version":1,"request":"latency","seconds":1}"#,
+            "latency takes no \"seconds\"",
         ),
     ];
     for (line, want) in cases {

@@ -16,13 +16,15 @@
 //! [`RootState`]) and their codec, the [`Control`] trait a mount or a serve
 //! implements, the socket server ([`server`]: mode 0600, every client's uid
 //! checked, a thread per client, bounded lines) and client ([`client`]); one
-//! file per request kind ([`status`], [`watch`], [`alone`], [`fence`]).
+//! file per request kind ([`status`], [`watch`], [`alone`], [`fence`],
+//! [`latency`]).
 //! Must not: decide anything. Orders go to the backend, which decides and
 //! answers with its status (or why it refused).
 
 pub mod alone;
 pub mod client;
 pub mod fence;
+pub mod latency;
 mod mount;
 pub mod server;
 pub mod state;
@@ -66,6 +68,13 @@ pub enum Request {
     /// Lift a fence: back to HOLD, or to PRIM through a resync once the peer
     /// is back.
     Unfence,
+    /// Answer where this process's replicated ops spent their time
+    /// ([`latency::LatencyAnswer`]); with `reset`, forget it afterwards.
+    Latency {
+        /// Start counting afresh after answering.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reset: bool,
+    },
 }
 
 impl Request {
@@ -77,6 +86,7 @@ impl Request {
             Self::Alone { .. } => "alone",
             Self::Fence => "fence",
             Self::Unfence => "unfence",
+            Self::Latency { .. } => "latency",
         }
     }
 
@@ -84,6 +94,7 @@ impl Request {
     pub fn encode(&self) -> String {
         let extra = match self {
             Self::Alone { seconds } => format!(",\"seconds\":{}", Value::from(*seconds)),
+            Self::Latency { reset: true } => ",\"reset\":true".to_owned(),
             _ => String::new(),
         };
         format!(
@@ -142,6 +153,9 @@ impl Request {
             },
             "fence" => Self::Fence,
             "unfence" => Self::Unfence,
+            "latency" => Self::Latency {
+                reset: latency::reset_field(fields.remove("reset"))?,
+            },
             _ => return Err(CtlError::UnknownRequest { name }),
         };
         if let Some(field) = fields.keys().next() {
@@ -149,6 +163,7 @@ impl Request {
                 "{name} takes no {field:?}: send {}",
                 match request {
                     Self::Alone { .. } => "\"version\" and \"seconds\" only".to_owned(),
+                    Self::Latency { .. } => "\"version\" and \"reset\" only".to_owned(),
                     _ => "\"version\" and \"request\" only".to_owned(),
                 }
             )));
@@ -183,6 +198,8 @@ impl ErrorAnswer {
 pub enum Answer {
     /// A status object.
     Status(Box<Status>),
+    /// The figures of a `latency` request.
+    Latency(latency::LatencyAnswer),
     /// The request failed; the message says why and what to do.
     Error(String),
 }
@@ -194,6 +211,9 @@ impl Answer {
         if value.get("error").is_some() {
             let e: ErrorAnswer = serde_json::from_value(value)?;
             return Ok(Self::Error(e.error));
+        }
+        if value.get("latency").is_some() {
+            return Ok(Self::Latency(serde_json::from_value(value)?));
         }
         Ok(Self::Status(Box::new(serde_json::from_value(value)?)))
     }
@@ -212,7 +232,7 @@ pub enum CtlError {
         got: String,
     },
     /// No such request.
-    #[error("unknown request {name:?}: the requests are status, watch, alone (with \"seconds\"), fence and unfence")]
+    #[error("unknown request {name:?}: the requests are status, watch, alone (with \"seconds\"), fence, unfence and latency (with \"reset\" if wanted)")]
     UnknownRequest {
         /// The name sent.
         name: String,

@@ -197,6 +197,13 @@ fn client(mut stream: UnixStream, backend: &dyn Control, stop: &AtomicBool) -> i
             Request::Alone { seconds } => alone::apply(backend, seconds),
             Request::Fence => fence::apply_fence(backend),
             Request::Unfence => fence::apply_unfence(backend),
+            Request::Latency { reset } => {
+                let a = super::latency::answer(reset);
+                let mut json = serde_json::to_string(&a).map_err(io::Error::other)?;
+                json.push('\n');
+                stream.write_all(json.as_bytes())?;
+                continue;
+            }
         };
         match answer {
             Ok(st) => {

@@ -1438,6 +1438,7 @@ impl Overlay {
         prepare: impl FnOnce() -> io::Result<(Touched, C)>,
         apply: impl FnOnce(C, &Begun) -> io::Result<(T, Vec<Op>)>,
     ) -> Pending<T> {
+        let entered = std::time::Instant::now();
         let guard = self.sequence();
         let (touched, ctx) = match prepare() {
             Ok(x) => x,
@@ -1454,8 +1455,9 @@ impl Overlay {
                 return Pending::failed(e);
             }
         };
-        let ticket = self.repl.submit(begun, ops);
+        let mut ticket = self.repl.submit(begun, ops);
         drop(guard);
+        ticket.started_at(entered);
         Pending {
             state: Ok((value, ticket)),
             on_error: None,

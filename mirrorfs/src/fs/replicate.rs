@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use crate::latency::{self, Class, Stage};
 pub use crate::proto::primary::{OpId, OpResult, Touched};
 use crate::proto::stream::Completion;
 use crate::proto::wire::{HandleId, Op};
@@ -60,6 +61,8 @@ pub struct Ticket {
     op: OpId,
     state: State,
     repl: Option<Arc<dyn Replicate>>,
+    /// When the application's call entered the overlay (for [`latency`]).
+    started: Option<Instant>,
 }
 
 enum State {
@@ -72,6 +75,8 @@ enum State {
         since: Instant,
         lost: Box<dyn Fn() -> bool + Send>,
         limit: Duration,
+        /// The class of its last op, the op itself (for [`latency`]).
+        class: Class,
     },
     /// Already answered (tests' replication acknowledges everything).
     Answered(io::Result<()>),
@@ -92,13 +97,15 @@ impl Ticket {
             op,
             state: State::Now(result),
             repl: Some(repl),
+            started: None,
         }
     }
 
-    /// `op`'s ops were sent; their answers come on `rxs` (`limit` bounds the
-    /// wait in case the driver itself is gone).
+    /// `op`'s ops (the last of class `class`) were sent; their answers come
+    /// on `rxs` (`limit` bounds the wait in case the driver itself is gone).
     pub fn sent(
         op: OpId,
+        class: Class,
         rxs: Vec<Receiver<Completion>>,
         lost: Box<dyn Fn() -> bool + Send>,
         limit: Duration,
@@ -111,9 +118,17 @@ impl Ticket {
                 since: Instant::now(),
                 lost,
                 limit,
+                class,
             },
             repl: Some(repl),
+            started: None,
         }
+    }
+
+    /// The application's call entered the overlay at `at`: the op's
+    /// `local` and `total` stages are measured from there.
+    pub fn started_at(&mut self, at: Instant) {
+        self.started = Some(at);
     }
 
     /// An answer known already.
@@ -122,6 +137,7 @@ impl Ticket {
             op,
             state: State::Answered(r),
             repl: None,
+            started: None,
         }
     }
 
@@ -129,6 +145,7 @@ impl Ticket {
     /// answered: at once, or later from another thread when the answer is
     /// held for a decision.
     pub fn finish(self, reply: Reply) {
+        let mut timed = None;
         let (result, took) = match self.state {
             State::Answered(r) => return reply(r),
             State::Now(r) => (r, None),
@@ -137,7 +154,9 @@ impl Ticket {
                 since,
                 lost,
                 limit,
+                class,
             } => {
+                let waits = Instant::now();
                 let mut result = OpResult::Applied;
                 for rx in rxs {
                     let r = rx.recv_timeout(limit).unwrap_or(Err(libc::EIO));
@@ -147,12 +166,29 @@ impl Ticket {
                         (Err(e), _) => result = OpResult::Refused(e),
                     }
                 }
+                let woke = Instant::now();
+                latency::record(Stage::LocalSync, class, since, waits);
+                let answered = latency::LAST_COMPLETION
+                    .get()
+                    .map_or(waits, |c| c.max(waits));
+                latency::record(Stage::Wake, class, answered, woke);
+                if let Some(started) = self.started {
+                    latency::record(Stage::Local, class, started, since);
+                }
+                timed = Some((class, woke));
                 (result, Some(since.elapsed()))
             }
         };
         match self.repl {
             Some(repl) => repl.conclude(self.op, result, took, reply),
             None => reply(Err(io::Error::from_raw_os_error(libc::EIO))),
+        }
+        if let Some((class, woke)) = timed {
+            let now = Instant::now();
+            latency::record(Stage::Reply, class, woke, now);
+            if let Some(started) = self.started {
+                latency::record(Stage::Total, class, started, now);
+            }
         }
     }
 

@@ -24,12 +24,14 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info_span, warn};
 
 use super::serve_state::{Busy, ServeState};
 use super::server::ServeStats;
+use crate::latency::{self, Class, Stage};
 use crate::proto::path::RelPath;
 use crate::proto::wire::{Op, Seq};
 use crate::replica::apply::Prefetch;
@@ -56,6 +58,9 @@ pub(crate) struct Answer {
     /// With [`Applied::Sync`]: the op stays busy (for the stall report)
     /// until its fsync is done, so whoever runs it drops this then.
     pub(crate) busy: Option<Busy>,
+    /// The op's class, when its frame was decoded and when its apply ended
+    /// (for [`latency`]).
+    pub(crate) timing: (Class, Instant, Instant),
 }
 
 enum Job {
@@ -71,6 +76,8 @@ enum Job {
         seq: Seq,
         op: Op,
         cost: usize,
+        /// When its frame was decoded.
+        decoded: Instant,
     },
     /// Connection `conn` ended: its handles go.
     Detach { conn: u64 },
@@ -161,8 +168,9 @@ impl ApplyThread {
         rx.await.ok()
     }
 
-    /// Queues `op` (already checked to be next in `conn`'s stream).
-    pub(crate) fn apply(&self, conn: u64, seq: Seq, op: Op) {
+    /// Queues `op` (already checked to be next in `conn`'s stream; its frame
+    /// decoded at `decoded`).
+    pub(crate) fn apply(&self, conn: u64, seq: Seq, op: Op, decoded: Instant) {
         // What the op holds in memory, roughly.
         let cost = op.payload_len() + 256;
         self.shared.queued.fetch_add(cost, Ordering::Relaxed);
@@ -171,6 +179,7 @@ impl ApplyThread {
             seq,
             op,
             cost,
+            decoded,
         }) {
             self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
         }
@@ -236,13 +245,19 @@ fn run(
                 seq,
                 op,
                 cost,
+                decoded,
             } => {
                 let current = shared.current.load(Ordering::SeqCst);
                 match &serving {
                     Some((c, answers)) if *c == conn && conn == current => {
                         let durable = op.is_durability();
                         let busy = state.busy();
+                        let class = Class::of(&op);
+                        let started = Instant::now();
+                        latency::record(Stage::Queue, class, decoded, started);
                         let applied = applier.apply(&op);
+                        let finished = Instant::now();
+                        latency::record(Stage::Apply, class, started, finished);
                         state.applied(conn, seq, &op, applied.is_ok());
                         let result = applied.map_err(|e| {
                             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -257,6 +272,7 @@ fn run(
                             durable,
                             result,
                             busy,
+                            timing: (class, decoded, finished),
                         });
                     }
                     // A replaced connection's op: never applied.

@@ -24,6 +24,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::tls::{client_config, Identity, PinnedPeer, TlsError};
 use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
+use crate::latency::{self, Class, Stage};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::stream::{Completion, Replicator};
@@ -106,7 +107,13 @@ type PeerHello = (Vec<u64>, Vec<RelPath>);
 struct Submission {
     op: Op,
     done: Sender<Completion>,
+    /// When it was queued (for [`latency`]).
+    at: Instant,
 }
+
+/// A caller waiting for an op's answer: its channel, and the op's class and
+/// the moment it was encoded (for [`latency`]).
+type Waiter = (Sender<Completion>, Class, Instant);
 
 /// Counters shown by status and logs.
 #[derive(Debug, Default)]
@@ -217,7 +224,8 @@ impl Link {
             .bytes
             .fetch_add(op.payload_len() as u64, Ordering::Relaxed);
         let (done, rx) = crossbeam_channel::bounded(1);
-        if let Err(e) = self.tx.send(Submission { op, done }) {
+        let at = Instant::now();
+        if let Err(e) = self.tx.send(Submission { op, done, at }) {
             let _ = e.0.done.send(Err(libc::EIO));
         }
         rx
@@ -287,7 +295,7 @@ async fn drive(
     info!(peer_node = %cfg.pinned.name, "connected to the secondary");
     let _ = ready.send(Ok(peer_history));
 
-    let waiters: Arc<Mutex<HashMap<Seq, Sender<Completion>>>> = Arc::default();
+    let waiters: Arc<Mutex<HashMap<Seq, Waiter>>> = Arc::default();
     let wake_timer = Arc::new(Notify::new());
     let lose = {
         let core = core.clone();
@@ -334,8 +342,10 @@ async fn drive(
                     while let Some(sub) = next.take() {
                         match c.submit(now, &sub.op) {
                             Ok(seq) => {
+                                let class = Class::of(&sub.op);
+                                latency::record(Stage::ToWire, class, sub.at, now);
                                 Frame::Op { seq, op: sub.op }.encode(&mut buf);
-                                w.insert(seq, sub.done);
+                                w.insert(seq, (sub.done, class, now));
                                 shared.in_flight.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(_) => {
@@ -469,15 +479,14 @@ async fn drive(
 }
 
 /// Delivers every completed op to its waiting caller.
-fn complete(
-    core: &mut Replicator,
-    waiters: &Mutex<HashMap<Seq, Sender<Completion>>>,
-    shared: &Shared,
-) {
+fn complete(core: &mut Replicator, waiters: &Mutex<HashMap<Seq, Waiter>>, shared: &Shared) {
     let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
     while let Some((seq, outcome)) = core.poll_completion() {
-        if let Some(done) = w.remove(&seq) {
+        if let Some((done, class, sent)) = w.remove(&seq) {
             shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            latency::record(Stage::Wire, class, sent, now);
+            latency::LAST_COMPLETION.set(now);
             let _ = done.send(outcome);
         }
     }

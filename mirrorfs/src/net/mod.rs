@@ -1,10 +1,12 @@
 //! The QUIC transport between the primary and the secondary: node identities and
 //! pinned peers (`tls`), the primary's replication driver (`client`) and the
-//! secondary's server (`server`, with what it reports in `serve_state`). Drivers only: what to send and when an op is
+//! secondary's server (`server`, with what it reports in `serve_state`), and the
+//! bare round trip the benchmarks compare against (`rtt`). Drivers only: what to send and when an op is
 //! done is decided by `proto`.
 
 mod apply_thread;
 pub mod client;
+pub mod rtt;
 pub mod serve_state;
 pub mod server;
 pub mod tls;

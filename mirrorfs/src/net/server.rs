@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -30,6 +30,7 @@ use super::serve_state::ServeState;
 use super::tls::{server_config, Identity, PinnedPeer, TlsError};
 use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
 use crate::ctl::server::ControlServer;
+use crate::latency::{self, Class, Stage};
 use crate::meta::Meta;
 use crate::proto::stream::Receiver;
 use crate::proto::wire::{Decoded, Frame, Hello, Seq, PROTOCOL_VERSION};
@@ -358,7 +359,9 @@ async fn serve_connection(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let prefetch = apply.prefetch();
     let mut core = Receiver::new();
-    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(Seq, i32)>();
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<Synced>();
+    // Answers ready to go out since the last write: (class, decoded, ready).
+    let mut ready: Vec<(Class, Instant, Instant)> = Vec::new();
     let mut buf: Vec<u8> = reader.into_buffer();
     let mut chunk = vec![0u8; 256 << 10];
     loop {
@@ -372,13 +375,16 @@ async fn serve_connection(
             },
             _ = apply.drained(), if full => {}
             Some(a) = answers.recv() => {
-                handle_answer(&mut core, a, &synced_tx);
+                handle_answer(&mut core, a, &synced_tx, &mut ready);
                 // Every outcome ready now goes into one batch of answers.
                 while let Ok(a) = answers.try_recv() {
-                    handle_answer(&mut core, a, &synced_tx);
+                    handle_answer(&mut core, a, &synced_tx, &mut ready);
                 }
             }
-            Some((seq, errno)) = synced_rx.recv() => core.handle_synced(seq, errno),
+            Some(s) = synced_rx.recv() => {
+                core.handle_synced(s.seq, s.errno);
+                ready.push((Class::Sync, s.decoded, Instant::now()));
+            }
             _ = tick.tick() => core.handle_tick(apply.work()),
             _ = current.changed() => {
                 if *current.borrow() != generation {
@@ -396,6 +402,7 @@ async fn serve_connection(
             // frame is refused after the frames before it are queued, as if
             // they had come alone.
             let mut used = 0;
+            let decoded = Instant::now();
             loop {
                 match Frame::decode(&buf[used..]) {
                     Ok(Decoded::Incomplete) => break,
@@ -409,7 +416,7 @@ async fn serve_connection(
                         if let Some(job) = prefetch.job(&op) {
                             tokio::task::spawn_blocking(job);
                         }
-                        apply.apply(generation, seq, op);
+                        apply.apply(generation, seq, op, decoded);
                     }
                     Ok(Decoded::Frame(..)) => {
                         let reason = "only operations may follow the hello".to_string();
@@ -441,8 +448,21 @@ async fn serve_connection(
                 debug!(error = %e, "cannot answer the primary");
                 return Ok(());
             }
+            let sent = Instant::now();
+            for (class, decoded, at) in ready.drain(..) {
+                latency::record(Stage::Ack, class, at, sent);
+                latency::record(Stage::ServeTotal, class, decoded, sent);
+            }
         }
     }
+}
+
+/// An fsync done on the blocking pool.
+struct Synced {
+    seq: Seq,
+    errno: i32,
+    /// When the op's frame was decoded (for [`latency`]).
+    decoded: Instant,
 }
 
 /// Feeds one outcome from the apply thread to the core; an fsync to do goes
@@ -450,7 +470,18 @@ async fn serve_connection(
 /// flowing and other writers' fsyncs run beside it (inline syncs serialised 4
 /// writers to the pace of one). The op stays busy (for the stall report)
 /// until its sync is done.
-fn handle_answer(core: &mut Receiver, a: Answer, synced: &mpsc::UnboundedSender<(Seq, i32)>) {
+///
+/// `ready` collects the answers that go out with the next write (for
+/// [`latency`]; an fsync's once it is done).
+fn handle_answer(
+    core: &mut Receiver,
+    a: Answer,
+    synced: &mpsc::UnboundedSender<Synced>,
+    ready: &mut Vec<(Class, Instant, Instant)>,
+) {
+    let (class, decoded, finished) = a.timing;
+    let now = Instant::now();
+    latency::record(Stage::Back, class, finished, now);
     match a.result {
         Ok(Applied::Done) => core.handle_applied(a.seq, a.durable, Ok(())),
         Ok(Applied::Reply(payload)) => {
@@ -461,16 +492,24 @@ fn handle_answer(core: &mut Receiver, a: Answer, synced: &mpsc::UnboundedSender<
             core.handle_applied(a.seq, true, Ok(()));
             let (tx, seq, busy) = (synced.clone(), a.seq, a.busy);
             tokio::task::spawn_blocking(move || {
+                let t0 = Instant::now();
                 let errno = match sys::fsync(fd.as_fd(), datasync) {
                     Ok(()) => 0,
                     Err(e) => sys::errno_of(&e),
                 };
+                latency::record(Stage::Fsync, class, t0, Instant::now());
                 drop(busy);
-                let _ = tx.send((seq, errno));
+                let _ = tx.send(Synced {
+                    seq,
+                    errno,
+                    decoded,
+                });
             });
+            return;
         }
         Err(errno) => core.handle_applied(a.seq, a.durable, Err(errno)),
     }
+    ready.push((class, decoded, now));
 }
 
 /// What to tell the operator when the replica's file system is mounted
