@@ -32,10 +32,10 @@ use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::dirty::DirtySet;
 use crate::proto::path::RelPath;
+pub use crate::proto::primary::{AckMode, OnPeerLoss, Role, RESYNC_YIELD};
 use crate::proto::primary::{
-    Action, Config, Durable, Job, OpId, OpResult, Primary, Touched, Verdict,
+    Action, Bound, Config, Durable, Job, OpId, OpResult, Primary, Touched, Verdict,
 };
-pub use crate::proto::primary::{OnPeerLoss, Role, RESYNC_YIELD};
 use crate::proto::wire::{HandleId, Op};
 
 /// How long one reconnection attempt waits for an answer.
@@ -72,6 +72,8 @@ pub struct MirrorConfig {
     pub link: LinkConfig,
     /// What to do when it is lost.
     pub on_peer_loss: OnPeerLoss,
+    /// When mutations are answered (`--ack`).
+    pub ack: AckMode,
     /// Start without waiting for the peer (ALONE, or HOLD until the
     /// controller's `alone` with [`OnPeerLoss::Hold`]).
     pub start_alone: bool,
@@ -216,6 +218,8 @@ impl Mirror {
                 seed: random_seed(),
                 me: cfg.link.identity.name.clone(),
                 peer: cfg.link.pinned.name.clone(),
+                ack: cfg.ack,
+                bound: Bound::default(),
             },
             now,
             history,

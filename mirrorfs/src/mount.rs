@@ -447,6 +447,7 @@ mod tests {
                 stall_timeout: Duration::from_secs(stall),
             },
             on_peer_loss,
+            ack: crate::mirror::AckMode::EachOp,
             start_alone: false,
             full_resync: false,
             resync_rate_limit: None,

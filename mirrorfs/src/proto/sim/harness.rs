@@ -15,7 +15,8 @@ use crate::proto::dirty::DirtySet;
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::primary::{
-    Action, Begin, Config, Job, OnPeerLoss, OpId, OpResult, Primary, Role, Touched, Verdict,
+    AckMode, Action, Begin, Bound, Config, Job, OnPeerLoss, OpId, OpResult, Primary, Role, Touched,
+    Verdict,
 };
 
 /// Steps with faults, then at most this many to settle without them.
@@ -243,6 +244,8 @@ impl Sim {
             seed: rng.next(),
             me: "node1".into(),
             peer: "node2".into(),
+            ack: AckMode::EachOp,
+            bound: Bound::default(),
         };
         let core = Primary::new(cfg, now, first.clone(), DirtySet::default());
         let mut sim = Self {
