@@ -457,11 +457,11 @@ fn handle_answer(core: &mut Receiver, a: Answer, synced: &mpsc::UnboundedSender<
             core.handle_reply(a.seq, payload);
             core.handle_applied(a.seq, a.durable, Ok(()));
         }
-        Ok(Applied::Sync { fd, datasync }) => {
+        Ok(Applied::Sync { fd, how }) => {
             core.handle_applied(a.seq, true, Ok(()));
             let (tx, seq, busy) = (synced.clone(), a.seq, a.busy);
             tokio::task::spawn_blocking(move || {
-                let errno = match sys::fsync(fd.as_fd(), datasync) {
+                let errno = match how.run(fd.as_fd()) {
                     Ok(()) => 0,
                     Err(e) => sys::errno_of(&e),
                 };
