@@ -1139,7 +1139,12 @@ impl Overlay {
             Err(e) => return Pending::failed(e),
         };
         self.mutate(
-            || self.touch_data(&h, offset, data.len() as u64),
+            || {
+                let (mut touched, path) = self.touch_data(&h, offset, data.len() as u64)?;
+                // A write through an O_SYNC/O_DSYNC open is a sync op.
+                touched.sync = h.sync_flags != 0;
+                Ok((touched, path))
+            },
             |path, begun| {
                 let n = sys::pwrite(h.file.as_fd(), data, offset)?;
                 let mut ops = Vec::new();
@@ -1149,6 +1154,9 @@ impl Overlay {
                         offset,
                         data: data[..n].to_vec(),
                     });
+                }
+                if begun.barrier {
+                    ops.push(Op::Barrier);
                 }
                 Ok((n as u32, ops))
             },
@@ -1471,9 +1479,18 @@ impl Overlay {
         datasync: bool,
         named: impl FnOnce() -> io::Result<Named>,
     ) -> Pending<()> {
+        let sync = Touched {
+            sync: true,
+            ..Touched::default()
+        };
         let mut p = self.mutate(
-            || Ok((Touched::default(), named()?)),
+            || Ok((sync, named()?)),
             |named, begun| {
+                // With --ack=on-sync the barrier makes this file durable
+                // there with everything before it.
+                if begun.barrier {
+                    return Ok(((), vec![Op::Barrier]));
+                }
                 let ops = named
                     .target(begun.epoch)
                     .map(|target| Op::Fsync { target, datasync })

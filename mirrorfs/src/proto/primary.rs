@@ -86,8 +86,10 @@ pub const MAX_EARLY_BYTES: u64 = 64 << 20;
 /// its paths, its state here).
 pub const OP_COST: u64 = 256;
 
-/// When the application's mutations are answered (`mirrorfs mount --ack`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// When the application's mutations are answered (`mirrorfs mount --ack`;
+/// the status's `ack` spells it the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AckMode {
     /// Every mutation returns once the secondary applied it (`each-op`).
     #[default]
