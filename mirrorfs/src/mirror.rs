@@ -1000,6 +1000,9 @@ impl Mirror {
             verdict = Verdict::Fail(libc::EIO);
         }
         if early {
+            // Answered Ok, whatever the verdict (which the next sync op
+            // gets): a completion thread's reply is nobody's; one on the
+            // application's path (nothing was to be sent) was promised it.
             if verdict != Verdict::Ack {
                 warn!(
                     ?result,
@@ -1010,7 +1013,8 @@ impl Mirror {
             if st.room_wanted {
                 self.room.notify_all();
             }
-            let after = self.finish(&mut st);
+            let mut after = self.finish(&mut st);
+            after.0.push((reply, Ok(())));
             drop(st);
             after.run();
             return;

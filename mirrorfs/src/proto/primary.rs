@@ -418,6 +418,10 @@ struct LinkState {
     /// The secondary was told to mark itself inconsistent, and no
     /// `SetGeneration` (which clears the mark) was sent since.
     peer_marked: bool,
+    /// The generation of the history last submitted to the secondary by a
+    /// `SetGeneration` on this connection (the resync completes only if it
+    /// is still ours when confirmed).
+    generation_sent: Option<GenerationId>,
 }
 
 /// What a staged decision changes once its [`Durable`] is written.
@@ -432,6 +436,8 @@ struct Staged {
     complete: Option<u64>,
     /// Early-answered ops whose verdict is final once this is durable.
     early_done: Vec<(OpId, Verdict)>,
+    /// The op submitted is answered early (counting this many bytes).
+    early_submit: Option<(OpId, u64)>,
 }
 
 /// The primary's replication state machine.
@@ -567,6 +573,15 @@ impl Primary {
         }
         self.dirty.apply(&s.durable.marks);
         self.dirty_bytes = self.dirty_bytes.saturating_add(s.bytes);
+        if let Some((op, bytes)) = s.early_submit {
+            if let Some(o) = self.ops.get_mut(&op) {
+                o.early = true;
+                o.counted = Some(bytes);
+                self.early_ops += 1;
+                self.early_bytes = self.early_bytes.saturating_add(bytes);
+                self.early_open.insert(op);
+            }
+        }
         for (op, v) in s.early_done {
             self.finish_early(op, v);
         }
@@ -823,11 +838,9 @@ impl Primary {
         o.submitted = Some(self.submissions);
         o.in_sync_at_submit = in_sync;
         if early {
-            o.early = true;
-            o.counted = Some(bytes);
-            self.early_ops += 1;
-            self.early_bytes = self.early_bytes.saturating_add(bytes);
-            self.early_open.insert(op);
+            // Once what the submission staged is durable: if it cannot be,
+            // the op is not sent and is answered once concluded.
+            self.stage().early_submit = Some((op, bytes));
         }
         self.note_role();
         Some(link.epoch)
@@ -1189,6 +1202,7 @@ impl Primary {
             epoch,
             resync: false,
             peer_marked: false,
+            generation_sent: None,
         });
         let in_sync = relation == Relation::InSync
             && self.dirty.is_empty()
@@ -1503,6 +1517,7 @@ impl Primary {
             return None;
         }
         l.peer_marked = false;
+        l.generation_sent = self.history.current();
         self.peer_may_share = true;
         Some(self.history.ids().iter().map(|g| g.0).collect())
     }
@@ -1520,11 +1535,20 @@ impl Primary {
     }
 
     /// The secondary confirmed the history sent on `epoch`: if nothing became
-    /// pending in the meantime, both sides hold the same data (staged: the
-    /// dirty records are cleared; held ops are answered).
+    /// pending in the meantime, and our generation is still the one sent,
+    /// both sides hold the same data (staged: the dirty records are
+    /// cleared; held ops are answered). A new generation since (an op
+    /// acknowledged without the secondary that changed no path: a refused
+    /// fsync or barrier) makes the resync conclude again, with it.
     pub fn handle_resync_complete(&mut self, now: Instant, epoch: u64) -> bool {
         self.event(now);
-        let ok = self.link.is_some_and(|l| l.epoch == epoch && l.resync) && self.walk.is_idle();
+        let current = self.history.current();
+        let ok = self.link.is_some_and(|l| {
+            l.epoch == epoch
+                && l.resync
+                && l.generation_sent.is_some()
+                && l.generation_sent == current
+        }) && self.walk.is_idle();
         if ok {
             let held: Vec<OpId> = self.held.iter().copied().collect();
             let s = self.stage();

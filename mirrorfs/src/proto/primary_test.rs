@@ -180,6 +180,43 @@ fn issue_7_a_refusal_after_set_generation_is_sent_starts_a_new_generation() {
 }
 
 #[test]
+fn issue_10_7_a_refused_fsync_after_set_generation_makes_the_resync_conclude_again() {
+    // Found by the on-sync simulation (a barrier the secondary could not
+    // flush), in each-op mode too: an fsync touches no path; refused after
+    // the resync's SetGeneration was sent, it was acknowledged alone in a
+    // new generation, nothing became pending, and the resync completed:
+    // the secondary kept the older generation, marked inconsistent by the
+    // BeginResync that followed, and no resync ever ran again.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Alone);
+    let w = c.handle_begin(now, write("f")).unwrap();
+    c.handle_submit(now, w.op);
+    c.handle_outcome(now, w.op, OpResult::Refused(libc::ENOSPC), None);
+    durable(&mut c);
+    drain(&mut c);
+    while let Some(j) = c.next_job(now) {
+        c.handle_job_done(&j);
+    }
+    let sent = c.handle_generation_sent(e).unwrap();
+    let s = c.handle_begin(now, Touched::default()).unwrap();
+    c.handle_submit(now, s.op);
+    assert_eq!(
+        c.handle_outcome(now, s.op, OpResult::Refused(libc::EIO), None),
+        Verdict::Ack
+    );
+    assert!(durable(&mut c).history.is_some(), "a new generation");
+    assert!(matches!(drain(&mut c)[..], [Action::BeginResync { .. }]));
+    assert!(
+        !c.handle_resync_complete(now, e),
+        "the secondary adopted an older generation"
+    );
+    let again = c.handle_generation_sent(e).expect("concluded again");
+    assert_ne!(again, sent);
+    assert!(c.handle_resync_complete(now, e));
+    durable(&mut c);
+    assert_eq!(c.role(), Role::Prim);
+}
+
+#[test]
 fn issue_7_a_copied_range_whose_source_the_resync_still_has_to_visit_carries_its_data() {
     // Finding 2: copy_file_range during RESYNC copied on the secondary from
     // a source that may still be stale there.
@@ -650,6 +687,8 @@ fn issue_10_7_on_sync_answers_a_write_when_submitted_and_a_sync_op_after_a_barri
     assert!(!b.barrier, "a write is no sync op");
     durable(&mut c);
     assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert!(!c.early(b.op), "not before what it staged is durable");
+    durable(&mut c);
     assert!(c.early(b.op), "answered at once");
     assert_eq!(c.early_in_flight(), (1, OP_COST + 10));
     let s = c.handle_begin(now, fsync()).unwrap();
@@ -662,6 +701,33 @@ fn issue_10_7_on_sync_answers_a_write_when_submitted_and_a_sync_op_after_a_barri
     assert_eq!(outcome(&mut c, now, s.op, OpResult::Applied), Verdict::Ack);
     assert_eq!(drain(&mut c), vec![]);
     assert!(c.snapshot(now).in_sync);
+}
+
+#[test]
+fn issue_10_7_an_op_whose_submission_could_not_be_recorded_is_not_answered_early() {
+    // Found by the simulation: the metadata disk failed at the submission,
+    // so the op was not sent and concluded NotSent, held (hold mode) as an
+    // early op, whose release nobody gets: the application waited forever.
+    let (mut c, now, e) = on_sync(OnPeerLoss::Hold);
+    let w = sent(&mut c, now, e, Touched::paths(vec![p("d")]));
+    let b = c.handle_begin(now, write("d/f")).unwrap();
+    durable(&mut c);
+    outcome(&mut c, now, w, OpResult::Refused(libc::ENOSPC));
+    assert_eq!(c.role(), Role::Resync, "d is now to visit");
+    assert_eq!(c.handle_submit(now, b.op), Some(e));
+    assert!(c.take_durable().is_some(), "carried: recorded first");
+    c.abort(None, true);
+    assert!(!c.early(b.op), "not sent: answered with its verdict");
+    assert_eq!(outcome(&mut c, now, b.op, OpResult::NotSent), Verdict::Hold);
+    c.handle_alone(now, Duration::from_secs(5)).unwrap();
+    durable(&mut c);
+    while let Some(j) = c.next_job(now) {
+        c.handle_job_done(&j);
+    }
+    assert!(c.handle_generation_sent(e).is_some());
+    assert!(c.handle_resync_complete(now, e));
+    durable(&mut c);
+    assert!(drain(&mut c).contains(&Action::Release(b.op, Verdict::Ack)));
 }
 
 #[test]
