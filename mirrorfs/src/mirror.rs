@@ -8,7 +8,10 @@
 //! one per epoch), the clock, the supervisor thread (reconnects with backoff,
 //! notices a lost connection, wakes the core at its deadlines) and the
 //! replies of the application's calls that wait for a controller's decision
-//! (parked, so that no FUSE thread is pinned while HOLD lasts). The overlay
+//! (parked, so that no FUSE thread is pinned while HOLD lasts), and with
+//! `--ack=on-sync` the completion thread that concludes the ops answered
+//! when queued, in submission order, off the application's path, and the
+//! bounded wait for room among them (back-pressure). The overlay
 //! reaches it through [`Replicate`] (`MirrorRef`), the resync workers
 //! through the `resync_*` methods, the control socket through `status`,
 //! `alone`, `fence` and `unfence`.

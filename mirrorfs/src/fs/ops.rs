@@ -3,7 +3,10 @@
 //! Owns the local half of every operation and the decision of what to replicate:
 //! each mutation is applied to the backing directory and submitted to
 //! [`Replicate`] under one sequencer lock (so the stream's order is the local
-//! order), and only returns once the secondary has applied it. Reads, lookups and
+//! order), and only returns once the secondary has applied it (`--ack=on-sync`:
+//! once queued for it; a sync op, an fsync or a write through an `O_SYNC` open,
+//! once everything before it is durable there: its ops end with a barrier).
+//! Reads, lookups and
 //! attributes are served locally and never touch the network. The metadata area
 //! (`.mirrorfs` at the backing root) is invisible and unreachable through the
 //! mount. Writable opens are replicated as handles, so writes follow the inode
