@@ -448,6 +448,34 @@ impl Mirror {
         self.lock().shutdown
     }
 
+    /// The mount is going away (unmounted: nothing new comes): waits until
+    /// the early-answered ops (on-sync) have their outcomes, or the
+    /// connection is lost, or at most the longest wait for an answer; what
+    /// is left is in the activity log (compared at the next start).
+    pub fn drain(&self) {
+        let deadline = Instant::now() + self.limit;
+        let mut st = self.lock();
+        let mut logged = false;
+        loop {
+            let (left, _) = st.core.early_in_flight();
+            let lost = st.link.as_ref().is_none_or(|(_, l)| l.lost().is_some());
+            let now = Instant::now();
+            if left == 0 || lost || now >= deadline {
+                return;
+            }
+            if !logged {
+                info!(ops = left, "unmounted: waiting for the secondary to answer the operations answered before it did");
+                logged = true;
+            }
+            st.room_wanted = true;
+            st = self
+                .room
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Stops the supervisor (the mount is going away).
     pub fn shutdown(&self) {
         self.lock().shutdown = true;

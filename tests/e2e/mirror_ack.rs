@@ -220,6 +220,63 @@ fn issue_10_7_on_sync_writes_wait_beyond_the_bound_while_the_secondary_is_stoppe
     Ok(())
 }
 
+#[test]
+fn issue_10_7_on_sync_an_unmount_waits_for_what_was_answered_before_the_secondary_had_it(
+) -> Result<()> {
+    let mut m = Mirror::prepare()?;
+    let control = m.start_controlled(&["--ack", "on-sync", "--peer-timeout", "20"])?;
+    let (mnt, replica) = (m.mnt(), m.replica());
+    let serve_pid = m.serve().context("no serve")?.pid();
+    let resume = Resume(serve_pid);
+    // SAFETY: plain syscall on the serve this fixture started.
+    ensure!(
+        unsafe { libc::kill(serve_pid as i32, libc::SIGSTOP) } == 0,
+        "cannot stop serve"
+    );
+    run_fs(
+        FS_DEADLINE,
+        "writes answered while the secondary is stopped",
+        &mnt,
+        |mnt| {
+            for i in 0..50u64 {
+                fs::write(mnt.join(format!("u{i}")), pseudo_random(900 + i, 100_000))?;
+            }
+            Ok(())
+        },
+    )?;
+    let st = m.status_json(&control)?;
+    let mut mount = m.start_unmount(&mnt)?;
+    wait_for(
+        FS_DEADLINE,
+        "the unmounted mount to wait for the secondary",
+        || match mount.try_status() {
+            Ok(Some(s)) => Probe::Fail(anyhow::anyhow!(
+                "the mount exited ({s}) with the secondary stopped: {}",
+                mount.stderr_tail()
+            )),
+            Ok(None) if mount.stderr().contains("waiting for the secondary") => Probe::Ready(()),
+            Ok(None) => Probe::Pending(mount.stderr_tail()),
+            Err(e) => Probe::Fail(e),
+        },
+    )?;
+    drop(resume);
+    let exit = mount.wait_exit(FS_DEADLINE)?;
+    ensure!(
+        exit.success(),
+        "the mount exited {exit}: {}",
+        mount.stderr_tail()
+    );
+    for i in 0..50u64 {
+        let p = replica.join(format!("u{i}"));
+        ensure!(
+            fs::read(&p).ok() == Some(pseudo_random(900 + i, 100_000)),
+            "{}: not on the replica after the unmount (status before it: {st})",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// Files `d/f<i>` for `range` on the replica hold what was written.

@@ -331,6 +331,13 @@ impl Mirror {
     /// and waits for its `mount` process to exit by itself; returns how it
     /// exited (the caller judges it).
     pub fn unmount(&mut self, mountpoint: &Path) -> Result<ExitStatus> {
+        self.start_unmount(mountpoint)?.wait_exit(START_DEADLINE)
+    }
+
+    /// [`Mirror::unmount`] without the wait: `fusermount3 -u`, then the
+    /// `mount` process, still running (the caller waits for it; dropping it
+    /// stops it).
+    pub fn start_unmount(&mut self, mountpoint: &Path) -> Result<Proc> {
         let i = self
             .mounts
             .iter()
@@ -338,8 +345,8 @@ impl Mirror {
             .with_context(|| format!("no mount of this fixture at {}", mountpoint.display()))?;
         run_ok(Command::new("fusermount3").arg("-u").arg(mountpoint))?;
         // Taken out first: if it does not exit, dropping it stops it.
-        let (_, mut mount) = self.mounts.remove(i);
-        mount.wait_exit(START_DEADLINE)
+        let (_, mount) = self.mounts.remove(i);
+        Ok(mount)
     }
 
     /// SIGKILLs `serve`: the secondary vanishes without a goodbye.
