@@ -1391,7 +1391,21 @@ impl Primary {
         let now = self.now;
         let retry = &self.retry;
         let ready = |p: &RelPath| retry.get(p).is_none_or(|(at, _)| now >= *at);
-        let (path, full_dir) = self.walk.take_ready(link.epoch, ready)?;
+        // Renames are replayed before the visits they would race with (see
+        // `Renames::waits_for`); with nothing in flight, a path goes anyway,
+        // so that renames in a cycle cannot stop the walk.
+        let (walk, renames) = (&self.walk, &self.renames);
+        let pending = |t: &RelPath| walk.pending_or_in_flight(t);
+        let found = walk
+            .find_ready(|p| ready(p) && !renames.waits_for(p, pending))
+            .or_else(|| {
+                if walk.busy() {
+                    None
+                } else {
+                    walk.find_ready(ready)
+                }
+            })?;
+        let (path, full_dir) = self.walk.take_found(found, link.epoch);
         Some(Job {
             full: self.full || full_dir,
             path,
