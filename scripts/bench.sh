@@ -22,7 +22,9 @@
 #   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
 #   MIRRORFS_BENCH_SEQ_MIB  replication: size of the sequential write (default 512)
 #   MIRRORFS_BENCH_TREE     replication: files in the tree walked by find (default 100000)
-#   MIRRORFS_BENCH_TARGETS  replication: subset, e.g. local,mirrorfs (default all three)
+#   MIRRORFS_BENCH_TARGETS  replication: subset, e.g. local,mirrorfs (default all)
+#   MIRRORFS_BENCH_ACK      replication: mirrorfs ack modes, each-op,on-sync (default both:
+#                           targets mirrorfs and mirrorfs-onsync)
 #   MIRRORFS_BENCH_RESYNC_FILES      resync: files in the tree (default 100000)
 #   MIRRORFS_BENCH_RESYNC_MIB        resync: their total size (default 2048)
 #   MIRRORFS_BENCH_RESYNC_LARGE_MIB  resync: size of the large file (default 1024)

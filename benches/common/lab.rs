@@ -168,8 +168,8 @@ pub(crate) struct Mirrorfs {
     keys: PathBuf,
     node1: String,
     node2: String,
-    /// Where node 2 serves: `ip2:SERVE_PORT`.
-    peer: String,
+    /// Node 2's address (it serves on `SERVE_PORT`, or the port given).
+    ip2: String,
 }
 
 impl Mirrorfs {
@@ -189,7 +189,7 @@ impl Mirrorfs {
             keys,
             node1: net.node1.clone(),
             node2: net.node2.clone(),
-            peer: format!("{}:{SERVE_PORT}", net.ip2),
+            ip2: net.ip2.to_string(),
         }
     }
 
@@ -197,18 +197,24 @@ impl Mirrorfs {
     /// beside its log, [`Mirrorfs::serve_control`]) and waits (up to 20 s)
     /// until its UDP socket is bound.
     pub(crate) fn serve(&self, root: &Path, log: &Path) -> Proc {
+        self.serve_at(root, log, SERVE_PORT)
+    }
+
+    /// [`Mirrorfs::serve`] on UDP `port` (a second mirror beside the first).
+    pub(crate) fn serve_at(&self, root: &Path, log: &Path, port: u16) -> Proc {
+        let listen = format!("{}:{port}", self.ip2);
         let mut cmd = sys::command_in(Some(&self.node2), &self.bin);
         cmd.arg("serve")
             .arg("--root")
             .arg(root)
-            .args(["--listen", &self.peer])
+            .args(["--listen", &listen])
             .arg("--control")
             .arg(Self::serve_control(log))
             .args(self.identity("node2", "node1"));
         let mut p = Proc::spawn("mirrorfs serve", &mut cmd, log);
         // nsenter execs the program, so /proc/PID/net/udp lists node 2's sockets.
         let udp = format!("/proc/{}/net/udp", p.pid());
-        let port = format!(":{SERVE_PORT:04X}");
+        let port = format!(":{port:04X}");
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             p.check_alive();
@@ -226,8 +232,7 @@ impl Mirrorfs {
             }
             if Instant::now() > end {
                 panic!(
-                    "mirrorfs serve did not bind UDP {} within 20 s; its log ends:\n{}",
-                    self.peer,
+                    "mirrorfs serve did not bind UDP {listen} within 20 s; its log ends:\n{}",
                     p.log_tail()
                 );
             }
@@ -238,6 +243,17 @@ impl Mirrorfs {
     /// `mirrorfs mount --foreground` of `backing` at `mountpoint` on node 1,
     /// replicating to node 2's serve (more arguments may follow).
     pub(crate) fn mount_spec(&self, backing: &Path, mountpoint: &Path, log: &Path) -> MountSpec {
+        self.mount_spec_at(backing, mountpoint, log, SERVE_PORT)
+    }
+
+    /// [`Mirrorfs::mount_spec`] replicating to node 2's serve on `port`.
+    pub(crate) fn mount_spec_at(
+        &self,
+        backing: &Path,
+        mountpoint: &Path,
+        log: &Path,
+        port: u16,
+    ) -> MountSpec {
         let mut args: Vec<OsString> = vec![
             "mount".into(),
             "--backing".into(),
@@ -245,7 +261,7 @@ impl Mirrorfs {
             "--mountpoint".into(),
             mountpoint.into(),
             "--peer".into(),
-            self.peer.clone().into(),
+            format!("{}:{port}", self.ip2).into(),
         ];
         args.extend(self.identity("node1", "node2"));
         args.push("--foreground".into());
@@ -270,9 +286,7 @@ impl Mirrorfs {
     /// transport settings, nothing else): its JSON figures (p50_us, p99_us,
     /// ...), or why it could not be measured.
     pub(crate) fn rtt(&self, sizes: &[usize], log: &Path) -> Result<Vec<Value>, String> {
-        let addr = self
-            .peer
-            .replace(&format!(":{SERVE_PORT}"), &format!(":{}", SERVE_PORT + 100));
+        let addr = format!("{}:{}", self.ip2, SERVE_PORT + 100);
         let mut cmd = sys::command_in(Some(&self.node2), &self.bin);
         cmd.arg("rtt-serve")
             .args(["--listen", &addr])

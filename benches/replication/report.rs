@@ -1,6 +1,7 @@
 //! The replication results: one row per figure, a column per target, each
-//! target's ratio to local, and the goal from issue 2 for mirrorfs; and every
-//! round's figures. Laid out by the shared [`Table`].
+//! target's ratio to local, the goal from issue 2 for mirrorfs and from
+//! issue 10 (item 7) for mirrorfs with `--ack on-sync`; and every round's
+//! figures. Laid out by the shared [`Table`].
 
 use std::collections::BTreeMap;
 
@@ -13,20 +14,38 @@ pub(crate) enum Target {
     Local,
     /// A bindfs mount of a directory on /var/tmp: the cost of FUSE alone.
     Bindfs,
-    /// The mirrorfs mount, replicating to `mirrorfs serve` in the other namespace.
+    /// The mirrorfs mount, replicating to `mirrorfs serve` in the other
+    /// namespace (`--ack each-op`: every write waits for the secondary).
     Mirrorfs,
+    /// The same with `--ack on-sync` (only syncs wait), to its own serve.
+    MirrorfsOnSync,
 }
 
 impl Target {
-    pub(crate) const ALL: [Self; 3] = [Self::Local, Self::Bindfs, Self::Mirrorfs];
+    pub(crate) const ALL: [Self; 4] = [
+        Self::Local,
+        Self::Bindfs,
+        Self::Mirrorfs,
+        Self::MirrorfsOnSync,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Local => "local",
             Self::Bindfs => "bindfs",
             Self::Mirrorfs => "mirrorfs",
+            Self::MirrorfsOnSync => "mirrorfs-onsync",
         }
     }
+}
+
+/// What an on-sync goal compares with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Base {
+    /// The figure of local (like mirrorfs's goals).
+    Local,
+    /// The figure of mirrorfs with `--ack each-op` ("no slower than").
+    EachOp,
 }
 
 /// The measurements of one target, by row key, one per round.
@@ -42,6 +61,8 @@ pub(crate) struct Row {
     /// The goal for mirrorfs: for its ratio to local where `ratio`, else for
     /// the figure itself.
     pub(crate) goal: Option<Goal>,
+    /// The goal for mirrorfs-onsync: for its ratio to the base.
+    pub(crate) onsync_goal: Option<(Goal, Base)>,
 }
 
 /// Everything measured in a run.
@@ -52,8 +73,20 @@ pub(crate) struct Report {
     pub(crate) notes: Vec<String>,
 }
 
-const HEADER: [&str; 9] = [
-    "workload", "unit", "local", "bindfs", "vs local", "mirrorfs", "vs local", "goal", "met",
+const HEADER: [&str; 13] = [
+    "workload",
+    "unit",
+    "local",
+    "bindfs",
+    "vs local",
+    "mirrorfs",
+    "vs local",
+    "goal",
+    "met",
+    "mirrorfs-onsync",
+    "vs local",
+    "goal",
+    "met",
 ];
 
 impl Report {
@@ -66,14 +99,26 @@ impl Report {
             None if row.ratio => "n/a".into(),
             None => String::new(),
         };
-        // Figures (columns 2..7) right-aligned, text left.
-        let mut table = Table::new(HEADER.map(String::from).to_vec(), |i| (2..7).contains(&i));
+        // Figures (columns 2..7 and 9..11) right-aligned, text left.
+        let mut table = Table::new(HEADER.map(String::from).to_vec(), |i| {
+            (2..7).contains(&i) || (9..11).contains(&i)
+        });
         for row in &self.rows {
             let m = self.value(Target::Mirrorfs, row.key);
             let mr = self.ratio(Target::Mirrorfs, row);
             let (goal, met) = match row.goal {
                 Some(g) if row.ratio => (g.text("x"), g.met(mr)),
                 Some(g) => (g.text(""), g.met(m)),
+                None => (String::new(), ""),
+            };
+            let o = self.value(Target::MirrorfsOnSync, row.key);
+            let or = self.ratio(Target::MirrorfsOnSync, row);
+            let (ogoal, omet) = match row.onsync_goal {
+                Some((g, Base::Local)) => (g.text("x"), g.met(or)),
+                Some((g, Base::EachOp)) => {
+                    let vs = o.zip(m).filter(|(_, m)| *m > 0.0).map(|(o, m)| o / m);
+                    (format!("{} of mirrorfs", g.text("x")), g.met(vs))
+                }
                 None => (String::new(), ""),
             };
             table.row(vec![
@@ -86,6 +131,10 @@ impl Report {
                 rat(mr, row),
                 goal,
                 met.to_string(),
+                fig(o),
+                rat(or, row),
+                ogoal,
+                omet.to_string(),
             ]);
         }
         table

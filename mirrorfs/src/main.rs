@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use mirrorfs::ctl::client::{Client, ClientError};
 use mirrorfs::ctl::{Request, RootState};
 use mirrorfs::meta::META_DIR;
-use mirrorfs::mirror::{MirrorConfig, OnPeerLoss};
+use mirrorfs::mirror::{AckMode, MirrorConfig, OnPeerLoss};
 use mirrorfs::mount::{self, MountConfig};
 use mirrorfs::net::client::{LinkConfig, DEFAULT_STALL_TIMEOUT};
 use mirrorfs::net::server::{self, ServeConfig};
@@ -220,6 +220,13 @@ struct MountArgs {
     /// for --hold-timeout).
     #[arg(long = "on-peer-loss", value_parser = parse_on_peer_loss)]
     on_peer_loss: Option<OnPeerLoss>,
+    /// When a mutation returns: `each-op` (the default: once the secondary
+    /// applied it) or `on-sync` (once applied here and queued, in order, for
+    /// the secondary; fsync, fdatasync, msync and O_SYNC/O_DSYNC writes
+    /// return once everything before them is applied and durable there: a
+    /// failover loses at most what was never synced).
+    #[arg(long, default_value = "each-op", value_parser = parse_ack)]
+    ack: AckMode,
     /// With --on-peer-loss=hold: seconds mutations wait for the controller's
     /// order before the mount fences itself (must be shorter than the
     /// kernel's FUSE request timeout, if one is set).
@@ -264,6 +271,10 @@ struct MountArgs {
     /// supervised mirrorfs stops, and unmounts, with its supervisor).
     #[arg(long = "outlive-parent")]
     outlive_parent: bool,
+}
+
+fn parse_ack(s: &str) -> Result<AckMode, String> {
+    s.parse()
 }
 
 fn parse_on_peer_loss(s: &str) -> Result<OnPeerLoss, String> {
@@ -458,6 +469,7 @@ fn mount_config(a: &MountArgs) -> Result<MountConfig, String> {
                 stall_timeout: Duration::from_secs_f64(a.stall_timeout),
             },
             on_peer_loss,
+            ack: a.ack,
             start_alone: a.alone,
             full_resync: a.full,
             resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),

@@ -8,7 +8,10 @@
 //! one per epoch), the clock, the supervisor thread (reconnects with backoff,
 //! notices a lost connection, wakes the core at its deadlines) and the
 //! replies of the application's calls that wait for a controller's decision
-//! (parked, so that no FUSE thread is pinned while HOLD lasts). The overlay
+//! (parked, so that no FUSE thread is pinned while HOLD lasts), and with
+//! `--ack=on-sync` the completion thread that concludes the ops answered
+//! when queued, in submission order, off the application's path, and the
+//! bounded wait for room among them (back-pressure). The overlay
 //! reaches it through [`Replicate`] (`MirrorRef`), the resync workers
 //! through the `resync_*` methods, the control socket through `status`,
 //! `alone`, `fence` and `unfence`.
@@ -32,10 +35,10 @@ use crate::meta::{ActivityLog, DirtyLog, Meta};
 use crate::net::client::{ConnectError, Link, LinkConfig};
 use crate::proto::dirty::DirtySet;
 use crate::proto::path::RelPath;
+pub use crate::proto::primary::{AckMode, OnPeerLoss, Role, RESYNC_YIELD};
 use crate::proto::primary::{
-    Action, Config, Durable, Job, OpId, OpResult, Primary, Touched, Verdict,
+    Action, Bound, Config, Durable, Job, OpId, OpResult, Primary, Touched, Verdict,
 };
-pub use crate::proto::primary::{OnPeerLoss, Role, RESYNC_YIELD};
 use crate::proto::wire::{HandleId, Op};
 
 /// How long one reconnection attempt waits for an answer.
@@ -72,6 +75,8 @@ pub struct MirrorConfig {
     pub link: LinkConfig,
     /// What to do when it is lost.
     pub on_peer_loss: OnPeerLoss,
+    /// When mutations are answered (`--ack`).
+    pub ack: AckMode,
     /// Start without waiting for the peer (ALONE, or HOLD until the
     /// controller's `alone` with [`OnPeerLoss::Hold`]).
     pub start_alone: bool,
@@ -116,6 +121,12 @@ struct Inner {
     finishing: bool,
     next_finish: Instant,
     shutdown: bool,
+    /// The first op of the current activity epoch: the epoch before it is
+    /// dropped only once every op begun before this one has its outcome.
+    activity_from: OpId,
+    /// A mutation waits for room among the early-answered ops
+    /// ([`Primary::room_for`]): tell it when an outcome comes.
+    room_wanted: bool,
 }
 
 /// The primary's replication driver.
@@ -125,6 +136,12 @@ pub struct Mirror {
     inner: Mutex<Inner>,
     /// Wakes the supervisor and the resync workers.
     changed: Condvar,
+    /// Wakes a mutation waiting for room among the early-answered ops.
+    room: Condvar,
+    /// `--ack=on-sync`: the tickets of early-answered ops, in submission
+    /// order, to the completion thread that concludes them (at most the
+    /// core's [`Bound`] of them: the channel needs no bound of its own).
+    early: Option<crossbeam_channel::Sender<Ticket>>,
     /// Counts changes for the control socket's watchers.
     changes: Changes,
     /// How long an op's answer is waited for at most (the link answers every
@@ -216,12 +233,21 @@ impl Mirror {
                 seed: random_seed(),
                 me: cfg.link.identity.name.clone(),
                 peer: cfg.link.pinned.name.clone(),
+                ack: cfg.ack,
+                bound: Bound::default(),
             },
             now,
             history,
             set,
         );
         let limit = cfg.link.stall_timeout.max(cfg.link.peer_timeout) * 2 + Duration::from_secs(1);
+        let (early_tx, early_rx) = match cfg.ack {
+            AckMode::OnSync => {
+                let (tx, rx) = crossbeam_channel::unbounded::<Ticket>();
+                (Some(tx), Some(rx))
+            }
+            AckMode::EachOp => (None, None),
+        };
         let mirror = Arc::new(Self {
             meta,
             inner: Mutex::new(Inner {
@@ -233,8 +259,12 @@ impl Mirror {
                 finishing: false,
                 next_finish: now,
                 shutdown: false,
+                activity_from: OpId(0),
+                room_wanted: false,
             }),
             changed: Condvar::new(),
+            room: Condvar::new(),
+            early: early_tx,
             changes: Changes::default(),
             limit,
             cfg,
@@ -253,6 +283,16 @@ impl Mirror {
                 Link::connect(&mirror.cfg.link, st.core.history())?
             };
             mirror.connected(link).map_err(StartError::Refused)?;
+        }
+        if let Some(rx) = early_rx {
+            let m = mirror.clone();
+            thread::Builder::new()
+                .name("mirrorfs-completion".into())
+                .spawn(move || m.complete_early(&rx))
+                .map_err(|e| StartError::Meta {
+                    dir: "completion thread".into(),
+                    source: e,
+                })?;
         }
         let m = mirror.clone();
         thread::Builder::new()
@@ -358,15 +398,82 @@ impl Mirror {
     /// Starts a new activity epoch. The caller holds the overlay's sequencer
     /// (no mutation half-applied) and has flushed the backing filesystem since
     /// the previous rotation, so the epoch dropped now is durable locally.
+    ///
+    /// Not while an op begun before the previous rotation awaits its
+    /// outcome (its directories are only in the epoch that would be
+    /// dropped, and a crash now must still compare them): an early-answered
+    /// op of an on-sync mount may wait long; so may any op on a stalled
+    /// secondary. The next rotation tries again.
     pub fn rotate_activity(&self) {
-        if let Err(e) = self.lock().activity.rotate() {
-            warn!(error = %e, "cannot rotate the activity log; keeping the old epochs");
+        let mut st = self.lock();
+        if let Some(op) = st
+            .core
+            .oldest_in_flight()
+            .filter(|op| *op < st.activity_from)
+        {
+            info!(
+                op = op.0,
+                "an operation older than the activity epoch awaits the secondary: keeping the epoch"
+            );
+            return;
+        }
+        match st.activity.rotate() {
+            Ok(()) => st.activity_from = st.core.next_op(),
+            Err(e) => {
+                warn!(error = %e, "cannot rotate the activity log; keeping the old epochs")
+            }
+        }
+    }
+
+    /// The completion thread of an on-sync mount: concludes the
+    /// early-answered ops in submission order as their answers come (their
+    /// applications were answered at submission; a sync op waiting for
+    /// them is answered from here).
+    fn complete_early(&self, rx: &crossbeam_channel::Receiver<Ticket>) {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(ticket) => ticket.finish(Box::new(|_| {})),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.is_shut_down() {
+                        return;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 
     /// True once the mount is going away.
     pub fn is_shut_down(&self) -> bool {
         self.lock().shutdown
+    }
+
+    /// The mount is going away (unmounted: nothing new comes): waits until
+    /// the early-answered ops (on-sync) have their outcomes, or the
+    /// connection is lost, or at most the longest wait for an answer; what
+    /// is left is in the activity log (compared at the next start).
+    pub fn drain(&self) {
+        let deadline = Instant::now() + self.limit;
+        let mut st = self.lock();
+        let mut logged = false;
+        loop {
+            let (left, _) = st.core.early_in_flight();
+            let lost = st.link.as_ref().is_none_or(|(_, l)| l.lost().is_some());
+            let now = Instant::now();
+            if left == 0 || lost || now >= deadline {
+                return;
+            }
+            if !logged {
+                info!(ops = left, "unmounted: waiting for the secondary to answer the operations answered before it did");
+                logged = true;
+            }
+            st.room_wanted = true;
+            st = self
+                .room
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Stops the supervisor (the mount is going away).
@@ -445,6 +552,7 @@ impl Mirror {
             last_applied: None,
             resync_running: None,
             inconsistent: None,
+            ack: Some(self.cfg.ack),
         }
     }
 
@@ -812,6 +920,20 @@ impl Mirror {
 
     fn begin(&self, touched: Touched) -> io::Result<Begun> {
         let mut st = self.lock();
+        if !st.core.room_for(&touched) {
+            // Back-pressure (on-sync): as many early-answered ops await the
+            // secondary as may. Bounded: the link answers every op, at the
+            // latest when it is lost; past `limit` the op goes on, and is
+            // answered only once the secondary has it (the core sees no
+            // room), so nothing grows.
+            st.room_wanted = true;
+            st = self
+                .room
+                .wait_timeout_while(st, self.limit, |s| !s.core.room_for(&touched))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            st.room_wanted = false;
+        }
         let b = match st.core.handle_begin(Instant::now(), touched.clone()) {
             Ok(b) => b,
             Err(errno) => {
@@ -845,6 +967,7 @@ impl Mirror {
             op: b.op,
             epoch: b.epoch,
             source_clean: b.source_clean,
+            barrier: b.barrier,
         })
     }
 
@@ -860,6 +983,7 @@ impl Mirror {
         if recorded.is_err() {
             st.core.abort(None, true);
         }
+        let early = self.early.as_ref().filter(|_| st.core.early(begun.op));
         // BeginResync, if any, goes out first.
         let after = self.finish(&mut st);
         drop(st);
@@ -872,14 +996,28 @@ impl Mirror {
                     .map_or(crate::latency::Class::Meta, crate::latency::Class::of);
                 let rxs: Vec<_> = ops.into_iter().map(|op| link.submit(op)).collect();
                 let l = link.clone();
-                Ticket::sent(
+                let ticket = Ticket::sent(
                     begun.op,
                     class,
                     rxs,
                     Box::new(move || l.lost().is_some()),
                     self.limit,
                     me,
-                )
+                );
+                match early {
+                    // Queued in order for the secondary: answered now, and
+                    // concluded by the completion thread. (Under the
+                    // sequencer: the thread gets them in stream order.)
+                    Some(tx) => {
+                        if let Err(e) = tx.send(ticket) {
+                            // The completion thread is gone (unmounting):
+                            // concluded here instead.
+                            e.into_inner().finish(Box::new(|_| {}));
+                        }
+                        Ticket::answered(begun.op, Ok(()))
+                    }
+                    None => ticket,
+                }
             }
             (Some(_), Ok(())) => Ticket::now(begun.op, OpResult::Applied, me),
             _ => Ticket::now(begun.op, OpResult::NotSent, me),
@@ -888,11 +1026,34 @@ impl Mirror {
 
     fn conclude(&self, op: OpId, result: OpResult, took: Option<Duration>, reply: Reply) {
         let mut st = self.lock();
+        // Answered at submission (on-sync): `reply` is nobody's, and the
+        // verdict goes to the next sync op.
+        let early = st.core.early(op);
         let mut verdict = st.core.handle_outcome(Instant::now(), op, result, took);
         if let Err(e) = self.persist(&mut st) {
             st.core.abort(Some(op), true);
             warn!(error = %e, "a change the secondary may not hold could not be recorded: EIO");
             verdict = Verdict::Fail(libc::EIO);
+        }
+        if early {
+            // Answered Ok, whatever the verdict (which the next sync op
+            // gets): a completion thread's reply is nobody's; one on the
+            // application's path (nothing was to be sent) was promised it.
+            if verdict != Verdict::Ack {
+                warn!(
+                    ?result,
+                    ?verdict,
+                    "the secondary did not apply a change answered before it did (--ack=on-sync): the next sync reports it"
+                );
+            }
+            if st.room_wanted {
+                self.room.notify_all();
+            }
+            let mut after = self.finish(&mut st);
+            after.0.push((reply, Ok(())));
+            drop(st);
+            after.run();
+            return;
         }
         if verdict != Verdict::Ack && result != OpResult::Applied {
             match verdict {

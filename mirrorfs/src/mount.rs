@@ -354,6 +354,9 @@ pub fn run(
     let ended = session.run().map_err(MountError::Session);
     info!("unmounted");
     stopper.finish();
+    // On-sync: what was answered before the secondary had it goes on to it
+    // before the process ends (bounded), as each-op's would have.
+    mirror.drain();
     mirror.shutdown();
     drop(control);
     ended
@@ -447,6 +450,7 @@ mod tests {
                 stall_timeout: Duration::from_secs(stall),
             },
             on_peer_loss,
+            ack: crate::mirror::AckMode::EachOp,
             start_alone: false,
             full_resync: false,
             resync_rate_limit: None,

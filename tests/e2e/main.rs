@@ -44,6 +44,11 @@ mod mirror_review;
 /// entries follow every change through the mount.
 mod mirror_reads;
 
+/// Issue 10, item 7: `--ack on-sync` — a sync returns once everything before
+/// it is on the secondary, a refused write fails the next fsync, the queue
+/// of early-answered writes is bounded.
+mod mirror_ack;
+
 /// Issue 7, item 10: trees deeper than PATH_MAX replicate, resync and verify up to the 32 KiB bound.
 mod mirror_deep;
 

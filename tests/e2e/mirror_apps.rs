@@ -711,3 +711,9 @@ fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
     let end = text.rfind('\n').map_or(0, |i| i + 1);
     text[..end].lines()
 }
+
+crate::on_sync_twins!(
+    sqlite_commits_survive_a_primary_kill,
+    sqlite_commits_survive_a_primary_kill_in_rollback_journal_mode,
+    postgres_commits_survive_a_primary_kill,
+);

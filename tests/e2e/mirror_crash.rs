@@ -1004,6 +1004,11 @@ fn tamper_keeping_size_and_mtime(path: &Path, offset: u64, data: &[u8]) -> Resul
     Ok(())
 }
 
+crate::on_sync_twins!(
+    primary_kill_rounds_lose_no_acknowledged_write,
+    split_brain_resolved_by_discard_keeps_the_losers_files,
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -551,13 +551,13 @@ fn peer_restarting_repeatedly_loses_no_acknowledged_write() -> Result<()> {
 
 /// A tmpfs of a few MiB mounted over a directory: the secondary's small disk.
 /// Unmounted (lazily: `serve` may still hold files on it) when dropped, also
-/// when the test fails.
-struct Tmpfs {
+/// when the test fails. (Also the on-sync tests' small disk.)
+pub(crate) struct Tmpfs {
     point: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(point: &Path, mib: u64) -> Result<Self> {
+    pub(crate) fn mount(point: &Path, mib: u64) -> Result<Self> {
         run_ok(
             Command::new("mount")
                 .args(["-t", "tmpfs", "-o"])
@@ -571,7 +571,7 @@ impl Tmpfs {
     }
 
     /// Grows (or shrinks) it to `mib` MiB in place: the operator frees space.
-    fn resize(&self, mib: u64) -> Result<()> {
+    pub(crate) fn resize(&self, mib: u64) -> Result<()> {
         run_ok(
             Command::new("mount")
                 .args(["-o"])

@@ -327,6 +327,11 @@ fn status_reports_prim_and_json_is_parseable() -> Result<()> {
     };
     ensure!(field("role")? == "PRIM", "text status:\n{text}");
     ensure!(field("connected")? == "yes", "text status:\n{text}");
+    ensure!(
+        field("ack")?.starts_with(m.ack().name()),
+        "text status (--ack {}):\n{text}",
+        m.ack().name()
+    );
     let peer = format!("{}:{PORT}", m.node2.ip);
     ensure!(field("peer")?.contains(&peer), "text status:\n{text}");
     let text_generation = field("generation")?;
@@ -352,6 +357,7 @@ fn status_reports_prim_and_json_is_parseable() -> Result<()> {
     ensure!(v["peer_node"] == "node2", "peer_node is not node2: {v}");
     ensure!(v["dirty_files"] == 0, "dirty files while in sync: {v}");
     ensure!(v["ops_in_flight"].is_u64(), "ops_in_flight: {v}");
+    ensure!(v["ack"] == m.ack().name(), "ack: {v}");
     ensure!(v["resync"].is_null(), "a resync while in sync: {v}");
     ensure!(
         v["role_secs"].as_f64().is_some_and(|s| s >= 0.0),
@@ -795,3 +801,15 @@ fn change_while_alone(mnt: &Path) -> io::Result<()> {
         .write_all_at(b"through the second name", 10)?;
     sys::set_xattr(&s("static/12"), "user.changed", b"while alone")
 }
+
+crate::on_sync_twins!(
+    secondary_loss_goes_alone_and_resyncs_incrementally,
+    dirs_removed_or_renamed_while_alone_resync,
+    look_alikes_changed_while_alone_resync,
+    renames_while_alone_move_instead_of_copying,
+    dirty_blocks_of_a_file_missing_on_the_replica_resync_all_of_it,
+    status_reports_prim_and_json_is_parseable,
+    split_brain_is_detected_and_nothing_is_synchronised,
+    large_file_resync_sends_only_changed_blocks,
+    full_resync_after_tampering,
+);

@@ -13,13 +13,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use mirrorfs::ctl::AckMode;
 use mirrorfs::net::tls::{self, PinnedPeer};
 
 use super::error::ConfigError;
 use super::locate::Src;
 use super::node::NodeConfig;
 use super::raw::{
-    RawCheck, RawChecker, RawDir, RawFarm, RawKind, RawMaxLoop, RawModule, RawNodeSpec,
+    RawAck, RawCheck, RawChecker, RawDir, RawFarm, RawKind, RawMaxLoop, RawModule, RawNodeSpec,
     RawOnFailure, RawProto, RawRule, RawScripts, RawThen, RawTiming, RawVip, RawWitness,
 };
 
@@ -45,6 +46,9 @@ pub struct Module {
     /// Mirror: the replicated directories (at least one; all paths absolute,
     /// distinct, not nested). Farm: none.
     pub dirs: Vec<DirSpec>,
+    /// Mirror: when the mounts answer writes (`mirrorfs mount --ack`;
+    /// default each-op). Farm: each-op (unused).
+    pub ack: AckMode,
     /// Mirror: the virtual IP that follows the primary. Farm: `None` (see `farm`).
     pub vip: Option<Vip>,
     /// Farm: the shared virtual IPs, balanced ports and rule. Mirror: `None`.
@@ -385,6 +389,10 @@ pub(crate) fn validate(
         heartbeat_port: raw.heartbeat_port,
         mirrorfs_port,
         dirs,
+        ack: match raw.ack {
+            None | Some(RawAck::EachOp) => AckMode::EachOp,
+            Some(RawAck::OnSync) => AckMode::OnSync,
+        },
         vip,
         farm,
         witness,
@@ -454,6 +462,9 @@ fn kind_fields(src: &Src<'_>, kind: ModuleKind, raw: &RawModule) -> Result<(), C
             let fix = "remove it: a farm replicates no directory";
             if raw.mirrorfs_port.is_some() {
                 return Err(not_here("mirrorfs_port", fix));
+            }
+            if raw.ack.is_some() {
+                return Err(not_here("ack", fix));
             }
             if !raw.dirs.is_empty() {
                 return Err(not_here("dirs", fix));

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mirrorfs::ctl::AckMode;
 use pretty_assertions::assert_eq;
 
 use super::testkit::{edit, parse_cases, write_executable, Fixture};
@@ -37,6 +38,7 @@ fn expected_example(f: &Fixture, digest: u64) -> Module {
         ],
         heartbeat_port: 7420,
         mirrorfs_port: 7421,
+        ack: AckMode::EachOp,
         dirs: vec![
             DirSpec {
                 backing: PathBuf::from("/var/lib/apache-mirror/htdocs"),
@@ -102,6 +104,18 @@ fn the_example_module_loads_to_the_expected_module() {
     let module = f.load(&text).expect("the example module loads");
     let digest = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
     assert_eq!(module, expected_example(&f, digest));
+}
+
+#[test]
+fn issue_10_7_a_mirror_module_may_mount_its_dirs_with_ack_on_sync() {
+    let f = Fixture::new();
+    let text = f.example("apache.ron");
+    assert_eq!(f.load(&text).expect("loads").ack, AckMode::EachOp);
+    let on_sync = edit(
+        &text,
+        &[("mirrorfs_port: 7421,", "mirrorfs_port: 7421, ack: OnSync,")],
+    );
+    assert_eq!(f.load(&on_sync).expect("loads").ack, AckMode::OnSync);
 }
 
 #[test]

@@ -61,6 +61,10 @@ pub(crate) struct RawModule {
     /// Mirror: the replicated directories (at least one). Farm: not allowed.
     #[serde(default)]
     pub(crate) dirs: Vec<RawDir>,
+    /// Mirror: when the mounts answer the application's writes (`mirrorfs
+    /// mount --ack`): `EachOp` (the default) or `OnSync`. Farm: not allowed.
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) ack: Option<RawAck>,
     /// Mirror: the virtual IP that follows the primary; default none. Farm: not
     /// allowed (`farm.vips`).
     #[serde(default)]
@@ -89,6 +93,16 @@ pub(crate) struct RawModule {
     /// Failover loop protection; default 3 per 3600 s.
     #[serde(default)]
     pub(crate) maxloop: RawMaxLoop,
+}
+
+/// `ack`.
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub(crate) enum RawAck {
+    /// Every write returns once the secondary applied it.
+    EachOp,
+    /// Writes return once queued for the secondary; fsync and O_SYNC
+    /// writes once everything before them is durable there.
+    OnSync,
 }
 
 /// `kind`.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use mirrorfs::ctl::client::Client;
-use mirrorfs::ctl::{self, Request, Role, RootState, Status};
+use mirrorfs::ctl::{self, AckMode, Request, Role, RootState, Status};
 use tracing::{debug, warn};
 
 use crate::cluster::module::{MirrorView, MountsView, ResyncView, ServesView};
@@ -68,6 +68,8 @@ pub struct MirrorSet {
     /// secondary holds the application's writes no longer than that before
     /// the controller's order.
     pub peer_timeout: Duration,
+    /// The mounts' `--ack` (the module's `ack`).
+    pub ack: AckMode,
     /// One per directory.
     pub dirs: Vec<DirProcess>,
 }
@@ -123,6 +125,7 @@ impl MirrorSet {
             cert: node.cert.clone(),
             peer_cert: peer.cert.clone(),
             peer_timeout: module.timing.heartbeat_timeout,
+            ack: module.ack,
             dirs,
         }
     }
@@ -201,6 +204,7 @@ impl MirrorSet {
                 .args(self.identity())
                 .args(["--peer-timeout", &secs])
                 .args(["--on-peer-loss", "hold", "--alone"])
+                .args(["--ack", self.ack.name()])
                 .arg("--control")
                 .arg(&d.control)
                 .arg("--log")

@@ -31,6 +31,7 @@ fn mount_status() -> Status {
         last_applied: None,
         resync_running: None,
         inconsistent: None,
+        ack: Some(AckMode::EachOp),
     }
 }
 
@@ -45,6 +46,7 @@ fn serve_status() -> Status {
         last_applied: Some(None),
         resync_running: Some(false),
         inconsistent: Some(true),
+        ack: None,
         ..mount_status()
     }
 }
@@ -100,7 +102,7 @@ fn every_request_encodes_to_one_versioned_line_and_back() {
 
 #[test]
 fn a_latency_answer_is_its_own_shape() {
-    let a = crate::ctl::latency::answer(false);
+    let a = latency::answer(false);
     let line = serde_json::to_string(&a).unwrap();
     assert_eq!(Answer::decode(&line).unwrap(), Answer::Latency(a));
 }
@@ -204,12 +206,20 @@ fn a_mount_status_is_one_flat_object_with_these_fields() {
         "peer_node",
         "role_secs",
         "ops_in_flight",
+        "ack",
     ];
     let mut got = keys(&v);
     want.sort_unstable();
     got.sort_unstable();
     assert_eq!(got, want);
     assert_eq!(v["role"], "PRIM");
+    assert_eq!(v["ack"], "each-op");
+    let on_sync = Status {
+        ack: Some(AckMode::OnSync),
+        ..mount_status()
+    };
+    assert_eq!(serde_json::to_value(&on_sync).unwrap()["ack"], "on-sync");
+    assert!(on_sync.render_text().contains("ack:         on-sync"));
     assert_eq!(v["resync"], Value::Null);
     assert_eq!(v["last_error"], Value::Null);
     assert_eq!(

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::state::RootState;
-pub use self::status::{LastApplied, Role, Status};
+pub use self::status::{AckMode, LastApplied, Role, Status};
 pub use crate::mirror::ResyncProgress;
 
 /// The version of the control protocol, carried by every request and answer.

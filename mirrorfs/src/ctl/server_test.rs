@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::ctl::client::{Client, ClientError};
-use crate::ctl::{Changes, ResyncProgress, Role, Status, VERSION};
+use crate::ctl::{AckMode, Changes, ResyncProgress, Role, Status, VERSION};
 
 /// A backend whose status the test sets, and which records the orders.
 struct Fake {
@@ -52,6 +52,7 @@ impl Fake {
                 last_applied: None,
                 resync_running: None,
                 inconsistent: None,
+                ack: Some(AckMode::EachOp),
             }),
             changes: Changes::default(),
             orders: Mutex::new(Vec::new()),

@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ResyncProgress;
+pub use crate::proto::primary::AckMode;
 
 /// The role of a mirrorfs process, as operators read it (and as the JSON
 /// spells it: upper case).
@@ -150,6 +151,12 @@ pub struct Status {
     /// and has not finished: its data is a mix of old and new).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inconsistent: Option<bool>,
+    /// A mount: when mutations return (`--ack`): `each-op` (once the
+    /// secondary applied them) or `on-sync` (fsync and O_SYNC writes wait
+    /// for everything before them to be durable there; other ops return
+    /// once queued). Absent on a serve (and from a mount older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckMode>,
 }
 
 /// A field that is present (even as null) becomes `Some`, so that "absent"
@@ -197,6 +204,17 @@ impl Status {
             line(
                 "dirty",
                 format!("{} files, {} bytes", self.dirty_files, self.dirty_bytes),
+            );
+        }
+        if let Some(ack) = self.ack {
+            line(
+                "ack",
+                match ack {
+                    AckMode::EachOp => "each-op (every write waits for the secondary)".into(),
+                    AckMode::OnSync => {
+                        "on-sync (fsync and O_SYNC writes wait for the secondary)".into()
+                    }
+                },
             );
         }
         if let Some(n) = self.ops_in_flight {

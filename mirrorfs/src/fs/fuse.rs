@@ -208,6 +208,12 @@ impl MirrorFs {
 impl Filesystem for MirrorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
+        // Never FUSE_WRITEBACK_CACHE, whatever `--ack` says: the kernel
+        // would answer writes before this daemon sees them (each-op then
+        // acknowledges what the secondary lacks; on-sync's stream would
+        // receive data reordered behind renames), and it turns passthrough
+        // off on the connection. What fuser requests besides is
+        // ASYNC_READ, BIG_WRITES and MAX_PAGES.
         // Listings come with every entry's attributes (always, not the
         // kernel's adaptive choice): a tree walk then needs no LOOKUP per
         // entry. Right for the same reason as the long TTL: every change

@@ -3,7 +3,10 @@
 //! Owns the local half of every operation and the decision of what to replicate:
 //! each mutation is applied to the backing directory and submitted to
 //! [`Replicate`] under one sequencer lock (so the stream's order is the local
-//! order), and only returns once the secondary has applied it. Reads, lookups and
+//! order), and only returns once the secondary has applied it (`--ack=on-sync`:
+//! once queued for it; a sync op, an fsync or a write through an `O_SYNC` open,
+//! once everything before it is durable there: its ops end with a barrier).
+//! Reads, lookups and
 //! attributes are served locally and never touch the network. The metadata area
 //! (`.mirrorfs` at the backing root) is invisible and unreachable through the
 //! mount. Writable opens are replicated as handles, so writes follow the inode
@@ -1139,7 +1142,12 @@ impl Overlay {
             Err(e) => return Pending::failed(e),
         };
         self.mutate(
-            || self.touch_data(&h, offset, data.len() as u64),
+            || {
+                let (mut touched, path) = self.touch_data(&h, offset, data.len() as u64)?;
+                // A write through an O_SYNC/O_DSYNC open is a sync op.
+                touched.sync = h.sync_flags != 0;
+                Ok((touched, path))
+            },
             |path, begun| {
                 let n = sys::pwrite(h.file.as_fd(), data, offset)?;
                 let mut ops = Vec::new();
@@ -1149,6 +1157,9 @@ impl Overlay {
                         offset,
                         data: data[..n].to_vec(),
                     });
+                }
+                if begun.barrier {
+                    ops.push(Op::Barrier);
                 }
                 Ok((n as u32, ops))
             },
@@ -1473,9 +1484,18 @@ impl Overlay {
         datasync: bool,
         named: impl FnOnce() -> io::Result<Named>,
     ) -> Pending<()> {
+        let sync = Touched {
+            sync: true,
+            ..Touched::default()
+        };
         let mut p = self.mutate(
-            || Ok((Touched::default(), named()?)),
+            || Ok((sync, named()?)),
             |named, begun| {
+                // With --ack=on-sync the barrier makes this file durable
+                // there with everything before it.
+                if begun.barrier {
+                    return Ok(((), vec![Op::Barrier]));
+                }
                 let ops = named
                     .target(begun.epoch)
                     .map(|target| Op::Fsync { target, datasync })

@@ -100,6 +100,52 @@ fn create_write_rename_unlink_submit_the_right_ops() {
 }
 
 #[test]
+fn issue_10_7_on_sync_fsync_fsyncdir_and_o_sync_writes_end_with_a_barrier() {
+    let (_dir, rec, ov) = setup();
+    rec.set_on_sync(true);
+    let (e, o) = ov
+        .create(ROOT, ROOT_INO, OsStr::new("f"), 0o644, 0, libc::O_WRONLY)
+        .wait()
+        .unwrap();
+    let (_, s) = ov
+        .create(
+            ROOT,
+            ROOT_INO,
+            OsStr::new("s"),
+            0o644,
+            0,
+            libc::O_WRONLY | libc::O_DSYNC,
+        )
+        .wait()
+        .unwrap();
+    rec.take();
+    ov.write(o.fh, 0, b"plain").wait().unwrap();
+    ov.write(s.fh, 0, b"dsync").wait().unwrap();
+    ov.fsync(e.ino, o.fh, true).wait().unwrap();
+    let d = ov.opendir(ROOT_INO).unwrap();
+    ov.fsyncdir(ROOT_INO, d, false).wait().unwrap();
+    assert_eq!(
+        rec.take(),
+        vec![
+            Op::Write {
+                target: Target::Handle(HandleId(o.fh)),
+                offset: 0,
+                data: b"plain".to_vec()
+            },
+            Op::Write {
+                target: Target::Handle(HandleId(s.fh)),
+                offset: 0,
+                data: b"dsync".to_vec()
+            },
+            Op::Barrier,
+            // In place of the fsyncs: everything before is made durable.
+            Op::Barrier,
+            Op::Barrier,
+        ]
+    );
+}
+
+#[test]
 fn setattr_sends_explicit_values() {
     let (_dir, rec, ov) = setup();
     let (e, o) = ov

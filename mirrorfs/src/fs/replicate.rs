@@ -36,6 +36,9 @@ pub struct Begun {
     /// The secondary holds what the op reads as we do (a copied range may be
     /// copied there; otherwise the op carries the bytes).
     pub source_clean: bool,
+    /// A sync op of a `--ack=on-sync` mount: its ops end with
+    /// [`Op::Barrier`], which stands for an [`Op::Fsync`] too.
+    pub barrier: bool,
 }
 
 /// Something that ships ops to the secondary.
@@ -206,13 +209,16 @@ impl Ticket {
 
 /// Replication that acknowledges everything at once: for unit tests of the
 /// overlay, which check the ops it submits (and on which connection epoch,
-/// 1 unless [`Recorder::set_epoch`] says otherwise).
+/// 1 unless [`Recorder::set_epoch`] says otherwise; as an each-op mount
+/// unless [`Recorder::set_on_sync`]).
 #[derive(Debug, Default)]
 pub struct Recorder {
     ops: std::sync::Mutex<Vec<(u64, Op)>>,
     next: std::sync::atomic::AtomicU64,
     /// The connection epoch ops begin on (0: the default, 1).
     epoch: std::sync::atomic::AtomicU64,
+    /// Sync ops get a barrier (`--ack=on-sync`).
+    on_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Recorder {
@@ -230,6 +236,12 @@ impl Recorder {
         std::mem::take(&mut *self.ops.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Sync ops ([`Touched::sync`]) end with a barrier from now on, as on a
+    /// `--ack=on-sync` mount.
+    pub fn set_on_sync(&self, on: bool) {
+        self.on_sync.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Ops begin on connection `epoch` from now on (a reconnect).
     pub fn set_epoch(&self, epoch: u64) {
         self.epoch
@@ -245,13 +257,14 @@ impl Recorder {
 }
 
 impl Replicate for Recorder {
-    fn begin(&self, _touched: Touched) -> io::Result<Begun> {
+    fn begin(&self, touched: Touched) -> io::Result<Begun> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed).max(1);
         Ok(Begun {
             op: OpId(n),
             epoch: Some(epoch),
             source_clean: true,
+            barrier: touched.sync && self.on_sync.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
     fn abandon(&self, _begun: Begun) {}

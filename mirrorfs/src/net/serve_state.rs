@@ -252,6 +252,7 @@ impl Control for ServeState {
             last_applied: Some(last),
             resync_running: Some(st.resync_running),
             inconsistent: Some(st.inconsistent),
+            ack: None,
         }
     }
 

@@ -488,12 +488,12 @@ fn handle_answer(
             core.handle_reply(a.seq, payload);
             core.handle_applied(a.seq, a.durable, Ok(()));
         }
-        Ok(Applied::Sync { fd, datasync }) => {
+        Ok(Applied::Sync { fd, how }) => {
             core.handle_applied(a.seq, true, Ok(()));
             let (tx, seq, busy) = (synced.clone(), a.seq, a.busy);
             tokio::task::spawn_blocking(move || {
                 let t0 = Instant::now();
-                let errno = match sys::fsync(fd.as_fd(), datasync) {
+                let errno = match how.run(fd.as_fd()) {
                     Ok(()) => 0,
                     Err(e) => sys::errno_of(&e),
                 };

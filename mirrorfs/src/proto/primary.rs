@@ -30,7 +30,20 @@
 //!   a grant (`alone SECONDS`) runs; without one it waits ([`Verdict::Hold`]);
 //!   `fence` and the hold timeout fail it; a resync that completes brings it
 //!   to the secondary and acknowledges it;
-//! - in sync only when connected, nothing is dirty and no resync runs.
+//! - in sync only when connected, nothing is dirty and no resync runs;
+//! - with [`AckMode::OnSync`], an op that is not a sync op ([`Touched::sync`])
+//!   is answered as soon as it is submitted on a connection ([`Primary::early`]),
+//!   at most [`Bound`] of them unanswered by the secondary at once
+//!   ([`Primary::room_for`]); its outcome is still concluded here, and one
+//!   that the secondary may not hold is recorded dirty as above. A sync op is
+//!   answered only once every op submitted before it has its verdict; it gets
+//!   [`Verdict::Ack`] only if none of the early-answered ones before it
+//!   failed (the verdict an each-op mount would have given them: covered by
+//!   ALONE or by the resync counts as not failed), else the first one's
+//!   error. A failure is told to every sync op begun before the first sync
+//!   op that reported it (concurrent syncs all learn it), then forgotten, as
+//!   an each-op mount answers one failed op and goes on; one the resync's
+//!   completion brought over is never told.
 //!
 //! No I/O: nothing here touches a file, a socket, a clock or a thread.
 
@@ -53,9 +66,88 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// ... and at most.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// What `touched` counts for in [`Bound::bytes`].
+fn cost(touched: &Touched) -> u64 {
+    OP_COST.saturating_add(touched.data.map_or(0, |(_, len)| len))
+}
+
 /// Identifies one mutation from [`Primary::handle_begin`] to its verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub u64);
+
+/// The most ops answered early ([`AckMode::OnSync`]) that may await the
+/// secondary's answer at once: beyond it, the driver waits before the next
+/// one ([`Primary::room_for`]), so the stream's memory stays bounded.
+pub const MAX_EARLY_OPS: u64 = 4096;
+/// The most bytes of data those ops may carry at once (with [`OP_COST`]
+/// counted per op): 64 MiB.
+pub const MAX_EARLY_BYTES: u64 = 64 << 20;
+/// What an op counts for in [`Bound::bytes`] besides its data (its frame,
+/// its paths, its state here).
+pub const OP_COST: u64 = 256;
+
+/// When the application's mutations are answered (`mirrorfs mount --ack`;
+/// the status's `ack` spells it the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckMode {
+    /// Every mutation returns once the secondary applied it (`each-op`).
+    #[default]
+    EachOp,
+    /// A mutation returns once applied here and queued, in order, for the
+    /// secondary; a sync op ([`Touched::sync`]) returns once every op of
+    /// the mount before it is applied and durable there (`on-sync`). The
+    /// secondary then always holds a prefix of the ops the primary applied.
+    OnSync,
+}
+
+impl AckMode {
+    /// The name operators write and read (`each-op`, `on-sync`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EachOp => "each-op",
+            Self::OnSync => "on-sync",
+        }
+    }
+}
+
+impl fmt::Display for AckMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AckMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "each-op" => Ok(Self::EachOp),
+            "on-sync" => Ok(Self::OnSync),
+            other => Err(format!(
+                "unknown acknowledgement mode {other:?}: use each-op (every write waits for the secondary) or on-sync (only fsync and O_SYNC writes wait)"
+            )),
+        }
+    }
+}
+
+/// How many early-answered ops may await the secondary at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// Ops.
+    pub ops: u64,
+    /// Bytes: their data plus [`OP_COST`] each.
+    pub bytes: u64,
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Self {
+            ops: MAX_EARLY_OPS,
+            bytes: MAX_EARLY_BYTES,
+        }
+    }
+}
 
 /// What the primary does when the secondary is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +207,11 @@ pub struct Config {
     pub me: String,
     /// The secondary's node name.
     pub peer: String,
+    /// When mutations are answered.
+    pub ack: AckMode,
+    /// With [`AckMode::OnSync`]: how many early-answered ops may await the
+    /// secondary at once.
+    pub bound: Bound,
 }
 
 /// What a mutation changes, announced before it is applied.
@@ -131,6 +228,11 @@ pub struct Touched {
     /// copied range): if the secondary may still hold old bytes there, the
     /// op must carry the data itself.
     pub reads: Vec<RelPath>,
+    /// The application asked for durability: fsync or fdatasync of a file
+    /// or a directory (msync comes as one), a write through an `O_SYNC` or
+    /// `O_DSYNC` open. With [`AckMode::OnSync`] it is answered only once
+    /// every op before it is applied and durable on the secondary.
+    pub sync: bool,
 }
 
 impl Touched {
@@ -158,6 +260,10 @@ pub struct Begin {
     /// The secondary holds what the op reads ([`Touched::reads`]) as we do:
     /// a copied range may be copied there; otherwise send the bytes.
     pub source_clean: bool,
+    /// A sync op of an [`AckMode::OnSync`] mount with a connection: its ops
+    /// end with `Op::Barrier` (the secondary answers it once everything
+    /// before it is applied and durable), which replaces an `Op::Fsync`.
+    pub barrier: bool,
 }
 
 /// How an op's ops fared.
@@ -296,6 +402,12 @@ struct OpState {
     /// Sent during a resync while a path it changes or reads was still to
     /// be visited: the walk carries it, whatever the secondary makes of it.
     carried: bool,
+    /// Answered when submitted ([`AckMode::OnSync`]): its verdict is never
+    /// the application's, but a later sync op's.
+    early: bool,
+    /// Counted in `early_ops`/`early_bytes` (until its outcome), for this
+    /// many bytes.
+    counted: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -306,6 +418,10 @@ struct LinkState {
     /// The secondary was told to mark itself inconsistent, and no
     /// `SetGeneration` (which clears the mark) was sent since.
     peer_marked: bool,
+    /// The generation of the history last submitted to the secondary by a
+    /// `SetGeneration` on this connection (the resync completes only if it
+    /// is still ours when confirmed).
+    generation_sent: Option<GenerationId>,
 }
 
 /// What a staged decision changes once its [`Durable`] is written.
@@ -318,6 +434,10 @@ struct Staged {
     releases: Vec<(OpId, Verdict)>,
     /// The resync of this connection completes.
     complete: Option<u64>,
+    /// Early-answered ops whose verdict is final once this is durable.
+    early_done: Vec<(OpId, Verdict)>,
+    /// The op submitted is answered early (counting this many bytes).
+    early_submit: Option<(OpId, u64)>,
 }
 
 /// The primary's replication state machine.
@@ -364,6 +484,20 @@ pub struct Primary {
     role_since: Instant,
     actions: VecDeque<Action>,
     staged: Option<Staged>,
+    /// Early-answered ops whose verdict is not final: awaiting their
+    /// outcome, or held. A sync op waits for every one before it.
+    early_open: BTreeSet<OpId>,
+    /// Early-answered ops awaiting the secondary, and their bytes (the
+    /// bound).
+    early_ops: u64,
+    early_bytes: u64,
+    /// Early-answered ops the secondary may not hold, that an each-op mount
+    /// would have failed: their errno, and `next_op` when a sync op first
+    /// told the application (every sync op begun before then tells it too).
+    failures: BTreeMap<OpId, (i32, Option<u64>)>,
+    /// Sync ops whose own verdict is known, waiting for the early-answered
+    /// ops before them.
+    waiting: BTreeMap<OpId, Verdict>,
 }
 
 impl Primary {
@@ -405,6 +539,11 @@ impl Primary {
             role_since: now,
             actions: VecDeque::new(),
             staged: None,
+            early_open: BTreeSet::new(),
+            early_ops: 0,
+            early_bytes: 0,
+            failures: BTreeMap::new(),
+            waiting: BTreeMap::new(),
         };
         me.role = me.current_role();
         me
@@ -434,6 +573,25 @@ impl Primary {
         }
         self.dirty.apply(&s.durable.marks);
         self.dirty_bytes = self.dirty_bytes.saturating_add(s.bytes);
+        if let Some((op, bytes)) = s.early_submit {
+            if let Some(o) = self.ops.get_mut(&op) {
+                o.early = true;
+                o.counted = Some(bytes);
+                self.early_ops += 1;
+                self.early_bytes = self.early_bytes.saturating_add(bytes);
+                self.early_open.insert(op);
+            }
+        }
+        for (op, v) in s.early_done {
+            self.finish_early(op, v);
+        }
+        if s.complete.is_some() {
+            // The resync brought every recorded change over, those of the
+            // early-answered ops that failed too: a sync op from here on
+            // (its barrier follows the resync's ops) has nothing to report.
+            // Sync ops released below are answered as held ops are.
+            self.failures.clear();
+        }
         for (op, v) in s.releases {
             self.release(op, v);
         }
@@ -458,7 +616,16 @@ impl Primary {
     /// paths are remembered (not durably) so that this process's resync
     /// still brings them over and nothing reports in sync before.
     pub fn abort(&mut self, op: Option<OpId>, applied: bool) {
-        let staged = self.staged.take();
+        let mut staged = self.staged.take();
+        // An early-answered op whose change could not be recorded: the
+        // application was answered, a later sync op must not be.
+        let early_done = staged
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.early_done))
+            .unwrap_or_default();
+        for (early, _) in early_done {
+            self.finish_early(early, Verdict::Fail(libc::EIO));
+        }
         if let (true, Some(s)) = (applied, staged) {
             let m = s.durable.marks;
             let paths = m
@@ -469,8 +636,14 @@ impl Primary {
             self.volatile.extend(paths.cloned());
         }
         if let Some(op) = op {
-            self.ops.remove(&op);
+            if let Some(mut o) = self.ops.remove(&op) {
+                self.uncount(&mut o);
+                if o.early {
+                    self.finish_early(op, Verdict::Fail(libc::EIO));
+                }
+            }
             self.held.remove(&op);
+            self.waiting.remove(&op);
         }
         self.note_role();
     }
@@ -548,7 +721,14 @@ impl Primary {
         let mut recorded = false;
         let mut carried = false;
         let (epoch, record_activity, mut source_clean) = match role {
-            Role::Fenced | Role::Lost => return Err(libc::EIO),
+            Role::Fenced | Role::Lost => {
+                if self.is_sync(&touched) {
+                    // The application learns that a sync failed: what an
+                    // early-answered op failed to bring over is told.
+                    self.tell(OpId(self.next_op));
+                }
+                return Err(libc::EIO);
+            }
             Role::Prim | Role::Resync => (self.link.map(|l| l.epoch), true, true),
             Role::Alone | Role::Hold => (None, false, false),
         };
@@ -572,6 +752,7 @@ impl Primary {
         }
         let op = OpId(self.next_op);
         self.next_op += 1;
+        let barrier = epoch.is_some() && self.is_sync(&touched);
         self.ops.insert(
             op,
             OpState {
@@ -583,6 +764,8 @@ impl Primary {
                 in_sync_at_submit: false,
                 tainted: false,
                 carried,
+                early: false,
+                counted: None,
             },
         );
         self.note_role();
@@ -591,7 +774,27 @@ impl Primary {
             epoch,
             record_activity,
             source_clean,
+            barrier,
         })
+    }
+
+    /// With [`AckMode::OnSync`]: true when an op touching `touched` may be
+    /// answered early now without passing the [`Bound`] (a single op
+    /// always may); the driver waits for room (bounded) before it begins
+    /// one. Always true for a sync op and in [`AckMode::EachOp`].
+    pub fn room_for(&self, touched: &Touched) -> bool {
+        if self.cfg.ack != AckMode::OnSync || touched.sync || self.early_ops == 0 {
+            return true;
+        }
+        self.early_ops < self.cfg.bound.ops
+            && self.early_bytes.saturating_add(cost(touched)) <= self.cfg.bound.bytes
+    }
+
+    /// True when `op` was answered at its submission ([`AckMode::OnSync`]):
+    /// the driver answers the application now and concludes the op's
+    /// outcome later, off the application's path.
+    pub fn early(&self, op: OpId) -> bool {
+        self.ops.get(&op).is_some_and(|o| o.early)
     }
 
     /// The local change failed: nothing is replicated, nothing answered here.
@@ -621,6 +824,8 @@ impl Primary {
             return None;
         }
         let carried = !o.recorded && self.carried_by_walk(&o.touched);
+        let early = self.cfg.ack == AckMode::OnSync && !o.touched.sync && self.room_for(&o.touched);
+        let bytes = cost(&o.touched);
         if carried {
             let touched = o.touched.clone();
             self.record(&touched);
@@ -632,6 +837,11 @@ impl Primary {
         o.recorded = true;
         o.submitted = Some(self.submissions);
         o.in_sync_at_submit = in_sync;
+        if early {
+            // Once what the submission staged is durable: if it cannot be,
+            // the op is not sent and is answered once concluded.
+            self.stage().early_submit = Some((op, bytes));
+        }
         self.note_role();
         Some(link.epoch)
     }
@@ -646,9 +856,35 @@ impl Primary {
         took: Option<Duration>,
     ) -> Verdict {
         self.event(now);
-        let Some(o) = self.ops.remove(&op) else {
+        let Some(mut o) = self.ops.remove(&op) else {
             return Verdict::Fail(libc::EIO);
         };
+        self.uncount(&mut o);
+        let early = o.early;
+        let sync = self.is_sync(&o.touched);
+        let mut verdict = self.own_verdict(op, o, result, took);
+        if verdict != Verdict::Hold {
+            if early {
+                // The application has its answer; a later sync op gets
+                // this one once the records it needs are durable.
+                self.stage().early_done.push((op, verdict));
+            } else if sync {
+                verdict = self.settle_or_wait(op, verdict);
+            }
+        }
+        self.note_role();
+        verdict
+    }
+
+    /// The verdict an each-op mount gives `o` (already out of `ops`; put
+    /// back and held for [`Verdict::Hold`]).
+    fn own_verdict(
+        &mut self,
+        op: OpId,
+        o: OpState,
+        result: OpResult,
+        took: Option<Duration>,
+    ) -> Verdict {
         if let OpResult::Refused(_) = result {
             self.taint_after(&o);
         }
@@ -709,8 +945,93 @@ impl Primary {
             self.ops.insert(op, o);
             self.held.insert(op);
         }
-        self.note_role();
         verdict
+    }
+
+    /// True for a sync op of an [`AckMode::OnSync`] mount.
+    fn is_sync(&self, touched: &Touched) -> bool {
+        self.cfg.ack == AckMode::OnSync && touched.sync
+    }
+
+    /// `o`'s outcome came (or it went away): it no longer counts against
+    /// the bound.
+    fn uncount(&mut self, o: &mut OpState) {
+        if let Some(bytes) = o.counted.take() {
+            self.early_ops = self.early_ops.saturating_sub(1);
+            self.early_bytes = self.early_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// The early-answered `op` has its final verdict: a failure is kept
+    /// for the next sync ops, and sync ops waiting for it may be answered.
+    fn finish_early(&mut self, op: OpId, verdict: Verdict) {
+        if !self.early_open.remove(&op) {
+            return;
+        }
+        if let Verdict::Fail(errno) = verdict {
+            self.failures.insert(op, (errno, None));
+        }
+        while let Some((&s, &own)) = self.waiting.first_key_value() {
+            if self.early_open.range(..s).next().is_some() {
+                // Every later one waits for that op too.
+                break;
+            }
+            self.waiting.remove(&s);
+            let v = self.settle(s, own);
+            self.actions.push_back(Action::Release(s, v));
+        }
+    }
+
+    /// The verdict of sync op `s` whose own verdict is `own` (Ack or Fail):
+    /// [`Verdict::Hold`] while an early-answered op before it is not final
+    /// (it waits; [`Action::Release`] comes later).
+    fn settle_or_wait(&mut self, s: OpId, own: Verdict) -> Verdict {
+        if self.early_open.range(..s).next().is_some() {
+            self.waiting.insert(s, own);
+            return Verdict::Hold;
+        }
+        self.settle(s, own)
+    }
+
+    /// Every early-answered op before sync op `s` is final: `own`, unless
+    /// one of them failed (the first one's errno then).
+    fn settle(&mut self, s: OpId, own: Verdict) -> Verdict {
+        let told = self.tell(s);
+        match (own, told) {
+            (Verdict::Ack, Some(errno)) => Verdict::Fail(errno),
+            (own, _) => own,
+        }
+    }
+
+    /// The first failure of an early-answered op before sync op `s` that
+    /// `s` must report: one no sync op reported yet, or one first reported
+    /// after `s` began. Marks them reported, and forgets those no pending
+    /// sync op can report any more.
+    fn tell(&mut self, s: OpId) -> Option<i32> {
+        let now = self.next_op;
+        let mut first = None;
+        for (errno, told) in self.failures.range_mut(..s).map(|(_, f)| f) {
+            let report = match told {
+                None => {
+                    *told = Some(now);
+                    true
+                }
+                Some(at) => s.0 < *at,
+            };
+            if report && first.is_none() {
+                first = Some(*errno);
+            }
+        }
+        let oldest_sync = self
+            .ops
+            .iter()
+            .filter(|(_, o)| self.is_sync(&o.touched))
+            .map(|(id, _)| *id)
+            .chain(self.waiting.keys().copied())
+            .min();
+        self.failures
+            .retain(|_, (_, told)| told.is_none_or(|at| oldest_sync.is_some_and(|o| o.0 < at)));
+        first
     }
 
     /// Records what `touched` changes as dirty (staged), and schedules it for
@@ -881,6 +1202,7 @@ impl Primary {
             epoch,
             resync: false,
             peer_marked: false,
+            generation_sent: None,
         });
         let in_sync = relation == Relation::InSync
             && self.dirty.is_empty()
@@ -1037,8 +1359,21 @@ impl Primary {
     }
 
     fn release(&mut self, op: OpId, verdict: Verdict) {
-        if self.held.remove(&op) || self.ops.contains_key(&op) {
-            self.ops.remove(&op);
+        if !(self.held.remove(&op) || self.ops.contains_key(&op)) {
+            return;
+        }
+        let o = self.ops.remove(&op);
+        if o.as_ref().is_some_and(|o| o.early) {
+            // Answered long ago: its verdict is a later sync op's.
+            self.finish_early(op, verdict);
+            return;
+        }
+        let verdict = if o.is_some_and(|o| self.is_sync(&o.touched)) {
+            self.settle_or_wait(op, verdict)
+        } else {
+            verdict
+        };
+        if verdict != Verdict::Hold {
             self.actions.push_back(Action::Release(op, verdict));
         }
     }
@@ -1056,7 +1391,21 @@ impl Primary {
         let now = self.now;
         let retry = &self.retry;
         let ready = |p: &RelPath| retry.get(p).is_none_or(|(at, _)| now >= *at);
-        let (path, full_dir) = self.walk.take_ready(link.epoch, ready)?;
+        // Renames are replayed before the visits they would race with (see
+        // `Renames::waits_for`); with nothing in flight, a path goes anyway,
+        // so that renames in a cycle cannot stop the walk.
+        let (walk, renames) = (&self.walk, &self.renames);
+        let pending = |t: &RelPath| walk.pending_or_in_flight(t);
+        let found = walk
+            .find_ready(|p| ready(p) && !renames.waits_for(p, pending))
+            .or_else(|| {
+                if walk.busy() {
+                    None
+                } else {
+                    walk.find_ready(ready)
+                }
+            })?;
+        let (path, full_dir) = self.walk.take_found(found, link.epoch);
         Some(Job {
             full: self.full || full_dir,
             path,
@@ -1182,6 +1531,7 @@ impl Primary {
             return None;
         }
         l.peer_marked = false;
+        l.generation_sent = self.history.current();
         self.peer_may_share = true;
         Some(self.history.ids().iter().map(|g| g.0).collect())
     }
@@ -1199,11 +1549,20 @@ impl Primary {
     }
 
     /// The secondary confirmed the history sent on `epoch`: if nothing became
-    /// pending in the meantime, both sides hold the same data (staged: the
-    /// dirty records are cleared; held ops are answered).
+    /// pending in the meantime, and our generation is still the one sent,
+    /// both sides hold the same data (staged: the dirty records are
+    /// cleared; held ops are answered). A new generation since (an op
+    /// acknowledged without the secondary that changed no path: a refused
+    /// fsync or barrier) makes the resync conclude again, with it.
     pub fn handle_resync_complete(&mut self, now: Instant, epoch: u64) -> bool {
         self.event(now);
-        let ok = self.link.is_some_and(|l| l.epoch == epoch && l.resync) && self.walk.is_idle();
+        let current = self.history.current();
+        let ok = self.link.is_some_and(|l| {
+            l.epoch == epoch
+                && l.resync
+                && l.generation_sent.is_some()
+                && l.generation_sent == current
+        }) && self.walk.is_idle();
         if ok {
             let held: Vec<OpId> = self.held.iter().copied().collect();
             let s = self.stage();
@@ -1245,6 +1604,28 @@ impl Primary {
     /// Paths to resync that could not be recorded durably.
     pub fn volatile(&self) -> &BTreeSet<RelPath> {
         &self.volatile
+    }
+
+    /// The oldest op sent to the secondary whose outcome has not come: the
+    /// activity log keeps the directories of every op from it on (after a
+    /// crash of this node they are compared), however long the answer
+    /// takes (an early-answered op of an on-sync mount may wait long).
+    pub fn oldest_in_flight(&self) -> Option<OpId> {
+        self.ops
+            .iter()
+            .find(|(_, o)| o.submitted.is_some())
+            .map(|(id, _)| *id)
+    }
+
+    /// The id the next op begun gets.
+    pub fn next_op(&self) -> OpId {
+        OpId(self.next_op)
+    }
+
+    /// Early-answered ops awaiting the secondary's answer, and their bytes
+    /// (see [`Bound`]).
+    pub fn early_in_flight(&self) -> (u64, u64) {
+        (self.early_ops, self.early_bytes)
     }
 
     /// Ops waiting for a decision.

@@ -153,6 +153,26 @@ impl Renames {
         out
     }
 
+    /// True when the visit of `p` must wait for that of another renamed
+    /// object still to be visited (`pending`): one whose old name is `p`,
+    /// `p`'s own old name, or below either. Its visit moves it out of there
+    /// on the secondary; a visit of `p` first would overwrite it (a log
+    /// rotated while apart: `log` rewritten before `log.1` is moved from
+    /// it), remove it from a directory listing (a file moved out of a
+    /// renamed directory), or move it along with its directory (inner
+    /// renames are replayed before outer ones). Renames in a cycle wait for
+    /// each other: the caller then visits one anyway (only bytes are at
+    /// stake).
+    pub fn waits_for(&self, p: &RelPath, pending: impl Fn(&RelPath) -> bool) -> bool {
+        let waits_below = |x: &RelPath| {
+            let at = self.targets.get_key_value(x).into_iter();
+            let below = x.below().map(|(lo, hi)| self.targets.range(lo..hi));
+            at.chain(below.into_iter().flatten())
+                .any(|(_, ts)| ts.iter().any(|t| t != p && pending(t)))
+        };
+        waits_below(p) || self.origin.get(p).is_some_and(waits_below)
+    }
+
     /// The resync visited `p` (the object renamed to it was moved there on
     /// the secondary, or sent again): where it came from no longer matters.
     /// Without this, objects renamed in a cycle while apart (`a` and `b`

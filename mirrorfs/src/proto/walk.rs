@@ -141,18 +141,32 @@ impl Walk {
         epoch: u64,
         ready: impl Fn(&RelPath) -> bool,
     ) -> Option<(RelPath, bool)> {
-        let p = self
-            .pending
+        let p = self.find_ready(ready)?;
+        Some(self.take_found(p, epoch))
+    }
+
+    /// The path [`Walk::take_ready`] would hand out, without handing it out.
+    pub fn find_ready(&self, ready: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
+        self.pending
             .iter()
             .take(SCAN)
-            .find(|p| ready(p) && !self.blocked(p))?
-            .clone();
+            .find(|p| ready(p) && !self.blocked(p))
+            .cloned()
+    }
+
+    /// True when `p` is still to visit or being visited.
+    pub fn pending_or_in_flight(&self, p: &RelPath) -> bool {
+        self.pending.contains(p) || self.in_flight.contains_key(p)
+    }
+
+    /// Hands out `p`, found by [`Walk::find_ready`], under `epoch`.
+    pub fn take_found(&mut self, p: RelPath, epoch: u64) -> (RelPath, bool) {
         self.pending.remove(&p);
         self.in_flight.insert(p.clone(), epoch);
         let full = self.full_dirs.remove(&p)
             || self.full_trees.contains(&p)
             || p.ancestors().any(|a| self.full_trees.contains(&a));
-        Some((p, full))
+        (p, full)
     }
 
     /// The worker given `p` under `epoch` is done with it (whatever the

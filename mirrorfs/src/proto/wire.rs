@@ -11,8 +11,9 @@ use super::path::{PathError, RelPath};
 
 /// Protocol version carried by [`Hello`]; both sides must speak the same one.
 /// (3: paths up to [`MAX_PATH`](super::path::MAX_PATH), 32 KiB; BeginResync;
-/// progress reports; suspects in pages after the hello; paged listings.)
-pub const PROTOCOL_VERSION: u32 = 3;
+/// progress reports; suspects in pages after the hello; paged listings.
+/// 4: Barrier, for `--ack=on-sync`.)
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest data payload of one write (the FUSE `max_write` is 1 MiB).
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
@@ -354,6 +355,10 @@ pub enum Op {
         /// The history, current first.
         ids: Vec<u64>,
     },
+    /// Makes every op before it durable (`--ack=on-sync`: a sync op of the
+    /// application): answered by [`Frame::Synced`] once the secondary has
+    /// applied everything before it and flushed its file system.
+    Barrier,
     /// Start of a resync: until the [`Op::SetGeneration`] that ends it, the
     /// secondary's tree is a mix of old and new data. The secondary marks it
     /// inconsistent, durably, before it acknowledges this op.
@@ -495,7 +500,7 @@ pub fn decode_listing(mut b: &[u8]) -> Result<Vec<(Vec<u8>, u32)>, WireError> {
 impl Op {
     /// True for operations answered only once durable ([`Frame::Synced`]).
     pub fn is_durability(&self) -> bool {
-        matches!(self, Self::Fsync { .. })
+        matches!(self, Self::Fsync { .. } | Self::Barrier)
     }
 
     /// A short name for logs and errors.
@@ -531,6 +536,7 @@ impl Op {
             Self::Checksums { .. } => "checksums",
             Self::SetGeneration { .. } => "set-generation",
             Self::BeginResync { .. } => "begin-resync",
+            Self::Barrier => "barrier",
         }
     }
 
@@ -710,6 +716,7 @@ mod opcode {
     pub(super) const CHECKSUMS: u8 = 28;
     pub(super) const SET_GENERATION: u8 = 29;
     pub(super) const BEGIN_RESYNC: u8 = 30;
+    pub(super) const BARRIER: u8 = 31;
 }
 
 impl Frame {
@@ -1158,6 +1165,7 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
             w.u8(opcode::BEGIN_RESYNC);
             w.u64(*generation);
         }
+        Op::Barrier => w.u8(opcode::BARRIER),
     }
 }
 
@@ -1413,6 +1421,7 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         opcode::BEGIN_RESYNC => Op::BeginResync {
             generation: r.u64()?,
         },
+        opcode::BARRIER => Op::Barrier,
         c => return Err(WireError::UnknownOp(c)),
     })
 }

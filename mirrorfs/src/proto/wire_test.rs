@@ -227,6 +227,7 @@ fn every_frame_kind_round_trips() {
         Op::BeginResync {
             generation: u64::MAX,
         },
+        Op::Barrier,
     ] {
         round_trip(&op_frame(op));
     }
@@ -521,6 +522,18 @@ fn listing_pages_and_list_requests_are_checked() {
 }
 
 #[test]
+fn issue_10_7_a_barrier_is_opcode_31_alone_and_answered_when_durable() {
+    let mut buf = Vec::new();
+    op_frame(Op::Barrier).encode(&mut buf);
+    // Length, tag, sequence number, opcode.
+    assert_eq!(buf.len(), 4 + 1 + 8 + 1);
+    assert_eq!(buf[4 + 1 + 8], 31);
+    assert!(Op::Barrier.is_durability(), "answered by Synced");
+    assert_eq!(PROTOCOL_VERSION, 4, "a peer without barriers is told");
+    round_trip(&op_frame(Op::Barrier));
+}
+
+#[test]
 fn begin_resync_is_opcode_30_with_the_generation() {
     let mut buf = Vec::new();
     op_frame(Op::BeginResync {
@@ -536,7 +549,6 @@ fn begin_resync_is_opcode_30_with_the_generation() {
     let body = (short.len() - 4) as u32;
     short[..4].copy_from_slice(&body.to_be_bytes());
     assert!(Frame::decode(&short).is_err());
-    assert_eq!(PROTOCOL_VERSION, 3);
 }
 
 fn arb_path() -> impl Strategy<Value = RelPath> {
@@ -595,6 +607,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         (arb_target(), any::<bool>()).prop_map(|(target, datasync)| Op::Fsync { target, datasync }),
         arb_path().prop_map(|path| Op::Unlink { path }),
         any::<u64>().prop_map(|generation| Op::BeginResync { generation }),
+        Just(Op::Barrier),
     ]
 }
 

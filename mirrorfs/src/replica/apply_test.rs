@@ -122,12 +122,28 @@ fn fsync_returns_a_descriptor_to_sync() {
         })
         .unwrap()
     {
-        Applied::Sync { fd, datasync } => {
-            assert!(datasync);
-            sys::fsync(fd.as_fd(), true).unwrap();
+        Applied::Sync { fd, how } => {
+            assert_eq!(how, SyncHow::Fdatasync);
+            how.run(fd.as_fd()).unwrap();
         }
         other => panic!("expected a sync, got {other:?}"),
     }
+}
+
+#[test]
+fn issue_10_7_a_barrier_flushes_the_replicas_file_system() {
+    let mut f = fixture();
+    match f.a.apply(&Op::Barrier).unwrap() {
+        Applied::Sync { fd, how } => {
+            assert_eq!(how, SyncHow::Syncfs);
+            let st = sys::fstat(fd.as_fd()).unwrap();
+            let root = fs::metadata(&f.root).unwrap();
+            assert_eq!((st.st_dev, st.st_ino), (root.dev(), root.ino()), "the root");
+            how.run(fd.as_fd()).unwrap();
+        }
+        other => panic!("expected a sync, got {other:?}"),
+    }
+    assert!(!refusal_diverges(&Op::Barrier), "changes nothing");
 }
 
 #[test]

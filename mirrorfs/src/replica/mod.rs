@@ -11,4 +11,4 @@
 
 pub mod apply;
 
-pub use apply::{Applied, Applier};
+pub use apply::{Applied, Applier, SyncHow};

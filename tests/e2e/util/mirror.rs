@@ -8,7 +8,12 @@
 //! then umount -l), stops the processes, removes the namespaces and then the
 //! temp dir, and never removes a dir that is still mounted (that would recurse
 //! into the mount, or hang on a dead one).
+//!
+//! Every mount the fixture starts gets `--ack` of the fixture's [`Ack`]
+//! (unless its arguments say otherwise): each-op, or on-sync for a test run
+//! through [`with_ack`] (the [`on_sync_twins!`] of a module's tests).
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
@@ -31,6 +36,59 @@ pub const PRIM_DEADLINE: Duration = Duration::from_secs(30);
 /// (the peer timeout, twice, plus slack for a loaded machine).
 pub const ALONE_DEADLINE: Duration = Duration::from_secs(30);
 
+/// When the fixture's mounts answer writes (`mirrorfs mount --ack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Every mutation once the secondary applied it (the default).
+    EachOp,
+    /// Syncs wait for everything before them; other ops once queued.
+    OnSync,
+}
+
+impl Ack {
+    /// The `--ack` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EachOp => "each-op",
+            Self::OnSync => "on-sync",
+        }
+    }
+}
+
+thread_local! {
+    /// The ack mode of fixtures prepared on this thread (each test runs on
+    /// its own thread).
+    static ACK: Cell<Ack> = const { Cell::new(Ack::EachOp) };
+}
+
+/// Runs the test `case` with every fixture it prepares mounting with `ack`.
+pub fn with_ack<T>(ack: Ack, case: impl FnOnce() -> T) -> T {
+    ACK.set(ack);
+    let r = case();
+    ACK.set(Ack::EachOp);
+    r
+}
+
+/// For each test `NAME` of the module (each-op, the default), declares its
+/// twin `on_sync::NAME`: the same case with `mirrorfs mount --ack on-sync`.
+#[macro_export]
+macro_rules! on_sync_twins {
+    ($($name:ident),* $(,)?) => {
+        /// The same cases with `mirrorfs mount --ack on-sync` (issue 10, item 7).
+        mod on_sync {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    $crate::util::mirror::with_ack(
+                        $crate::util::mirror::Ack::OnSync,
+                        super::$name,
+                    )
+                }
+            )*
+        }
+    };
+}
+
 pub struct Mirror {
     // Drop order matters and is spelled out in `Drop` below.
     /// Each running `mount` with its mount point, in start order.
@@ -43,6 +101,8 @@ pub struct Mirror {
     pub node2: Node,
     bin: PathBuf,
     dir: Option<TempDir>,
+    /// `--ack` of its mounts.
+    ack: Ack,
 }
 
 /// The arguments of one `mirrorfs mount`, defaulting to node1's key pair,
@@ -127,6 +187,7 @@ impl Mirror {
             lab,
             bin,
             dir: Some(dir),
+            ack: ACK.get(),
         };
         m.keygen("node1")?;
         m.keygen("node2")?;
@@ -244,6 +305,9 @@ impl Mirror {
             keys.join(format!("{}.crt", args.peer_cert)),
         ));
         argv.push("--foreground".into());
+        if !args.extra.iter().any(|a| a.starts_with("--ack")) {
+            argv.extend(flag("--ack", self.ack.name()));
+        }
         argv.extend(args.extra.iter().map(OsString::from));
         let node = if args.on_node2 {
             &self.node2
@@ -267,6 +331,13 @@ impl Mirror {
     /// and waits for its `mount` process to exit by itself; returns how it
     /// exited (the caller judges it).
     pub fn unmount(&mut self, mountpoint: &Path) -> Result<ExitStatus> {
+        self.start_unmount(mountpoint)?.wait_exit(START_DEADLINE)
+    }
+
+    /// [`Mirror::unmount`] without the wait: `fusermount3 -u`, then the
+    /// `mount` process, still running (the caller waits for it; dropping it
+    /// stops it).
+    pub fn start_unmount(&mut self, mountpoint: &Path) -> Result<Proc> {
         let i = self
             .mounts
             .iter()
@@ -274,8 +345,8 @@ impl Mirror {
             .with_context(|| format!("no mount of this fixture at {}", mountpoint.display()))?;
         run_ok(Command::new("fusermount3").arg("-u").arg(mountpoint))?;
         // Taken out first: if it does not exit, dropping it stops it.
-        let (_, mut mount) = self.mounts.remove(i);
-        mount.wait_exit(START_DEADLINE)
+        let (_, mount) = self.mounts.remove(i);
+        Ok(mount)
     }
 
     /// SIGKILLs `serve`: the secondary vanishes without a goodbye.
@@ -419,6 +490,11 @@ impl Mirror {
     /// The replica equals the backing dir (see [`Mirror::expect_identical`]).
     pub fn expect_replica_identical(&self) -> Result<()> {
         self.expect_identical(&self.backing(), &self.replica())
+    }
+
+    /// `--ack` of the fixture's mounts.
+    pub fn ack(&self) -> Ack {
+        self.ack
     }
 
     /// The `mirrorfs` binary under test.

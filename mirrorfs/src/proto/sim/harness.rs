@@ -15,7 +15,8 @@ use crate::proto::dirty::DirtySet;
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
 use crate::proto::primary::{
-    Action, Begin, Config, Job, OnPeerLoss, OpId, OpResult, Primary, Role, Touched, Verdict,
+    AckMode, Action, Begin, Bound, Config, Job, OnPeerLoss, OpId, OpResult, Primary, Role, Touched,
+    Verdict, OP_COST,
 };
 
 /// Steps with faults, then at most this many to settle without them.
@@ -52,8 +53,11 @@ impl Rng {
 /// A mutation of the application.
 #[derive(Debug, Clone)]
 enum Mutation {
-    /// Create or overwrite `name` with a new token.
-    Write(RelPath, u64),
+    /// Create or overwrite `name` with a new token (`true`: through an
+    /// `O_SYNC` open, a sync op).
+    Write(RelPath, u64, bool),
+    /// fsync of `name` (absent: of the directory): a sync op.
+    Sync(RelPath),
     Remove(RelPath),
     Rename(RelPath, RelPath),
     /// A range of `.0` copied into `.1` (which must exist).
@@ -72,14 +76,30 @@ enum SimOp {
     List,
     SetGeneration(History),
     BeginResync,
+    /// An each-op mount's fsync.
+    Fsync(RelPath),
+    /// An on-sync mount's sync op: answered once everything before it is
+    /// applied (and durable: the simulated secondary's tree is).
+    Barrier,
 }
 
 /// Who waits for an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
     App(usize),
+    /// An op answered early (on-sync): the completion thread concludes it.
+    Early(OpId),
     Worker,
     Control,
+}
+
+/// An early-answered op awaiting the secondary's answers.
+#[derive(Debug)]
+struct Early {
+    effects: Vec<(RelPath, usize)>,
+    left: usize,
+    failed: Option<i32>,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -161,6 +181,14 @@ pub(super) struct Stats {
     pub(super) copies_as_ranges: u64,
     pub(super) persist_failures: u64,
     pub(super) fenced: u64,
+    /// On-sync: ops answered at submission; sync ops that waited for the
+    /// early ops before them; sync ops acknowledged, failed for an early
+    /// op's failure; times the bound held a mutation back.
+    pub(super) early_answers: u64,
+    pub(super) syncs_waited: u64,
+    pub(super) syncs_acked: u64,
+    pub(super) syncs_told: u64,
+    pub(super) back_pressure: u64,
 }
 
 impl Stats {
@@ -175,6 +203,11 @@ impl Stats {
         self.copies_as_ranges += o.copies_as_ranges;
         self.persist_failures += o.persist_failures;
         self.fenced += o.fenced;
+        self.early_answers += o.early_answers;
+        self.syncs_waited += o.syncs_waited;
+        self.syncs_acked += o.syncs_acked;
+        self.syncs_told += o.syncs_told;
+        self.back_pressure += o.back_pressure;
     }
 }
 
@@ -183,6 +216,9 @@ pub(super) struct Sim {
     rng: Rng,
     pub(super) now: Instant,
     pub(super) mode: OnPeerLoss,
+    pub(super) ack: AckMode,
+    /// On-sync: how many early ops may await the secondary.
+    pub(super) bound: Bound,
     pub(super) core: Primary,
     pub(super) primary: BTreeMap<RelPath, u64>,
     pub(super) oracle: Oracle,
@@ -208,6 +244,20 @@ pub(super) struct Sim {
     pub(super) trace: Vec<String>,
     /// A violation found inside a step (reported after it).
     pub(super) deferred: Option<Violation>,
+    /// On-sync: early-answered ops awaiting the secondary.
+    early: BTreeMap<OpId, Early>,
+    /// Changes answered without waiting for the secondary (on-sync), not
+    /// yet covered by an acknowledged sync op: a sync op acknowledged
+    /// after them acknowledges them.
+    unsynced: BTreeMap<OpId, Vec<(RelPath, usize)>>,
+    /// Sync ops begun and not answered.
+    syncs: BTreeSet<OpId>,
+    /// Those among them whose own ops the secondary applied.
+    applied_syncs: BTreeSet<OpId>,
+    /// Every tree the primary had, in order of its changes: a consistent
+    /// secondary at the primary's generation holds one of them (a prefix
+    /// of the ops).
+    pub(super) states: BTreeSet<Vec<(RelPath, u64)>>,
 }
 
 impl fmt::Debug for Sim {
@@ -226,7 +276,7 @@ fn mix(src: u64, dst: u64) -> u64 {
 }
 
 impl Sim {
-    pub(super) fn new(seed: u64, origin: Instant) -> Self {
+    pub(super) fn new(seed: u64, origin: Instant, ack: AckMode) -> Self {
         let mut rng = Rng::new(seed);
         let mode = match seed % 3 {
             0 => OnPeerLoss::Fail,
@@ -236,6 +286,11 @@ impl Sim {
         let now = origin;
         let names: Vec<RelPath> = NAMES.iter().map(|n| name(n)).collect();
         let first = History::from_ids(vec![GenerationId(1)]);
+        // A small bound, so that the application meets it.
+        let bound = Bound {
+            ops: 1 + rng.below(4),
+            bytes: 3 * (OP_COST + 8),
+        };
         let cfg = Config {
             on_peer_loss: mode,
             hold_timeout: Duration::from_secs(8),
@@ -243,12 +298,16 @@ impl Sim {
             seed: rng.next(),
             me: "node1".into(),
             peer: "node2".into(),
+            ack,
+            bound,
         };
         let core = Primary::new(cfg, now, first.clone(), DirtySet::default());
         let mut sim = Self {
             rng,
             now,
             mode,
+            ack,
+            bound,
             core,
             primary: BTreeMap::new(),
             oracle: Oracle::new(&names),
@@ -269,6 +328,11 @@ impl Sim {
             stats: Stats::default(),
             trace: Vec::new(),
             deferred: None,
+            early: BTreeMap::new(),
+            unsynced: BTreeMap::new(),
+            syncs: BTreeSet::new(),
+            applied_syncs: BTreeSet::new(),
+            states: [Vec::new()].into(),
         };
         sim.core.handle_start(now, false);
         sim.persist(false);
@@ -278,8 +342,9 @@ impl Sim {
 
     pub(super) fn describe(&self) -> String {
         format!(
-            "mode {:?}, role {}, link {:?}, primary {:?}, secondary {:?}{}, disk dirty {:?}, history {:?} / secondary {:?}",
+            "mode {:?}, ack {}, role {}, link {:?}, primary {:?}, secondary {:?}{}, disk dirty {:?}, history {:?} / secondary {:?}",
             self.mode,
+            self.ack,
             self.core.role(),
             self.link.as_ref().map(|l| l.epoch),
             self.primary,
@@ -320,6 +385,7 @@ impl Sim {
     fn settled(&self) -> bool {
         self.core.snapshot(self.now).in_sync
             && self.actors.iter().all(|a| matches!(a, Actor::Idle))
+            && self.early.is_empty()
             && self
                 .link
                 .as_ref()
@@ -378,23 +444,33 @@ impl Sim {
 
     fn begin(&mut self, i: usize) -> Result<(), Violation> {
         let (a, b) = (self.pick(), self.pick());
-        let m = match self.rng.below(8) {
+        let m = match self.rng.below(10) {
             0..=2 => {
                 self.tokens += 1;
-                Mutation::Write(a, self.tokens << 8)
+                Mutation::Write(a, self.tokens << 8, self.rng.chance(10))
             }
             3 => Mutation::Remove(a),
             4 | 5 if a != b => Mutation::Rename(a, b),
-            _ if a != b => Mutation::Copy(a, b),
+            6 | 7 if a != b => Mutation::Copy(a, b),
+            8 | 9 => Mutation::Sync(a),
             _ => return Ok(()),
         };
         let touched = match &m {
-            Mutation::Write(n, _) if self.primary.contains_key(n) => Touched {
+            Mutation::Write(n, _, sync) if self.primary.contains_key(n) => Touched {
                 paths: vec![n.clone()],
                 data: Some((0, 8)),
+                sync: *sync,
                 ..Touched::default()
             },
-            Mutation::Write(n, _) | Mutation::Remove(n) => Touched::paths(vec![n.clone()]),
+            Mutation::Write(n, _, sync) => Touched {
+                sync: *sync,
+                ..Touched::paths(vec![n.clone()])
+            },
+            Mutation::Sync(_) => Touched {
+                sync: true,
+                ..Touched::default()
+            },
+            Mutation::Remove(n) => Touched::paths(vec![n.clone()]),
             Mutation::Rename(a, b) => Touched {
                 paths: vec![a.clone(), b.clone()],
                 rename: Some((a.clone(), b.clone())),
@@ -407,6 +483,16 @@ impl Sim {
                 ..Touched::default()
             },
         };
+        if !self.core.room_for(&touched) {
+            // The driver waits for room (bounded): mostly it comes; past
+            // the wait the op goes on and is answered late.
+            self.stats.back_pressure += 1;
+            if self.rng.chance(90) {
+                self.log(format!("actor {i}: {m:?} waits for room"));
+                return Ok(());
+            }
+        }
+        let sync = touched.sync;
         let role = self.core.role();
         match self.core.handle_begin(self.now, touched) {
             Err(e) => {
@@ -425,6 +511,9 @@ impl Sim {
                     return Ok(());
                 }
                 self.log(format!("actor {i}: begin {m:?} in {role} as {begin:?}"));
+                if sync {
+                    self.syncs.insert(begin.op);
+                }
                 self.drain_actions();
                 self.sequencer = Some(i);
                 self.actors[i] = Actor::Begun { begin, m };
@@ -437,7 +526,7 @@ impl Sim {
         let op = begin.op;
         let has = |s: &Self, n: &RelPath| s.primary.contains_key(n);
         let valid = match &m {
-            Mutation::Write(..) => true,
+            Mutation::Write(..) | Mutation::Sync(_) => true,
             Mutation::Remove(n) => has(self, n),
             Mutation::Rename(a, _) => has(self, a),
             Mutation::Copy(a, b) => has(self, a) && has(self, b),
@@ -448,12 +537,17 @@ impl Sim {
             self.log(format!("actor {i}: {m:?} failed locally"));
             return;
         }
+        let barrier = begin.barrier.then_some(SimOp::Barrier);
         let (effects, sends) = match m {
-            Mutation::Write(n, t) => {
+            Mutation::Write(n, t, _) => {
                 self.primary.insert(n.clone(), t);
                 let v = self.oracle.changed(&n, Some(t));
-                (vec![(n.clone(), v)], vec![SimOp::Set(n, t)])
+                let mut sends = vec![SimOp::Set(n.clone(), t)];
+                sends.extend(barrier);
+                (vec![(n, v)], sends)
             }
+            // The barrier stands for the fsync.
+            Mutation::Sync(n) => (Vec::new(), vec![barrier.unwrap_or(SimOp::Fsync(n))]),
             Mutation::Remove(n) => {
                 self.primary.remove(&n);
                 let v = self.oracle.changed(&n, None);
@@ -484,6 +578,8 @@ impl Sim {
             }
         };
         self.log(format!("actor {i}: applied {effects:?}"));
+        self.states
+            .insert(self.primary.iter().map(|(n, t)| (n.clone(), *t)).collect());
         self.actors[i] = Actor::Applied { op, effects, sends };
     }
 
@@ -502,8 +598,35 @@ impl Sim {
             sent_on = None;
         }
         self.drain_actions();
+        let early = self.core.early(op);
         let link = self.link.as_mut().filter(|l| Some(l.epoch) == sent_on);
         match link {
+            Some(l) if early => {
+                // Queued in order for the secondary: answered now.
+                let left = sends.len();
+                for s in sends {
+                    l.to_sec.push_back(Msg {
+                        op: s,
+                        tag: Tag::Early(op),
+                    });
+                }
+                self.early.insert(
+                    op,
+                    Early {
+                        effects: effects.clone(),
+                        left,
+                        failed: None,
+                        since: self.now,
+                    },
+                );
+                self.stats.early_answers += 1;
+                self.log(format!(
+                    "actor {i}: submitted on {sent_on:?}, answered early"
+                ));
+                self.actors[i] = Actor::Idle;
+                self.unsynced.insert(op, effects);
+                Ok(())
+            }
             Some(l) => {
                 let left = sends.len();
                 for s in sends {
@@ -549,27 +672,64 @@ impl Sim {
             verdict = Verdict::Fail(libc::EIO);
         }
         self.log(format!("actor {i}: {result:?} -> {verdict:?}"));
+        let on_sync = self.ack == AckMode::OnSync && self.syncs.contains(&op);
+        if on_sync && result == OpResult::Applied {
+            self.applied_syncs.insert(op);
+            if verdict == Verdict::Hold {
+                self.stats.syncs_waited += 1;
+            }
+        }
+        // Held before the releases it may cause.
+        if verdict == Verdict::Hold {
+            self.stats.held += 1;
+            self.actors[i] = Actor::Held {
+                op,
+                effects: effects.clone(),
+            };
+        }
         self.drain_actions();
         match verdict {
-            Verdict::Hold => {
-                self.stats.held += 1;
-                self.actors[i] = Actor::Held { op, effects };
-                Ok(())
-            }
-            v => self.answer(i, effects, v),
+            Verdict::Hold => Ok(()),
+            v => self.answer(i, op, effects, v),
         }
     }
 
-    /// The application gets `verdict` for a change with `effects`.
+    /// The outcome of an early-answered op: concluded, nobody answered.
+    fn early_outcome(&mut self, op: OpId, result: OpResult, took: Option<Duration>) {
+        let mut verdict = self.core.handle_outcome(self.now, op, result, took);
+        if !self.persist(true) {
+            self.core.abort(Some(op), true);
+            verdict = Verdict::Fail(libc::EIO);
+        }
+        self.log(format!("early {op:?}: {result:?} -> {verdict:?}"));
+        self.drain_actions();
+    }
+
+    /// The application gets `verdict` for op `op`, a change with `effects`.
+    /// An acknowledged sync op (on-sync) acknowledges every change answered
+    /// early before it too.
     fn answer(
         &mut self,
         i: usize,
-        effects: Vec<(RelPath, usize)>,
+        op: OpId,
+        mut effects: Vec<(RelPath, usize)>,
         verdict: Verdict,
     ) -> Result<(), Violation> {
         self.actors[i] = Actor::Idle;
+        let sync = self.syncs.remove(&op) && self.ack == AckMode::OnSync;
+        let applied = self.applied_syncs.remove(&op);
         if verdict != Verdict::Ack {
+            if sync && applied && matches!(verdict, Verdict::Fail(_)) {
+                self.stats.syncs_told += 1;
+            }
             return Ok(());
+        }
+        if sync {
+            self.stats.syncs_acked += 1;
+            let later = self.unsynced.split_off(&op);
+            for (_, e) in std::mem::replace(&mut self.unsynced, later) {
+                effects.extend(e);
+            }
         }
         let missing: Vec<(RelPath, usize)> = effects
             .iter()
@@ -634,7 +794,7 @@ impl Sim {
                         self.stats.released_by_grant += 1;
                     }
                     self.log(format!("actor {i}: released {v:?}"));
-                    if let Err(e) = self.answer(i, effects, v) {
+                    if let Err(e) = self.answer(i, op, effects, v) {
                         // Reported by the next invariant check.
                         self.pending_violation(e);
                     }
@@ -688,6 +848,10 @@ impl Sim {
     fn lose_link(&mut self, why: &str) {
         let Some(l) = self.link.take() else { return };
         self.log(format!("{why}: epoch {}", l.epoch));
+        // The completion thread's ops first, in order (either order holds).
+        for (op, _) in std::mem::take(&mut self.early) {
+            self.early_outcome(op, OpResult::Lost, None);
+        }
         for i in 0..ACTORS {
             if let Actor::Waiting { op, .. } = &self.actors[i] {
                 let op = *op;
@@ -729,12 +893,16 @@ impl Sim {
             let refuse = self.faults
                 && matches!(msg.op, SimOp::Set(..) | SimOp::Copy(..) | SimOp::Rename(..))
                 && self.rng.chance(4);
+            // A flush that fails (the secondary's disk): nothing diverges.
+            let flush_failed = self.faults && msg.op == SimOp::Barrier && self.rng.chance(2);
             let result = if refuse {
                 Err(libc::ENOSPC)
+            } else if flush_failed {
+                Err(libc::EIO)
             } else {
                 self.sec_apply(&msg.op)
             };
-            if result.is_err() {
+            if result.is_err() && !flush_failed {
                 // It no longer holds what the primary has: never promote it
                 // as is (the resync's end clears the mark).
                 self.sec_inconsistent = true;
@@ -777,6 +945,7 @@ impl Sim {
                 self.sec_inconsistent = false;
             }
             SimOp::BeginResync => self.sec_inconsistent = true,
+            SimOp::Fsync(_) | SimOp::Barrier => {}
         }
         Ok(None)
     }
@@ -813,6 +982,17 @@ impl Sim {
                     let result = failed.map_or(OpResult::Applied, OpResult::Refused);
                     let took = Some(self.now.saturating_duration_since(since));
                     self.outcome(i, op, effects, result, took)?;
+                }
+                Tag::Early(op) => {
+                    let e = self.early.get_mut(&op).expect("an early op awaits it");
+                    e.left -= 1;
+                    e.failed = e.failed.or(r.result.err());
+                    if e.left == 0 {
+                        let e = self.early.remove(&op).expect("just seen");
+                        let result = e.failed.map_or(OpResult::Applied, OpResult::Refused);
+                        let took = Some(self.now.saturating_duration_since(e.since));
+                        self.early_outcome(op, result, took);
+                    }
                 }
                 Tag::Worker => self.worker_answer(r.result),
                 Tag::Control => {}
@@ -1034,7 +1214,15 @@ impl Sim {
     pub(super) fn in_flight_touches(&self, n: &RelPath) -> bool {
         self.actors.iter().any(
             |a| matches!(a, Actor::Waiting { effects, .. } if effects.iter().any(|(e, _)| e == n)),
-        )
+        ) || self
+            .early
+            .values()
+            .any(|e| e.effects.iter().any(|(x, _)| x == n))
+    }
+
+    /// Early-answered ops awaiting the secondary.
+    pub(super) fn early_awaiting(&self) -> u64 {
+        self.early.len() as u64
     }
 
     /// True when the link carries something.

@@ -2,8 +2,10 @@
 //! against the oracle; each violation is a [`Violation`] with what was seen.
 
 mod acked_kept;
+mod bounded;
 mod generations_grow;
 mod in_sync_equal;
+mod prefix;
 mod quorum;
 mod shared_generation;
 
@@ -34,6 +36,12 @@ pub(super) enum Violation {
     HistoryRewritten(String),
     /// Without faults, the pair did not come back in sync with equal trees.
     NotSettled(String),
+    /// A consistent secondary at the primary's generation holds a tree the
+    /// primary never had (not a prefix of its ops).
+    NotAPrefix(String),
+    /// More early-answered ops await the secondary than the bound allows,
+    /// or the core miscounts them.
+    Unbounded(String),
 }
 
 impl fmt::Display for Violation {
@@ -54,6 +62,8 @@ impl fmt::Display for Violation {
             Self::BeganWhileFenced(d) => ("a mutation began while fenced", d),
             Self::HistoryRewritten(d) => ("the generation history was rewritten", d),
             Self::NotSettled(d) => ("no return to sync without faults", d),
+            Self::NotAPrefix(d) => ("the secondary is not a prefix of the primary", d),
+            Self::Unbounded(d) => ("the early-answered ops are not bounded", d),
         };
         write!(f, "{what}: {detail}")
     }
@@ -78,6 +88,8 @@ pub(super) fn check(sim: &mut Sim) -> Result<(), Violation> {
     acked_kept::check(sim)?;
     in_sync_equal::check(sim)?;
     shared_generation::check(sim)?;
+    prefix::check(sim)?;
+    bounded::check(sim)?;
     Ok(())
 }
 
