@@ -105,30 +105,9 @@ impl Client {
     /// status it holds; an error answer is [`ClientError::Refused`], the end
     /// of the stream [`ClientError::Closed`].
     pub fn answer(&mut self) -> Result<(String, Status), ClientError> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .map_err(|source| self.io(source))?;
-        if n == 0 {
-            return Err(ClientError::Closed {
-                path: self.path.clone(),
-            });
-        }
-        let line = line.trim_end().to_owned();
-        match Answer::decode(&line) {
-            Ok(Answer::Status(st)) => Ok((line, *st)),
-            Ok(Answer::Error(e)) => Err(ClientError::Refused(e)),
-            Ok(Answer::Latency(_)) => Err(ClientError::BadAnswer {
-                path: self.path.clone(),
-                line,
-                why: "latency figures where a status was expected".into(),
-            }),
-            Err(e) => Err(ClientError::BadAnswer {
-                path: self.path.clone(),
-                line,
-                why: e.to_string(),
-            }),
+        match self.next_answer()? {
+            (line, Answer::Status(st)) => Ok((line, *st)),
+            (line, _) => Err(self.unexpected(line, "latency figures where a status was expected")),
         }
     }
 
@@ -139,6 +118,17 @@ impl Client {
         reset: bool,
     ) -> Result<(String, super::latency::LatencyAnswer), ClientError> {
         self.send(&Request::Latency { reset })?;
+        match self.next_answer()? {
+            (line, Answer::Latency(a)) => Ok((line, a)),
+            (line, _) => Err(self.unexpected(line, "a status where latency figures were expected")),
+        }
+    }
+
+    /// Reads and decodes the next answer line (without its newline); an
+    /// error answer is [`ClientError::Refused`], the end of the stream
+    /// [`ClientError::Closed`], an undecodable line
+    /// [`ClientError::BadAnswer`].
+    fn next_answer(&mut self) -> Result<(String, Answer), ClientError> {
         let mut line = String::new();
         let n = self
             .reader
@@ -151,13 +141,21 @@ impl Client {
         }
         let line = line.trim_end().to_owned();
         match Answer::decode(&line) {
-            Ok(Answer::Latency(a)) => Ok((line, a)),
             Ok(Answer::Error(e)) => Err(ClientError::Refused(e)),
-            other => Err(ClientError::BadAnswer {
-                path: self.path.clone(),
-                line,
-                why: format!("not latency figures: {other:?}"),
-            }),
+            Ok(a) => Ok((line, a)),
+            Err(e) => {
+                let why = e.to_string();
+                Err(self.unexpected(line, &why))
+            }
+        }
+    }
+
+    /// An answer of the wrong kind, or none at all.
+    fn unexpected(&self, line: String, why: &str) -> ClientError {
+        ClientError::BadAnswer {
+            path: self.path.clone(),
+            line,
+            why: why.into(),
         }
     }
 
