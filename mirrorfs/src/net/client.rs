@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::tls::{client_config, Identity, PinnedPeer, TlsError};
-use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
+use super::{client_bind, transport, FrameReader, HANDSHAKE_TIMEOUT};
 use crate::latency::{self, Class, Stage};
 use crate::proto::generation::{GenerationId, History};
 use crate::proto::path::RelPath;
@@ -510,12 +510,8 @@ async fn handshake(
 > {
     let mut client = client_config(&cfg.identity, &cfg.pinned)?;
     client.transport_config(Arc::new(transport(cfg.peer_timeout)));
-    let bind: SocketAddr = if cfg.peer.is_ipv6() {
-        "[::]:0".parse().expect("valid literal")
-    } else {
-        "0.0.0.0:0".parse().expect("valid literal")
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
+    let mut endpoint =
+        quinn::Endpoint::client(client_bind(cfg.peer)).map_err(ConnectError::Socket)?;
     endpoint.set_default_client_config(client);
     let addr = cfg.peer;
     let unreachable = || ConnectError::Unreachable {

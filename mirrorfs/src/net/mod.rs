@@ -11,6 +11,7 @@ pub mod serve_state;
 pub mod server;
 pub mod tls;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::proto::wire::{Decoded, Frame};
@@ -37,6 +38,17 @@ pub fn transport(peer_timeout: Duration) -> quinn::TransportConfig {
     // so a returning secondary is found soon after it listens.
     t.initial_rtt(Duration::from_millis(25));
     t
+}
+
+/// The local address a client endpoint binds to reach `peer`: any address
+/// and port of the peer's family.
+pub(crate) fn client_bind(peer: SocketAddr) -> SocketAddr {
+    let any: IpAddr = if peer.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(any, 0)
 }
 
 /// Reads whole frames from a stream, one at a time, keeping what follows a

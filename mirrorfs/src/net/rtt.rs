@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::tls::{client_config_for, server_config_for, Identity, PinnedPeer};
-use super::{transport, HANDSHAKE_TIMEOUT};
+use super::{client_bind, transport, HANDSHAKE_TIMEOUT};
 
 /// The ALPN of the round-trip tool.
 const ALPN: &[u8] = b"mirrorfs-rtt/1";
@@ -108,13 +108,8 @@ pub fn measure(
     let mut cfg = client_config_for(id, pinned, ALPN).map_err(|e| e.to_string())?;
     cfg.transport_config(Arc::new(transport(HANDSHAKE_TIMEOUT)));
     let mut took: Vec<Duration> = runtime()?.block_on(async move {
-        let bind: SocketAddr = if peer.is_ipv6() {
-            "[::]:0".parse().expect("valid literal")
-        } else {
-            "0.0.0.0:0".parse().expect("valid literal")
-        };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| format!("cannot open a socket: {e}"))?;
+        let mut endpoint = quinn::Endpoint::client(client_bind(peer))
+            .map_err(|e| format!("cannot open a socket: {e}"))?;
         endpoint.set_default_client_config(cfg);
         let connecting = endpoint
             .connect(peer, &pinned.name)
