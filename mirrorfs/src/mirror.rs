@@ -839,9 +839,25 @@ impl Mirror {
         self.lock().core.app_active(Instant::now(), within)
     }
 
-    /// How long a resync worker pauses after a piece or a path.
-    pub fn resync_pause(&self) -> Duration {
-        self.lock().core.resync_pause(Instant::now())
+    /// Waits, while the application writes, until a resync worker may send
+    /// its next piece or begin its next path (the core's
+    /// [`Primary::resync_turn`](crate::proto::primary::Primary::resync_turn)).
+    pub fn resync_turn(&self) {
+        loop {
+            let wait = {
+                let mut st = self.lock();
+                if st.shutdown {
+                    return;
+                }
+                match st.core.resync_turn(Instant::now()) {
+                    None => return,
+                    Some(wait) => wait,
+                }
+            };
+            // Then ask again: the pause may have shrunk, or the application
+            // gone idle.
+            thread::sleep(wait);
+        }
     }
 
     /// The configured cap on the resync's data rate, bytes per second.

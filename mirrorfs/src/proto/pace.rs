@@ -1,57 +1,98 @@
 //! How hard the resync may push while the application writes, sans-IO.
 //!
-//! Owns the feedback loop behind "the resync yields to the application": the
-//! application's ops are timed from submission to acknowledgement, smoothed
-//! in sync (the yardstick) and during a resync; while the latter exceeds the
-//! former by more than [`ALLOWANCE`], the pause a resync worker takes after
-//! each piece it sends doubles (up to [`MAX_PAUSE`]), otherwise it shrinks
-//! by an eighth. Without a yardstick (a resync right after the start) there
-//! is no pause. Times are passed in; nothing here reads a clock.
+//! Owns the feedback loop behind "the resync yields to the application", and
+//! it watches the application's tail, not its mean: a resync piece or path
+//! that lands in front of an op delays that one op by a lot and leaves the
+//! others alone, so the mean hardly moves while the p99 doubles. The
+//! application's ops are timed from submission to acknowledgement, sync ops
+//! (fsync and kin) apart from the others since they take longer. In sync,
+//! each kind's p99 is learnt (a streaming estimate), and so is the share of
+//! ops slower than [`SLOW`] times it (the application's own tail). During a
+//! resync, every such slow op doubles the pause a resync worker takes after
+//! each piece and each path (up to [`MAX_PAUSE`]); every other op shortens it
+//! a little, by as much as makes the share of slow ops settle at the learnt
+//! share plus [`EXTRA_SLOW`]: the p99 during a resync stays near [`SLOW`]
+//! times the p99 in sync. Without a yardstick (a resync right after the
+//! start) there is no pause. Times are passed in; nothing here reads a clock.
 
 use std::time::Duration;
 
-/// How much slower than in sync the application's ops may get before the
-/// resync pauses more between its pieces.
-pub const ALLOWANCE: f64 = 1.2;
+/// An op slower than this many times its kind's in-sync p99 is slow.
+pub const SLOW: f64 = 1.25;
+/// The share of slow ops the resync may add to the application's own.
+pub const EXTRA_SLOW: f64 = 0.005;
+/// How far one op moves the p99 estimate: up by this share of it times
+/// 0.99 when above it, down by this share times 0.01 otherwise.
+const QUANTILE_STEP: f64 = 0.05;
 /// The longest pause between resync pieces (with 128 KiB pieces, a floor of
 /// about 2.5 MB/s).
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// What a slow op adds to the pause besides doubling it.
+const STEP: Duration = Duration::from_micros(100);
 
-/// The smoothed latencies and the current pause.
+/// The kind of an application op, for its yardstick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// fsync, fdatasync, a synchronous write: waits for the disks.
+    Sync,
+    /// Everything else.
+    Other,
+}
+
+/// The yardsticks, the application's own share of slow ops, and the pause.
 #[derive(Debug, Default, Clone)]
 pub struct Pace {
-    in_sync: Option<f64>,
-    resync: Option<f64>,
+    /// In-sync p99 estimate, seconds, per [`Kind`] (sync, other).
+    base: [Option<f64>; 2],
+    /// Smoothed share of in-sync ops slower than [`SLOW`] × their yardstick.
+    slow_in_sync: f64,
     pause: Duration,
 }
 
-fn smooth(old: Option<f64>, x: f64, weight: f64) -> f64 {
-    old.map_or(x, |o| o + (x - o) * weight)
-}
-
 impl Pace {
-    /// An application op acknowledged after `took` while in sync.
-    pub fn in_sync(&mut self, took: Duration) {
-        self.in_sync = Some(smooth(self.in_sync, took.as_secs_f64(), 0.05));
+    fn base(&mut self, kind: Kind) -> &mut Option<f64> {
+        &mut self.base[match kind {
+            Kind::Sync => 0,
+            Kind::Other => 1,
+        }]
     }
 
-    /// An application op acknowledged after `took` during a resync.
-    pub fn during_resync(&mut self, took: Duration) {
-        let now = smooth(self.resync, took.as_secs_f64(), 0.2);
-        self.resync = Some(now);
-        let Some(base) = self.in_sync else {
+    /// An application op of `kind` acknowledged after `took` while in sync.
+    pub fn in_sync(&mut self, kind: Kind, took: Duration) {
+        let took = took.as_secs_f64();
+        let base = self.base(kind);
+        let slow = base.is_some_and(|b| took > b * SLOW);
+        *base = Some(base.map_or(took, |b| {
+            if took > b {
+                b * (1.0 + QUANTILE_STEP * 0.99)
+            } else {
+                b * (1.0 - QUANTILE_STEP * 0.01)
+            }
+        }));
+        self.slow_in_sync += (f64::from(u8::from(slow)) - self.slow_in_sync) * 0.01;
+    }
+
+    /// An application op of `kind` acknowledged after `took` during a resync.
+    pub fn during_resync(&mut self, kind: Kind, took: Duration) {
+        let Some(base) = *self.base(kind) else {
             return;
         };
-        self.pause = if now > base * ALLOWANCE {
-            (self.pause * 2 + Duration::from_micros(200)).min(MAX_PAUSE)
+        if took.as_secs_f64() > base * SLOW {
+            self.pause = (self.pause * 2 + STEP).min(MAX_PAUSE);
         } else {
-            self.pause
-                .saturating_sub(self.pause / 8 + Duration::from_micros(20))
-        };
+            // Doubling on a share s of the ops and shrinking by d on the
+            // rest holds still where s·ln 2 = (1 − s)·d: pick d for the
+            // share allowed.
+            let share = (self.slow_in_sync + EXTRA_SLOW).min(0.5);
+            let d = std::f64::consts::LN_2 * share / (1.0 - share);
+            self.pause = self
+                .pause
+                .saturating_sub(self.pause.mul_f64(d) + Duration::from_micros(1));
+        }
     }
 
-    /// The pause a resync worker takes after a piece while the application
-    /// writes.
+    /// The pause a resync worker takes after a piece or a path while the
+    /// application writes.
     pub fn pause(&self) -> Duration {
         self.pause
     }
@@ -61,56 +102,107 @@ impl Pace {
 mod tests {
     use super::*;
 
-    const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
+
+    /// A deterministic stream of latencies: `base`, and every `every`th op
+    /// `slow_by` times longer.
+    fn ops(n: usize, base: Duration, every: usize, slow_by: u32) -> impl Iterator<Item = Duration> {
+        (1..=n).map(move |i| if i % every == 0 { base * slow_by } else { base })
+    }
+
+    fn learnt() -> Pace {
+        let mut p = Pace::default();
+        for took in ops(2000, 300 * US, 200, 3) {
+            p.in_sync(Kind::Sync, took);
+        }
+        for took in ops(2000, 150 * US, 200, 3) {
+            p.in_sync(Kind::Other, took);
+        }
+        p
+    }
 
     #[test]
     fn no_yardstick_no_pause() {
         let mut p = Pace::default();
         for _ in 0..100 {
-            p.during_resync(100 * MS);
+            p.during_resync(Kind::Sync, 100 * US * 1000);
         }
         assert_eq!(p.pause(), Duration::ZERO);
     }
 
     #[test]
-    fn the_pause_grows_while_ops_are_slow_and_shrinks_back() {
-        let mut p = Pace::default();
-        for _ in 0..100 {
-            p.in_sync(MS);
+    fn the_application_s_own_tail_costs_no_pause() {
+        let mut p = learnt();
+        // The same half-percent of slow ops as in sync, and a few ops in
+        // a hundred 1.2 times slower (within the allowance: not slow).
+        for (i, took) in ops(5000, 300 * US, 200, 3).enumerate() {
+            let took = if i % 30 == 7 { took * 6 / 5 } else { took };
+            p.during_resync(Kind::Sync, took);
+            p.during_resync(Kind::Other, 150 * US);
         }
-        for _ in 0..5 {
-            p.during_resync(MS);
-        }
-        assert_eq!(p.pause(), Duration::ZERO, "as fast as in sync: no pause");
+        assert!(p.pause() < 200 * US, "pause {:?}", p.pause());
+    }
+
+    #[test]
+    fn a_slow_tail_lengthens_the_pause_and_it_shrinks_back() {
+        let mut p = learnt();
+        // One op in ten delayed three times over: the mean moves by a
+        // fifth, the p99 triples.
         let mut last = Duration::ZERO;
-        for _ in 0..4 {
-            p.during_resync(5 * MS);
-            assert!(p.pause() > last, "slow ops must lengthen the pause");
-            last = p.pause();
+        for (i, took) in ops(60, 150 * US, 10, 3).enumerate() {
+            p.during_resync(Kind::Other, took);
+            if i % 10 == 9 {
+                assert!(p.pause() > last, "each slow op lengthens the pause");
+                last = p.pause();
+            }
         }
-        for _ in 0..100 {
-            p.during_resync(5 * MS);
+        for took in ops(1000, 150 * US, 10, 3) {
+            p.during_resync(Kind::Other, took);
         }
         assert_eq!(p.pause(), MAX_PAUSE, "capped");
-        for _ in 0..200 {
-            p.during_resync(MS);
+        for _ in 0..2000 {
+            p.during_resync(Kind::Other, 150 * US);
         }
-        assert_eq!(
-            p.pause(),
-            Duration::ZERO,
-            "back to none once ops are fast again"
+        assert_eq!(p.pause(), Duration::ZERO, "none once no op is slow");
+    }
+
+    #[test]
+    fn the_pause_settles_where_slow_ops_are_as_rare_as_allowed() {
+        // A crude plant: the longer the pause, the fewer ops the resync
+        // delays (one in `1 + pause / 100 µs` of every 20).
+        let mut p = learnt();
+        let mut slow = 0;
+        let n = 200_000;
+        let mut credit = 0.0;
+        for i in 0..n {
+            let hit_share = 0.05 / (1.0 + p.pause().as_secs_f64() / 100e-6);
+            credit += hit_share;
+            let took = if credit >= 1.0 {
+                credit -= 1.0;
+                slow += usize::from(i >= n / 2);
+                900 * US
+            } else {
+                300 * US
+            };
+            p.during_resync(Kind::Sync, took);
+        }
+        let share = slow as f64 / (n / 2) as f64;
+        assert!(
+            share > 0.005 && share < 0.02,
+            "slow share {share} should settle near 1% plus the learnt 0.5%"
         );
     }
 
     #[test]
-    fn a_slightly_slower_op_is_within_the_allowance() {
-        let mut p = Pace::default();
+    fn kinds_have_their_own_yardstick() {
+        let mut p = learnt();
+        // A sync op's usual latency would be slow for another op: not
+        // for a sync op.
         for _ in 0..100 {
-            p.in_sync(10 * MS);
-        }
-        for _ in 0..100 {
-            p.during_resync(11 * MS);
+            p.during_resync(Kind::Sync, 300 * US);
         }
         assert_eq!(p.pause(), Duration::ZERO);
+        p.during_resync(Kind::Other, 400 * US);
+        assert!(p.pause() > Duration::ZERO);
     }
 }

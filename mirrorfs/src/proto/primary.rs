@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use super::dirty::{DirtySet, Marks};
 use super::generation::{relate, GenerationId, History, Relation};
-use super::pace::Pace;
+use super::pace::{Kind, Pace};
 use super::path::RelPath;
 use super::renames::Renames;
 use super::walk::Walk;
@@ -479,6 +479,9 @@ pub struct Primary {
     resync_started: Instant,
     app_last: Option<Instant>,
     pace: Pace,
+    /// While the application writes: when the next resync turn may be
+    /// taken (see [`Primary::resync_turn`]).
+    next_resync_turn: Option<Instant>,
     last_error: Option<String>,
     role: Role,
     role_since: Instant,
@@ -534,6 +537,7 @@ impl Primary {
             resync_started: now,
             app_last: None,
             pace: Pace::default(),
+            next_resync_turn: None,
             last_error: None,
             role: Role::Lost,
             role_since: now,
@@ -890,10 +894,15 @@ impl Primary {
         }
         if result == OpResult::Applied && !o.tainted {
             if let Some(took) = took {
-                if o.in_sync_at_submit {
-                    self.pace.in_sync(took);
+                let kind = if o.touched.sync {
+                    Kind::Sync
                 } else {
-                    self.pace.during_resync(took);
+                    Kind::Other
+                };
+                if o.in_sync_at_submit {
+                    self.pace.in_sync(kind, took);
+                } else {
+                    self.pace.during_resync(kind, took);
                 }
             }
             return Verdict::Ack;
@@ -1505,11 +1514,36 @@ impl Primary {
     }
 
     /// How long a resync worker pauses after a piece or a path.
-    pub fn resync_pause(&self, now: Instant) -> Duration {
+    fn resync_pause(&self, now: Instant) -> Duration {
         if self.app_active(now, RESYNC_YIELD) {
             self.pace.pause()
         } else {
             Duration::ZERO
+        }
+    }
+
+    /// A resync worker asks to send its next piece or begin its next path:
+    /// `None` when it may (the turn is its), else how long to wait before
+    /// asking again. While the application writes, turns go one at a time
+    /// and at least the pace's pause apart, whichever worker takes them:
+    /// the workers busy with a path when the application woke do not each
+    /// add their own stream of pieces. Always `None` while the application
+    /// is idle or the pace asks for no pause.
+    pub fn resync_turn(&mut self, now: Instant) -> Option<Duration> {
+        self.now = self.now.max(now);
+        let pause = self.resync_pause(self.now);
+        if pause.is_zero() {
+            return None;
+        }
+        match self
+            .next_resync_turn
+            .and_then(|t| t.checked_duration_since(self.now))
+        {
+            Some(wait) if !wait.is_zero() => Some(wait.min(pause)),
+            _ => {
+                self.next_resync_turn = Some(self.now + pause);
+                None
+            }
         }
     }
 

@@ -1082,3 +1082,66 @@ fn renames_made_apart_are_replayed_before_the_visits_that_race_with_them() {
     }
     assert!(c.walk_idle());
 }
+
+#[test]
+fn issue_10_6_resync_turns_go_one_at_a_time_a_pause_apart_while_the_application_writes() {
+    // A piece or path from each of the workers busy when the application
+    // woke each delayed one of its ops: its p99 during a resync was twice
+    // the in-sync one, though each worker paused between its own pieces.
+    let us = Duration::from_micros(1);
+    let (mut c, mut now, e) = in_sync(OnPeerLoss::Hold);
+    for _ in 0..500 {
+        let op = sent(&mut c, now, e, write("app"));
+        assert_eq!(
+            c.handle_outcome(now, op, OpResult::Applied, Some(200 * us)),
+            Verdict::Ack
+        );
+        durable(&mut c);
+    }
+    assert_eq!(c.resync_turn(now), None, "in sync: no turns to wait for");
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    let b = c.handle_begin(now, write("apart")).unwrap();
+    durable(&mut c);
+    c.handle_submit(now, b.op);
+    c.handle_outcome(now, b.op, OpResult::NotSent, None);
+    durable(&mut c);
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    assert_eq!(c.role(), Role::Resync);
+    drain(&mut c);
+    // Fast ops during the resync: no pause, every worker goes at once.
+    for _ in 0..3 {
+        let op = sent(&mut c, now, e2, write("app"));
+        c.handle_outcome(now, op, OpResult::Applied, Some(200 * us));
+        durable(&mut c);
+        assert_eq!(c.resync_turn(now), None);
+        assert_eq!(c.resync_turn(now), None);
+    }
+    // Slow ones: turns go a pause apart, whoever asks.
+    for _ in 0..3 {
+        let op = sent(&mut c, now, e2, write("app"));
+        c.handle_outcome(now, op, OpResult::Applied, Some(2000 * us));
+        durable(&mut c);
+    }
+    let pause = c.resync_pause(now);
+    assert!(pause > Duration::ZERO, "slow ops make a pause");
+    assert_eq!(c.resync_turn(now), None, "the first worker goes");
+    assert_eq!(c.resync_turn(now), Some(pause), "the second waits a pause");
+    now += pause / 2;
+    assert_eq!(c.resync_turn(now), Some(pause / 2), "... the rest of it");
+    now += pause / 2;
+    assert_eq!(c.resync_turn(now), None, "then goes");
+    assert_eq!(c.resync_turn(now), Some(pause));
+    // The application idle: no pause, no waiting.
+    now += RESYNC_YIELD;
+    assert_eq!(c.resync_turn(now), None);
+    assert_eq!(c.resync_turn(now), None);
+}

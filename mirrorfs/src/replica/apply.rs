@@ -97,8 +97,9 @@ pub struct Applier {
 /// Bytes one `copy_file_range` call of a replicated copy covers at most.
 const COPY_PIECE: u64 = 16 << 20;
 
-/// Writes by path (the resync's) at least this big are written back at once.
-const WRITEBACK_AT: usize = 64 << 10;
+/// Writes by path (the resync's) at least this big are written back at once:
+/// the pieces a resync sends while the application writes are 32 KiB.
+const WRITEBACK_AT: usize = 32 << 10;
 
 /// Read-ahead hints for the files the stream will soon checksum. The
 /// secondary applies ops one at a time, so without hints the cold reads of a
