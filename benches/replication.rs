@@ -71,7 +71,7 @@
 //! measured, the floor under every replicated op. After each latency-bound
 //! workload (random writes, create, churn) on mirrorfs, both sides' stage
 //! histograms (`mirrorfs ctl latency`, reset before the workload) are
-//! printed: where each op's time went (`replication/breakdown.rs`).
+//! printed: where each op's time went (`common/breakdown.rs`).
 //!
 //! The table is printed and written as Markdown to `bench-replication.md` in
 //! the target directory. Everything the run makes (namespaces, mounts,
@@ -83,8 +83,6 @@
 //! with the resync bench (`common/`); `replication/` holds what only this
 //! bench does: its workloads, Apache and wrk, and its per-target table.
 
-#[path = "replication/breakdown.rs"]
-mod breakdown;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "replication/http.rs"]
@@ -380,7 +378,7 @@ fn run() {
     });
     let http = http::Tools::find().map_err(|note| notes.push(note)).ok();
     let mount_control = scratch.path.join("mount.ctl");
-    let breakdown = breakdown::Breakdown {
+    let breakdown = common::breakdown::Breakdown {
         bin: cfg.mirrorfs.clone(),
         mount: mount_control.clone(),
         serve: Mirrorfs::serve_control(&scratch.log("serve")),

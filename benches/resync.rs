@@ -41,7 +41,9 @@
 //!    may be shared, and background load drifts).
 //! 4. A big change set while ALONE (the whole large file and 10% of the files
 //!    rewritten), serve restarted, and the random sync writes while that
-//!    resync runs: their p99 latency against the in-sync runs'.
+//!    resync runs: their p99 latency against the in-sync runs'. Both sides'
+//!    stage latencies (`common/breakdown.rs`) of these writes and of the last
+//!    in-sync round's go into the notes: where the resync's delay went.
 //! 5. Full resync: the mount stopped cleanly (`fusermount3 -u`), caches
 //!    dropped, started again with `--full`, timed until in sync. Baseline:
 //!    reading every file once on each side (node 1's backing directory and
@@ -75,6 +77,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::breakdown::Breakdown;
 use common::env_u64;
 use common::lab::{FuseMount, Mirrorfs, Netns, Scratch};
 use common::report::{loadavg, Goal, Table};
@@ -462,6 +465,15 @@ struct Lab {
 impl Lab {
     fn log(&self, name: &str) -> PathBuf {
         self.scratch.log(name)
+    }
+
+    /// The stage latencies of the mount and of the serve running now.
+    fn breakdown(&self) -> Breakdown {
+        Breakdown {
+            bin: self.m.bin.clone(),
+            mount: self.control.clone(),
+            serve: Mirrorfs::serve_control(&self.log("serve")),
+        }
     }
 
     fn start_serve(&mut self) {
@@ -895,7 +907,20 @@ fn run() {
             .new_files
             .push(new_file_syncs(&local.join(format!("new{r}")), cfg.secs));
         settle();
+        // The last round's stage latencies, against the big resync's below.
+        let last = r + 1 == rounds;
+        if last {
+            lab.breakdown()
+                .reset()
+                .unwrap_or_else(|e| rep.note(format!("no latency breakdown: {e}")));
+        }
         w_prim.add(&sync_writes(&prim_file, cfg.secs, 20 + r));
+        if last {
+            match lab.breakdown().take("sync writes in sync, last round") {
+                Ok(lines) => rep.note(lines.join("<br>")),
+                Err(e) => rep.note(format!("no latency breakdown: {e}")),
+            }
+        }
         settle();
         w_prim.new_files.push(new_file_syncs(
             &mnt.join(format!("sync/new-prim{r}")),
@@ -930,7 +955,17 @@ fn run() {
     let (_, resyncing) = lab.wait("the big resync to start", Duration::from_secs(120), |v| {
         role(v) == "RESYNC" || in_sync(v)
     });
+    lab.breakdown()
+        .reset()
+        .unwrap_or_else(|e| rep.note(format!("no latency breakdown: {e}")));
     let w_busy = sync_writes(&prim_file, cfg.secs, 40);
+    match lab
+        .breakdown()
+        .take("sync writes during the big resync (with the resync's own ops)")
+    {
+        Ok(lines) => rep.note(lines.join("<br>")),
+        Err(e) => rep.note(format!("no latency breakdown: {e}")),
+    }
     if w_busy.writes < 1000 {
         rep.note(format!(
             "only {} sync writes during the big resync: their p99 is rough",

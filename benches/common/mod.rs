@@ -14,6 +14,8 @@
 //! - [`report`]: the results table (aligned text and Markdown), goals,
 //!   medians, and the machine facts a report starts with;
 //! - [`syncwrite`]: the 4 KiB random write + fdatasync workload both measure;
+//! - [`breakdown`]: where replicated ops spent their time, stage by stage, on
+//!   both sides (`mirrorfs ctl latency`);
 //! - [`rng`]: the seeded generator for offsets and file contents.
 //!
 //! What only one bench measures or reports stays in `replication/` or
@@ -22,6 +24,7 @@
 // Each bench uses a part of this module; the rest is dead code in its crate.
 #![allow(dead_code)]
 
+pub(crate) mod breakdown;
 pub(crate) mod lab;
 pub(crate) mod report;
 pub(crate) mod rng;

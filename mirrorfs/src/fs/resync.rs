@@ -16,9 +16,10 @@
 //! checksums, size, mtime and attributes already match costs one round trip.
 //! While the application writes, blocks go in small pieces, and pieces and
 //! paths take turns across the workers with pauses that follow the
-//! application's tail latency ([`crate::proto::pace`]). When nothing is pending, the
-//! secondary adopts the primary's generation history and the mirror is back
-//! in sync. Must not mark a path done that the secondary has not confirmed.
+//! application's tail latency ([`crate::proto::pace`]). When nothing is
+//! pending, the secondary adopts the primary's generation history and the
+//! mirror is back in sync. Must not mark a path done that the secondary has
+//! not confirmed.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};

@@ -4,10 +4,11 @@
 //! it watches the application's tail, not its mean: a resync piece or path
 //! that lands in front of an op delays that one op by a lot and leaves the
 //! others alone, so the mean hardly moves while the p99 doubles. The
-//! application's ops are timed from submission to acknowledgement, sync ops
-//! (fsync and kin) apart from the others since they take longer. In sync,
-//! each kind's p99 is learnt (a streaming estimate), and so is the share of
-//! ops slower than [`SLOW`] times it (the application's own tail). During a
+//! application's ops are timed from submission to acknowledgement, each
+//! [`Kind`] apart (a create takes longer than a write, an fsync longer
+//! still; one yardstick for all would be the slowest kind's). In sync, each
+//! kind's p99 is learnt (a streaming estimate), and so is the share of ops
+//! slower than [`SLOW`] times it (the application's own tail). During a
 //! resync, every such slow op doubles the pause a resync worker takes after
 //! each piece and each path (up to [`MAX_PAUSE`]); every other op shortens it
 //! a little, by as much as makes the share of slow ops settle at the learnt
@@ -33,17 +34,19 @@ const STEP: Duration = Duration::from_micros(100);
 /// The kind of an application op, for its yardstick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A write of data.
+    Data,
     /// fsync, fdatasync, a synchronous write: waits for the disks.
     Sync,
-    /// Everything else.
-    Other,
+    /// Everything else: namespace and attribute changes, opens, closes.
+    Meta,
 }
 
 /// The yardsticks, the application's own share of slow ops, and the pause.
 #[derive(Debug, Default, Clone)]
 pub struct Pace {
-    /// In-sync p99 estimate, seconds, per [`Kind`] (sync, other).
-    base: [Option<f64>; 2],
+    /// In-sync p99 estimate, seconds, per [`Kind`] (data, sync, meta).
+    base: [Option<f64>; 3],
     /// Smoothed share of in-sync ops slower than [`SLOW`] × their yardstick.
     slow_in_sync: f64,
     pause: Duration,
@@ -52,8 +55,9 @@ pub struct Pace {
 impl Pace {
     fn base(&mut self, kind: Kind) -> &mut Option<f64> {
         &mut self.base[match kind {
-            Kind::Sync => 0,
-            Kind::Other => 1,
+            Kind::Data => 0,
+            Kind::Sync => 1,
+            Kind::Meta => 2,
         }]
     }
 
@@ -116,7 +120,7 @@ mod tests {
             p.in_sync(Kind::Sync, took);
         }
         for took in ops(2000, 150 * US, 200, 3) {
-            p.in_sync(Kind::Other, took);
+            p.in_sync(Kind::Data, took);
         }
         p
     }
@@ -138,7 +142,7 @@ mod tests {
         for (i, took) in ops(5000, 300 * US, 200, 3).enumerate() {
             let took = if i % 30 == 7 { took * 6 / 5 } else { took };
             p.during_resync(Kind::Sync, took);
-            p.during_resync(Kind::Other, 150 * US);
+            p.during_resync(Kind::Data, 150 * US);
         }
         assert!(p.pause() < 200 * US, "pause {:?}", p.pause());
     }
@@ -150,18 +154,18 @@ mod tests {
         // fifth, the p99 triples.
         let mut last = Duration::ZERO;
         for (i, took) in ops(60, 150 * US, 10, 3).enumerate() {
-            p.during_resync(Kind::Other, took);
+            p.during_resync(Kind::Data, took);
             if i % 10 == 9 {
                 assert!(p.pause() > last, "each slow op lengthens the pause");
                 last = p.pause();
             }
         }
         for took in ops(1000, 150 * US, 10, 3) {
-            p.during_resync(Kind::Other, took);
+            p.during_resync(Kind::Data, took);
         }
         assert_eq!(p.pause(), MAX_PAUSE, "capped");
         for _ in 0..2000 {
-            p.during_resync(Kind::Other, 150 * US);
+            p.during_resync(Kind::Data, 150 * US);
         }
         assert_eq!(p.pause(), Duration::ZERO, "none once no op is slow");
     }
@@ -196,13 +200,14 @@ mod tests {
     #[test]
     fn kinds_have_their_own_yardstick() {
         let mut p = learnt();
-        // A sync op's usual latency would be slow for another op: not
-        // for a sync op.
+        // A sync op's usual latency would be slow for a write: not for a
+        // sync op. Nothing learnt for a kind: nothing is slow for it.
         for _ in 0..100 {
             p.during_resync(Kind::Sync, 300 * US);
+            p.during_resync(Kind::Meta, 3000 * US);
         }
         assert_eq!(p.pause(), Duration::ZERO);
-        p.during_resync(Kind::Other, 400 * US);
+        p.during_resync(Kind::Data, 400 * US);
         assert!(p.pause() > Duration::ZERO);
     }
 }

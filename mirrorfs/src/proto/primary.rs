@@ -896,8 +896,10 @@ impl Primary {
             if let Some(took) = took {
                 let kind = if o.touched.sync {
                     Kind::Sync
+                } else if o.touched.data.is_some() {
+                    Kind::Data
                 } else {
-                    Kind::Other
+                    Kind::Meta
                 };
                 if o.in_sync_at_submit {
                     self.pace.in_sync(kind, took);
