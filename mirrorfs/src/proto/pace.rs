@@ -9,9 +9,9 @@
 //! still; one yardstick for all would be the slowest kind's). In sync, each
 //! kind's p99 is learnt (a streaming estimate), and so is the share of ops
 //! slower than [`SLOW`] times it (the application's own tail). During a
-//! resync, every such slow op doubles the pause a resync worker takes after
-//! each piece and each path (up to [`MAX_PAUSE`]); every other op shortens it
-//! a little, by as much as makes the share of slow ops settle at the learnt
+//! resync, every such slow op doubles the pause between two turns of the
+//! resync workers (a turn: a piece of a file or the first ops of a path;
+//! up to [`MAX_PAUSE`]); every other op shortens it a little, by as much as makes the share of slow ops settle at the learnt
 //! share plus [`EXTRA_SLOW`]: the p99 during a resync stays near [`SLOW`]
 //! times the p99 in sync. Without a yardstick (a resync right after the
 //! start) there is no pause. Times are passed in; nothing here reads a clock.
@@ -25,8 +25,9 @@ pub const EXTRA_SLOW: f64 = 0.005;
 /// How far one op moves the p99 estimate: up by this share of it times
 /// 0.99 when above it, down by this share times 0.01 otherwise.
 const QUANTILE_STEP: f64 = 0.05;
-/// The longest pause between resync pieces (with 128 KiB pieces, a floor of
-/// about 2.5 MB/s).
+/// The longest pause between resync turns: while the application writes and
+/// suffers, the resync still goes on at 20 turns a second (32 KiB pieces:
+/// about 0.6 MB/s; small files: 20 a second).
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// What a slow op adds to the pause besides doubling it.
 const STEP: Duration = Duration::from_micros(100);
@@ -95,8 +96,7 @@ impl Pace {
         }
     }
 
-    /// The pause a resync worker takes after a piece or a path while the
-    /// application writes.
+    /// The pause between two resync turns while the application writes.
     pub fn pause(&self) -> Duration {
         self.pause
     }

@@ -1515,7 +1515,7 @@ impl Primary {
             .is_some_and(|t| now.saturating_duration_since(t) < within)
     }
 
-    /// How long a resync worker pauses after a piece or a path.
+    /// The pause between two resync turns ([`Primary::resync_turn`]).
     fn resync_pause(&self, now: Instant) -> Duration {
         if self.app_active(now, RESYNC_YIELD) {
             self.pace.pause()
