@@ -1011,14 +1011,26 @@ fn issue_10_7_the_activity_log_keeps_the_oldest_op_in_flight() {
 /// to start).
 fn made_apart(changes: impl IntoIterator<Item = Touched>) -> (Primary, Instant) {
     let (mut c, now, e) = in_sync(OnPeerLoss::Alone);
+    apart_and_back(&mut c, now, e, changes);
+    (c, now)
+}
+
+/// `c` (an `--on-peer-loss=alone` mount, in sync on `e`) loses the
+/// secondary, makes `changes` while apart and gets it back: the new epoch.
+fn apart_and_back(
+    c: &mut Primary,
+    now: Instant,
+    e: u64,
+    changes: impl IntoIterator<Item = Touched>,
+) -> u64 {
     c.handle_link_lost(now, e, "gone".into());
-    durable(&mut c);
+    durable(c);
     for t in changes {
         let b = c.handle_begin(now, t).unwrap();
-        durable(&mut c);
+        durable(c);
         assert_eq!(c.handle_submit(now, b.op), None);
         c.handle_outcome(now, b.op, OpResult::NotSent, None);
-        durable(&mut c);
+        durable(c);
     }
     c.handle_link_up(
         now,
@@ -1026,8 +1038,7 @@ fn made_apart(changes: impl IntoIterator<Item = Touched>) -> (Primary, Instant) 
         &[],
         BTreeSet::new(),
     )
-    .unwrap();
-    (c, now)
+    .unwrap()
 }
 
 #[test]
@@ -1089,7 +1100,7 @@ fn issue_10_6_resync_turns_go_one_at_a_time_a_pause_apart_while_the_application_
     // woke each delayed one of its ops: its p99 during a resync was twice
     // the in-sync one, though each worker paused between its own pieces.
     let us = Duration::from_micros(1);
-    let (mut c, mut now, e) = in_sync(OnPeerLoss::Hold);
+    let (mut c, mut now, e) = in_sync(OnPeerLoss::Alone);
     for _ in 0..500 {
         let op = sent(&mut c, now, e, write("app"));
         assert_eq!(
@@ -1099,22 +1110,7 @@ fn issue_10_6_resync_turns_go_one_at_a_time_a_pause_apart_while_the_application_
         durable(&mut c);
     }
     assert_eq!(c.resync_turn(now), None, "in sync: no turns to wait for");
-    c.handle_link_lost(now, e, "gone".into());
-    c.handle_alone(now, Duration::from_secs(120)).unwrap();
-    durable(&mut c);
-    let b = c.handle_begin(now, write("apart")).unwrap();
-    durable(&mut c);
-    c.handle_submit(now, b.op);
-    c.handle_outcome(now, b.op, OpResult::NotSent, None);
-    durable(&mut c);
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
+    let e2 = apart_and_back(&mut c, now, e, [write("apart")]);
     assert_eq!(c.role(), Role::Resync);
     drain(&mut c);
     // Fast ops during the resync: no pause, every worker goes at once.
