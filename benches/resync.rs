@@ -476,6 +476,21 @@ impl Lab {
         }
     }
 
+    /// Forgets both sides' stage latencies (a failure becomes a note).
+    fn reset_breakdown(&self, rep: &mut Report) {
+        if let Err(e) = self.breakdown().reset() {
+            rep.note(format!("no latency breakdown: {e}"));
+        }
+    }
+
+    /// Both sides' stage latencies since the reset, as a note on `what`.
+    fn note_breakdown(&self, rep: &mut Report, what: &str) {
+        match self.breakdown().take(what) {
+            Ok(lines) => rep.note(lines.join("<br>")),
+            Err(e) => rep.note(format!("no latency breakdown: {e}")),
+        }
+    }
+
     fn start_serve(&mut self) {
         assert!(self.serve.is_none(), "serve already running");
         self.serve = Some(self.m.serve(&self.replica, &self.log("serve")));
@@ -910,16 +925,11 @@ fn run() {
         // The last round's stage latencies, against the big resync's below.
         let last = r + 1 == rounds;
         if last {
-            lab.breakdown()
-                .reset()
-                .unwrap_or_else(|e| rep.note(format!("no latency breakdown: {e}")));
+            lab.reset_breakdown(&mut rep);
         }
         w_prim.add(&sync_writes(&prim_file, cfg.secs, 20 + r));
         if last {
-            match lab.breakdown().take("sync writes in sync, last round") {
-                Ok(lines) => rep.note(lines.join("<br>")),
-                Err(e) => rep.note(format!("no latency breakdown: {e}")),
-            }
+            lab.note_breakdown(&mut rep, "sync writes in sync, last round");
         }
         settle();
         w_prim.new_files.push(new_file_syncs(
@@ -955,17 +965,12 @@ fn run() {
     let (_, resyncing) = lab.wait("the big resync to start", Duration::from_secs(120), |v| {
         role(v) == "RESYNC" || in_sync(v)
     });
-    lab.breakdown()
-        .reset()
-        .unwrap_or_else(|e| rep.note(format!("no latency breakdown: {e}")));
+    lab.reset_breakdown(&mut rep);
     let w_busy = sync_writes(&prim_file, cfg.secs, 40);
-    match lab
-        .breakdown()
-        .take("sync writes during the big resync (with the resync's own ops)")
-    {
-        Ok(lines) => rep.note(lines.join("<br>")),
-        Err(e) => rep.note(format!("no latency breakdown: {e}")),
-    }
+    lab.note_breakdown(
+        &mut rep,
+        "sync writes during the big resync (with the resync's own ops)",
+    );
     if w_busy.writes < 1000 {
         rep.note(format!(
             "only {} sync writes during the big resync: their p99 is rough",

@@ -28,30 +28,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::wire::Op;
-
-/// The class of an op, for which each stage is kept apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// A write of data.
-    Data,
-    /// An fsync or fdatasync.
-    Sync,
-    /// Everything else: namespace and attribute changes, opens, closes.
-    Meta,
-}
+pub use crate::proto::wire::Class;
 
 impl Class {
     const ALL: [Self; 3] = [Self::Data, Self::Sync, Self::Meta];
-
-    /// The class of `op`.
-    pub fn of(op: &Op) -> Self {
-        match op {
-            Op::Write { .. } => Self::Data,
-            _ if op.is_durability() => Self::Sync,
-            _ => Self::Meta,
-        }
-    }
 
     fn name(self) -> &'static str {
         match self {

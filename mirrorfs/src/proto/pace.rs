@@ -5,9 +5,9 @@
 //! that lands in front of an op delays that one op by a lot and leaves the
 //! others alone, so the mean hardly moves while the p99 doubles. The
 //! application's ops are timed from submission to acknowledgement, each
-//! [`Kind`] apart (a create takes longer than a write, an fsync longer
-//! still; one yardstick for all would be the slowest kind's). In sync, each
-//! kind's p99 is learnt (a streaming estimate), and so is the share of ops
+//! [`Class`] apart (a create takes longer than a write, an fsync longer
+//! still; one yardstick for all would be the slowest class's). In sync, each
+//! class's p99 is learnt (a streaming estimate), and so is the share of ops
 //! slower than [`SLOW`] times it (the application's own tail). During a
 //! resync, every such slow op doubles the pause between two turns of the
 //! resync workers (a turn: a piece of a file or the first ops of a path;
@@ -18,7 +18,9 @@
 
 use std::time::Duration;
 
-/// An op slower than this many times its kind's in-sync p99 is slow.
+use super::wire::Class;
+
+/// An op slower than this many times its class's in-sync p99 is slow.
 pub const SLOW: f64 = 1.25;
 /// The share of slow ops the resync may add to the application's own.
 pub const EXTRA_SLOW: f64 = 0.005;
@@ -32,21 +34,10 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// What a slow op adds to the pause besides doubling it.
 const STEP: Duration = Duration::from_micros(100);
 
-/// The kind of an application op, for its yardstick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A write of data.
-    Data,
-    /// fsync, fdatasync, a synchronous write: waits for the disks.
-    Sync,
-    /// Everything else: namespace and attribute changes, opens, closes.
-    Meta,
-}
-
 /// The yardsticks, the application's own share of slow ops, and the pause.
 #[derive(Debug, Default, Clone)]
 pub struct Pace {
-    /// In-sync p99 estimate, seconds, per [`Kind`] (data, sync, meta).
+    /// In-sync p99 estimate, seconds, per [`Class`] (data, sync, meta).
     base: [Option<f64>; 3],
     /// Smoothed share of in-sync ops slower than [`SLOW`] × their yardstick.
     slow_in_sync: f64,
@@ -54,16 +45,16 @@ pub struct Pace {
 }
 
 impl Pace {
-    fn base(&mut self, kind: Kind) -> &mut Option<f64> {
+    fn base(&mut self, kind: Class) -> &mut Option<f64> {
         &mut self.base[match kind {
-            Kind::Data => 0,
-            Kind::Sync => 1,
-            Kind::Meta => 2,
+            Class::Data => 0,
+            Class::Sync => 1,
+            Class::Meta => 2,
         }]
     }
 
     /// An application op of `kind` acknowledged after `took` while in sync.
-    pub fn in_sync(&mut self, kind: Kind, took: Duration) {
+    pub fn in_sync(&mut self, kind: Class, took: Duration) {
         let took = took.as_secs_f64();
         let base = self.base(kind);
         let slow = base.is_some_and(|b| took > b * SLOW);
@@ -78,7 +69,7 @@ impl Pace {
     }
 
     /// An application op of `kind` acknowledged after `took` during a resync.
-    pub fn during_resync(&mut self, kind: Kind, took: Duration) {
+    pub fn during_resync(&mut self, kind: Class, took: Duration) {
         let Some(base) = *self.base(kind) else {
             return;
         };
@@ -117,10 +108,10 @@ mod tests {
     fn learnt() -> Pace {
         let mut p = Pace::default();
         for took in ops(2000, 300 * US, 200, 3) {
-            p.in_sync(Kind::Sync, took);
+            p.in_sync(Class::Sync, took);
         }
         for took in ops(2000, 150 * US, 200, 3) {
-            p.in_sync(Kind::Data, took);
+            p.in_sync(Class::Data, took);
         }
         p
     }
@@ -129,7 +120,7 @@ mod tests {
     fn no_yardstick_no_pause() {
         let mut p = Pace::default();
         for _ in 0..100 {
-            p.during_resync(Kind::Sync, 100 * US * 1000);
+            p.during_resync(Class::Sync, 100 * US * 1000);
         }
         assert_eq!(p.pause(), Duration::ZERO);
     }
@@ -141,8 +132,8 @@ mod tests {
         // a hundred 1.2 times slower (within the allowance: not slow).
         for (i, took) in ops(5000, 300 * US, 200, 3).enumerate() {
             let took = if i % 30 == 7 { took * 6 / 5 } else { took };
-            p.during_resync(Kind::Sync, took);
-            p.during_resync(Kind::Data, 150 * US);
+            p.during_resync(Class::Sync, took);
+            p.during_resync(Class::Data, 150 * US);
         }
         assert!(p.pause() < 200 * US, "pause {:?}", p.pause());
     }
@@ -154,18 +145,18 @@ mod tests {
         // fifth, the p99 triples.
         let mut last = Duration::ZERO;
         for (i, took) in ops(60, 150 * US, 10, 3).enumerate() {
-            p.during_resync(Kind::Data, took);
+            p.during_resync(Class::Data, took);
             if i % 10 == 9 {
                 assert!(p.pause() > last, "each slow op lengthens the pause");
                 last = p.pause();
             }
         }
         for took in ops(1000, 150 * US, 10, 3) {
-            p.during_resync(Kind::Data, took);
+            p.during_resync(Class::Data, took);
         }
         assert_eq!(p.pause(), MAX_PAUSE, "capped");
         for _ in 0..2000 {
-            p.during_resync(Kind::Data, 150 * US);
+            p.during_resync(Class::Data, 150 * US);
         }
         assert_eq!(p.pause(), Duration::ZERO, "none once no op is slow");
     }
@@ -188,7 +179,7 @@ mod tests {
             } else {
                 300 * US
             };
-            p.during_resync(Kind::Sync, took);
+            p.during_resync(Class::Sync, took);
         }
         let share = slow as f64 / (n / 2) as f64;
         assert!(
@@ -203,11 +194,11 @@ mod tests {
         // A sync op's usual latency would be slow for a write: not for a
         // sync op. Nothing learnt for a kind: nothing is slow for it.
         for _ in 0..100 {
-            p.during_resync(Kind::Sync, 300 * US);
-            p.during_resync(Kind::Meta, 3000 * US);
+            p.during_resync(Class::Sync, 300 * US);
+            p.during_resync(Class::Meta, 3000 * US);
         }
         assert_eq!(p.pause(), Duration::ZERO);
-        p.during_resync(Kind::Data, 400 * US);
+        p.during_resync(Class::Data, 400 * US);
         assert!(p.pause() > Duration::ZERO);
     }
 }

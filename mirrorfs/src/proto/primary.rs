@@ -53,10 +53,11 @@ use std::time::{Duration, Instant};
 
 use super::dirty::{DirtySet, Marks};
 use super::generation::{relate, GenerationId, History, Relation};
-use super::pace::{Kind, Pace};
+use super::pace::Pace;
 use super::path::RelPath;
 use super::renames::Renames;
 use super::walk::Walk;
+use super::wire::Class;
 
 /// While the application submitted an op this recently, the resync keeps only
 /// one path in flight (each of its ops delays the application's behind it).
@@ -895,11 +896,11 @@ impl Primary {
         if result == OpResult::Applied && !o.tainted {
             if let Some(took) = took {
                 let kind = if o.touched.sync {
-                    Kind::Sync
+                    Class::Sync
                 } else if o.touched.data.is_some() {
-                    Kind::Data
+                    Class::Data
                 } else {
-                    Kind::Meta
+                    Class::Meta
                 };
                 if o.in_sync_at_submit {
                     self.pace.in_sync(kind, took);

@@ -497,6 +497,30 @@ pub fn decode_listing(mut b: &[u8]) -> Result<Vec<(Vec<u8>, u32)>, WireError> {
     Ok(out)
 }
 
+/// The class of an op: the latency histograms (`crate::latency`) and the
+/// resync's pace ([`crate::proto::pace`]) keep each apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A write of data.
+    Data,
+    /// An fsync or fdatasync (for the pace, also a write the application
+    /// asked to be synchronous).
+    Sync,
+    /// Everything else: namespace and attribute changes, opens, closes.
+    Meta,
+}
+
+impl Class {
+    /// The class of `op`.
+    pub fn of(op: &Op) -> Self {
+        match op {
+            Op::Write { .. } => Self::Data,
+            _ if op.is_durability() => Self::Sync,
+            _ => Self::Meta,
+        }
+    }
+}
+
 impl Op {
     /// True for operations answered only once durable ([`Frame::Synced`]).
     pub fn is_durability(&self) -> bool {
