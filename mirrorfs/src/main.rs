@@ -254,6 +254,12 @@ struct MountArgs {
     /// by itself: while the application writes, one resync block at a time).
     #[arg(long = "resync-rate-limit")]
     resync_rate_limit: Option<u64>,
+    /// The resync's floor, in MB/s: however much the application suffers
+    /// from it, the resync still sends a large file's data at this rate (small
+    /// files: one per 32 KiB of it), so that it ends. 0: yield down to 20
+    /// pieces or files a second. --resync-rate-limit wins where lower.
+    #[arg(long = "resync-min-rate", default_value_t = 4)]
+    resync_min_rate: u64,
     /// Control socket for `mirrorfs status` and `mirrorfs ctl`: reports, and
     /// takes the controller's orders (root only, mode 0600).
     #[arg(long)]
@@ -473,6 +479,7 @@ fn mount_config(a: &MountArgs) -> Result<MountConfig, String> {
             start_alone: a.alone,
             full_resync: a.full,
             resync_rate_limit: a.resync_rate_limit.map(|mb| mb * 1_000_000),
+            resync_min_rate: a.resync_min_rate.saturating_mul(1_000_000),
             hold_timeout: Duration::from_secs_f64(a.hold_timeout),
         },
         control: a.control.clone(),

@@ -84,6 +84,10 @@ pub struct MirrorConfig {
     pub full_resync: bool,
     /// Upper bound of the resync's data rate, bytes per second (None: adaptive only).
     pub resync_rate_limit: Option<u64>,
+    /// The resync's floor while it yields to a suffering application, bytes
+    /// per second (0: yield down to [`crate::proto::pace::MAX_PAUSE`]
+    /// between turns). The rate limit wins where it is lower.
+    pub resync_min_rate: u64,
     /// With [`OnPeerLoss::Hold`]: how long mutations wait for the
     /// controller's order before the mount fences itself.
     pub hold_timeout: Duration,
@@ -235,6 +239,11 @@ impl Mirror {
                 peer: cfg.link.pinned.name.clone(),
                 ack: cfg.ack,
                 bound: Bound::default(),
+                longest_pause: crate::fs::resync::longest_pause(
+                    cfg.resync_rate_limit
+                        .filter(|l| *l > 0)
+                        .map_or(cfg.resync_min_rate, |l| l.min(cfg.resync_min_rate)),
+                ),
             },
             now,
             history,

@@ -454,6 +454,7 @@ mod tests {
             start_alone: false,
             full_resync: false,
             resync_rate_limit: None,
+            resync_min_rate: 4_000_000,
             hold_timeout: Duration::from_secs(hold),
         }
     }

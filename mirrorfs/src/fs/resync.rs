@@ -71,6 +71,14 @@ const CHECKSUM_BATCH_APP_ACTIVE: u64 = 2;
 /// checksum round trip first.
 const SMALL_FILE: u64 = 128 << 10;
 
+/// The longest pause between two resync turns (a piece, or a path's first
+/// ops) that keeps the resync at `floor` bytes a second of a large file's
+/// data while the application writes (small files: `floor / PIECE` a
+/// second).
+pub fn longest_pause(floor: u64) -> Duration {
+    crate::proto::pace::longest_pause(floor, PIECE as u64)
+}
+
 /// Why one path's resync stopped.
 #[derive(Debug)]
 enum Stop {

@@ -213,6 +213,10 @@ pub struct Config {
     /// With [`AckMode::OnSync`]: how many early-answered ops may await the
     /// secondary at once.
     pub bound: Bound,
+    /// The longest pause between two resync turns while the application
+    /// writes and suffers: the resync's floor (`--resync-min-rate`, see
+    /// [`super::pace::longest_pause`]).
+    pub longest_pause: Duration,
 }
 
 /// What a mutation changes, announced before it is applied.
@@ -510,6 +514,7 @@ impl Primary {
     pub fn new(cfg: Config, now: Instant, history: History, dirty: DirtySet) -> Self {
         let full = cfg.full;
         let ids = cfg.seed;
+        let pace = Pace::new(cfg.longest_pause);
         let mut me = Self {
             cfg,
             now,
@@ -537,7 +542,7 @@ impl Primary {
             bytes_sent: 0,
             resync_started: now,
             app_last: None,
-            pace: Pace::default(),
+            pace,
             next_resync_turn: None,
             last_error: None,
             role: Role::Lost,

@@ -20,6 +20,7 @@ fn core(mode: OnPeerLoss) -> (Primary, Instant) {
         peer: "node2".into(),
         ack: AckMode::EachOp,
         bound: Bound::default(),
+        longest_pause: Duration::from_millis(8),
     };
     let mut c = Primary::new(
         cfg,
@@ -641,6 +642,7 @@ fn core_with(mode: OnPeerLoss, ack: AckMode, bound: Bound) -> (Primary, Instant,
         peer: "node2".into(),
         ack,
         bound,
+        longest_pause: Duration::from_millis(8),
     };
     let gen1 = History::from_ids(vec![GenerationId(1)]);
     let mut c = Primary::new(cfg, now, gen1.clone(), DirtySet::default());
@@ -1140,4 +1142,46 @@ fn issue_10_6_resync_turns_go_one_at_a_time_a_pause_apart_while_the_application_
     now += RESYNC_YIELD;
     assert_eq!(c.resync_turn(now), None);
     assert_eq!(c.resync_turn(now), None);
+}
+
+#[test]
+fn issue_10_6_a_suffering_application_still_leaves_the_resync_its_floor() {
+    // Every op of a writer that never stops was slow during the resync (on
+    // one disk, any resync write slows an fsync): the pause grew to 50 ms
+    // between 32 KiB turns, and a 40 MiB resync took over a minute in CI.
+    // The pause never exceeds the configured longest one (from
+    // --resync-min-rate), however slow the application's ops.
+    let us = Duration::from_micros(1);
+    let (mut c, mut now, e) = in_sync(OnPeerLoss::Alone);
+    for _ in 0..500 {
+        let op = sent(&mut c, now, e, write("app"));
+        c.handle_outcome(now, op, OpResult::Applied, Some(200 * us));
+        durable(&mut c);
+    }
+    let e2 = apart_and_back(&mut c, now, e, [write("apart")]);
+    assert_eq!(c.role(), Role::Resync);
+    drain(&mut c);
+    let longest = core(OnPeerLoss::Alone).0.cfg.longest_pause;
+    assert!(longest > Duration::ZERO && longest < crate::proto::pace::MAX_PAUSE);
+    let mut turns = Vec::new();
+    for _ in 0..2000 {
+        let op = sent(&mut c, now, e2, write("app"));
+        c.handle_outcome(now, op, OpResult::Applied, Some(5000 * us));
+        durable(&mut c);
+        if c.resync_turn(now).is_none() {
+            turns.push(now);
+        }
+        now += Duration::from_millis(1);
+    }
+    assert_eq!(
+        c.resync_pause(now),
+        longest,
+        "the pause grew to the longest"
+    );
+    let widest = turns.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        widest <= longest + Duration::from_millis(1),
+        "turns {widest:?} apart, longest pause {longest:?}"
+    );
+    assert!(turns.len() >= 2000 / (longest.as_millis() as usize + 1));
 }

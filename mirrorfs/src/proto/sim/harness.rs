@@ -300,6 +300,7 @@ impl Sim {
             peer: "node2".into(),
             ack,
             bound,
+            longest_pause: Duration::from_millis(8),
         };
         let core = Primary::new(cfg, now, first.clone(), DirtySet::default());
         let mut sim = Self {
