@@ -195,13 +195,14 @@ impl Mirror {
     }
 
     /// [`Mirror::prepare`], then `serve` on node2 and `mount` on node1 with the
-    /// default arguments plus `mount_extra`.
+    /// default arguments plus `mount_extra`, and waits until the pair is in
+    /// sync ([`Mirror::start_controlled`]). Until then the first resync runs,
+    /// and the replica is not yet the primary's image: a path the walk visits
+    /// after an op on it changes for a moment on the replica (a file the walk
+    /// rewrites loses its capability until the walk's xattrs follow).
     pub fn start(mount_extra: &[&str]) -> Result<Self> {
         let mut m = Self::prepare()?;
-        m.start_serve()?;
-        let mut args = m.mount_args();
-        args.extra = mount_extra.iter().map(|s| (*s).to_owned()).collect();
-        m.start_mount(&args)?;
+        m.start_controlled(mount_extra)?;
         Ok(m)
     }
 
