@@ -254,10 +254,11 @@ struct MountArgs {
     /// by itself: while the application writes, one resync block at a time).
     #[arg(long = "resync-rate-limit")]
     resync_rate_limit: Option<u64>,
-    /// The resync's floor, in MB/s: however much the application suffers
-    /// from it, the resync still sends a large file's data at this rate (small
-    /// files: one per 32 KiB of it), so that it ends. 0: yield down to 20
-    /// pieces or files a second. --resync-rate-limit wins where lower.
+    /// The resync's floor, in MB/s: once the application has written for
+    /// 10 s without a break, however much it suffers from the resync, the
+    /// resync still sends a large file's data at this rate (small files: one
+    /// per 32 KiB of it), so that it ends. 0: no floor (it may yield down to
+    /// 20 pieces or files a second). --resync-rate-limit wins where lower.
     #[arg(long = "resync-min-rate", default_value_t = 4)]
     resync_min_rate: u64,
     /// Control socket for `mirrorfs status` and `mirrorfs ctl`: reports, and

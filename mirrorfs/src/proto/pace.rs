@@ -11,15 +11,13 @@
 //! slower than [`SLOW`] times it (the application's own tail). During a
 //! resync, every such slow op doubles the pause between two turns of the
 //! resync workers (a turn: a piece of a file or the first ops of a path;
-//! up to the longest pause the operator's floor allows, see
-//! [`longest_pause`]); every other op shortens it a little, by as much as
-//! makes the share of slow ops settle at the learnt share plus
+//! up to [`MAX_PAUSE`]); every other op shortens it a little, by as much
+//! as makes the share of slow ops settle at the learnt share plus
 //! [`EXTRA_SLOW`]: the p99 during a resync stays near [`SLOW`] times the p99
-//! in sync, unless holding it there would take the resync below its floor
-//! (on one disk every resync write slows an fsync: an application that
-//! never stops writing would otherwise hold the resync back for good).
-//! Without a yardstick (a resync right after the start) there is no pause.
-//! Times are passed in; nothing here reads a clock.
+//! in sync. Without a yardstick (a resync right after the start) there is
+//! no pause. How long the resync may be held back that far is the core's
+//! to decide (its floor, [`longest_pause`]). Times are passed in; nothing
+//! here reads a clock.
 
 use std::time::Duration;
 
@@ -32,9 +30,9 @@ pub const EXTRA_SLOW: f64 = 0.005;
 /// How far one op moves the p99 estimate: up by this share of it times
 /// 0.99 when above it, down by this share times 0.01 otherwise.
 const QUANTILE_STEP: f64 = 0.05;
-/// The longest pause between resync turns with no floor (a floor of 0): the
-/// resync still goes on at 20 turns a second (32 KiB pieces: about
-/// 0.6 MB/s; small files: 20 a second).
+/// The longest pause between resync turns: the resync still goes on at 20
+/// turns a second (32 KiB pieces: about 0.6 MB/s; small files: 20 a
+/// second).
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// What a slow op adds to the pause besides doubling it.
 const STEP: Duration = Duration::from_micros(100);
@@ -51,34 +49,16 @@ pub fn longest_pause(floor: u64, turn_bytes: u64) -> Duration {
 }
 
 /// The yardsticks, the application's own share of slow ops, and the pause.
-#[derive(Debug, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct Pace {
     /// In-sync p99 estimate, seconds, per [`Class`] (data, sync, meta).
     base: [Option<f64>; 3],
     /// Smoothed share of in-sync ops slower than [`SLOW`] × their yardstick.
     slow_in_sync: f64,
     pause: Duration,
-    /// The pause never grows past this ([`longest_pause`]).
-    longest: Duration,
-}
-
-impl Default for Pace {
-    fn default() -> Self {
-        Self::new(MAX_PAUSE)
-    }
 }
 
 impl Pace {
-    /// Nothing learnt yet; the pause stays at or under `longest`.
-    pub fn new(longest: Duration) -> Self {
-        Self {
-            base: [None; 3],
-            slow_in_sync: 0.0,
-            pause: Duration::ZERO,
-            longest: longest.min(MAX_PAUSE),
-        }
-    }
-
     fn base(&mut self, kind: Class) -> &mut Option<f64> {
         &mut self.base[match kind {
             Class::Data => 0,
@@ -108,7 +88,7 @@ impl Pace {
             return;
         };
         if took.as_secs_f64() > base * SLOW {
-            self.pause = (self.pause * 2 + STEP).min(self.longest);
+            self.pause = (self.pause * 2 + STEP).min(MAX_PAUSE);
         } else {
             // Doubling on a share s of the ops and shrinking by d on the
             // rest holds still where s·ln 2 = (1 − s)·d: pick d for the
@@ -189,18 +169,6 @@ mod tests {
             p.during_resync(Class::Data, took);
         }
         assert_eq!(p.pause(), MAX_PAUSE, "capped");
-        let mut floored = Pace {
-            longest: longest_pause(4_000_000, 32 << 10),
-            ..learnt()
-        };
-        for took in ops(1000, 150 * US, 10, 3) {
-            floored.during_resync(Class::Data, took);
-        }
-        assert_eq!(
-            floored.pause(),
-            8192 * US,
-            "a 4 MB/s floor: 32 KiB every 8.2 ms"
-        );
         for _ in 0..2000 {
             p.during_resync(Class::Data, 150 * US);
         }
@@ -216,7 +184,6 @@ mod tests {
             MAX_PAUSE,
             "never past the cap"
         );
-        assert_eq!(Pace::new(Duration::from_secs(1)).longest, MAX_PAUSE);
     }
 
     #[test]

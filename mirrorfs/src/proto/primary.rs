@@ -62,6 +62,11 @@ use super::wire::Class;
 /// While the application submitted an op this recently, the resync keeps only
 /// one path in flight (each of its ops delays the application's behind it).
 pub const RESYNC_YIELD: Duration = Duration::from_millis(100);
+/// How long the application may hold the resync below its floor
+/// ([`Config::longest_pause`]): a burst of writes this long has the resync
+/// yield to it as far as the pace asks; past it, the resync takes at least
+/// its floor, so that it ends under an application that never stops.
+pub const FLOOR_AFTER: Duration = Duration::from_secs(10);
 /// The pause before a failed resync path is tried again, at first...
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// ... and at most.
@@ -213,9 +218,9 @@ pub struct Config {
     /// With [`AckMode::OnSync`]: how many early-answered ops may await the
     /// secondary at once.
     pub bound: Bound,
-    /// The longest pause between two resync turns while the application
-    /// writes and suffers: the resync's floor (`--resync-min-rate`, see
-    /// [`super::pace::longest_pause`]).
+    /// The longest pause between two resync turns once the application
+    /// has written for [`FLOOR_AFTER`] without a break: the resync's floor
+    /// (`--resync-min-rate`, see [`super::pace::longest_pause`]).
     pub longest_pause: Duration,
 }
 
@@ -483,6 +488,9 @@ pub struct Primary {
     bytes_sent: u64,
     resync_started: Instant,
     app_last: Option<Instant>,
+    /// When the application's current burst of ops began (ops no more
+    /// than [`RESYNC_YIELD`] apart since).
+    app_since: Option<Instant>,
     pace: Pace,
     /// While the application writes: when the next resync turn may be
     /// taken (see [`Primary::resync_turn`]).
@@ -514,7 +522,6 @@ impl Primary {
     pub fn new(cfg: Config, now: Instant, history: History, dirty: DirtySet) -> Self {
         let full = cfg.full;
         let ids = cfg.seed;
-        let pace = Pace::new(cfg.longest_pause);
         let mut me = Self {
             cfg,
             now,
@@ -542,7 +549,8 @@ impl Primary {
             bytes_sent: 0,
             resync_started: now,
             app_last: None,
-            pace,
+            app_since: None,
+            pace: Pace::default(),
             next_resync_turn: None,
             last_error: None,
             role: Role::Lost,
@@ -821,6 +829,9 @@ impl Primary {
     /// secondary may act on old content there.
     pub fn handle_submit(&mut self, now: Instant, op: OpId) -> Option<u64> {
         self.event(now);
+        if !self.app_active(self.now, RESYNC_YIELD) {
+            self.app_since = Some(self.now);
+        }
         self.app_last = Some(self.now);
         let link = self.link?;
         let o = self.ops.get(&op)?;
@@ -1521,12 +1532,21 @@ impl Primary {
             .is_some_and(|t| now.saturating_duration_since(t) < within)
     }
 
-    /// The pause between two resync turns ([`Primary::resync_turn`]).
+    /// The pause between two resync turns ([`Primary::resync_turn`]): the
+    /// pace's while the application writes, at most the floor's once it
+    /// has written for [`FLOOR_AFTER`] without a break.
     fn resync_pause(&self, now: Instant) -> Duration {
-        if self.app_active(now, RESYNC_YIELD) {
-            self.pace.pause()
+        if !self.app_active(now, RESYNC_YIELD) {
+            return Duration::ZERO;
+        }
+        let pause = self.pace.pause();
+        let busy_for = self
+            .app_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        if busy_for >= FLOOR_AFTER {
+            pause.min(self.cfg.longest_pause)
         } else {
-            Duration::ZERO
+            pause
         }
     }
 

@@ -4,6 +4,7 @@
 use pretty_assertions::assert_eq;
 
 use super::*;
+use crate::proto::pace::MAX_PAUSE;
 
 fn p(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
@@ -1149,7 +1150,8 @@ fn issue_10_6_a_suffering_application_still_leaves_the_resync_its_floor() {
     // Every op of a writer that never stops was slow during the resync (on
     // one disk, any resync write slows an fsync): the pause grew to 50 ms
     // between 32 KiB turns, and a 40 MiB resync took over a minute in CI.
-    // The pause never exceeds the configured longest one (from
+    // A burst of ops has the resync yield as far as the pace asks for
+    // FLOOR_AFTER; past that, turns come at least every longest pause (from
     // --resync-min-rate), however slow the application's ops.
     let us = Duration::from_micros(1);
     let (mut c, mut now, e) = in_sync(OnPeerLoss::Alone);
@@ -1161,27 +1163,43 @@ fn issue_10_6_a_suffering_application_still_leaves_the_resync_its_floor() {
     let e2 = apart_and_back(&mut c, now, e, [write("apart")]);
     assert_eq!(c.role(), Role::Resync);
     drain(&mut c);
-    let longest = core(OnPeerLoss::Alone).0.cfg.longest_pause;
-    assert!(longest > Duration::ZERO && longest < crate::proto::pace::MAX_PAUSE);
-    let mut turns = Vec::new();
-    for _ in 0..2000 {
-        let op = sent(&mut c, now, e2, write("app"));
-        c.handle_outcome(now, op, OpResult::Applied, Some(5000 * us));
-        durable(&mut c);
-        if c.resync_turn(now).is_none() {
-            turns.push(now);
+    let longest = c.cfg.longest_pause;
+    assert!(longest > Duration::ZERO && longest < MAX_PAUSE);
+    // A slow op every millisecond; the resync takes every turn it may.
+    let burst = |c: &mut Primary, now: &mut Instant, how_long: Duration| {
+        let (start, mut turns) = (*now, Vec::new());
+        while *now < start + how_long {
+            let op = sent(c, *now, e2, write("app"));
+            c.handle_outcome(*now, op, OpResult::Applied, Some(5000 * us));
+            durable(c);
+            if c.resync_turn(*now).is_none() {
+                turns.push(now.saturating_duration_since(start));
+            }
+            *now += Duration::from_millis(1);
         }
-        now += Duration::from_millis(1);
-    }
+        turns
+    };
+    let widest = |turns: &[Duration], from: Duration| {
+        turns
+            .windows(2)
+            .filter(|w| w[0] >= from)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap()
+    };
+    let turns = burst(&mut c, &mut now, FLOOR_AFTER + Duration::from_secs(2));
     assert_eq!(
-        c.resync_pause(now),
-        longest,
-        "the pause grew to the longest"
+        widest(&turns, Duration::from_secs(2)),
+        MAX_PAUSE,
+        "within the grace, the resync yields as far as the pace asks"
     );
-    let widest = turns.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let after = widest(&turns, FLOOR_AFTER);
     assert!(
-        widest <= longest + Duration::from_millis(1),
-        "turns {widest:?} apart, longest pause {longest:?}"
+        after <= longest + Duration::from_millis(1),
+        "past the grace, turns {after:?} apart; the floor's pause is {longest:?}"
     );
-    assert!(turns.len() >= 2000 / (longest.as_millis() as usize + 1));
+    // A break: the next burst has its grace again.
+    now += RESYNC_YIELD;
+    let turns = burst(&mut c, &mut now, Duration::from_secs(3));
+    assert_eq!(widest(&turns, Duration::from_secs(2)), MAX_PAUSE);
 }
