@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -331,9 +332,14 @@ async fn drive(
         let wake_timer = wake_timer.clone();
         let lose = lose.clone();
         async move {
+            // Frames go out as chunks: the small ones encoded together in
+            // `buf`, a large write's data as its own chunk, not copied.
             let mut buf = Vec::with_capacity(1 << 20);
+            let mut chunks: Vec<Bytes> = Vec::new();
             while let Some(first) = rx.recv().await {
                 buf.clear();
+                chunks.clear();
+                let mut queued = 0;
                 let mut next = Some(first);
                 {
                     let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
@@ -344,7 +350,12 @@ async fn drive(
                             Ok(seq) => {
                                 let class = Class::of(&sub.op);
                                 latency::record(Stage::ToWire, class, sub.at, now);
-                                Frame::Op { seq, op: sub.op }.encode(&mut buf);
+                                if let Some(data) = Frame::encode_op_split(seq, sub.op, &mut buf) {
+                                    queued += buf.len() + data.len();
+                                    chunks.push(Bytes::copy_from_slice(&buf));
+                                    chunks.push(Bytes::from(data));
+                                    buf.clear();
+                                }
                                 w.insert(seq, (sub.done, class, now));
                                 shared.in_flight.fetch_add(1, Ordering::Relaxed);
                             }
@@ -352,16 +363,19 @@ async fn drive(
                                 let _ = sub.done.send(Err(libc::EIO));
                             }
                         }
-                        if buf.len() < (1 << 20) {
+                        if queued + buf.len() < (1 << 20) {
                             next = rx.try_recv().ok();
                         }
                     }
                 }
                 wake_timer.notify_one();
-                if buf.is_empty() {
+                if !buf.is_empty() {
+                    chunks.push(Bytes::copy_from_slice(&buf));
+                }
+                if chunks.is_empty() {
                     continue;
                 }
-                if let Err(e) = send.write_all(&buf).await {
+                if let Err(e) = send.write_all_chunks(&mut chunks).await {
                     lose(format!("sending to the secondary failed: {e}"));
                 }
             }

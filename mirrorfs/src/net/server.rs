@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -363,12 +364,13 @@ async fn serve_connection(
     // Answers ready to go out since the last write: (class, decoded, ready).
     let mut ready: Vec<(Class, Instant, Instant)> = Vec::new();
     let mut buf: Vec<u8> = reader.into_buffer();
-    let mut chunk = vec![0u8; 256 << 10];
+    // What QUIC received, as it holds it (not copied out first).
+    let mut chunks = vec![Bytes::new(); 256];
     loop {
         let full = apply.queue_full();
         let mut read = None;
         tokio::select! {
-            r = recv.read(&mut chunk), if !full => match r {
+            r = recv.read_chunks(&mut chunks), if !full => match r {
                 Ok(Some(n)) => read = Some(n),
                 Ok(None) => { info!("the primary closed the stream"); return Ok(()); }
                 Err(e) => { info!(error = %e, "the primary went away"); return Ok(()); }
@@ -395,7 +397,9 @@ async fn serve_connection(
             }
         }
         if let Some(n) = read {
-            buf.extend_from_slice(&chunk[..n]);
+            for c in &mut chunks[..n] {
+                buf.extend_from_slice(&std::mem::take(c));
+            }
             // Decode every complete frame and queue its op. The checksum
             // requests among them get read-ahead hints, so their cold reads
             // overlap instead of queueing behind each other. A malformed

@@ -23,6 +23,9 @@ pub const MAX_XATTR_VALUE: usize = 64 << 10;
 /// [`MAX_PATH`](super::path::MAX_PATH) bytes (a rename's two paths, or a
 /// path and an xattr value, are smaller).
 pub const MAX_FRAME: usize = MAX_DATA + (64 << 10);
+/// From this size on, [`Frame::encode_op_split`] hands a write's data back
+/// instead of copying it.
+pub const SPLIT_AT: usize = 64 << 10;
 /// Bytes of a write frame's body besides its path and data: tag, sequence
 /// number, opcode, target kind, path length, offset and data length.
 const WRITE_OVERHEAD: usize = 1 + 8 + 1 + 1 + 2 + 8 + 4;
@@ -831,6 +834,34 @@ impl Frame {
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
+    /// `Frame::Op { seq, op }` appended to `out` as [`Frame::encode`] does,
+    /// except for a write of [`SPLIT_AT`] bytes or more: its data is not
+    /// copied into `out` but returned, to follow `out` on the wire as it is
+    /// (the frame's length prefix counts it).
+    pub fn encode_op_split(seq: Seq, op: Op, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+        match op {
+            Op::Write {
+                target,
+                offset,
+                data,
+            } if data.len() >= SPLIT_AT => {
+                let start = out.len();
+                out.extend_from_slice(&[0; 4]);
+                let mut w = Writer(out);
+                w.u8(tag::OP);
+                w.u64(seq.0);
+                write_head(&mut w, &target, offset, data.len());
+                let len = (out.len() - start - 4 + data.len()) as u32;
+                out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+                Some(data)
+            }
+            op => {
+                Self::Op { seq, op }.encode(out);
+                None
+            }
+        }
+    }
+
     /// Decodes the frame at the front of `buf`, if it is all there.
     pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
         let Some(head) = buf.get(..4) else {
@@ -901,6 +932,14 @@ impl Frame {
         }
         Ok(Decoded::Frame(frame, 4 + len))
     }
+}
+
+/// A write's fields before its data (the data follows, `len` bytes).
+fn write_head(w: &mut Writer<'_>, target: &Target, offset: u64, len: usize) {
+    w.u8(opcode::WRITE);
+    w.target(target);
+    w.u64(offset);
+    w.u32(len as u32);
 }
 
 fn encode_op(w: &mut Writer<'_>, op: &Op) {
@@ -997,10 +1036,7 @@ fn encode_op(w: &mut Writer<'_>, op: &Op) {
             offset,
             data,
         } => {
-            w.u8(opcode::WRITE);
-            w.target(target);
-            w.u64(*offset);
-            w.u32(data.len() as u32);
+            write_head(w, target, *offset, data.len());
             w.0.extend_from_slice(data);
         }
         Op::Truncate { target, size } => {

@@ -626,6 +626,28 @@ proptest! {
     }
 
     #[test]
+    fn split_encoding_is_the_same_bytes(
+        op in arb_op(),
+        seq in any::<u64>(),
+        large in prop::option::of((arb_target(), 0..=MAX_OFFSET - MAX_DATA as u64, SPLIT_AT..SPLIT_AT + 300)),
+    ) {
+        // A large write's data is handed back, not copied: head + data is
+        // exactly what `encode` writes, behind whatever `out` held.
+        let is_large = large.is_some();
+        let op = match large {
+            Some((target, offset, len)) => Op::Write { target, offset, data: vec![0x5a; len] },
+            None => op,
+        };
+        let mut whole = b"before".to_vec();
+        Frame::Op { seq: Seq(seq), op: op.clone() }.encode(&mut whole);
+        let mut split = b"before".to_vec();
+        let data = Frame::encode_op_split(Seq(seq), op.clone(), &mut split);
+        prop_assert_eq!(data.is_some(), is_large);
+        split.extend_from_slice(&data.unwrap_or_default());
+        prop_assert_eq!(split, whole);
+    }
+
+    #[test]
     fn corrupted_frames_never_panic(op in arb_op(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let mut buf = Vec::new();
         Frame::Op { seq: Seq(1), op }.encode(&mut buf);
