@@ -155,9 +155,11 @@ impl Link {
         Self::connect_within(cfg, history, HANDSHAKE_TIMEOUT)
     }
 
-    /// [`Link::connect`], giving up on an unreachable peer after `within`
-    /// (reconnection attempts: short ones, each starting the handshake's
-    /// retransmissions afresh, find a returning peer sooner than long ones).
+    /// [`Link::connect`], giving up on a peer that does not answer within
+    /// `within` (one that answered has [`HANDSHAKE_TIMEOUT`] to finish the
+    /// handshake). Reconnection attempts: short ones, each starting the
+    /// handshake's retransmissions afresh, find a returning peer sooner than
+    /// long ones, whose retransmissions back off.
     pub fn connect_within(
         cfg: &LinkConfig,
         history: &History,
@@ -537,10 +539,18 @@ async fn handshake(
         addr,
         reason: e.to_string(),
     };
-    let connecting = endpoint
+    let mut connecting = endpoint
         .connect(addr, &cfg.pinned.name)
         .map_err(|e| handshake_err(&e))?;
-    let conn = match tokio::time::timeout(within, connecting).await {
+    // `within` is for the secondary's first answer (its handshake data); a
+    // secondary that answered has the rest of the handshake to finish it,
+    // so short attempts (reconnecting) do not give up on a slow one.
+    match tokio::time::timeout(within, connecting.handshake_data()).await {
+        Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => return Err(unreachable()),
+        Ok(Err(e)) => return Err(handshake_err(&e)),
+        Ok(Ok(_)) => {}
+    }
+    let conn = match tokio::time::timeout(within.max(HANDSHAKE_TIMEOUT), connecting).await {
         Err(_) => return Err(unreachable()),
         Ok(Err(quinn::ConnectionError::TimedOut)) => return Err(unreachable()),
         Ok(Err(e)) => return Err(handshake_err(&e)),
