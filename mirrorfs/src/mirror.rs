@@ -91,9 +91,11 @@ pub struct MirrorConfig {
     pub full_resync: bool,
     /// Upper bound of the resync's data rate, bytes per second (None: adaptive only).
     pub resync_rate_limit: Option<u64>,
-    /// The resync's floor while it yields to a suffering application, bytes
-    /// per second (0: yield down to [`crate::proto::pace::MAX_PAUSE`]
-    /// between turns). The rate limit wins where it is lower.
+    /// The resync's floor, bytes per second, once the application has
+    /// written for [`crate::proto::primary::FLOOR_AFTER`] without a break
+    /// (0: none; the pace may then hold it to
+    /// [`crate::proto::pace::MAX_PAUSE`] between turns). The rate limit
+    /// wins where it is lower.
     pub resync_min_rate: u64,
     /// With [`OnPeerLoss::Hold`]: how long mutations wait for the
     /// controller's order before the mount fences itself.

@@ -73,8 +73,8 @@ const SMALL_FILE: u64 = 128 << 10;
 
 /// The longest pause between two resync turns (a piece, or a path's first
 /// ops) that keeps the resync at `floor` bytes a second of a large file's
-/// data while the application writes (small files: `floor / PIECE` a
-/// second).
+/// data (small files: `floor / PIECE` a second) under an application that
+/// writes without a break.
 pub fn longest_pause(floor: u64) -> Duration {
     crate::proto::pace::longest_pause(floor, PIECE as u64)
 }
