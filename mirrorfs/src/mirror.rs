@@ -494,6 +494,31 @@ impl Mirror {
         }
     }
 
+    /// The mount is gone and [`Mirror::drain`]ed. The activity log is kept
+    /// so that after a crash of this node the directories with recent
+    /// mutations are compared with the peer's; with no op of the
+    /// application open, once `backing`'s file system is flushed it guards
+    /// nothing, and is cleared: a clean restart does not compare (and send
+    /// again) everything written in the last minute. An op still open (the
+    /// secondary did not answer in time) keeps it.
+    pub fn settle(&self, backing: &std::path::Path) {
+        if !self.lock().core.quiet() {
+            info!("operations still await the secondary: the next start compares the directories they changed");
+            return;
+        }
+        if let Err(e) = crate::meta::syncfs(backing) {
+            warn!(error = %e, "syncfs of the backing file system failed at unmount: the next start compares the directories changed recently");
+            return;
+        }
+        let mut st = self.lock();
+        if !st.core.quiet() {
+            return;
+        }
+        if let Err(e) = st.activity.clear() {
+            warn!(error = %e, "cannot clear the activity log: the next start compares the directories changed recently");
+        }
+    }
+
     /// Stops the supervisor (the mount is going away).
     pub fn shutdown(&self) {
         self.lock().shutdown = true;

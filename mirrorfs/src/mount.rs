@@ -357,6 +357,7 @@ pub fn run(
     // On-sync: what was answered before the secondary had it goes on to it
     // before the process ends (bounded), as each-op's would have.
     mirror.drain();
+    mirror.settle(&backing);
     mirror.shutdown();
     drop(control);
     ended

@@ -1679,6 +1679,11 @@ impl Primary {
             .map(|(id, _)| *id)
     }
 
+    /// No op of the application is open (begun and not concluded).
+    pub fn quiet(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     /// The id the next op begun gets.
     pub fn next_op(&self) -> OpId {
         OpId(self.next_op)
