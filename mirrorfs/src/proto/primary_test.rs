@@ -1097,38 +1097,46 @@ fn renames_made_apart_are_replayed_before_the_visits_that_race_with_them() {
     assert!(c.walk_idle());
 }
 
-#[test]
-fn issue_10_6_resync_turns_go_one_at_a_time_a_pause_apart_while_the_application_writes() {
-    // A piece or path from each of the workers busy when the application
-    // woke each delayed one of its ops: its p99 during a resync was twice
-    // the in-sync one, though each worker paused between its own pieces.
-    let us = Duration::from_micros(1);
-    let (mut c, mut now, e) = in_sync(OnPeerLoss::Alone);
+const US: Duration = Duration::from_micros(1);
+
+/// An application write on `epoch`, acknowledged after `took`.
+fn app_write(c: &mut Primary, now: Instant, epoch: u64, took: Duration) -> Verdict {
+    let op = sent(c, now, epoch, write("app"));
+    let verdict = c.handle_outcome(now, op, OpResult::Applied, Some(took));
+    durable(c);
+    verdict
+}
+
+/// A core whose pace learnt its yardstick (500 in-sync writes of 200 µs,
+/// no resync turn to wait for), then apart and back: RESYNC on the
+/// returned epoch.
+fn resyncing_with_a_yardstick() -> (Primary, Instant, u64) {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Alone);
     for _ in 0..500 {
-        let op = sent(&mut c, now, e, write("app"));
-        assert_eq!(
-            c.handle_outcome(now, op, OpResult::Applied, Some(200 * us)),
-            Verdict::Ack
-        );
-        durable(&mut c);
+        assert_eq!(app_write(&mut c, now, e, US * 200), Verdict::Ack);
     }
     assert_eq!(c.resync_turn(now), None, "in sync: no turns to wait for");
     let e2 = apart_and_back(&mut c, now, e, [write("apart")]);
     assert_eq!(c.role(), Role::Resync);
     drain(&mut c);
+    (c, now, e2)
+}
+
+#[test]
+fn issue_10_6_resync_turns_go_one_at_a_time_a_pause_apart_while_the_application_writes() {
+    // A piece or path from each of the workers busy when the application
+    // woke each delayed one of its ops: its p99 during a resync was twice
+    // the in-sync one, though each worker paused between its own pieces.
+    let (mut c, mut now, e2) = resyncing_with_a_yardstick();
     // Fast ops during the resync: no pause, every worker goes at once.
     for _ in 0..3 {
-        let op = sent(&mut c, now, e2, write("app"));
-        c.handle_outcome(now, op, OpResult::Applied, Some(200 * us));
-        durable(&mut c);
+        app_write(&mut c, now, e2, US * 200);
         assert_eq!(c.resync_turn(now), None);
         assert_eq!(c.resync_turn(now), None);
     }
     // Slow ones: turns go a pause apart, whoever asks.
     for _ in 0..3 {
-        let op = sent(&mut c, now, e2, write("app"));
-        c.handle_outcome(now, op, OpResult::Applied, Some(2000 * us));
-        durable(&mut c);
+        app_write(&mut c, now, e2, US * 2000);
     }
     let pause = c.resync_pause(now);
     assert!(pause > Duration::ZERO, "slow ops make a pause");
@@ -1153,25 +1161,14 @@ fn issue_10_6_a_suffering_application_still_leaves_the_resync_its_floor() {
     // A burst of ops has the resync yield as far as the pace asks for
     // FLOOR_AFTER; past that, turns come at least every longest pause (from
     // --resync-min-rate), however slow the application's ops.
-    let us = Duration::from_micros(1);
-    let (mut c, mut now, e) = in_sync(OnPeerLoss::Alone);
-    for _ in 0..500 {
-        let op = sent(&mut c, now, e, write("app"));
-        c.handle_outcome(now, op, OpResult::Applied, Some(200 * us));
-        durable(&mut c);
-    }
-    let e2 = apart_and_back(&mut c, now, e, [write("apart")]);
-    assert_eq!(c.role(), Role::Resync);
-    drain(&mut c);
+    let (mut c, mut now, e2) = resyncing_with_a_yardstick();
     let longest = c.cfg.longest_pause;
     assert!(longest > Duration::ZERO && longest < MAX_PAUSE);
     // A slow op every millisecond; the resync takes every turn it may.
     let burst = |c: &mut Primary, now: &mut Instant, how_long: Duration| {
         let (start, mut turns) = (*now, Vec::new());
         while *now < start + how_long {
-            let op = sent(c, *now, e2, write("app"));
-            c.handle_outcome(*now, op, OpResult::Applied, Some(5000 * us));
-            durable(c);
+            app_write(c, *now, e2, US * 5000);
             if c.resync_turn(*now).is_none() {
                 turns.push(now.saturating_duration_since(start));
             }
