@@ -414,14 +414,35 @@ pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 
 /// getxattr on the inode held by `fd`; with an empty `buf`, the value's size.
 pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
-    let p = proc_fd_path(fd);
     let n = cstr(name)?;
+    // A descriptor opened for I/O answers directly; an `O_PATH` one (`EBADF`)
+    // through its proc path.
+    // SAFETY: valid C string; buf is writable for its length.
+    match cvt_size(unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    }) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+        r => return r,
+    }
+    let p = proc_fd_path(fd);
     // SAFETY: valid C strings; buf is writable for its length.
     cvt_size(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// listxattr on the inode held by `fd`; with an empty `buf`, the list's size.
 pub fn listxattr_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // As in getxattr_fd.
+    // SAFETY: buf is writable for its length.
+    match cvt_size(unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+        r => return r,
+    }
     let p = proc_fd_path(fd);
     // SAFETY: valid C string; buf is writable for its length.
     cvt_size(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })

@@ -568,7 +568,13 @@ impl Applier {
                     // Shared with other names here but not on the primary:
                     // those names keep the old inode; this one gets a new,
                     // empty one (the comparison then sends its content).
-                    Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => true,
+                    Ok(st) if is_kind(&st, libc::S_IFREG) && !(*single && st.st_nlink > 1) => {
+                        if has_owner_and_mode(&st, *uid, *gid, *mode) {
+                            // Every file of a `--full` resync comes here.
+                            return Ok(Applied::Reply(vec![1]));
+                        }
+                        true
+                    }
                     Ok(_) => {
                         remove_tree(dir.as_fd(), name, &self.work)?;
                         drop(sys::openat(
@@ -1026,13 +1032,24 @@ fn refuse_unreplicated(name: &[u8]) -> io::Result<()> {
     }
 }
 
+/// True when `st` has exactly this owner and these permission bits.
+fn has_owner_and_mode(st: &libc::stat, uid: u32, gid: u32, mode: u32) -> bool {
+    (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode & 0o7777)
+}
+
 fn is_kind(st: &libc::stat, kind: u32) -> bool {
     st.st_mode & libc::S_IFMT == kind
 }
 
 /// Sets exactly the primary's owner and mode (chown first: it clears setuid and
-/// setgid, which the chmod then restores).
+/// setgid, which the chmod then restores). An inode that has them already is
+/// left alone: a chown or chmod to the same values still writes the inode
+/// (its change time), which a resync comparing an unchanged tree would do
+/// to every entry.
 fn set_owner_and_mode(fd: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    if has_owner_and_mode(&sys::fstat(fd)?, uid, gid, mode) {
+        return Ok(());
+    }
     sys::fchownat(fd, OsStr::new(""), uid, gid)?;
     sys::chmod_fd(fd, mode)
 }

@@ -736,3 +736,57 @@ fn issue_7_a_refused_change_marks_the_tree_inconsistent() {
     f.a.apply(&Op::SetGeneration { ids: vec![5] }).unwrap();
     assert_eq!(f.a.meta.inconsistent().unwrap(), None);
 }
+
+/// Issue 10, item 6: ensuring an entry that already has the primary's owner
+/// and mode writes nothing (a `--full` resync ensures every entry of an
+/// unchanged tree: a chown and a chmod to the same values would write every
+/// inode); a different mode is still set.
+#[test]
+fn issue_10_6_ensuring_an_unchanged_entry_leaves_its_inode_alone() {
+    let mut f = fixture();
+    fs::write(f.root.join("f"), b"data").unwrap();
+    fs::set_permissions(f.root.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::create_dir(f.root.join("d")).unwrap();
+    fs::set_permissions(f.root.join("d"), fs::Permissions::from_mode(0o750)).unwrap();
+    let ctime = |name: &str| {
+        let m = fs::symlink_metadata(f.root.join(name)).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let before = (ctime("f"), ctime("d"));
+    // A change now would carry a later change time than the entries'.
+    // (The clock that stamps inodes moves in ticks of up to 10 ms.)
+    let made =
+        std::time::UNIX_EPOCH + std::time::Duration::new(before.0 .0 as u64, before.0 .1 as u32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::SystemTime::now() < made + std::time::Duration::from_millis(30) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock does not move"
+        );
+        std::thread::yield_now();
+    }
+    let owner = fs::symlink_metadata(f.root.join("f")).unwrap();
+    let (uid, gid) = (owner.uid(), owner.gid());
+    let file = |mode| Op::EnsureFile {
+        path: p("f"),
+        mode,
+        uid,
+        gid,
+        single: true,
+    };
+    let dir = |mode| Op::EnsureDir {
+        path: p("d"),
+        mode,
+        uid,
+        gid,
+    };
+    f.a.apply(&file(0o640)).unwrap();
+    f.a.apply(&dir(0o750)).unwrap();
+    assert_eq!(ctime("f"), before.0, "the unchanged file was written");
+    assert_eq!(ctime("d"), before.1, "the unchanged directory was written");
+    f.a.apply(&file(0o600)).unwrap();
+    f.a.apply(&dir(0o700)).unwrap();
+    let mode = |name: &str| fs::symlink_metadata(f.root.join(name)).unwrap().mode() & 0o7777;
+    assert_eq!((mode("f"), mode("d")), (0o600, 0o700));
+    assert_ne!(ctime("f"), before.0);
+}
