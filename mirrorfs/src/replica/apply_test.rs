@@ -743,6 +743,7 @@ fn issue_7_a_refused_change_marks_the_tree_inconsistent() {
 /// inode); a different mode is still set.
 #[test]
 fn issue_10_6_ensuring_an_unchanged_entry_leaves_its_inode_alone() {
+    use std::time::{Duration, Instant, UNIX_EPOCH};
     let mut f = fixture();
     fs::write(f.root.join("f"), b"data").unwrap();
     fs::set_permissions(f.root.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
@@ -755,14 +756,10 @@ fn issue_10_6_ensuring_an_unchanged_entry_leaves_its_inode_alone() {
     let before = (ctime("f"), ctime("d"));
     // A change now would carry a later change time than the entries'.
     // (The clock that stamps inodes moves in ticks of up to 10 ms.)
-    let made =
-        std::time::UNIX_EPOCH + std::time::Duration::new(before.0 .0 as u64, before.0 .1 as u32);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::SystemTime::now() < made + std::time::Duration::from_millis(30) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the clock does not move"
-        );
+    let made = UNIX_EPOCH + Duration::new(before.0 .0 as u64, before.0 .1 as u32);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while SystemTime::now() < made + Duration::from_millis(30) {
+        assert!(Instant::now() < deadline, "the clock does not move");
         std::thread::yield_now();
     }
     let owner = fs::symlink_metadata(f.root.join("f")).unwrap();
