@@ -51,8 +51,13 @@ pub const BLOCK: u32 = 1 << 20;
 /// How long concluding a resync waits, holding the sequencer, for the ops
 /// in flight to be answered.
 const QUIET_WAIT: Duration = Duration::from_secs(2);
-/// Paths visited at once while the application is idle.
-pub const WORKERS: usize = 8;
+/// Paths visited at once while the application is idle. Each waits on the
+/// disks of both nodes (a cold file's reads) and a round trip, so the walk of
+/// many small files goes as fast as the requests in flight let the disks
+/// overlap their reads: a `--full` resync of 100 000 unchanged files of
+/// 16 KiB and a 1 GiB one took 27–30 s with 8 workers, 22–24 s with 16 and
+/// 19–22 s with 32 (two vCPUs, one disk for both nodes).
+pub const WORKERS: usize = 32;
 /// Block writes a file's resync keeps in flight while the application is idle.
 const WINDOW: usize = 16;
 /// ... and while it is active: every resync block in the stream delays the
