@@ -20,10 +20,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
+use super::ahead::Ahead;
 use super::inode::{InodeTable, Key, ROOT_INO};
 use super::iomode::{IoModes, OpenKind, ReadMode};
 use super::replicate::{Begun, OpId, Replicate, Ticket, Touched};
@@ -261,6 +262,8 @@ struct DirHandle {
     file: Arc<File>,
     /// Read at the first listing.
     entries: std::sync::OnceLock<Vec<DirEntry>>,
+    /// The entries before this index were handed to [`Ahead`] already.
+    looked_ahead: AtomicUsize,
 }
 
 /// The primary's overlay of one backing directory.
@@ -277,6 +280,8 @@ pub struct Overlay {
     /// replication stream carries mutations in the order they were applied.
     sequencer: Mutex<()>,
     repl: Arc<dyn Replicate>,
+    /// Looks up the names a listing reaches next.
+    ahead: Ahead,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -341,6 +346,7 @@ impl Overlay {
             passthrough: AtomicBool::new(false),
             sequencer: Mutex::new(()),
             repl,
+            ahead: Ahead::start(),
         })
     }
 
@@ -482,6 +488,7 @@ impl Overlay {
                 ino,
                 file: Arc::new(file),
                 entries: std::sync::OnceLock::new(),
+                looked_ahead: AtomicUsize::new(0),
             }),
         );
         Ok(fh)
@@ -555,6 +562,8 @@ impl Overlay {
         mut add: impl FnMut(u64, &DirEntry, Option<&Entry>) -> bool,
     ) -> io::Result<()> {
         let d = self.dir(fh)?;
+        // Where the kernel's buffer filled: its next request starts there.
+        let mut next = None;
         for (i, e) in self.entries(&d)?.iter().enumerate().skip(offset as usize) {
             let entry = if e.name == "." || e.name == ".." {
                 None
@@ -571,10 +580,54 @@ impl Overlay {
                 if let Some(entry) = entry {
                     self.forget(entry.ino, 1);
                 }
+                next = Some(i);
                 break;
             }
         }
+        if let Some(next) = next {
+            self.look_ahead(&d, offset as usize, next);
+        }
         Ok(())
+    }
+
+    /// Has [`Ahead`] look up, in the backing directory, the entries of `d`
+    /// the kernel's next two requests will want (as many each as the one
+    /// that answered `from..next`), so that their inodes are read while the
+    /// kernel digests this answer. Nothing is recorded: the requests look
+    /// the entries up again, from memory then.
+    fn look_ahead(&self, d: &Arc<DirHandle>, from: usize, next: usize) {
+        let Some(len) = d.entries.get().map(Vec::len) else {
+            return;
+        };
+        let start = next.max(d.looked_ahead.load(Ordering::Relaxed));
+        let end = (next + 2 * next.saturating_sub(from).max(1)).min(len);
+        if start >= end {
+            return;
+        }
+        // In two halves, one per thread: the disk serves their reads at once.
+        let mid = start + (end - start).div_ceil(2);
+        for (a, b) in [(start, mid), (mid, end)] {
+            if a >= b {
+                continue;
+            }
+            let d2 = Arc::clone(d);
+            let queued = self.ahead.offer(move || {
+                let Some(entries) = d2.entries.get() else {
+                    return;
+                };
+                for e in &entries[a..b] {
+                    // `.` and `..` are not looked up (`..` of the root is
+                    // outside the backing directory).
+                    if e.name != "." && e.name != ".." {
+                        let _ = sys::fstatat(d2.file.as_fd(), &e.name);
+                    }
+                }
+            });
+            if !queued {
+                return;
+            }
+            d.looked_ahead.store(b, Ordering::Relaxed);
+        }
     }
 
     /// Closes a directory handle.
