@@ -3,10 +3,9 @@
 //!
 //! Owns the walk over the mirror's pending paths. [`WORKERS`] threads visit
 //! paths at once (the mirror never hands out a path together with an ancestor
-//! or descendant, and only one while the application is writing; at most
-//! `SENDERS` of them with data in the stream), and each submits a path's
-//! independent ops together, so the walk is bound by the disks rather than
-//! by round trips. For each path a worker reads the
+//! or descendant, and only one while the application is writing), and each
+//! submits a path's independent ops together, so the walk is bound by the
+//! disks rather than by round trips. For each path a worker reads the
 //! local state and submits the ops that make the secondary's copy equal
 //! (`Ensure*`, `Remove`, the blocks whose xxh3 checksums differ, size, times,
 //! extended attributes), each read-and-submit step under the overlay's
@@ -59,10 +58,6 @@ const QUIET_WAIT: Duration = Duration::from_secs(2);
 /// 16 KiB and a 1 GiB one took 27–30 s with 8 workers, 22–24 s with 16 and
 /// 19–22 s with 32 (two vCPUs, one disk for both nodes).
 pub const WORKERS: usize = 32;
-/// Paths whose data may be in the stream at once. An application that
-/// starts writing finds the data of every path in flight ahead of its first
-/// ops, so data goes fewer paths at a time than comparisons do.
-const SENDERS: usize = 8;
 /// Block writes a file's resync keeps in flight while the application is idle.
 const WINDOW: usize = 16;
 /// ... and while it is active: every resync block in the stream delays the
@@ -108,59 +103,23 @@ impl From<io::Error> for Stop {
 
 /// Runs the resync workers until the mirror shuts down.
 pub fn run(overlay: Arc<Overlay>, mirror: Arc<Mirror>) {
-    let senders = Slots::new(SENDERS);
     std::thread::scope(|scope| {
         for i in 1..WORKERS {
-            let (overlay, mirror, senders) = (&overlay, &mirror, &senders);
+            let (overlay, mirror) = (&overlay, &mirror);
             let spawned = std::thread::Builder::new()
                 .name(format!("mirrorfs-resync-{i}"))
-                .spawn_scoped(scope, move || work(overlay, mirror, senders));
+                .spawn_scoped(scope, move || work(overlay, mirror));
             if let Err(e) = spawned {
                 // Fewer workers only make the resync slower.
                 warn!(error = %e, "cannot start another resync worker");
             }
         }
-        work(&overlay, &mirror, &senders);
+        work(&overlay, &mirror);
     });
 }
 
-/// A counting semaphore: at most `n` holders of a [`Slot`] at once.
-struct Slots {
-    free: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
-}
-
-/// One of [`Slots`], given back when dropped.
-struct Slot<'s>(&'s Slots);
-
-impl Slots {
-    fn new(n: usize) -> Self {
-        Self {
-            free: std::sync::Mutex::new(n),
-            freed: std::sync::Condvar::new(),
-        }
-    }
-
-    /// Waits for a free slot. Never called under the sequencer.
-    fn take(&self) -> Slot<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Slot(self)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.0.freed.notify_one();
-    }
-}
-
 /// One worker: visits paths until the mirror shuts down.
-fn work(overlay: &Overlay, mirror: &Mirror, senders: &Slots) {
+fn work(overlay: &Overlay, mirror: &Mirror) {
     let limit = Duration::from_secs(60);
     let buf = RefCell::new(vec![0u8; (BLOCK as usize).max(DIRTY_BLOCK as usize)]);
     loop {
@@ -174,7 +133,6 @@ fn work(overlay: &Overlay, mirror: &Mirror, senders: &Slots) {
                     limit,
                     full: false,
                     buf: &buf,
-                    senders,
                 };
                 if let Err(why) = w.finish() {
                     warn!(why = ?why, "could not conclude the resync; retrying");
@@ -191,7 +149,6 @@ fn work(overlay: &Overlay, mirror: &Mirror, senders: &Slots) {
             limit,
             full: job.full,
             buf: &buf,
-            senders,
         };
         // A path's first ops take a turn like a piece of a file.
         mirror.resync_turn();
@@ -256,8 +213,6 @@ struct Worker<'a> {
     full: bool,
     /// The worker's block buffer, reused from path to path.
     buf: &'a RefCell<Vec<u8>>,
-    /// Held while a path's data is in the stream ([`SENDERS`]).
-    senders: &'a Slots,
 }
 
 /// Local facts about one path.
@@ -329,10 +284,6 @@ impl Worker<'_> {
         let mut dirty_blocks = None;
         let mut sent_whole = false;
         let mut ensure_rx = None;
-        // A path of an incremental resync changed: its data goes (whole, or
-        // its dirty blocks) with its first ops. A compared one (`--full`)
-        // takes a slot only if it has something to send (`sync_content`).
-        let _sending = (!self.full).then(|| self.senders.take());
         let kind = {
             let _g = self.overlay.sequence();
             let local = self.lstat(path)?;
@@ -717,8 +668,6 @@ impl Worker<'_> {
         let mut buf = self.buf.borrow_mut();
         let buf = &mut buf[..BLOCK as usize];
         let mut theirs_first = None;
-        // Taken before the first block sent, unless the caller holds one.
-        let mut sending = None;
         // The next batch's checksums are asked for before this batch is
         // compared, so that the secondary reads while we compare.
         let ask = |first: u64| -> Result<Option<(Receiver<Completion>, u32)>, Stop> {
@@ -763,9 +712,6 @@ impl Worker<'_> {
                 }
                 if theirs.get(i as usize) == Some(&xxh3_64(&buf[..n])) {
                     continue;
-                }
-                if self.full && sending.is_none() {
-                    sending = Some(self.senders.take());
                 }
                 self.send(path, &mut out, &mut buf[..n], offset)?;
             }
@@ -962,27 +908,5 @@ mod tests {
             msg,
             "the secondary answered Permission denied (os error 13)"
         );
-    }
-
-    #[test]
-    fn no_more_than_n_slots_are_held_and_a_dropped_one_frees_a_waiter() {
-        let slots = Slots::new(2);
-        let (a, b) = (slots.take(), slots.take());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let _c = slots.take();
-                tx.send(()).unwrap();
-            });
-            assert!(
-                rx.recv_timeout(Duration::from_millis(100)).is_err(),
-                "a third slot was handed out while two were held"
-            );
-            drop(a);
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("the waiter got the freed slot");
-        });
-        drop(b);
-        assert_eq!(*slots.free.lock().unwrap(), 2, "every slot came back");
     }
 }
