@@ -16,8 +16,9 @@ use tracing::warn;
 
 /// Jobs waiting at most; more are dropped.
 const QUEUE: usize = 4;
-/// Threads taking jobs from the queue.
-const THREADS: usize = 2;
+/// Threads taking jobs from the queue (a caller may split its work in as
+/// many parts).
+pub(super) const THREADS: usize = 2;
 
 type Job = Box<dyn FnOnce() + Send>;
 

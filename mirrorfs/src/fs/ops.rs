@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
-use super::ahead::Ahead;
+use super::ahead::{Ahead, THREADS as AHEAD_THREADS};
 use super::inode::{InodeTable, Key, ROOT_INO};
 use super::iomode::{IoModes, OpenKind, ReadMode};
 use super::replicate::{Begun, OpId, Replicate, Ticket, Touched};
@@ -604,12 +604,10 @@ impl Overlay {
         if start >= end {
             return;
         }
-        // In two halves, one per thread: the disk serves their reads at once.
-        let mid = start + (end - start).div_ceil(2);
-        for (a, b) in [(start, mid), (mid, end)] {
-            if a >= b {
-                continue;
-            }
+        // One part per thread: the disk serves their reads at once.
+        let part = (end - start).div_ceil(AHEAD_THREADS);
+        for a in (start..end).step_by(part) {
+            let b = (a + part).min(end);
             let d2 = Arc::clone(d);
             let queued = self.ahead.offer(move || {
                 let Some(entries) = d2.entries.get() else {
