@@ -48,6 +48,10 @@ pub const PAGE_CACHED_MAX: i64 = 64 * 1024;
 
 /// Open flags kept on the backing descriptor and replicated with the open.
 const SYNC_FLAGS: i32 = libc::O_SYNC | libc::O_DSYNC;
+/// The most bytes one `Op::Write` carries: a larger write is sent as
+/// several, each applied by the secondary as soon as it has arrived, so that
+/// its disk writes while the rest of the data is still on the wire.
+const WRITE_OP_MAX: usize = 256 << 10;
 
 /// Who is asking (from the FUSE request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1203,11 +1207,18 @@ impl Overlay {
                 let n = sys::pwrite(h.file.as_fd(), data, offset)?;
                 let mut ops = Vec::new();
                 if let Some(target) = self.data_target(&h, fh, path, begun, &mut ops) {
-                    ops.push(Op::Write {
-                        target,
-                        offset,
-                        data: data[..n].to_vec(),
-                    });
+                    // In pieces, so that the secondary writes the first while
+                    // the rest is still on the wire.
+                    let mut at = 0;
+                    while at < n {
+                        let end = n.min(at + WRITE_OP_MAX);
+                        ops.push(Op::Write {
+                            target: target.clone(),
+                            offset: offset + at as u64,
+                            data: data[at..end].to_vec(),
+                        });
+                        at = end;
+                    }
                 }
                 if begun.barrier {
                     ops.push(Op::Barrier);

@@ -100,6 +100,61 @@ fn create_write_rename_unlink_submit_the_right_ops() {
 }
 
 #[test]
+fn issue_10_3_a_large_write_is_sent_in_pieces_that_cover_it_in_order() {
+    let (dir, rec, ov) = setup();
+    let (_, o) = ov
+        .create(
+            USER,
+            ROOT_INO,
+            OsStr::new("big"),
+            0o644,
+            0o022,
+            libc::O_WRONLY,
+        )
+        .wait()
+        .unwrap();
+    rec.take();
+    // Two and a half pieces, at an offset: every byte once, in order.
+    let data: Vec<u8> = (0..WRITE_OP_MAX * 5 / 2).map(|i| (i % 251) as u8).collect();
+    let written = ov.write(o.fh, 7, &data).wait().unwrap();
+    assert_eq!(written as usize, data.len());
+    let ops = rec.take();
+    let pieces: Vec<(u64, usize)> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Write {
+                target: Target::Handle(h),
+                offset,
+                data,
+            } if *h == HandleId(o.fh) => (*offset, data.len()),
+            other => panic!("not a write of the handle: {other:?}"),
+        })
+        .collect();
+    let max = WRITE_OP_MAX as u64;
+    assert_eq!(
+        pieces,
+        vec![
+            (7, WRITE_OP_MAX),
+            (7 + max, WRITE_OP_MAX),
+            (7 + 2 * max, WRITE_OP_MAX / 2)
+        ]
+    );
+    let sent: Vec<u8> = ops
+        .into_iter()
+        .flat_map(|op| match op {
+            Op::Write { data, .. } => data,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert!(sent == data, "the pieces' bytes are not the written bytes");
+    assert_eq!(&fs::read(dir.path().join("big")).unwrap()[7..], &data[..]);
+    // A write of exactly one piece stays one op.
+    ov.write(o.fh, 0, &data[..WRITE_OP_MAX]).wait().unwrap();
+    assert_eq!(rec.take().len(), 1);
+    ov.release(o.fh);
+}
+
+#[test]
 fn issue_10_7_on_sync_fsync_fsyncdir_and_o_sync_writes_end_with_a_barrier() {
     let (_dir, rec, ov) = setup();
     rec.set_on_sync(true);
