@@ -19,6 +19,14 @@
 //!   note if bindfs is not installed). No replication at all: it shows the cost
 //!   of going through FUSE, the floor mirrorfs builds on, so the remaining gap
 //!   is the cost of replication (or of our FUSE code).
+//! - **glusterfs**: GlusterFS replica 2 (Debian's `glusterfs-server`), the
+//!   replication an operator would otherwise reach for: a glusterd on each
+//!   node (in the node's network namespace, with private mount and PID
+//!   namespaces, `replication/gluster.rs`), a volume of two bricks, one per
+//!   node, with the default options, and the FUSE client (`glusterfs -N`) on
+//!   node 1, which writes to both bricks (on /var/tmp too). Skipped with a
+//!   note if GlusterFS is not installed or its volume cannot be set up (the
+//!   note says why).
 //! - **mirrorfs**: the replicating mount (`--ack each-op`). Every write
 //!   returns only after the secondary applied it; every fsync only after both
 //!   sides are durable.
@@ -60,9 +68,10 @@
 //! (item 7) for mirrorfs-onsync (file churn >= 0.3x local, sequential >= 0.5x
 //! local, sync 4 KiB writes no slower than mirrorfs each-op); they are goals,
 //! not asserts. Other settings: `MIRRORFS_BENCH_SECS` (duration of each timed
-//! run, default 5), `MIRRORFS_BENCH_TARGETS` (e.g. `local,mirrorfs`:
-//! `mirrorfs` means both ack modes of `MIRRORFS_BENCH_ACK`; `mirrorfs-onsync`
-//! the on-sync one alone) and
+//! run, default 5), `MIRRORFS_BENCH_TARGETS` (a subset of `local, bindfs,
+//! glusterfs, mirrorfs, mirrorfs-onsync`, all by default: `mirrorfs` means
+//! both ack modes of `MIRRORFS_BENCH_ACK`; `mirrorfs-onsync` the on-sync one
+//! alone) and
 //! `MIRRORFS_BENCH_WORKLOADS` (a subset of `rw1,rw4,seq,create,churn,http4k,
 //! http1m,walk`; all by default).
 //!
@@ -85,6 +94,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "replication/gluster.rs"]
+mod gluster;
 #[path = "replication/http.rs"]
 mod http;
 #[path = "replication/report.rs"]
@@ -153,10 +164,10 @@ impl Config {
                     n => vec![Target::ALL
                         .into_iter()
                         .find(|t| t.name() == n)
-                        .unwrap_or_else(|| panic!("MIRRORFS_BENCH_TARGETS: unknown target {n:?} (local, bindfs, mirrorfs, mirrorfs-onsync)"))],
+                        .unwrap_or_else(|| panic!("MIRRORFS_BENCH_TARGETS: unknown target {n:?} (local, bindfs, glusterfs, mirrorfs, mirrorfs-onsync)"))],
                 })
                 .collect(),
-            Err(_) => [Target::Local, Target::Bindfs]
+            Err(_) => [Target::Local, Target::Bindfs, Target::Glusterfs]
                 .into_iter()
                 .chain(mirrorfs_targets)
                 .collect(),
@@ -261,12 +272,15 @@ const RANDWRITE_KEYS: [(usize, [&str; 3]); 2] = [
 const WALK_KEYS: [(&str, &str); 2] = [("walk_cold", "cold"), ("walk_warm", "warm")];
 
 /// One target under test: where the workloads run and what serves them.
-/// Fields drop in order: Apache stops before the mount is unmounted.
+/// Fields drop in order: Apache stops before the mount is unmounted, the
+/// mount is unmounted before its servers stop.
 struct Subject {
     target: Target,
     dir: PathBuf,
     apache: Option<http::Apache>,
     mount: Option<FuseMount>,
+    /// GlusterFS's servers (glusterds, bricks), for the glusterfs target.
+    cluster: Option<gluster::Cluster>,
     /// The random-write files, preallocated once, overwritten every round.
     rw_files: Vec<PathBuf>,
     /// Entries of the tree created through it, once created.
@@ -281,6 +295,7 @@ impl Subject {
             dir,
             apache: None,
             mount,
+            cluster: None,
             rw_files: Vec::new(),
             tree: None,
             samples: Samples::new(),
@@ -297,6 +312,9 @@ impl Subject {
     fn settle(&mut self) {
         if let Some(m) = self.mount.as_mut() {
             m.check_alive();
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.check_alive();
         }
         sys::settle();
     }
@@ -429,7 +447,7 @@ fn run() {
                     .extend(["--control".into(), mount_control.clone().into()]);
                 spec.ready_file = Some(mount_control.clone());
                 let m = FuseMount::start(spec);
-                smoke_test(m.mountpoint(), &replica, false);
+                smoke_test(m.mountpoint(), &[&replica], false).unwrap_or_else(|e| panic!("{e}"));
                 Subject::new(t, mnt, Some(m))
             }
             Target::MirrorfsOnSync => {
@@ -438,9 +456,18 @@ fn run() {
                 let mut spec = mirrorfs.mount_spec_at(&backing_onsync, &mnt, &log, SERVE_PORT + 1);
                 spec.args.extend(["--ack".into(), "on-sync".into()]);
                 let m = FuseMount::start(spec);
-                smoke_test(m.mountpoint(), &replica_onsync, true);
+                smoke_test(m.mountpoint(), &[&replica_onsync], true)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 Subject::new(t, mnt, Some(m))
             }
+            Target::Glusterfs => match glusterfs(&scratch, &net) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("glusterfs skipped: {e}");
+                    notes.push(format!("glusterfs skipped: {e}"));
+                    continue;
+                }
+            },
         };
         subjects.push(subject);
     }
@@ -553,7 +580,8 @@ fn run() {
         }
         s.settle();
         let t = Instant::now();
-        let deadline = t + Duration::from_secs(420);
+        // GlusterFS creates 200-450 files/s here: 100 000 take 4-8 minutes.
+        let deadline = t + Duration::from_secs(900);
         match workloads::create_tree(&s.dir.join("tree"), cfg.tree, deadline) {
             Ok(n) => {
                 eprintln!(
@@ -588,6 +616,12 @@ fn run() {
         let (b, r, log) = match target {
             Target::Mirrorfs => (&backing, &replica, "verify.log"),
             Target::MirrorfsOnSync => (&backing_onsync, &replica_onsync, "verify-onsync.log"),
+            Target::Glusterfs => {
+                if let Some(c) = s.cluster.as_ref() {
+                    notes.push(format!("glusterfs: {}", c.heal_info()));
+                }
+                continue;
+            }
             Target::Local | Target::Bindfs => continue,
         };
         let log = scratch.path.join(log);
@@ -749,9 +783,9 @@ fn tree_failed(s: &mut Subject, e: &str, notes: &mut Vec<String>) {
     }
 }
 
-/// Writes a file through the mount and checks that the replica has it when
-/// the write returned (`sync`: when the fsync after it returned, on-sync).
-fn smoke_test(mountpoint: &Path, replica: &Path, sync: bool) {
+/// Writes a file through the mount and checks that every replica has it
+/// when the write returned (`sync`: when the fsync after it returned).
+fn smoke_test(mountpoint: &Path, replicas: &[&Path], sync: bool) -> Result<(), String> {
     let name = "bench-smoke-test";
     let data = b"replicated before close returned\n";
     let p = mountpoint.join(name);
@@ -763,13 +797,35 @@ fn smoke_test(mountpoint: &Path, replica: &Path, sync: bool) {
     } else {
         fs::write(&p, data)
     };
-    written.unwrap_or_else(|e| panic!("smoke test: write {}: {e}", p.display()));
-    let got = fs::read(replica.join(name))
-        .unwrap_or_else(|e| panic!("smoke test: the replica has no {name}: {e}"));
-    if got != data {
-        panic!("smoke test: the replica's {name} differs from what was written");
+    written.map_err(|e| format!("smoke test: write {}: {e}", p.display()))?;
+    for r in replicas {
+        let got = fs::read(r.join(name))
+            .map_err(|e| format!("smoke test: the replica {} has no {name}: {e}", r.display()))?;
+        if got != data {
+            return Err(format!(
+                "smoke test: {}'s {name} differs from what was written",
+                r.display()
+            ));
+        }
     }
-    fs::remove_file(&p).unwrap_or_else(|e| panic!("smoke test: remove {}: {e}", p.display()));
+    fs::remove_file(&p).map_err(|e| format!("smoke test: remove {}: {e}", p.display()))
+}
+
+/// The glusterfs target: the volume on both nodes, mounted on node 1, with a
+/// file written through the mount found on both bricks. Why not, if not.
+fn glusterfs(scratch: &Scratch, net: &Netns) -> Result<Subject, String> {
+    let tools = gluster::Tools::find()?;
+    let cluster = gluster::Cluster::start(&tools, net, &scratch.dir("glusterfs"))?;
+    let mnt = scratch.dir("glusterfs-mnt");
+    let m = FuseMount::try_start(cluster.mount_spec(&mnt, &scratch.log("glusterfs")))?;
+    // After an fsync: write-behind's flush-behind (on by default) lets close
+    // return before the writes reach the bricks.
+    let bricks: Vec<&Path> = cluster.bricks().iter().map(PathBuf::as_path).collect();
+    smoke_test(m.mountpoint(), &bricks, true)?;
+    Ok(Subject {
+        cluster: Some(cluster),
+        ..Subject::new(Target::Glusterfs, mnt, Some(m))
+    })
 }
 
 /// After the mirrorfs run (unmounted): `mirrorfs verify` of the backing
@@ -814,6 +870,13 @@ fn machine_header(cfg: &Config) -> String {
                 .join(" ")
         })
         .unwrap_or_default();
+    let glusterfs = match gluster::Tools::find() {
+        Ok(t) if cfg.targets.contains(&Target::Glusterfs) => format!(
+            "\nglusterfs: {}, a replica 2 volume with its default options, a brick on each node",
+            t.version()
+        ),
+        _ => String::new(),
+    };
     format!(
         "date: {}\n\
          machine: {} CPUs ({}), {} RAM, kernel {}\n\
@@ -821,7 +884,7 @@ fn machine_header(cfg: &Config) -> String {
          disk: /var/tmp on {fs_type}; mirrorfs backing and replica on the same file system\n\
          load average at start: {} (anything else running distorts the figures)\n\
          open files limit (RLIMIT_NOFILE, inherited by the daemons): {}\n\
-         mirrorfs: {}",
+         mirrorfs: {}{glusterfs}",
         date_utc(),
         cpus(),
         cpu_model(),

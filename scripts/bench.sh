@@ -4,8 +4,10 @@
 # failover and farm benches, which run mirrorfarm), then the benches, each in its own
 # network namespaces:
 #   scripts/bench.sh [all]               replication, resync, failover, then farm
-#   scripts/bench.sh replication [ARGS]  local vs bindfs vs mirrorfs, writes
-#                                        target/bench-replication.md (5-10 min on 2 cores)
+#   scripts/bench.sh replication [ARGS]  local vs bindfs vs GlusterFS replica 2 vs mirrorfs,
+#                                        writes target/bench-replication.md (5-10 min on
+#                                        2 cores, some 10 more with GlusterFS: its
+#                                        100 000-file tree alone takes 4-8)
 #   scripts/bench.sh resync [ARGS]       incremental and --full resync, sync writes
 #                                        ALONE and during a resync, writes
 #                                        target/bench-resync.md (about 10 min on 2 cores)
@@ -22,7 +24,8 @@
 #   MIRRORFS_BENCH_SECS     replication: duration of each timed run (default 5)
 #   MIRRORFS_BENCH_SEQ_MIB  replication: size of the sequential write (default 512)
 #   MIRRORFS_BENCH_TREE     replication: files in the tree walked by find (default 100000)
-#   MIRRORFS_BENCH_TARGETS  replication: subset, e.g. local,mirrorfs (default all)
+#   MIRRORFS_BENCH_TARGETS  replication: subset of local,bindfs,glusterfs,mirrorfs,
+#                           mirrorfs-onsync, e.g. local,mirrorfs (default all)
 #   MIRRORFS_BENCH_ACK      replication: mirrorfs ack modes, each-op,on-sync (default both:
 #                           targets mirrorfs and mirrorfs-onsync)
 #   MIRRORFS_BENCH_RESYNC_FILES      resync: files in the tree (default 100000)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 machine, as root, for mirrorfarm's tests and demo: the
 # packages they use, user_allow_other in /etc/fuse.conf, and no system Apache
-# (tests start their own instances). Idempotent: a second run changes nothing
-# and takes about a second. Prints what it does.
+# or glusterd (tests and benchmarks start their own instances). Idempotent: a
+# second run changes nothing and takes about a second. Prints what it does.
 set -euo pipefail
 
 PACKAGES=(
@@ -23,6 +23,7 @@ PACKAGES=(
   stress-ng    # the controller's stall soak test (CPU and I/O load on the primary)
   keepalived   # the failover benchmark's baseline (VRRP moving an IP)
   haproxy      # the farm benchmark's baseline (a proxy in front of the farm's nodes)
+  glusterfs-server # the replication benchmark's GlusterFS replica 2 baseline (glusterd, gluster, glusterfs)
 )
 
 say() { echo "setup: $*"; }
@@ -92,7 +93,32 @@ for svc in apache2 keepalived haproxy; do
   fi
 done
 
-# 4. Rust: not installed here (Debian's is too old); say so early.
+# 4. No system GlusterFS: glusterfs-server ships systemd units only (Debian
+#    enables neither on a fresh install, and starts them only under systemd).
+#    The replication benchmark runs its own glusterd per node, each in private
+#    namespaces; a system one would hold the machine's /var/lib/glusterd (its
+#    peers and volumes) and TCP 24007.
+for svc in glusterd glustereventsd; do
+  if [ -d /run/systemd/system ] && systemctl is-active --quiet "$svc"; then
+    say "stopping the $svc service"
+    systemctl stop "$svc"
+  fi
+  if command -v systemctl >/dev/null && [ "$(systemctl is-enabled "$svc" 2>/dev/null)" = enabled ]; then
+    say "disabling the $svc service"
+    systemctl disable "$svc" 2>&1 | sed 's/^/setup:   /'
+  else
+    say "$svc service is stopped and disabled"
+  fi
+done
+# Without systemd nothing starts it; one started by hand (with the unit's pid
+# file, in the machine's own namespaces) is the system's: stop it.
+pidfile=/run/glusterd.pid
+if [ -s "$pidfile" ] && [ "$(cat /proc/"$(cat "$pidfile")"/comm 2>/dev/null)" = glusterd ]; then
+  say "stopping the system glusterd (pid $(cat "$pidfile"), from $pidfile)"
+  kill "$(cat "$pidfile")"
+fi
+
+# 5. Rust: not installed here (Debian's is too old); say so early.
 if ! command -v cargo >/dev/null; then
   say "WARNING: no cargo on PATH: install Rust >= 1.85 with rustup to build mirrorfarm"
 fi

@@ -355,9 +355,16 @@ pub(crate) struct FuseMount {
 impl FuseMount {
     /// Starts the daemon and waits (up to 30 s) until the mount is there.
     pub(crate) fn start(spec: MountSpec) -> Self {
+        Self::try_start(spec).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`FuseMount::start`] for a target that may fail to mount without
+    /// ending the run (a baseline becomes a note): why it did not mount, with
+    /// nothing left mounted or running.
+    pub(crate) fn try_start(spec: MountSpec) -> Result<Self, String> {
         let mut m = Self { spec, proc: None };
-        m.spawn();
-        m
+        m.spawn()?;
+        Ok(m)
     }
 
     pub(crate) fn mountpoint(&self) -> &Path {
@@ -368,7 +375,7 @@ impl FuseMount {
     /// attributes or pages of this mount.
     pub(crate) fn remount(&mut self) {
         self.unmount();
-        self.spawn();
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Unmounts with `fusermount3 -u` (panics if that fails) and waits up to
@@ -391,22 +398,31 @@ impl FuseMount {
         }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the daemon and waits until it has mounted; if it does not,
+    /// unmounts whatever it left and stops it.
+    fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = sys::command_in(self.spec.netns.as_deref(), &self.spec.program);
         cmd.args(&self.spec.args);
-        let mut p = Proc::spawn(self.spec.name, &mut cmd, &self.spec.log);
+        // Owned by the guard at once: a stop signal during the wait below
+        // unwinds through our drop, which unmounts before stopping it.
+        let p = self
+            .proc
+            .insert(Proc::spawn(self.spec.name, &mut cmd, &self.spec.log));
         let end = Instant::now() + Duration::from_secs(30);
         let ready = |s: &MountSpec| s.ready_file.as_deref().is_none_or(Path::exists);
-        while !(sys::fuse_mounted(&self.spec.mountpoint) && ready(&self.spec)) {
+        let failed = loop {
+            if sys::fuse_mounted(&self.spec.mountpoint) && ready(&self.spec) {
+                return Ok(());
+            }
             if let Some(st) = p.exited() {
-                panic!(
+                break format!(
                     "{} exited ({st}) before mounting; its log ends:\n{}",
                     self.spec.name,
                     p.log_tail()
                 );
             }
             if Instant::now() > end {
-                panic!(
+                break format!(
                     "{} did not mount {} within 30 s; its log ends:\n{}",
                     self.spec.name,
                     self.spec.mountpoint.display(),
@@ -414,8 +430,9 @@ impl FuseMount {
                 );
             }
             sys::nap(Duration::from_millis(10));
-        }
-        self.proc = Some(p);
+        };
+        self.unmount();
+        Err(failed)
     }
 
     /// How many descriptors the daemon has open, as text ("?" if unknown).

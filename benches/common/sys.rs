@@ -468,3 +468,21 @@ pub(crate) fn netns_pids(ns: &str) -> Vec<i32> {
         })
         .unwrap_or_default()
 }
+
+/// The processes whose parent is `pid`, with their command names (from /proc).
+pub(crate) fn children(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let comm = head.split_once(" (")?.1;
+            let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+            (ppid == pid).then(|| (child, comm.to_string()))
+        })
+        .collect()
+}

@@ -1,5 +1,6 @@
-//! The replication results: one row per figure, a column per target, each
-//! target's ratio to local, the goal from issue 2 for mirrorfs and from
+//! The replication results: one row per figure, a column per target (local,
+//! bindfs, GlusterFS, mirrorfs in both ack modes), each baseline's and
+//! mirrorfs's ratio to local, the goal from issue 2 for mirrorfs and from
 //! issue 10 (item 7) for mirrorfs with `--ack on-sync`; and every round's
 //! figures. Laid out by the shared [`Table`].
 
@@ -14,6 +15,9 @@ pub(crate) enum Target {
     Local,
     /// A bindfs mount of a directory on /var/tmp: the cost of FUSE alone.
     Bindfs,
+    /// A GlusterFS replica 2 volume (a brick on each node), mounted on node
+    /// 1 by its FUSE client: what an operator would otherwise replicate with.
+    Glusterfs,
     /// The mirrorfs mount, replicating to `mirrorfs serve` in the other
     /// namespace (`--ack each-op`: every write waits for the secondary).
     Mirrorfs,
@@ -22,9 +26,10 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    pub(crate) const ALL: [Self; 4] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::Local,
         Self::Bindfs,
+        Self::Glusterfs,
         Self::Mirrorfs,
         Self::MirrorfsOnSync,
     ];
@@ -33,6 +38,7 @@ impl Target {
         match self {
             Self::Local => "local",
             Self::Bindfs => "bindfs",
+            Self::Glusterfs => "glusterfs",
             Self::Mirrorfs => "mirrorfs",
             Self::MirrorfsOnSync => "mirrorfs-onsync",
         }
@@ -73,11 +79,13 @@ pub(crate) struct Report {
     pub(crate) notes: Vec<String>,
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 15] = [
     "workload",
     "unit",
     "local",
     "bindfs",
+    "vs local",
+    "glusterfs",
     "vs local",
     "mirrorfs",
     "vs local",
@@ -99,9 +107,9 @@ impl Report {
             None if row.ratio => "n/a".into(),
             None => String::new(),
         };
-        // Figures (columns 2..7 and 9..11) right-aligned, text left.
+        // Figures (columns 2..9 and 11..13) right-aligned, text left.
         let mut table = Table::new(HEADER.map(String::from).to_vec(), |i| {
-            (2..7).contains(&i) || (9..11).contains(&i)
+            (2..9).contains(&i) || (11..13).contains(&i)
         });
         for row in &self.rows {
             let m = self.value(Target::Mirrorfs, row.key);
@@ -127,6 +135,8 @@ impl Report {
                 fig(self.value(Target::Local, row.key)),
                 fig(self.value(Target::Bindfs, row.key)),
                 rat(self.ratio(Target::Bindfs, row), row),
+                fig(self.value(Target::Glusterfs, row.key)),
+                rat(self.ratio(Target::Glusterfs, row), row),
                 fig(m),
                 rat(mr, row),
                 goal,
