@@ -31,6 +31,8 @@ pub struct Discarded {
 /// Discards this side's own changes under `root` (see the module doc).
 pub fn discard(root: &Path) -> io::Result<Discarded> {
     let meta = Meta::open(root)?;
+    // Not under a running mount or serve, which write the same log.
+    let _lock = meta.lock("discard").map_err(io::Error::other)?;
     let mut dirty = meta.dirty_log()?;
     let stamp = utc_stamp(SystemTime::now());
     let folder = meta.dir().join(format!("discarded-{stamp}"));

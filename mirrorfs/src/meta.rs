@@ -10,8 +10,9 @@
 //! previous epoch: after a crash of this node, the files in them are compared
 //! with the peer's, so a write that was in flight is never missed). The logs
 //! share one versioned record format ([`DirtyLog`]); older versions are
-//! rewritten in it when opened. Must not touch anything outside
-//! `ROOT/.mirrorfs`.
+//! rewritten in it when opened. `lock` is held (`flock`) by the one mirrorfs
+//! process working on the directory ([`Meta::lock`]). Must not touch
+//! anything outside `ROOT/.mirrorfs`.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +27,44 @@ use crate::proto::path::{RelPath, MAX_PATH};
 
 /// Name of the metadata directory at the root of a replicated tree.
 pub const META_DIR: &str = ".mirrorfs";
+
+/// The lock file in the metadata directory ([`Meta::lock`]).
+const LOCK: &str = "lock";
+
+/// A replicated directory held by this process ([`Meta::lock`]); released
+/// when dropped, or when the process ends however it ends (the kernel drops
+/// a dead process's `flock`).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Why a replicated directory could not be held.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it.
+    #[error(
+        "{root} is in use by {holder} (lock {lock}): two mirrorfs processes on one \
+         directory would both write it and its metadata; stop the other one first \
+         (a mount: unmount its mountpoint), or use another directory"
+    )]
+    InUse {
+        /// The replicated directory.
+        root: PathBuf,
+        /// Who holds it, as the holder wrote it ("mirrorfs mount, pid 1234").
+        holder: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {lock}: {source}")]
+    Io {
+        /// The lock file.
+        lock: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
 
 /// The metadata area of one replicated directory.
 #[derive(Debug)]
@@ -59,6 +98,51 @@ impl Meta {
     /// The replicated directory this metadata belongs to.
     pub fn root(&self) -> &Path {
         self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    /// Holds this directory for this process, as `who` ("mount", "serve",
+    /// "discard"): one mirrorfs process at a time works on a replicated
+    /// directory, whatever its role. Fails at once if another holds it,
+    /// naming it. The holder's name and pid are written in the lock file
+    /// for that message.
+    pub fn lock(&self, who: &str) -> Result<DirLock, LockError> {
+        let lock = self.dir.join(LOCK);
+        let io_err = |source| LockError::Io {
+            lock: lock.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(LockError::InUse {
+                    root: self.root().to_path_buf(),
+                    holder: if holder.is_empty() {
+                        "another mirrorfs process".into()
+                    } else {
+                        holder.into()
+                    },
+                    lock,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let me = format!("mirrorfs {who}, pid {}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.write_all(me.as_bytes()))
+            .map_err(io_err)?;
+        Ok(DirLock { _file: file })
     }
 
     /// The generation history (empty if this tree was never part of a mirror).
@@ -763,6 +847,37 @@ mod tests {
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_directory_is_held_by_one_process_at_a_time_and_the_refusal_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path()).unwrap();
+        let held = m.lock("mount").unwrap();
+        // A second holder (another open of the lock file, as another
+        // process would make) is refused at once, and told who holds it.
+        let e = Meta::open(dir.path()).unwrap().lock("serve").unwrap_err();
+        let me = format!("mirrorfs mount, pid {}", std::process::id());
+        match &e {
+            LockError::InUse { root, holder, .. } => {
+                assert_eq!((root.as_path(), holder.as_str()), (dir.path(), me.as_str()));
+            }
+            other => panic!("not InUse: {other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&me) && msg.contains("stop the other one first"),
+            "{msg}"
+        );
+        // Released on drop (as on the holder's exit): the next one gets it
+        // and says so in the file.
+        drop(held);
+        let _again = m.lock("serve").unwrap();
+        let text = fs::read_to_string(m.dir().join(LOCK)).unwrap();
+        assert_eq!(
+            text,
+            format!("mirrorfs serve, pid {}\n", std::process::id())
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::fs::fuse::MirrorFs;
 use crate::fs::Overlay;
-use crate::meta::{self, Meta, META_DIR};
+use crate::meta::{self, LockError, Meta, META_DIR};
 use crate::mirror::{Mirror, MirrorConfig, MirrorRef, OnPeerLoss, StartError};
 
 /// How a mount starts.
@@ -100,6 +100,9 @@ pub enum MountError {
     /// The mirror could not start (peer unreachable or refused, metadata).
     #[error(transparent)]
     Start(#[from] StartError),
+    /// Another mirrorfs process works on the backing directory.
+    #[error("--backing: {0}")]
+    Lock(#[from] LockError),
     /// The overlay could not open the backing directory.
     #[error("--backing {path}: {source}")]
     Overlay {
@@ -271,6 +274,9 @@ pub fn run(
         }
     }
     std::fs::create_dir_all(&meta_dir).map_err(meta_err)?;
+    // Held until the process ends: no second mount (nor a serve) on this
+    // directory while this one may still write it.
+    let _lock = Meta::open(&backing).map_err(meta_err)?.lock("mount")?;
     let peer = cfg.mirror.link.peer;
     let mirror = Mirror::start(&backing, cfg.mirror)?;
     if marked.is_some() {

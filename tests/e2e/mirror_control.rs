@@ -133,6 +133,77 @@ fn is_generation(v: &Value) -> bool {
         .is_some_and(|s| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// One mirrorfs process per directory: a second `mount` of a backing
+/// directory in use (found running two primaries with one identity, each
+/// displacing the other's connection while both wrote one metadata area),
+/// a `serve` of it, and a second `serve` of a replica in use are refused,
+/// naming the holder and what to do; nothing is mounted or served. Once the
+/// mount is gone, the directory mounts again.
+#[test]
+fn a_directory_in_use_by_mirrorfs_is_refused_to_a_second_one() -> Result<()> {
+    require_root()?;
+    let mut m = Mirror::start(&[])?;
+    let pid = m.mount().context("no mount")?.pid();
+    let holder = format!("in use by mirrorfs mount, pid {pid}");
+    let mnt2 = m.path().join("mnt2");
+    let mut args = m.mount_args();
+    args.mountpoint = mnt2.clone();
+    let mut second = m.spawn_mount(&args)?;
+    let status = second.wait_exit(START_DEADLINE)?;
+    let stderr = second.stderr();
+    ensure!(
+        status.code() == Some(2)
+            && stderr.contains(&holder)
+            && stderr.contains("stop the other one first"),
+        "a second mount of the backing exited {status}: {stderr}"
+    );
+    ensure!(!crate::util::is_fuse_mount(&mnt2)?, "mounted anyway");
+
+    // A serve on either root in use (on the replica: a second port).
+    let keys = m.keys();
+    for (root, port, holder) in [
+        (m.backing(), 7412, holder.clone()),
+        (
+            m.replica(),
+            7413,
+            "in use by mirrorfs serve, pid ".to_string(),
+        ),
+    ] {
+        let argv: Vec<std::ffi::OsString> = vec![
+            m.bin().into(),
+            "serve".into(),
+            "--root".into(),
+            root.clone().into(),
+            "--listen".into(),
+            format!("{}:{port}", m.node2.ip).into(),
+            "--key".into(),
+            keys.join("node2.key").into(),
+            "--cert".into(),
+            keys.join("node2.crt").into(),
+            "--peer-cert".into(),
+            keys.join("node1.crt").into(),
+        ];
+        let mut serve = m.node2.spawn("serve-second", argv)?;
+        let status = serve.wait_exit(START_DEADLINE)?;
+        let stderr = serve.stderr();
+        ensure!(
+            status.code() == Some(2) && stderr.contains(&holder),
+            "a serve of {} exited {status}: {stderr}",
+            root.display()
+        );
+    }
+
+    // The first mount still replicates; unmounted, its directory is free.
+    write_synced(&m.mnt().join("after"), b"still the one primary")?;
+    ensure!(fs::read(m.replica().join("after"))? == b"still the one primary");
+    let mnt = m.mnt();
+    let status = m.unmount(&mnt)?;
+    ensure!(status.success(), "unmount: {status}");
+    m.start_mount(&args)?;
+    ensure!(fs::read(mnt2.join("after"))? == b"still the one primary");
+    Ok(())
+}
+
 #[test]
 fn ctl_status_and_watch_on_a_mount() -> Result<()> {
     require_root()?;

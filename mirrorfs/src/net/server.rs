@@ -32,7 +32,7 @@ use super::tls::{server_config, Identity, PinnedPeer, TlsError};
 use super::{transport, FrameReader, HANDSHAKE_TIMEOUT};
 use crate::ctl::server::ControlServer;
 use crate::latency::{self, Class, Stage};
-use crate::meta::Meta;
+use crate::meta::{DirLock, LockError, Meta};
 use crate::proto::stream::Receiver;
 use crate::proto::wire::{Decoded, Frame, Hello, Seq, PROTOCOL_VERSION};
 use crate::replica::{Applied, Applier};
@@ -60,6 +60,9 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another mirrorfs process works on the replica root.
+    #[error("--root: {0}")]
+    Lock(#[from] LockError),
     /// The control socket.
     #[error("--control {path}: {source}")]
     Control {
@@ -112,6 +115,9 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     state: Arc<ServeState>,
     control: Option<ControlServer>,
+    /// The root, held while this serve runs (no second serve, nor a mount,
+    /// on it).
+    _lock: DirLock,
 }
 
 impl Server {
@@ -126,6 +132,8 @@ impl Server {
             path: cfg.root.clone(),
             source,
         };
+        // Before anything in the root is read or written.
+        let lock = Meta::open(&cfg.root).map_err(root_err)?.lock("serve")?;
         let applier = Applier::open(&cfg.root).map_err(root_err)?;
         let history = applier.history().map_err(root_err)?;
         let inconsistent = Meta::open(&cfg.root)
@@ -171,6 +179,7 @@ impl Server {
             endpoint,
             state,
             control,
+            _lock: lock,
         })
     }
 
@@ -186,11 +195,13 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        // `_lock` is held until the serve ends.
         let Self {
             cfg,
             endpoint,
             state,
             control,
+            _lock,
         } = self;
         info!(listen = %cfg.listen, root = %cfg.root.display(), primary = %cfg.pinned.name, "serving");
         let stats = Arc::new(ServeStats::default());
