@@ -723,7 +723,9 @@ fn a_clean_remount_sends_nothing_again() -> Result<()> {
                 )?;
             }
         }
-        Ok(())
+        // With --ack on-sync the writes return before the secondary has
+        // them; an fsync of the root waits for every one before it.
+        File::open(mnt)?.sync_all()
     })?;
     m.expect_replica_identical()?;
     let exit = m.unmount(&mnt)?;
