@@ -6,8 +6,11 @@
 //! I/O: it decodes frames and queues them here, and gets the outcomes back
 //! through a channel, so a long op (removing a large tree, a checksum pass, a
 //! slow disk) never delays QUIC keepalives or the progress reports that tell
-//! the primary the secondary is working. (Fsyncs still run beside, on the
-//! blocking pool: the thread hands back the descriptor to sync.) The thread
+//! the primary the secondary is working. A durability op's sync runs on this
+//! thread when nothing is queued behind it (a lone writer's fsync: no op
+//! waits for it, and its answer saves the hand-offs to the blocking pool and
+//! back); otherwise beside, on the blocking pool (the thread hands back the
+//! descriptor to sync), so that other writers' ops and fsyncs go on. The thread
 //! also keeps the serve's [`ServeState`] (what its control socket reports) up
 //! to date as it applies: the op busy on the disk (for the stall report, until
 //! its fsync is done), the last op applied, a resync begun or finished, a
@@ -22,6 +25,7 @@
 //! keeps answering.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Instant;
@@ -58,8 +62,11 @@ pub(crate) struct Answer {
     /// With [`Applied::Sync`]: the op stays busy (for the stall report)
     /// until its fsync is done, so whoever runs it drops this then.
     pub(crate) busy: Option<Busy>,
-    /// The op's class, when its frame was decoded and when its apply ended
-    /// (for [`latency`]).
+    /// A durability op synced on this thread already (its `result` is then
+    /// [`Applied::Done`]): the sync's errno, 0 if durable.
+    pub(crate) synced: Option<i32>,
+    /// The op's class, when its frame was decoded and when its apply (and
+    /// an inline sync) ended (for [`latency`]).
     pub(crate) timing: (Class, Instant, Instant),
 }
 
@@ -266,13 +273,29 @@ fn run(
                             sys::errno_of(&e)
                         });
                         stats.applied.fetch_add(1, Ordering::Relaxed);
-                        let busy = matches!(result, Ok(Applied::Sync { .. })).then_some(busy);
+                        // Nothing queued behind this op but itself: its sync
+                        // delays no other op, so it runs here.
+                        let alone = shared.queued.load(Ordering::Relaxed) <= cost;
+                        let (result, synced, busy) = match result {
+                            Ok(Applied::Sync { fd, how }) if alone => {
+                                let errno = match how.run(fd.as_fd()) {
+                                    Ok(()) => 0,
+                                    Err(e) => sys::errno_of(&e),
+                                };
+                                latency::record(Stage::Fsync, class, finished, Instant::now());
+                                drop(busy);
+                                (Ok(Applied::Done), Some(errno), None)
+                            }
+                            r @ Ok(Applied::Sync { .. }) => (r, None, Some(busy)),
+                            r => (r, None, None),
+                        };
                         let _ = answers.send(Answer {
                             seq,
                             durable,
                             result,
                             busy,
-                            timing: (class, decoded, finished),
+                            synced,
+                            timing: (class, decoded, Instant::now()),
                         });
                     }
                     // A replaced connection's op: never applied.

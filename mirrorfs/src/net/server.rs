@@ -480,11 +480,12 @@ struct Synced {
     decoded: Instant,
 }
 
-/// Feeds one outcome from the apply thread to the core; an fsync to do goes
-/// to the blocking pool, never inline: while one fsync runs, the stream keeps
-/// flowing and other writers' fsyncs run beside it (inline syncs serialised 4
-/// writers to the pace of one). The op stays busy (for the stall report)
-/// until its sync is done.
+/// Feeds one outcome from the apply thread to the core; an fsync the apply
+/// thread left to do goes to the blocking pool: while it runs, the stream
+/// keeps flowing and other writers' fsyncs run beside it (syncs always run
+/// on the apply thread serialised 4 writers to the pace of one; it runs one
+/// itself only when nothing is queued behind it). The op stays busy (for the
+/// stall report) until its sync is done.
 ///
 /// `ready` collects the answers that go out with the next write (for
 /// [`latency`]; an fsync's once it is done).
@@ -498,7 +499,12 @@ fn handle_answer(
     let now = Instant::now();
     latency::record(Stage::Back, class, finished, now);
     match a.result {
-        Ok(Applied::Done) => core.handle_applied(a.seq, a.durable, Ok(())),
+        Ok(Applied::Done) => {
+            core.handle_applied(a.seq, a.durable, Ok(()));
+            if let Some(errno) = a.synced {
+                core.handle_synced(a.seq, errno);
+            }
+        }
         Ok(Applied::Reply(payload)) => {
             core.handle_reply(a.seq, payload);
             core.handle_applied(a.seq, a.durable, Ok(()));
@@ -578,5 +584,46 @@ mod tests {
         );
         let one = mount_advice(libc::ST_NODEV).unwrap();
         assert!(one.contains("without nosuid:"), "{one}");
+    }
+
+    /// A durability op the apply thread synced itself is answered `Synced`
+    /// with the sync's errno, as one synced on the blocking pool is; nothing
+    /// goes to the pool.
+    #[test]
+    fn a_sync_done_on_the_apply_thread_is_answered_with_its_errno() {
+        let (pool, mut pool_rx) = mpsc::unbounded_channel();
+        let mut core = Receiver::new();
+        let mut ready = Vec::new();
+        let now = Instant::now();
+        for (seq, errno) in [(Seq(1), 0), (Seq(2), libc::EIO)] {
+            core.handle_op(seq).unwrap();
+            let answer = Answer {
+                seq,
+                durable: true,
+                result: Ok(Applied::Done),
+                busy: None,
+                synced: Some(errno),
+                timing: (Class::Sync, now, now),
+            };
+            handle_answer(&mut core, answer, &pool, &mut ready);
+        }
+        core.handle_idle();
+        let frames: Vec<Frame> = std::iter::from_fn(|| core.poll_transmit()).collect();
+        assert!(
+            frames.contains(&Frame::Synced {
+                seq: Seq(1),
+                errno: 0
+            }),
+            "{frames:?}"
+        );
+        assert!(
+            frames.contains(&Frame::Synced {
+                seq: Seq(2),
+                errno: libc::EIO
+            }),
+            "{frames:?}"
+        );
+        assert_eq!(ready.len(), 2, "both answers go out with the next write");
+        assert!(pool_rx.try_recv().is_err(), "nothing was left to sync");
     }
 }
