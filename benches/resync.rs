@@ -1145,8 +1145,8 @@ fn run() {
     let full_end = lab.wait_in_sync("the --full resync", Duration::from_secs(3600));
     let full_time = full_end - t;
     let full_log = logged_resync(&mount_log);
-    // Some runs' --full took 2-3x the others' with the same binary; what the
-    // two daemons warned about meanwhile is the first thing to read then.
+    // A --full much slower than the reads: what the two daemons warned about
+    // meanwhile is the first thing to read.
     for (name, log, from) in [
         ("mount", &mount_log, logs_from[0]),
         ("serve", &serve_log, logs_from[1]),
