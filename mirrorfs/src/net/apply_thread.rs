@@ -25,7 +25,7 @@
 //! keeps answering.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Instant;
@@ -39,7 +39,7 @@ use crate::latency::{self, Class, Stage};
 use crate::proto::path::RelPath;
 use crate::proto::wire::{Op, Seq};
 use crate::replica::apply::Prefetch;
-use crate::replica::{Applied, Applier};
+use crate::replica::{Applied, Applier, SyncHow};
 use crate::sys;
 
 /// Bytes of ops queued for the apply thread beyond which the runtime stops
@@ -215,6 +215,18 @@ impl ApplyThread {
     }
 }
 
+/// Runs a durability op's sync (`how`) on `fd`, here or on the blocking pool;
+/// returns its errno, 0 if durable (the sync's time goes to [`latency`]).
+pub(crate) fn sync(fd: BorrowedFd<'_>, how: SyncHow, class: Class) -> i32 {
+    let started = Instant::now();
+    let errno = match how.run(fd) {
+        Ok(()) => 0,
+        Err(e) => sys::errno_of(&e),
+    };
+    latency::record(Stage::Fsync, class, started, Instant::now());
+    errno
+}
+
 /// The thread's loop: applies queued ops of the connection it serves, in order.
 fn run(
     mut applier: Applier,
@@ -278,11 +290,7 @@ fn run(
                         let alone = shared.queued.load(Ordering::Relaxed) <= cost;
                         let (result, synced, busy) = match result {
                             Ok(Applied::Sync { fd, how }) if alone => {
-                                let errno = match how.run(fd.as_fd()) {
-                                    Ok(()) => 0,
-                                    Err(e) => sys::errno_of(&e),
-                                };
-                                latency::record(Stage::Fsync, class, finished, Instant::now());
+                                let errno = sync(fd.as_fd(), how, class);
                                 drop(busy);
                                 (Ok(Applied::Done), Some(errno), None)
                             }

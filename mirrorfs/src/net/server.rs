@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::apply_thread::{Answer, ApplyThread};
+use super::apply_thread::{self, Answer, ApplyThread};
 use super::client::HELLO_LIMIT;
 use super::serve_state::ServeState;
 use super::tls::{server_config, Identity, PinnedPeer, TlsError};
@@ -513,12 +513,7 @@ fn handle_answer(
             core.handle_applied(a.seq, true, Ok(()));
             let (tx, seq, busy) = (synced.clone(), a.seq, a.busy);
             tokio::task::spawn_blocking(move || {
-                let t0 = Instant::now();
-                let errno = match how.run(fd.as_fd()) {
-                    Ok(()) => 0,
-                    Err(e) => sys::errno_of(&e),
-                };
-                latency::record(Stage::Fsync, class, t0, Instant::now());
+                let errno = apply_thread::sync(fd.as_fd(), how, class);
                 drop(busy);
                 let _ = tx.send(Synced {
                     seq,
