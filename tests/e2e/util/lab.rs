@@ -48,6 +48,7 @@ pub struct Lab {
 #[derive(Default)]
 pub struct LabBuilder {
     names: Vec<String>,
+    subnet: Option<[u8; 3]>,
 }
 
 /// One host of the lab: a network namespace with one interface on the bridge.
@@ -178,6 +179,14 @@ impl Drop for Lab {
 }
 
 impl LabBuilder {
+    /// The lab's /24 (its first three bytes), instead of one from the PID:
+    /// for a test whose outcome depends on the addresses themselves (a hash
+    /// of them), so that it is the same in every run.
+    pub fn subnet(mut self, net: [u8; 3]) -> Self {
+        self.subnet = Some(net);
+        self
+    }
+
     /// Adds a node; nodes get addresses .1, .2, ... in the order they are added.
     pub fn node(mut self, name: &str) -> Self {
         self.names.push(name.to_owned());
@@ -200,7 +209,7 @@ impl LabBuilder {
             .context("cannot create the lab's log dir under /var/tmp")?;
         let mut lab = Lab {
             switch_ns: format!("{tag}sw"),
-            subnet: subnet_for(pid, n),
+            subnet: self.subnet.unwrap_or_else(|| subnet_for(pid, n)),
             tag,
             nodes: Vec::new(),
             namespaces: Vec::new(),
