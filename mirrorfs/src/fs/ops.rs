@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
@@ -340,7 +340,7 @@ impl Overlay {
         if !is_kind(&st, libc::S_IFDIR) {
             return Err(err(libc::ENOTDIR));
         }
-        let path_fd = reopen(root_fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?;
+        let path_fd = sys::reopen(root_fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?;
         Ok(Self {
             inodes: Arc::new(InodeTable::new(path_fd, key_of(&st), budget)),
             handles: Arc::new(RwLock::new(HashMap::new())),
@@ -886,7 +886,7 @@ impl Overlay {
     pub fn open_read(&self, ino: u64, flags: i32) -> io::Result<Opened> {
         let fd = self.inodes.fd(ino)?;
         let st = sys::fstat(fd.as_fd())?;
-        let file = Arc::new(File::from(reopen(
+        let file = Arc::new(File::from(sys::reopen(
             fd.as_fd(),
             libc::O_RDONLY | (flags & libc::O_NONBLOCK),
         )?));
@@ -930,7 +930,7 @@ impl Overlay {
                 Ok((Touched::paths(path.iter().cloned().collect()), path))
             },
             |path, begun| {
-                let file = Arc::new(File::from(reopen(fd.as_fd(), oflags)?));
+                let file = Arc::new(File::from(sys::reopen(fd.as_fd(), oflags)?));
                 let remote = begun.epoch.filter(|_| path.is_some());
                 let fh = self.insert_handle(ino, file, true, keep, false);
                 let ops = match (path, remote) {
@@ -1381,7 +1381,7 @@ impl Overlay {
                     {
                         Some(h) => sys::ftruncate(h.file.as_fd(), size)?,
                         None => sys::ftruncate(
-                            reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?.as_fd(),
+                            sys::reopen(fd.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?.as_fd(),
                             size,
                         )?,
                     }
@@ -1814,15 +1814,6 @@ impl Overlay {
             }
         })
     }
-}
-
-/// Opens the inode an O_PATH descriptor holds, with `flags`.
-fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
-    let p = sys::proc_fd_path(fd);
-    // SAFETY: valid C string; the result is owned below.
-    let raw = sys::cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// True when an inode the table knows by `(dev, ino)` (`old`, stat'ed
