@@ -76,11 +76,13 @@
 //! http1m,walk`; all by default).
 //!
 //! Before the rounds, the bare QUIC round trip node 1 → node 2 (`mirrorfs
-//! rtt`: replication's TLS and transport, 64 B and 4 KiB out, 16 B back) is
-//! measured, the floor under every replicated op. After each latency-bound
-//! workload (random writes, create, churn) on mirrorfs, both sides' stage
-//! histograms (`mirrorfs ctl latency`, reset before the workload) are
-//! printed: where each op's time went (`common/breakdown.rs`).
+//! rtt`: replication's TLS and transport, 64 B, 4 KiB and 1 MiB out, 16 B
+//! back) is measured, the floor under every replicated op; 1 MiB messages
+//! one after another are also the direct connection of the each-op
+//! sequential row, whose 1 MiB writes each wait for their answer. After each
+//! latency-bound workload (random writes, create, churn) on mirrorfs, both
+//! sides' stage histograms (`mirrorfs ctl latency`, reset before the
+//! workload) are printed: where each op's time went (`common/breakdown.rs`).
 //!
 //! The table is printed and written as Markdown to `bench-replication.md` in
 //! the target directory. Everything the run makes (namespaces, mounts,
@@ -402,15 +404,25 @@ fn run() {
         mount: mount_control.clone(),
         serve: Mirrorfs::serve_control(&scratch.log("serve")),
     };
-    // The floor under every replicated op, measured in this run.
-    match mirrorfs.rtt(&[64, 4096], &scratch.log("rtt")) {
+    // The floor under every replicated op, measured in this run; 1 MiB out
+    // is the direct connection under the each-op sequential row (one 1 MiB
+    // write at a time, each answered before the next).
+    match mirrorfs.rtt(&[64, 4096, 1 << 20], &scratch.log("rtt")) {
         Ok(figures) => {
             for f in figures {
-                let line = format!(
+                let mut line = format!(
                     "bare QUIC round trip node 1 -> node 2 (`mirrorfs rtt`, {} B out, 16 B back): \
                      p50 {} µs, p90 {} µs, p99 {} µs",
                     f["size"], f["p50_us"], f["p90_us"], f["p99_us"]
                 );
+                if let (Some(size), Some(mean)) = (f["size"].as_f64(), f["mean_us"].as_f64()) {
+                    if size >= f64::from(1 << 20) && mean > 0.0 {
+                        line += &format!(
+                            "; one after another: {:.0} MB/s (the ceiling of each-op sequential writes)",
+                            size / mean
+                        );
+                    }
+                }
                 eprintln!("{line}");
                 notes.push(line);
             }
