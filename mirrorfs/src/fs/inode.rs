@@ -1,9 +1,12 @@
 //! [`InodeTable`]: the primary's map from FUSE inode numbers to backing inodes.
 //!
 //! Owns, per inode the kernel knows: the backing `(dev, ino)`, a cached
-//! `O_PATH` descriptor, the kernel's lookup count (honouring `forget`), and
-//! every name it is known under, which is what replication sends to the
-//! secondary. Descriptors are a bounded cache (the kernel may know far more
+//! `O_PATH` descriptor, for a regular file read through the overlay a cached
+//! read-only descriptor (shared by its read-only opens, so that an open of a
+//! small file costs no `open(2)` and no `close(2)` in mirrorfs: Apache's
+//! GETs), the kernel's lookup count (honouring `forget`), and every name it
+//! is known under, which is what replication sends to the secondary.
+//! Descriptors are a bounded cache (the kernel may know far more
 //! inodes than a process may hold descriptors), filled only when an
 //! operation needs one (a lookup or a directory listing records the inode
 //! from its `fstatat` alone): a missing one is opened from its parent's
@@ -16,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -35,6 +39,9 @@ struct Node {
     key: Key,
     /// Cached descriptor (`None`: evicted, reopen from the path).
     fd: Option<Arc<OwnedFd>>,
+    /// Cached read-only descriptor of a regular file (only beside `fd`,
+    /// evicted with it).
+    reader: Option<Arc<File>>,
     /// Used since the last eviction sweep (clock algorithm).
     used: bool,
     /// Lookups the kernel holds (root: never forgotten).
@@ -76,6 +83,7 @@ impl InodeTable {
             Node {
                 key: root_key,
                 fd: Some(root),
+                reader: None,
                 used: true,
                 lookups: 1,
                 names: Vec::new(),
@@ -107,7 +115,7 @@ impl InodeTable {
                     node.used = false;
                 } else {
                     node.fd = None;
-                    t.cached -= 1;
+                    t.cached -= 1 + usize::from(node.reader.take().is_some());
                 }
             }
         }
@@ -183,6 +191,37 @@ impl InodeTable {
         fd
     }
 
+    /// The cached read-only descriptor of `ino`, a regular file, or one
+    /// `open` makes (from the inode's O_PATH descriptor, which the caller
+    /// got from [`fd`](Self::fd)) and that is cached beside it. Every
+    /// read-only open of the file shares it: reads are positional, so no
+    /// open needs a descriptor of its own.
+    pub fn reader(
+        &self,
+        ino: u64,
+        open: impl FnOnce() -> io::Result<File>,
+    ) -> io::Result<Arc<File>> {
+        if let Some(r) = self.lock().nodes.get(&ino).and_then(|n| n.reader.clone()) {
+            return Ok(r);
+        }
+        let file = Arc::new(open()?);
+        let mut t = self.lock();
+        self.make_room(&mut t);
+        let Some(node) = t.nodes.get_mut(&ino) else {
+            return Ok(file);
+        };
+        // Only beside the O_PATH descriptor (evicted meanwhile: not cached).
+        if node.fd.is_none() {
+            return Ok(file);
+        }
+        if let Some(old) = &node.reader {
+            return Ok(old.clone());
+        }
+        node.reader = Some(file.clone());
+        t.cached += 1;
+        Ok(file)
+    }
+
     /// A lookup of a name the table already knows for `key`: counts it and
     /// returns the inode, or `None` when the name (or inode) is new.
     pub fn lookup_known(&self, parent: u64, name: &OsStr, key: Key) -> Option<u64> {
@@ -246,6 +285,7 @@ impl InodeTable {
             Node {
                 key,
                 fd: fd.map(Arc::new),
+                reader: None,
                 used: true,
                 lookups: 1,
                 names: vec![(parent, name.to_owned())],
@@ -272,8 +312,8 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
             let key = node.key;
-            if t.nodes.remove(&ino).is_some_and(|n| n.fd.is_some()) {
-                t.cached -= 1;
+            if let Some(n) = t.nodes.remove(&ino) {
+                t.cached -= usize::from(n.fd.is_some()) + usize::from(n.reader.is_some());
             }
             if t.by_key.get(&key) == Some(&ino) {
                 t.by_key.remove(&key);

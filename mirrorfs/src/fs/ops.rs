@@ -886,11 +886,16 @@ impl Overlay {
     pub fn open_read(&self, ino: u64, flags: i32) -> io::Result<Opened> {
         let fd = self.inodes.fd(ino)?;
         let st = sys::fstat(fd.as_fd())?;
-        let file = Arc::new(File::from(sys::reopen(
-            fd.as_fd(),
-            libc::O_RDONLY | (flags & libc::O_NONBLOCK),
-        )?));
         let regular = is_kind(&st, libc::S_IFREG);
+        let reopen = |flags| Ok(File::from(sys::reopen(fd.as_fd(), flags)?));
+        // A regular file's read-only opens share one cached descriptor
+        // (O_NONBLOCK means nothing to a regular file); a FIFO or a device
+        // gets its own, with the caller's O_NONBLOCK.
+        let file = if regular {
+            self.inodes.reader(ino, || reopen(libc::O_RDONLY))?
+        } else {
+            Arc::new(reopen(libc::O_RDONLY | (flags & libc::O_NONBLOCK))?)
+        };
         let allowed =
             self.passthrough.load(Ordering::Relaxed) && regular && st.st_size > PAGE_CACHED_MAX;
         let mode = self.io_modes.open_read(ino, allowed);

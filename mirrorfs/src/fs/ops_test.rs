@@ -521,6 +521,62 @@ fn issue_10_small_files_keep_the_page_cache_large_ones_use_passthrough() {
     rec.take();
 }
 
+/// Issue 10, item 4: a regular file's read-only opens share one cached
+/// descriptor (an Apache GET's OPEN and RELEASE then cost mirrorfs no
+/// `open(2)` and no `close(2)`), which counts in the descriptor budget, is
+/// evicted with the inode's own, and is opened again after that.
+#[test]
+fn issue_10_read_only_opens_of_a_file_share_one_cached_descriptor() {
+    let dir = tempfile::Builder::new()
+        .prefix("mfs-ops")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let ov = Overlay::with_fd_budget(dir.path(), rec.clone(), 64).unwrap();
+    fs::write(dir.path().join("f"), b"one").unwrap();
+    let f = ov.lookup(ROOT_INO, OsStr::new("f")).unwrap();
+    let raw = |fh| ov.handle(fh).unwrap().file.as_raw_fd();
+
+    let a = ov.open_read(f.ino, libc::O_RDONLY).unwrap();
+    let cached = ov.inode_stats().1;
+    let b = ov
+        .open_read(f.ino, libc::O_RDONLY | libc::O_NONBLOCK)
+        .unwrap();
+    assert_ne!(a.fh, b.fh);
+    assert_eq!(raw(a.fh), raw(b.fh), "two descriptors for one file");
+    assert_eq!(ov.inode_stats().1, cached);
+    ov.release(a.fh);
+    ov.release(b.fh);
+    // Kept after the last release: the next open shares it too.
+    let c = ov.open_read(f.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(ov.read(c.fh, 0, 16).unwrap(), b"one");
+    ov.release(c.fh);
+
+    // Many files read once each: the cache stays within its budget, and a
+    // file whose descriptors were evicted is opened and read again.
+    for i in 0..200 {
+        let name = format!("g{i}");
+        fs::write(dir.path().join(&name), name.as_bytes()).unwrap();
+        let e = ov.lookup(ROOT_INO, OsStr::new(&name)).unwrap();
+        let o = ov.open_read(e.ino, libc::O_RDONLY).unwrap();
+        assert_eq!(ov.read(o.fh, 0, 16).unwrap(), name.as_bytes());
+        ov.release(o.fh);
+        let cached = ov.inode_stats().1;
+        assert!(cached <= 64, "{cached} descriptors cached");
+    }
+    fs::write(dir.path().join("f"), b"two").unwrap();
+    let c = ov.open_read(f.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(ov.read(c.fh, 0, 16).unwrap(), b"two");
+    ov.release(c.fh);
+    // Forgotten: its descriptors leave the count.
+    let before = ov.inode_stats();
+    ov.forget(f.ino, 1);
+    let after = ov.inode_stats();
+    assert_eq!(after.0, before.0 - 1);
+    assert!(after.1 <= before.1);
+    assert!(rec.take().is_empty());
+}
+
 /// Issue 10, item 5: READDIRPLUS looks every entry up (counted, so the
 /// kernel's later forget balances it), gives back the lookup of an entry the
 /// reply buffer refused, hands `.` and `..` over without an entry, and
