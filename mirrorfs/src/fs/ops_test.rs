@@ -25,12 +25,23 @@ fn p(s: &str) -> RelPath {
 }
 
 fn setup() -> (tempfile::TempDir, Arc<Recorder>, Overlay) {
+    setup_with(|dir, rec| Overlay::new(dir, rec))
+}
+
+/// An overlay caching at most 64 descriptors (the table's smallest budget).
+fn setup_small_budget() -> (tempfile::TempDir, Arc<Recorder>, Overlay) {
+    setup_with(|dir, rec| Overlay::with_fd_budget(dir, rec, 64))
+}
+
+fn setup_with(
+    make: impl FnOnce(&Path, Arc<Recorder>) -> io::Result<Overlay>,
+) -> (tempfile::TempDir, Arc<Recorder>, Overlay) {
     let dir = tempfile::Builder::new()
         .prefix("mfs-ops")
         .tempdir_in("/var/tmp")
         .unwrap();
     let rec = Arc::new(Recorder::default());
-    let ov = Overlay::new(dir.path(), rec.clone()).unwrap();
+    let ov = make(dir.path(), rec.clone()).unwrap();
     (dir, rec, ov)
 }
 
@@ -352,12 +363,7 @@ fn hard_links_and_rename_exchange_keep_paths_right() {
 
 #[test]
 fn descriptor_cache_stays_bounded_and_reopens_by_path() {
-    let dir = tempfile::Builder::new()
-        .prefix("mfs-ops")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let rec = Arc::new(Recorder::default());
-    let ov = Overlay::with_fd_budget(dir.path(), rec.clone(), 64).unwrap();
+    let (dir, rec, ov) = setup_small_budget();
     let mut files = Vec::new();
     for d in 0..10 {
         let de = ov
@@ -527,12 +533,7 @@ fn issue_10_small_files_keep_the_page_cache_large_ones_use_passthrough() {
 /// evicted with the inode's own, and is opened again after that.
 #[test]
 fn issue_10_read_only_opens_of_a_file_share_one_cached_descriptor() {
-    let dir = tempfile::Builder::new()
-        .prefix("mfs-ops")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let rec = Arc::new(Recorder::default());
-    let ov = Overlay::with_fd_budget(dir.path(), rec.clone(), 64).unwrap();
+    let (dir, rec, ov) = setup_small_budget();
     fs::write(dir.path().join("f"), b"one").unwrap();
     let f = ov.lookup(ROOT_INO, OsStr::new("f")).unwrap();
     let raw = |fh| ov.handle(fh).unwrap().file.as_raw_fd();
@@ -705,12 +706,7 @@ fn issue_10_descriptors_are_opened_lazily_from_the_parent() {
 /// uses the handle.
 #[test]
 fn issue_10_an_open_file_unlinked_after_its_descriptor_was_evicted_keeps_its_attributes() {
-    let dir = tempfile::Builder::new()
-        .prefix("mfs-ops")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let rec = Arc::new(Recorder::default());
-    let ov = Overlay::with_fd_budget(dir.path(), rec.clone(), 64).unwrap();
+    let (_dir, rec, ov) = setup_small_budget();
     let (victim, o) = ov
         .create(ROOT, ROOT_INO, OsStr::new("victim"), 0o644, 0, libc::O_RDWR)
         .wait()
