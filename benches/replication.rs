@@ -48,7 +48,7 @@
 //!   files/s and cycles/s. Metadata operations, each one a round trip.
 //! - HTTP reads: our own Apache (event MPM, sendfile, mmap) serving the
 //!   directory, `wrk -t2 -c32` from node 1's namespace against a 4 KiB and a 1 MiB
-//!   file: requests/s. Reads must stay local (FUSE passthrough); skipped with
+//!   file: requests/s. Reads must stay local (the page cache; no request per open); skipped with
 //!   a note if apache2 or wrk is missing.
 //! - `find` + lstat of every entry of a 100 000-file tree
 //!   (`MIRRORFS_BENCH_TREE`), created through the target (so mirrorfs replicates

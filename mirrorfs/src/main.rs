@@ -268,7 +268,14 @@ struct MountArgs {
     /// FUSE worker threads (concurrent operations served).
     #[arg(long, default_value_t = 16)]
     threads: usize,
-    /// Serve read-only opens through mirrorfs even where the kernel offers passthrough.
+    /// Answer every open and close of a file (FUSE OPEN and RELEASE), so that
+    /// read-only opens of large files can use the kernel's passthrough. By
+    /// default the kernel opens files alone, with no request at all.
+    #[arg(long = "open-requests")]
+    open_requests: bool,
+    /// With --open-requests: serve read-only opens through mirrorfs even
+    /// where the kernel offers passthrough (without it there is no
+    /// passthrough anyway).
     #[arg(long = "no-passthrough")]
     no_passthrough: bool,
     /// Log file when detached (default: BACKING/.mirrorfs/mount.log).
@@ -485,6 +492,7 @@ fn mount_config(a: &MountArgs) -> Result<MountConfig, String> {
         },
         control: a.control.clone(),
         threads: a.threads,
+        open_requests: a.open_requests,
         passthrough: !a.no_passthrough,
         accept_inconsistent: a.accept_inconsistent,
     })

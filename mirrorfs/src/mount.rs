@@ -36,7 +36,11 @@ pub struct MountConfig {
     pub control: Option<PathBuf>,
     /// FUSE worker threads (1 to 256).
     pub threads: usize,
-    /// Serve read-only opens through the kernel's passthrough where it has it.
+    /// Every open of a file is a FUSE OPEN request answered here (per-open
+    /// handles; needed for passthrough). Off: the kernel opens files alone.
+    pub open_requests: bool,
+    /// With `open_requests`: serve read-only opens of large files through
+    /// the kernel's passthrough where it has it.
     pub passthrough: bool,
     /// Mount even if the backing tree is marked inconsistent (the operator
     /// accepts its mix of old and new data); the mark is removed.
@@ -338,7 +342,7 @@ pub fn run(
             )?),
             None => None,
         };
-    let fs = MirrorFs::new(overlay, cfg.passthrough);
+    let fs = MirrorFs::new(overlay, cfg.open_requests, cfg.passthrough);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("mirrorfs:{}", backing.display())),

@@ -6,14 +6,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
 use crate::util::mirror::Mirror;
-use crate::util::within;
+use crate::util::{sys, within};
 
 fn names(dir: &Path) -> Result<Vec<String>> {
     let mut v: Vec<String> = fs::read_dir(dir)?
@@ -123,4 +124,131 @@ fn issue_10_open_files_unlinked_keep_their_attributes_and_data() -> Result<()> {
         }
         Ok(())
     })?
+}
+
+/// Issue 10, item 4: by default the kernel opens files alone (no OPEN,
+/// RELEASE or FLUSH requests) and sends their writes with handle 0. Every
+/// kind of write through such opens reaches the secondary: in place, after
+/// an `O_TRUNC` open (a SETATTR now), `O_APPEND`, `O_SYNC`, `ftruncate`, a
+/// shared mapping, after a rename, `copy_file_range`, `fallocate`, and more
+/// files than the mount keeps writers for; a file unlinked while open can
+/// still be written and read. The same with `--open-requests`.
+#[test]
+fn issue_10_writes_through_opens_the_kernel_made_alone_reach_the_secondary() -> Result<()> {
+    for extra in [&[][..], &["--open-requests"][..]] {
+        let m = Mirror::start(extra)?;
+        let mnt = m.mnt();
+        within(Duration::from_secs(120), "writes without OPEN", move || {
+            let p = |n: &str| mnt.join(n);
+            let rw = |n: &str| OpenOptions::new().read(true).write(true).open(p(n));
+            fs::write(p("a"), b"0123456789")?;
+            OpenOptions::new()
+                .write(true)
+                .open(p("a"))?
+                .write_all_at(b"AB", 3)?;
+            fs::write(p("b"), vec![b'x'; 5000])?;
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(p("b"))?
+                .write_all(b"short")?;
+            fs::write(p("c"), b"1\n")?;
+            for i in 0..3 {
+                OpenOptions::new()
+                    .append(true)
+                    .open(p("c"))?
+                    .write_all(format!("{i}\n").as_bytes())?;
+            }
+            fs::write(p("d"), b"")?;
+            let mut d = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_SYNC)
+                .open(p("d"))?;
+            for i in 0..5 {
+                d.write_all(format!("sync{i}").as_bytes())?;
+            }
+            drop(d);
+            let a = rw("a")?;
+            let mut got = [0u8; 10];
+            a.read_exact_at(&mut got, 0)?;
+            ensure!(&got == b"012AB56789", "read back {got:?}");
+            a.set_len(4)?;
+            a.sync_all()?;
+            drop(a);
+            // A shared writable mapping: its pages are written back by msync.
+            fs::write(p("e"), vec![0u8; 8192])?;
+            let e = rw("e")?;
+            // SAFETY: a fresh shared mapping of 8192 bytes of an open file,
+            // written within bounds and unmapped before the file is closed.
+            unsafe {
+                let at = libc::mmap(
+                    std::ptr::null_mut(),
+                    8192,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    e.as_raw_fd(),
+                    0,
+                );
+                ensure!(
+                    at != libc::MAP_FAILED,
+                    "mmap: {}",
+                    std::io::Error::last_os_error()
+                );
+                std::ptr::copy_nonoverlapping(b"MMAP!".as_ptr(), (at as *mut u8).add(100), 5);
+                ensure!(libc::msync(at, 8192, libc::MS_SYNC) == 0, "msync");
+                libc::munmap(at, 8192);
+            }
+            drop(e);
+            // Unlinked while open, then written and read.
+            fs::write(p("f"), b"gone")?;
+            let f = rw("f")?;
+            fs::remove_file(p("f"))?;
+            f.write_all_at(b"still", 0)?;
+            let mut got = [0u8; 5];
+            f.read_exact_at(&mut got, 0)?;
+            ensure!(&got == b"still", "unlinked file read back {got:?}");
+            f.sync_all()?;
+            drop(f);
+            fs::write(p("g"), b"g")?;
+            let g = OpenOptions::new().write(true).open(p("g"))?;
+            fs::rename(p("g"), p("h"))?;
+            g.write_all_at(b"H", 1)?;
+            drop(g);
+            let src: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
+            fs::write(p("src"), &src)?;
+            let from = File::open(p("src"))?;
+            let to = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p("dst"))?;
+            sys::copy_file_range(&from, 0, &to, 0, src.len())?;
+            fs::write(p("fill"), vec![b'y'; 4096])?;
+            let fill = rw("fill")?;
+            // SAFETY: plain syscall on an open descriptor.
+            ensure!(
+                unsafe { libc::posix_fallocate(fill.as_raw_fd(), 0, 1 << 17) } == 0,
+                "fallocate"
+            );
+            drop(fill);
+            let n = mirrorfs::fs::ops::SHARED_WRITERS_MAX + 20;
+            for i in 0..n {
+                fs::write(p(&format!("m{i}")), b"")?;
+            }
+            for round in 0..2 {
+                for i in (0..n).step_by(round * 6 + 1) {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(p(&format!("m{i}")))?
+                        .write_all_at(format!("{round}").as_bytes(), round as u64)?;
+                }
+            }
+            ensure!(fs::read(p("d"))? == b"sync0sync1sync2sync3sync4");
+            ensure!(fs::read(p("c"))? == b"1\n0\n1\n2\n");
+            Ok(())
+        })??;
+        m.expect_replica_identical()
+            .with_context(|| format!("mount options {extra:?}"))?;
+    }
+    Ok(())
 }

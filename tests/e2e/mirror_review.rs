@@ -144,9 +144,10 @@ fn issue_7_ops_inside_a_directory_being_renamed_reach_the_right_names() -> Resul
     Ok(())
 }
 
-/// Issue 7, finding 7: an `open` or `create` that the secondary refuses
-/// (here: its copies are immutable) fails, and leaves no handle behind on
-/// the primary. Each one used to keep a descriptor (and a writer count that
+/// Issue 7, finding 7: an `open` (its first write, now that the kernel
+/// opens files alone) or `create` that the secondary refuses (here: its
+/// copies are immutable) fails, and leaves no handle behind on the
+/// primary. Each one used to keep a descriptor (and a writer count that
 /// costs the file its passthrough reads) until the mount ended; the entry a
 /// refused `create`, `mkdir` or `symlink` made locally is never the
 /// kernel's, so the mount gives back its lookup too.
@@ -162,10 +163,15 @@ fn issue_7_a_refused_open_or_create_leaves_no_handle_behind() -> Result<()> {
     let before = fds()?;
     const TRIES: usize = 50;
     for i in 0..TRIES {
-        let opened = OpenOptions::new().write(true).open(mnt.join("f"));
+        // The kernel opens files alone (no OPEN requests): the first write
+        // through the open is what the secondary refuses.
+        let written = OpenOptions::new()
+            .write(true)
+            .open(mnt.join("f"))
+            .and_then(|mut f| f.write_all(b"z"));
         ensure!(
-            opened.is_err(),
-            "a writable open the secondary refused succeeded"
+            written.is_err(),
+            "a writable open and write the secondary refused succeeded"
         );
         let created = File::create(mnt.join(format!("locked/new-{i}")));
         ensure!(created.is_err(), "a create the secondary refused succeeded");

@@ -71,6 +71,9 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// The FUSE filesystem of `mirrorfs mount`.
 pub struct MirrorFs {
     ops: Arc<Overlay>,
+    /// Opens of files come as OPEN requests (else the kernel opens files
+    /// alone: see [`MirrorFs::open`]).
+    open_requests: bool,
     passthrough: AtomicBool,
     /// Live backing ids by inode, shared by that inode's passthrough opens.
     backing_by_ino: Mutex<HashMap<u64, Weak<BackingId>>>,
@@ -87,12 +90,15 @@ impl std::fmt::Debug for MirrorFs {
 }
 
 impl MirrorFs {
-    /// Wraps an overlay; passthrough is used when `passthrough` is set and the
-    /// kernel offers it.
-    pub fn new(ops: Arc<Overlay>, passthrough: bool) -> Self {
+    /// Wraps an overlay. With `open_requests`, every open of a file is an
+    /// OPEN request and passthrough is used when `passthrough` is set and
+    /// the kernel offers it; without, the kernel opens files alone (and
+    /// no passthrough is possible: it is set up in an OPEN's reply).
+    pub fn new(ops: Arc<Overlay>, open_requests: bool, passthrough: bool) -> Self {
         Self {
             ops,
-            passthrough: AtomicBool::new(passthrough),
+            open_requests,
+            passthrough: AtomicBool::new(passthrough && open_requests),
             backing_by_ino: Mutex::new(HashMap::new()),
             backing_by_fh: Mutex::new(HashMap::new()),
         }
@@ -241,6 +247,9 @@ impl Filesystem for MirrorFs {
             .is_err()
         {
             info!("the kernel offers no READDIRPLUS: listings come without attributes");
+        }
+        if !self.open_requests {
+            info!("files are opened by the kernel alone: no OPEN, RELEASE or FLUSH requests");
         }
         if self.passthrough.load(Ordering::Relaxed) {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -403,7 +412,22 @@ impl Filesystem for MirrorFs {
         reply_entry(reply, self.ops.link(ino.0, newparent.0, newname));
     }
 
+    /// Without `open_requests` the first OPEN is answered ENOSYS: the kernel
+    /// then opens every file of this connection alone, with no OPEN and no
+    /// RELEASE (fs/fuse/file.c `fuse_file_open`: `fc->no_open`), keeps its
+    /// page cache across opens (`FOPEN_KEEP_CACHE`, right for the same
+    /// reason as the long TTL) and sends reads and writes with handle 0,
+    /// which [`Overlay`] serves through the inode's shared descriptors.
+    /// An `O_TRUNC` open then truncates with a SETATTR (no
+    /// `FUSE_ATOMIC_O_TRUNC` is asked for), an `O_SYNC` write is followed
+    /// by an FSYNC (`generic_write_sync`), and a create still comes as
+    /// CREATE with a handle of its own and a RELEASE. An open costs no
+    /// request (Apache: two fewer per GET); a writable open can no longer
+    /// fail for the secondary's sake: its first write does.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.open_requests {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             let fopen = writable_open(flags.0);
             return self.ops.open(ino.0, flags.0).reply(move |r| match r {
@@ -442,7 +466,7 @@ impl Filesystem for MirrorFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -450,7 +474,7 @@ impl Filesystem for MirrorFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ops.read(fh.0, offset, size) {
+        match self.ops.read(ino.0, fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
         }
@@ -459,7 +483,7 @@ impl Filesystem for MirrorFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -468,10 +492,12 @@ impl Filesystem for MirrorFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.ops.write(fh.0, offset, data).reply(move |r| match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.ops
+            .write(ino.0, fh.0, offset, data)
+            .reply(move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn flush(
@@ -482,8 +508,13 @@ impl Filesystem for MirrorFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Every write was replicated before it returned: nothing is pending.
-        reply.ok();
+        // Every write reached this daemon before it returned (no writeback
+        // cache) and was replicated: nothing is pending here, and no POSIX
+        // lock is served. ENOSYS: the kernel sends no FLUSH on this
+        // connection again (fs/fuse/file.c `fuse_flush`: `fc->no_flush`),
+        // but still writes back the pages a shared mapping dirtied before
+        // `close(2)` returns: that happens before it looks at `no_flush`.
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn release(
@@ -669,26 +700,26 @@ impl Filesystem for MirrorFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.ops.fallocate(fh.0, offset, length, mode));
+        reply_empty(reply, self.ops.fallocate(ino.0, fh.0, offset, length, mode));
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.ops.lseek(fh.0, offset, whence) {
+        match self.ops.lseek(ino.0, fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
         }
@@ -700,7 +731,7 @@ impl Filesystem for MirrorFs {
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -708,7 +739,11 @@ impl Filesystem for MirrorFs {
         reply: ReplyWrite,
     ) {
         self.ops
-            .copy_file_range(ino_in.0, fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(
+                (ino_in.0, fh_in.0, offset_in),
+                (ino_out.0, fh_out.0, offset_out),
+                len,
+            )
             .reply(move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),

@@ -300,25 +300,28 @@ impl InodeTable {
         self.lock().by_key.get(&key).copied()
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `ino`; true when that was its
+    /// last (the inode is gone from the table).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let mut t = self.lock();
         let Some(node) = t.nodes.get_mut(&ino) else {
-            return;
+            return false;
         };
         node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups == 0 {
-            let key = node.key;
-            if let Some(n) = t.nodes.remove(&ino) {
-                t.cached -= usize::from(n.fd.is_some()) + usize::from(n.reader.is_some());
-            }
-            if t.by_key.get(&key) == Some(&ino) {
-                t.by_key.remove(&key);
-            }
+        if node.lookups != 0 {
+            return false;
         }
+        let key = node.key;
+        if let Some(n) = t.nodes.remove(&ino) {
+            t.cached -= usize::from(n.fd.is_some()) + usize::from(n.reader.is_some());
+        }
+        if t.by_key.get(&key) == Some(&ino) {
+            t.by_key.remove(&key);
+        }
+        true
     }
 
     /// The path of `ino` beneath the root, following its first known name.

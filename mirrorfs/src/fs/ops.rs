@@ -12,7 +12,7 @@
 //! mount. Writable opens are replicated as handles, so writes follow the inode
 //! across rename and unlink.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -48,6 +48,11 @@ pub const PAGE_CACHED_MAX: i64 = 64 * 1024;
 
 /// Open flags kept on the backing descriptor and replicated with the open.
 const SYNC_FLAGS: i32 = libc::O_SYNC | libc::O_DSYNC;
+
+/// At most this many inodes keep a shared writer (see
+/// [`Overlay::writer`]); beyond, the oldest is closed, here and on the
+/// secondary, and its next write opens it again.
+pub const SHARED_WRITERS_MAX: usize = 256;
 /// The most bytes one `Op::Write` carries: a larger write is sent as
 /// several, each applied by the secondary as soon as it has arrived, so that
 /// its disk writes while the rest of the data is still on the wire.
@@ -270,10 +275,27 @@ struct DirHandle {
     looked_ahead: AtomicUsize,
 }
 
+/// The shared writers of inodes: which handle each has, oldest first.
+#[derive(Default)]
+struct SharedWriters {
+    by_ino: HashMap<u64, u64>,
+    order: VecDeque<u64>,
+}
+
+impl SharedWriters {
+    fn remove(&mut self, ino: u64) -> Option<u64> {
+        let fh = self.by_ino.remove(&ino)?;
+        self.order.retain(|&i| i != ino);
+        Some(fh)
+    }
+}
+
 /// The primary's overlay of one backing directory.
 pub struct Overlay {
     inodes: Arc<InodeTable>,
     handles: Arc<RwLock<HashMap<u64, Arc<Handle>>>>,
+    /// Inodes written through opens the kernel made alone (handle 0).
+    shared: Mutex<SharedWriters>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     /// Which opens may use kernel passthrough.
@@ -344,6 +366,7 @@ impl Overlay {
         Ok(Self {
             inodes: Arc::new(InodeTable::new(path_fd, key_of(&st), budget)),
             handles: Arc::new(RwLock::new(HashMap::new())),
+            shared: Mutex::new(SharedWriters::default()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             io_modes: Arc::new(IoModes::new(WRITER_WAIT)),
@@ -384,9 +407,16 @@ impl Overlay {
         Ok(Entry { ino, attr: st })
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
+    /// The kernel dropped `n` lookups of `ino`. Once it knows the inode no
+    /// more, no open of it is left: its shared writer is closed.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+        if self.inodes.forget(ino, n) {
+            let fh = self.shared_writers().remove(ino);
+            if let Some(fh) = fh {
+                let _guard = self.sequence();
+                self.close_locked(fh);
+            }
+        }
         self.io_modes.forget(ino);
     }
 
@@ -1177,15 +1207,30 @@ impl Overlay {
         }
     }
 
+    /// Closes the handle `fh` here and, if it holds it, on the secondary.
+    /// Called under the sequencer: ordered after every op that used it.
+    fn close_locked(&self, fh: u64) {
+        let h = self
+            .handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        let Some(h) = h else { return };
+        let e = h.remote_epoch.load(Ordering::Relaxed);
+        if e != 0 {
+            self.repl.close(HandleId(fh), e);
+        }
+    }
+
     // ---- data -------------------------------------------------------------------
 
-    /// Reads from a handle.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let h = self.handle(fh)?;
+    /// Reads from the handle `fh` of `ino` (0: an open the kernel made alone).
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let file = self.readable(ino, fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            let n = sys::pread(h.file.as_fd(), &mut buf[done..], offset + done as u64)?;
+            let n = sys::pread(file.as_fd(), &mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 break;
             }
@@ -1195,20 +1240,19 @@ impl Overlay {
         Ok(buf)
     }
 
-    /// Writes through a writable handle; answered once the secondary has it.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Pending<u32> {
-        let h = match self.writable(fh) {
-            Ok(h) => h,
-            Err(e) => return Pending::failed(e),
-        };
-        self.mutate(
+    /// Writes through the writable handle `fh` of `ino` (0: an open the
+    /// kernel made alone); answered once the secondary has it.
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Pending<u32> {
+        let mut shared = None;
+        let mut p = self.mutate(
             || {
+                let (fh, h) = self.writer(ino, fh, &mut shared)?;
                 let (mut touched, path) = self.touch_data(&h, offset, data.len() as u64)?;
                 // A write through an O_SYNC/O_DSYNC open is a sync op.
                 touched.sync = h.sync_flags != 0;
-                Ok((touched, path))
+                Ok((touched, (fh, h, path)))
             },
-            |path, begun| {
+            |(fh, h, path), begun| {
                 let n = sys::pwrite(h.file.as_fd(), data, offset)?;
                 let mut ops = Vec::new();
                 if let Some(target) = self.data_target(&h, fh, path, begun, &mut ops) {
@@ -1230,28 +1274,40 @@ impl Overlay {
                 }
                 Ok((n as u32, ops))
             },
-        )
+        );
+        Self::reopen_on_error(&mut p, shared);
+        p
     }
 
     /// `fsync`/`fdatasync` of a file: the local sync and the secondary's overlap,
     /// and it is answered only when both are durable.
     pub fn fsync(&self, ino: u64, fh: u64, datasync: bool) -> Pending<()> {
-        let h = match self.handle(fh) {
-            Ok(h) => h,
+        let file = match self.readable(ino, fh) {
+            Ok(f) => f,
             Err(e) => return Pending::failed(e),
         };
-        self.durable(h.file.clone(), datasync, || self.named(ino, Some(fh)))
+        // Handle 0: the secondary knows the file by its shared writer, if
+        // it has one (looked up under the sequencer), else by its path.
+        self.durable(file, datasync, || {
+            let fh = if fh != 0 {
+                Some(fh)
+            } else {
+                self.shared_writers().by_ino.get(&ino).copied()
+            };
+            self.named(ino, fh)
+        })
     }
 
     /// `fallocate` through a writable handle.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Pending<()> {
-        let h = match self.writable(fh) {
-            Ok(h) => h,
-            Err(e) => return Pending::failed(e),
-        };
-        self.mutate(
-            || self.touch_data(&h, offset, len),
-            |path, begun| {
+    pub fn fallocate(&self, ino: u64, fh: u64, offset: u64, len: u64, mode: i32) -> Pending<()> {
+        let mut shared = None;
+        let mut p = self.mutate(
+            || {
+                let (fh, h) = self.writer(ino, fh, &mut shared)?;
+                let (touched, path) = self.touch_data(&h, offset, len)?;
+                Ok((touched, (fh, h, path)))
+            },
+            |(fh, h, path), begun| {
                 sys::fallocate(h.file.as_fd(), mode, offset, len)?;
                 let mut ops = Vec::new();
                 if let Some(target) = self.data_target(&h, fh, path, begun, &mut ops) {
@@ -1264,41 +1320,39 @@ impl Overlay {
                 }
                 Ok(((), ops))
             },
-        )
+        );
+        Self::reopen_on_error(&mut p, shared);
+        p
     }
 
-    /// `copy_file_range` between two handles. The secondary copies the same
-    /// range between its copies (no data crosses the network) when its copy
-    /// of the source is known to equal ours; otherwise (a resync still has
-    /// to bring it over) the copied bytes are sent.
-    #[allow(clippy::too_many_arguments)]
+    /// `copy_file_range` between two handles (each given with its inode:
+    /// handle 0 is an open the kernel made alone). The secondary copies
+    /// the same range between its copies (no data crosses the network)
+    /// when its copy of the source is known to equal ours; otherwise (a
+    /// resync still has to bring it over) the copied bytes are sent.
     pub fn copy_file_range(
         &self,
-        ino_in: u64,
-        fh_in: u64,
-        offset_in: u64,
-        fh_out: u64,
-        offset_out: u64,
+        (ino_in, fh_in, offset_in): (u64, u64, u64),
+        (ino_out, fh_out, offset_out): (u64, u64, u64),
         len: u64,
     ) -> Pending<u32> {
-        let (src, dst) = match self
-            .handle(fh_in)
-            .and_then(|s| Ok((s, self.writable(fh_out)?)))
-        {
-            Ok(x) => x,
+        let src = match self.readable(ino_in, fh_in) {
+            Ok(f) => f,
             Err(e) => return Pending::failed(e),
         };
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        self.mutate(
+        let mut shared = None;
+        let mut p = self.mutate(
             || {
+                let (fh_out, dst) = self.writer(ino_out, fh_out, &mut shared)?;
                 let (mut touched, dst_path) = self.touch_data(&dst, offset_out, len)?;
-                let src_named = self.named(ino_in, Some(fh_in))?;
+                let src_named = self.named(ino_in, (fh_in != 0).then_some(fh_in))?;
                 touched.reads.extend(src_named.path.iter().cloned());
-                Ok((touched, (dst_path, src_named)))
+                Ok((touched, (fh_out, dst, dst_path, src_named)))
             },
-            |(dst_path, src_named), begun| {
+            |(fh_out, dst, dst_path, src_named), begun| {
                 let n = sys::copy_file_range(
-                    src.file.as_fd(),
+                    src.as_fd(),
                     offset_in,
                     dst.file.as_fd(),
                     offset_out,
@@ -1346,14 +1400,18 @@ impl Overlay {
                 }
                 Ok((n as u32, ops))
             },
-        )
+        );
+        Self::reopen_on_error(&mut p, shared);
+        p
     }
 
-    /// `lseek` for `SEEK_DATA`/`SEEK_HOLE` on a handle.
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
-        let h = self.handle(fh)?;
-        // SAFETY: plain syscall on a descriptor we own.
-        let r = unsafe { libc::lseek(h.file.as_raw_fd(), offset, whence) };
+    /// `lseek` for `SEEK_DATA`/`SEEK_HOLE` on the handle `fh` of `ino` (0:
+    /// an open the kernel made alone).
+    pub fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
+        let file = self.readable(ino, fh)?;
+        // SAFETY: plain syscall on a descriptor we own (positioned reads
+        // elsewhere never use its offset).
+        let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -1691,6 +1749,91 @@ impl Overlay {
                 Err(err(libc::EBADF))
             }
         })
+    }
+
+    /// What reads the file `ino` for the handle `fh`: its descriptor, or
+    /// for 0 (an open the kernel made without asking, see
+    /// [`writer`](Self::writer)) the inode's cached read-only one.
+    fn readable(&self, ino: u64, fh: u64) -> io::Result<Arc<File>> {
+        if fh != 0 {
+            return Ok(self.handle(fh)?.file.clone());
+        }
+        let fd = self.inodes.fd(ino)?;
+        self.inodes.reader(ino, || {
+            Ok(File::from(sys::reopen(fd.as_fd(), libc::O_RDONLY)?))
+        })
+    }
+
+    /// The writable handle a data op on `ino` through the kernel's handle
+    /// `fh` uses: that handle, or for 0 the inode's shared writer. With
+    /// no OPEN requests (see [`crate::fs::fuse`]) the kernel opens files
+    /// alone and sends their writes with handle 0: one read-write
+    /// descriptor per inode serves all its opens. It is opened by the
+    /// first write and replicated like any handle (the secondary opens it
+    /// with the first op that uses it, see [`data_target`](Self::data_target));
+    /// it is closed when the kernel forgets the inode, or as the oldest
+    /// when more than [`SHARED_WRITERS_MAX`] are open. Called under the
+    /// sequencer, like every close of one: no op can use a writer that is
+    /// being closed.
+    fn writer(
+        &self,
+        ino: u64,
+        fh: u64,
+        shared: &mut Option<Arc<Handle>>,
+    ) -> io::Result<(u64, Arc<Handle>)> {
+        if fh != 0 {
+            return Ok((fh, self.writable(fh)?));
+        }
+        let (fh, h) = self.shared_writer(ino)?;
+        *shared = Some(h.clone());
+        Ok((fh, h))
+    }
+
+    fn shared_writer(&self, ino: u64) -> io::Result<(u64, Arc<Handle>)> {
+        let mut w = self.shared_writers();
+        if let Some(h) = w
+            .by_ino
+            .get(&ino)
+            .and_then(|&fh| Some((fh, self.handle(fh).ok()?)))
+        {
+            return Ok(h);
+        }
+        let fd = self.inodes.fd(ino)?;
+        let file = Arc::new(File::from(sys::reopen(fd.as_fd(), libc::O_RDWR)?));
+        // Not counted among the inode's opens (io_modes): it is no open
+        // of the kernel's, and no passthrough is used without OPENs.
+        let fh = self.insert_handle(ino, file, true, 0, false);
+        w.remove(ino);
+        w.by_ino.insert(ino, fh);
+        w.order.push_back(ino);
+        while w.by_ino.len() > SHARED_WRITERS_MAX {
+            let Some(old) = w.order.pop_front() else {
+                break;
+            };
+            if let Some(old_fh) = w.by_ino.remove(&old) {
+                self.close_locked(old_fh);
+            }
+        }
+        drop(w);
+        Ok((fh, self.handle(fh)?))
+    }
+
+    /// After a data op through the shared writer `shared` failed (the
+    /// secondary refused it, or the `Open` sent before it; or it failed
+    /// here, maybe after that `Open` was made and not sent), the next op
+    /// opens the writer on the secondary again: whatever it holds under
+    /// that handle (nothing, if the `Open` was refused) is replaced.
+    fn reopen_on_error<T: Send + 'static>(p: &mut Pending<T>, shared: Option<Arc<Handle>>) {
+        let Some(h) = shared else { return };
+        let reopen = move || h.remote_epoch.store(0, Ordering::Relaxed);
+        match &p.state {
+            Ok(_) => p.on_error = Some(Box::new(reopen)),
+            Err(_) => reopen(),
+        }
+    }
+
+    fn shared_writers(&self) -> MutexGuard<'_, SharedWriters> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn dir(&self, fh: u64) -> io::Result<Arc<DirHandle>> {

@@ -56,11 +56,11 @@ fn create_write_rename_unlink_submit_the_right_ops() {
         .create(USER, d.ino, OsStr::new("f"), 0o666, 0o022, libc::O_WRONLY)
         .wait()
         .unwrap();
-    assert_eq!(ov.write(o.fh, 0, b"hello").wait().unwrap(), 5);
+    assert_eq!(ov.write(e.ino, o.fh, 0, b"hello").wait().unwrap(), 5);
     ov.rename(d.ino, OsStr::new("f"), ROOT_INO, OsStr::new("g"), 0)
         .wait()
         .unwrap();
-    assert_eq!(ov.write(o.fh, 5, b"!").wait().unwrap(), 1);
+    assert_eq!(ov.write(e.ino, o.fh, 5, b"!").wait().unwrap(), 1);
     ov.unlink(ROOT_INO, OsStr::new("g")).wait().unwrap();
     ov.fsync(e.ino, o.fh, true).wait().unwrap();
     ov.release(o.fh);
@@ -113,7 +113,7 @@ fn create_write_rename_unlink_submit_the_right_ops() {
 #[test]
 fn issue_10_3_a_large_write_is_sent_in_pieces_that_cover_it_in_order() {
     let (dir, rec, ov) = setup();
-    let (_, o) = ov
+    let (e, o) = ov
         .create(
             USER,
             ROOT_INO,
@@ -127,7 +127,7 @@ fn issue_10_3_a_large_write_is_sent_in_pieces_that_cover_it_in_order() {
     rec.take();
     // Two and a half pieces, at an offset: every byte once, in order.
     let data: Vec<u8> = (0..WRITE_OP_MAX * 5 / 2).map(|i| (i % 251) as u8).collect();
-    let written = ov.write(o.fh, 7, &data).wait().unwrap();
+    let written = ov.write(e.ino, o.fh, 7, &data).wait().unwrap();
     assert_eq!(written as usize, data.len());
     let ops = rec.take();
     let pieces: Vec<(u64, usize)> = ops
@@ -160,7 +160,9 @@ fn issue_10_3_a_large_write_is_sent_in_pieces_that_cover_it_in_order() {
     assert!(sent == data, "the pieces' bytes are not the written bytes");
     assert_eq!(&fs::read(dir.path().join("big")).unwrap()[7..], &data[..]);
     // A write of exactly one piece stays one op.
-    ov.write(o.fh, 0, &data[..WRITE_OP_MAX]).wait().unwrap();
+    ov.write(e.ino, o.fh, 0, &data[..WRITE_OP_MAX])
+        .wait()
+        .unwrap();
     assert_eq!(rec.take().len(), 1);
     ov.release(o.fh);
 }
@@ -173,7 +175,7 @@ fn issue_10_7_on_sync_fsync_fsyncdir_and_o_sync_writes_end_with_a_barrier() {
         .create(ROOT, ROOT_INO, OsStr::new("f"), 0o644, 0, libc::O_WRONLY)
         .wait()
         .unwrap();
-    let (_, s) = ov
+    let (es, s) = ov
         .create(
             ROOT,
             ROOT_INO,
@@ -185,8 +187,8 @@ fn issue_10_7_on_sync_fsync_fsyncdir_and_o_sync_writes_end_with_a_barrier() {
         .wait()
         .unwrap();
     rec.take();
-    ov.write(o.fh, 0, b"plain").wait().unwrap();
-    ov.write(s.fh, 0, b"dsync").wait().unwrap();
+    ov.write(e.ino, o.fh, 0, b"plain").wait().unwrap();
+    ov.write(es.ino, s.fh, 0, b"dsync").wait().unwrap();
     ov.fsync(e.ino, o.fh, true).wait().unwrap();
     let d = ov.opendir(ROOT_INO).unwrap();
     ov.fsyncdir(ROOT_INO, d, false).wait().unwrap();
@@ -432,9 +434,9 @@ fn issue_7_a_handle_is_reopened_with_its_sync_flags_on_a_new_connection() {
         .wait()
         .unwrap();
     let h = HandleId(o.fh);
-    assert_eq!(ov.write(o.fh, 0, b"one").wait().unwrap(), 3);
+    assert_eq!(ov.write(e.ino, o.fh, 0, b"one").wait().unwrap(), 3);
     rec.set_epoch(2);
-    assert_eq!(ov.write(o.fh, 3, b"two").wait().unwrap(), 3);
+    assert_eq!(ov.write(e.ino, o.fh, 3, b"two").wait().unwrap(), 3);
     ov.fsync(e.ino, o.fh, false).wait().unwrap();
     ov.release(o.fh);
     assert_eq!(
@@ -507,9 +509,9 @@ fn issue_10_small_files_keep_the_page_cache_large_ones_use_passthrough() {
 
     let o = ov.open_read(small.ino, libc::O_RDONLY).unwrap();
     assert!(o.keep_cache && o.passthrough.is_none());
-    assert_eq!(ov.read(o.fh, 0, 8192).unwrap(), vec![1u8; 4096]);
+    assert_eq!(ov.read(small.ino, o.fh, 0, 8192).unwrap(), vec![1u8; 4096]);
     let w = ov.open(small.ino, libc::O_WRONLY).wait().unwrap();
-    assert_eq!(ov.write(w.fh, 0, b"x").wait().unwrap(), 1);
+    assert_eq!(ov.write(small.ino, w.fh, 0, b"x").wait().unwrap(), 1);
     let o2 = ov.open_read(small.ino, libc::O_RDONLY).unwrap();
     assert!(o2.keep_cache && o2.passthrough.is_none());
     for fh in [o.fh, w.fh, o2.fh] {
@@ -550,7 +552,7 @@ fn issue_10_read_only_opens_of_a_file_share_one_cached_descriptor() {
     ov.release(b.fh);
     // Kept after the last release: the next open shares it too.
     let c = ov.open_read(f.ino, libc::O_RDONLY).unwrap();
-    assert_eq!(ov.read(c.fh, 0, 16).unwrap(), b"one");
+    assert_eq!(ov.read(f.ino, c.fh, 0, 16).unwrap(), b"one");
     ov.release(c.fh);
 
     // Many files read once each: the cache stays within its budget, and a
@@ -560,14 +562,14 @@ fn issue_10_read_only_opens_of_a_file_share_one_cached_descriptor() {
         fs::write(dir.path().join(&name), name.as_bytes()).unwrap();
         let e = ov.lookup(ROOT_INO, OsStr::new(&name)).unwrap();
         let o = ov.open_read(e.ino, libc::O_RDONLY).unwrap();
-        assert_eq!(ov.read(o.fh, 0, 16).unwrap(), name.as_bytes());
+        assert_eq!(ov.read(e.ino, o.fh, 0, 16).unwrap(), name.as_bytes());
         ov.release(o.fh);
         let cached = ov.inode_stats().1;
         assert!(cached <= 64, "{cached} descriptors cached");
     }
     fs::write(dir.path().join("f"), b"two").unwrap();
     let c = ov.open_read(f.ino, libc::O_RDONLY).unwrap();
-    assert_eq!(ov.read(c.fh, 0, 16).unwrap(), b"two");
+    assert_eq!(ov.read(f.ino, c.fh, 0, 16).unwrap(), b"two");
     ov.release(c.fh);
     // Forgotten: its descriptors leave the count.
     let before = ov.inode_stats();
@@ -692,7 +694,7 @@ fn issue_10_descriptors_are_opened_lazily_from_the_parent() {
     ov.unlink(d.ino, OsStr::new("f4")).wait().unwrap();
     assert_eq!(ov.getattr(entries[3].ino, Some(o.fh)).unwrap().st_nlink, 0);
     assert_eq!(ov.getattr(entries[3].ino, None).unwrap().st_nlink, 0);
-    assert_eq!(ov.read(o.fh, 0, 10).unwrap(), b"x");
+    assert_eq!(ov.read(entries[3].ino, o.fh, 0, 10).unwrap(), b"x");
     ov.release(o.fh);
     assert_eq!(ov.getattr(e4, None).unwrap().st_nlink, 0);
     rec.take();
@@ -733,4 +735,99 @@ fn issue_10_an_open_file_unlinked_after_its_descriptor_was_evicted_keeps_its_att
     assert_eq!(ov.getattr(victim.ino, Some(o.fh)).unwrap().st_nlink, 0);
     ov.release(o.fh);
     rec.take();
+}
+
+/// Issue 10, item 4 (no OPEN requests): the kernel opens files alone and
+/// sends their reads and writes with handle 0. Writes of one inode share
+/// one handle, opened on the secondary by the first of them (with the
+/// file's path, no sync flags: the kernel follows an O_SYNC write with an
+/// FSYNC); an fsync names it; forgetting the inode closes it there.
+#[test]
+fn issue_10_writes_without_an_open_share_one_replicated_writer_per_inode() {
+    let (dir, rec, ov) = setup();
+    fs::write(dir.path().join("f"), b"0123456789").unwrap();
+    let e = ov.lookup(ROOT_INO, OsStr::new("f")).unwrap();
+    assert_eq!(ov.write(e.ino, 0, 3, b"AB").wait().unwrap(), 2);
+    assert_eq!(ov.write(e.ino, 0, 10, b"!").wait().unwrap(), 1);
+    ov.fsync(e.ino, 0, true).wait().unwrap();
+    assert_eq!(ov.read(e.ino, 0, 0, 64).unwrap(), b"012AB56789!");
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"012AB56789!");
+    let ops = rec.take();
+    let Some(Op::Open { handle: h, .. }) = ops.first() else {
+        panic!("no Open first: {ops:?}");
+    };
+    let h = *h;
+    assert_eq!(
+        ops,
+        vec![
+            Op::Open {
+                path: p("f"),
+                handle: h,
+                flags: 0
+            },
+            Op::Write {
+                target: Target::Handle(h),
+                offset: 3,
+                data: b"AB".to_vec()
+            },
+            Op::Write {
+                target: Target::Handle(h),
+                offset: 10,
+                data: b"!".to_vec()
+            },
+            Op::Fsync {
+                target: Target::Handle(h),
+                datasync: true
+            },
+        ]
+    );
+    // Still the inode's after a rename; closed when the kernel forgets it.
+    ov.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), 0)
+        .wait()
+        .unwrap();
+    ov.fallocate(e.ino, 0, 0, 4096, 0).wait().unwrap();
+    ov.forget(e.ino, 1);
+    let ops = rec.take();
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(matches!(&ops[1], Op::Fallocate { target, .. } if *target == Target::Handle(h)));
+    assert_eq!(ops[2], Op::Close { handle: h });
+}
+
+/// Issue 10, item 4: the shared writers are bounded: past
+/// SHARED_WRITERS_MAX inodes the oldest is closed (on the secondary too)
+/// and its next write opens it again.
+#[test]
+fn issue_10_the_oldest_shared_writer_is_closed_beyond_the_bound() {
+    let (dir, rec, ov) = setup();
+    let mut inos = Vec::new();
+    for i in 0..=SHARED_WRITERS_MAX {
+        let name = format!("f{i}");
+        fs::write(dir.path().join(&name), b"").unwrap();
+        let e = ov.lookup(ROOT_INO, OsStr::new(&name)).unwrap();
+        ov.write(e.ino, 0, 0, b"x").wait().unwrap();
+        inos.push(e.ino);
+    }
+    let ops = rec.take();
+    let Some(Op::Open { handle: first, .. }) = ops.first() else {
+        panic!("no Open first: {ops:?}");
+    };
+    let closes: Vec<&Op> = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Close { .. }))
+        .collect();
+    assert_eq!(closes, vec![&Op::Close { handle: *first }]);
+    // Closed before the write that made one too many.
+    assert!(
+        matches!(ops[ops.len() - 3], Op::Close { .. }),
+        "{:?}",
+        &ops[ops.len() - 3..]
+    );
+    ov.write(inos[0], 0, 1, b"y").wait().unwrap();
+    let ops = rec.take();
+    assert!(
+        matches!(&ops[..], [Op::Close { .. }, Op::Open { path, handle, .. }, Op::Write { .. }]
+            if *path == p("f0") && handle != first),
+        "{ops:?}"
+    );
+    assert_eq!(fs::read(dir.path().join("f0")).unwrap(), b"xy");
 }
