@@ -95,6 +95,7 @@ impl MirrorFs {
     /// the kernel offers it; without, the kernel opens files alone (and
     /// no passthrough is possible: it is set up in an OPEN's reply).
     pub fn new(ops: Arc<Overlay>, open_requests: bool, passthrough: bool) -> Self {
+        ops.set_kernel_opens(!open_requests);
         Self {
             ops,
             open_requests,

@@ -296,6 +296,9 @@ pub struct Overlay {
     handles: Arc<RwLock<HashMap<u64, Arc<Handle>>>>,
     /// Inodes written through opens the kernel made alone (handle 0).
     shared: Mutex<SharedWriters>,
+    /// The kernel opens files alone (no OPEN requests): a create's handle
+    /// is the inode's shared writer, and the kernel is given handle 0.
+    kernel_opens: AtomicBool,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     /// Which opens may use kernel passthrough.
@@ -367,6 +370,7 @@ impl Overlay {
             inodes: Arc::new(InodeTable::new(path_fd, key_of(&st), budget)),
             handles: Arc::new(RwLock::new(HashMap::new())),
             shared: Mutex::new(SharedWriters::default()),
+            kernel_opens: AtomicBool::new(false),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             io_modes: Arc::new(IoModes::new(WRITER_WAIT)),
@@ -428,6 +432,14 @@ impl Overlay {
     /// The kernel accepted FUSE passthrough: read-only opens may use it.
     pub fn enable_passthrough(&self, on: bool) {
         self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// The kernel opens files alone (the FUSE adapter answers OPEN with
+    /// ENOSYS): it sends no RELEASE, so a create hands it handle 0 and
+    /// keeps its descriptor as the inode's shared writer (see
+    /// [`writer`](Self::writer)).
+    pub fn set_kernel_opens(&self, on: bool) {
+        self.kernel_opens.store(on, Ordering::Relaxed);
     }
 
     /// A passthrough open could not be set up after all (the adapter serves
@@ -1006,8 +1018,17 @@ impl Overlay {
             return Pending::failed(e);
         }
         let mode = mode & !umask & 0o7777;
-        let keep = flags & (SYNC_FLAGS | libc::O_NONBLOCK);
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let kernel_opens = self.kernel_opens.load(Ordering::Relaxed);
+        // A shared writer serves every open of the inode: never O_SYNC (the
+        // kernel follows an O_SYNC open's write with an FSYNC).
+        let keep = if kernel_opens {
+            0
+        } else {
+            flags & (SYNC_FLAGS | libc::O_NONBLOCK)
+        };
+        let writable = kernel_opens || flags & libc::O_ACCMODE != libc::O_RDONLY;
+        // The handle made (the kernel's, or the shared writer).
+        let made = AtomicU64::new(0);
         // An existing file (created since the kernel's lookup) may have
         // passthrough readers a writer must wait for: never while holding
         // the sequencer; wait outside and try again.
@@ -1023,6 +1044,7 @@ impl Overlay {
                         writable,
                         path,
                         begun,
+                        &made,
                     )
                 },
             );
@@ -1032,7 +1054,8 @@ impl Overlay {
                 }
                 continue;
             }
-            let pending = self.cleanup_failed_open(pending, None, |(_, o): &(Entry, Opened)| o.fh);
+            let made = made.load(Ordering::Relaxed);
+            let pending = self.cleanup_failed_open(pending, None, move |_| made);
             return self.forget_entry_on_error(pending, |(e, _): &(Entry, Opened)| e.ino);
         }
         Pending::failed(err(libc::ETXTBSY))
@@ -1048,7 +1071,11 @@ impl Overlay {
         writable: bool,
         path: RelPath,
         begun: &Begun,
+        made: &AtomicU64,
     ) -> io::Result<((Entry, Opened), Vec<Op>)> {
+        let kernel_opens = self.kernel_opens.load(Ordering::Relaxed);
+        // Opens are counted for passthrough's sake only.
+        let count_writer = writable && !kernel_opens;
         let (pfd, owner) = self.parent_and_owner(ctx, parent)?;
         let created = sys::openat(
             pfd.as_fd(),
@@ -1060,7 +1087,7 @@ impl Overlay {
             Ok(fd) => {
                 // One lookup counted for the one entry the kernel gets.
                 let (entry, st) = self.finish_create(parent, name, &pfd, owner, mode)?;
-                if writable {
+                if count_writer {
                     // A new inode: no passthrough reader can hold it.
                     self.io_modes.open_write(entry.ino)?;
                 }
@@ -1069,7 +1096,7 @@ impl Overlay {
             // It appeared since the kernel's lookup: open it, as open(2) would.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 let entry = self.lookup_locked(parent, name)?;
-                if writable && !self.io_modes.try_open_write(entry.ino) {
+                if count_writer && !self.io_modes.try_open_write(entry.ino) {
                     self.inodes.forget(entry.ino, 1);
                     return Err(busy(entry.ino));
                 }
@@ -1082,7 +1109,7 @@ impl Overlay {
                 ) {
                     Ok(fd) => fd,
                     Err(e) => {
-                        if writable {
+                        if count_writer {
                             self.io_modes.release(entry.ino, OpenKind::Writer);
                         }
                         return Err(e);
@@ -1095,8 +1122,17 @@ impl Overlay {
         let file = Arc::new(File::from(file));
         let remote = begun.epoch.filter(|_| writable);
         let fh = self.insert_handle(entry.ino, file, writable, keep & SYNC_FLAGS, false);
+        made.store(fh, Ordering::Relaxed);
         if let Some(e) = remote {
             self.mark_remote(fh, e);
+        }
+        if kernel_opens {
+            let mut w = self.shared_writers();
+            if let Some(old) = w.remove(entry.ino) {
+                // Under the sequencer: closed after every op that used it.
+                self.close_locked(old);
+            }
+            self.add_shared(&mut w, entry.ino, fh);
         }
         let handle = remote.map(|_| HandleId(fh));
         let ops = if is_new {
@@ -1121,7 +1157,7 @@ impl Overlay {
             (
                 entry,
                 Opened {
-                    fh,
+                    fh: if kernel_opens { 0 } else { fh },
                     passthrough: None,
                     keep_cache: false,
                 },
@@ -1804,6 +1840,14 @@ impl Overlay {
         // of the kernel's, and no passthrough is used without OPENs.
         let fh = self.insert_handle(ino, file, true, 0, false);
         w.remove(ino);
+        self.add_shared(&mut w, ino, fh);
+        drop(w);
+        Ok((fh, self.handle(fh)?))
+    }
+
+    /// Makes `fh` the shared writer of `ino` (which has none), closing the
+    /// oldest beyond the bound. Under the sequencer.
+    fn add_shared(&self, w: &mut SharedWriters, ino: u64, fh: u64) {
         w.by_ino.insert(ino, fh);
         w.order.push_back(ino);
         while w.by_ino.len() > SHARED_WRITERS_MAX {
@@ -1814,8 +1858,6 @@ impl Overlay {
                 self.close_locked(old_fh);
             }
         }
-        drop(w);
-        Ok((fh, self.handle(fh)?))
     }
 
     /// After a data op through the shared writer `shared` failed (the

@@ -831,3 +831,50 @@ fn issue_10_the_oldest_shared_writer_is_closed_beyond_the_bound() {
     );
     assert_eq!(fs::read(dir.path().join("f0")).unwrap(), b"xy");
 }
+
+/// Issue 10, item 4: when the kernel opens files alone it sends no RELEASE,
+/// not even for a file it created: the create hands it handle 0 and keeps
+/// its descriptor (held by the secondary since the `Create`) as the inode's
+/// shared writer, closed when the kernel forgets the inode. Before, each
+/// create kept a descriptor on both nodes until the mount ended.
+#[test]
+fn issue_10_a_create_without_open_requests_leaves_its_handle_to_the_inode() {
+    let (dir, rec, ov) = setup();
+    ov.set_kernel_opens(true);
+    let (e, o) = ov
+        .create(
+            ROOT,
+            ROOT_INO,
+            OsStr::new("f"),
+            0o644,
+            0,
+            libc::O_WRONLY | libc::O_SYNC,
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(o.fh, 0, "the kernel gets handle 0");
+    ov.write(e.ino, 0, 0, b"data").wait().unwrap();
+    ov.forget(e.ino, 1);
+    let ops = rec.take();
+    let Some(Op::Create {
+        handle: Some(h),
+        flags,
+        ..
+    }) = ops.first()
+    else {
+        panic!("no Create with a handle first: {ops:?}");
+    };
+    assert_eq!(*flags, 0, "a shared writer is never O_SYNC");
+    assert_eq!(
+        ops[1..],
+        [
+            Op::Write {
+                target: Target::Handle(*h),
+                offset: 0,
+                data: b"data".to_vec()
+            },
+            Op::Close { handle: *h },
+        ]
+    );
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"data");
+}
