@@ -134,6 +134,9 @@ struct Handle {
     remote_epoch: AtomicU64,
     /// Served by kernel passthrough.
     passthrough: bool,
+    /// An inode's shared writer (see [`Overlay::writer`]): never held by
+    /// the secondary; its ops name the file by its path.
+    shared: bool,
 }
 
 impl Handle {
@@ -456,6 +459,7 @@ impl Overlay {
                     sync_flags: h.sync_flags,
                     remote_epoch: AtomicU64::new(h.remote_epoch.load(Ordering::Relaxed)),
                     passthrough: false,
+                    shared: h.shared,
                 });
             }
         }
@@ -1120,8 +1124,16 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         let file = Arc::new(File::from(file));
-        let remote = begun.epoch.filter(|_| writable);
-        let fh = self.insert_handle(entry.ino, file, writable, keep & SYNC_FLAGS, false);
+        // A shared writer is never held by the secondary (see `writer`).
+        let remote = begun.epoch.filter(|_| writable && !kernel_opens);
+        let fh = self.insert(
+            entry.ino,
+            file,
+            writable,
+            keep & SYNC_FLAGS,
+            false,
+            kernel_opens,
+        );
         made.store(fh, Ordering::Relaxed);
         if let Some(e) = remote {
             self.mark_remote(fh, e);
@@ -1129,7 +1141,6 @@ impl Overlay {
         if kernel_opens {
             let mut w = self.shared_writers();
             if let Some(old) = w.remove(entry.ino) {
-                // Under the sequencer: closed after every op that used it.
                 self.close_locked(old);
             }
             self.add_shared(&mut w, entry.ino, fh);
@@ -1149,6 +1160,13 @@ impl Overlay {
                 path,
                 handle: HandleId(fh),
                 flags: ((keep & SYNC_FLAGS) | (flags & libc::O_TRUNC)) as u32,
+            }]
+        } else if kernel_opens && begun.epoch.is_some() && flags & libc::O_TRUNC != 0 {
+            // The kernel thinks it created the file: it sends no SETATTR
+            // for the O_TRUNC done here.
+            vec![Op::Truncate {
+                target: Target::Path(path),
+                size: 0,
             }]
         } else {
             Vec::new()
@@ -1279,10 +1297,9 @@ impl Overlay {
     /// Writes through the writable handle `fh` of `ino` (0: an open the
     /// kernel made alone); answered once the secondary has it.
     pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Pending<u32> {
-        let mut shared = None;
-        let mut p = self.mutate(
+        self.mutate(
             || {
-                let (fh, h) = self.writer(ino, fh, &mut shared)?;
+                let (fh, h) = self.writer(ino, fh)?;
                 let (mut touched, path) = self.touch_data(&h, offset, data.len() as u64)?;
                 // A write through an O_SYNC/O_DSYNC open is a sync op.
                 touched.sync = h.sync_flags != 0;
@@ -1310,9 +1327,7 @@ impl Overlay {
                 }
                 Ok((n as u32, ops))
             },
-        );
-        Self::reopen_on_error(&mut p, shared);
-        p
+        )
     }
 
     /// `fsync`/`fdatasync` of a file: the local sync and the secondary's overlap,
@@ -1322,24 +1337,15 @@ impl Overlay {
             Ok(f) => f,
             Err(e) => return Pending::failed(e),
         };
-        // Handle 0: the secondary knows the file by its shared writer, if
-        // it has one (looked up under the sequencer), else by its path.
-        self.durable(file, datasync, || {
-            let fh = if fh != 0 {
-                Some(fh)
-            } else {
-                self.shared_writers().by_ino.get(&ino).copied()
-            };
-            self.named(ino, fh)
-        })
+        // Handle 0: the secondary knows the file by its path.
+        self.durable(file, datasync, || self.named(ino, (fh != 0).then_some(fh)))
     }
 
     /// `fallocate` through a writable handle.
     pub fn fallocate(&self, ino: u64, fh: u64, offset: u64, len: u64, mode: i32) -> Pending<()> {
-        let mut shared = None;
-        let mut p = self.mutate(
+        self.mutate(
             || {
-                let (fh, h) = self.writer(ino, fh, &mut shared)?;
+                let (fh, h) = self.writer(ino, fh)?;
                 let (touched, path) = self.touch_data(&h, offset, len)?;
                 Ok((touched, (fh, h, path)))
             },
@@ -1356,9 +1362,7 @@ impl Overlay {
                 }
                 Ok(((), ops))
             },
-        );
-        Self::reopen_on_error(&mut p, shared);
-        p
+        )
     }
 
     /// `copy_file_range` between two handles (each given with its inode:
@@ -1377,10 +1381,9 @@ impl Overlay {
             Err(e) => return Pending::failed(e),
         };
         let len = len.min(u64::from(u32::MAX) & !0xfff);
-        let mut shared = None;
-        let mut p = self.mutate(
+        self.mutate(
             || {
-                let (fh_out, dst) = self.writer(ino_out, fh_out, &mut shared)?;
+                let (fh_out, dst) = self.writer(ino_out, fh_out)?;
                 let (mut touched, dst_path) = self.touch_data(&dst, offset_out, len)?;
                 let src_named = self.named(ino_in, (fh_in != 0).then_some(fh_in))?;
                 touched.reads.extend(src_named.path.iter().cloned());
@@ -1436,9 +1439,7 @@ impl Overlay {
                 }
                 Ok((n as u32, ops))
             },
-        );
-        Self::reopen_on_error(&mut p, shared);
-        p
+        )
     }
 
     /// `lseek` for `SEEK_DATA`/`SEEK_HOLE` on the handle `fh` of `ino` (0:
@@ -1724,6 +1725,7 @@ impl Overlay {
     /// handle's sync flags, so that writes keep `O_SYNC` and follow the
     /// inode); `None` when the file has no name and the secondary no handle
     /// (unlinked while open, and opened before a reconnect): local only.
+    /// A shared writer's file: always its path.
     fn data_target(
         &self,
         h: &Handle,
@@ -1733,6 +1735,14 @@ impl Overlay {
         ops: &mut Vec<Op>,
     ) -> Option<Target> {
         let epoch = begun.epoch?;
+        if h.shared {
+            // Every op names the file by its path, computed under the
+            // sequencer: nothing on the secondary can go stale (an open
+            // it refused, or lost with a restart, while a resync brings
+            // the file over). A file unlinked while open has no path left,
+            // and nothing visible of it to replicate: local only.
+            return path.map(Target::Path);
+        }
         if h.remote_epoch.load(Ordering::Relaxed) == epoch {
             return Some(Target::Handle(HandleId(fh)));
         }
@@ -1805,27 +1815,16 @@ impl Overlay {
     /// no OPEN requests (see [`crate::fs::fuse`]) the kernel opens files
     /// alone and sends their writes with handle 0: one read-write
     /// descriptor per inode serves all its opens. It is opened by the
-    /// first write and replicated like any handle (the secondary opens it
-    /// with the first op that uses it, see [`data_target`](Self::data_target));
-    /// it is closed when the kernel forgets the inode, or as the oldest
-    /// when more than [`SHARED_WRITERS_MAX`] are open. Called under the
-    /// sequencer, like every close of one: no op can use a writer that is
-    /// being closed.
-    fn writer(
-        &self,
-        ino: u64,
-        fh: u64,
-        shared: &mut Option<Arc<Handle>>,
-    ) -> io::Result<(u64, Arc<Handle>)> {
+    /// first write (or is the descriptor of the create that made the
+    /// file), closed when the kernel forgets the inode, or as the oldest
+    /// when more than [`SHARED_WRITERS_MAX`] are open; the ops made
+    /// through it name the file by its path, so the secondary holds
+    /// nothing of it (see [`data_target`](Self::data_target)). Called under
+    /// the sequencer, like every close of one.
+    fn writer(&self, ino: u64, fh: u64) -> io::Result<(u64, Arc<Handle>)> {
         if fh != 0 {
             return Ok((fh, self.writable(fh)?));
         }
-        let (fh, h) = self.shared_writer(ino)?;
-        *shared = Some(h.clone());
-        Ok((fh, h))
-    }
-
-    fn shared_writer(&self, ino: u64) -> io::Result<(u64, Arc<Handle>)> {
         let mut w = self.shared_writers();
         if let Some(h) = w
             .by_ino
@@ -1838,7 +1837,7 @@ impl Overlay {
         let file = Arc::new(File::from(sys::reopen(fd.as_fd(), libc::O_RDWR)?));
         // Not counted among the inode's opens (io_modes): it is no open
         // of the kernel's, and no passthrough is used without OPENs.
-        let fh = self.insert_handle(ino, file, true, 0, false);
+        let fh = self.insert(ino, file, true, 0, false, true);
         w.remove(ino);
         self.add_shared(&mut w, ino, fh);
         drop(w);
@@ -1857,20 +1856,6 @@ impl Overlay {
             if let Some(old_fh) = w.by_ino.remove(&old) {
                 self.close_locked(old_fh);
             }
-        }
-    }
-
-    /// After a data op through the shared writer `shared` failed (the
-    /// secondary refused it, or the `Open` sent before it; or it failed
-    /// here, maybe after that `Open` was made and not sent), the next op
-    /// opens the writer on the secondary again: whatever it holds under
-    /// that handle (nothing, if the `Open` was refused) is replaced.
-    fn reopen_on_error<T: Send + 'static>(p: &mut Pending<T>, shared: Option<Arc<Handle>>) {
-        let Some(h) = shared else { return };
-        let reopen = move || h.remote_epoch.store(0, Ordering::Relaxed);
-        match &p.state {
-            Ok(_) => p.on_error = Some(Box::new(reopen)),
-            Err(_) => reopen(),
         }
     }
 
@@ -1895,6 +1880,18 @@ impl Overlay {
         sync_flags: i32,
         passthrough: bool,
     ) -> u64 {
+        self.insert(ino, file, writable, sync_flags, passthrough, false)
+    }
+
+    fn insert(
+        &self,
+        ino: u64,
+        file: Arc<File>,
+        writable: bool,
+        sync_flags: i32,
+        passthrough: bool,
+        shared: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .write()
@@ -1908,6 +1905,7 @@ impl Overlay {
                     sync_flags,
                     remote_epoch: AtomicU64::new(0),
                     passthrough,
+                    shared,
                 }),
             );
         fh
