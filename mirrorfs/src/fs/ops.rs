@@ -9,8 +9,10 @@
 //! Reads, lookups and
 //! attributes are served locally and never touch the network. The metadata area
 //! (`.mirrorfs` at the backing root) is invisible and unreachable through the
-//! mount. Writable opens are replicated as handles, so writes follow the inode
-//! across rename and unlink.
+//! mount. Writable opens the kernel asks for (`--open-requests`) are
+//! replicated as handles, so writes follow the inode across rename and
+//! unlink; without OPEN requests (the default) a file's writes go through
+//! its inode's shared writer and name the file by its path.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -50,8 +52,8 @@ pub const PAGE_CACHED_MAX: i64 = 64 * 1024;
 const SYNC_FLAGS: i32 = libc::O_SYNC | libc::O_DSYNC;
 
 /// At most this many inodes keep a shared writer (see
-/// [`Overlay::writer`]); beyond, the oldest is closed, here and on the
-/// secondary, and its next write opens it again.
+/// [`Overlay::writer`]); beyond, the oldest is closed and its next write
+/// opens it again.
 pub const SHARED_WRITERS_MAX: usize = 256;
 /// The most bytes one `Op::Write` carries: a larger write is sent as
 /// several, each applied by the secondary as soon as it has arrived, so that
