@@ -422,7 +422,8 @@ impl Filesystem for MirrorFs {
     /// An `O_TRUNC` open then truncates with a SETATTR (no
     /// `FUSE_ATOMIC_O_TRUNC` is asked for), an `O_SYNC` write is followed
     /// by an FSYNC (`generic_write_sync`), and a create still comes as
-    /// CREATE with a handle of its own and a RELEASE. An open costs no
+    /// CREATE but is answered with handle 0 (no RELEASE follows it either:
+    /// its descriptor becomes the inode's shared writer). An open costs no
     /// request (Apache: two fewer per GET); a writable open can no longer
     /// fail for the secondary's sake: its first write does.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
