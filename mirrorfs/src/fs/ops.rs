@@ -935,14 +935,16 @@ impl Overlay {
         let fd = self.inodes.fd(ino)?;
         let st = sys::fstat(fd.as_fd())?;
         let regular = is_kind(&st, libc::S_IFREG);
-        let reopen = |flags| Ok(File::from(sys::reopen(fd.as_fd(), flags)?));
         // A regular file's read-only opens share one cached descriptor
         // (O_NONBLOCK means nothing to a regular file); a FIFO or a device
         // gets its own, with the caller's O_NONBLOCK.
         let file = if regular {
-            self.inodes.reader(ino, || reopen(libc::O_RDONLY))?
+            self.shared_reader(ino, &fd)?
         } else {
-            Arc::new(reopen(libc::O_RDONLY | (flags & libc::O_NONBLOCK))?)
+            Arc::new(File::from(sys::reopen(
+                fd.as_fd(),
+                libc::O_RDONLY | (flags & libc::O_NONBLOCK),
+            )?))
         };
         let allowed =
             self.passthrough.load(Ordering::Relaxed) && regular && st.st_size > PAGE_CACHED_MAX;
@@ -1248,12 +1250,9 @@ impl Overlay {
 
     /// Closes a file handle (and the secondary's copy of a writable one).
     pub fn release(&self, fh: u64) {
-        let h = self
-            .handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
-        let Some(h) = h else { return };
+        let Some(h) = self.take_handle(fh) else {
+            return;
+        };
         self.io_modes.release(h.ino, h.open_kind());
         let e = h.remote_epoch.load(Ordering::Relaxed);
         if e != 0 {
@@ -1266,16 +1265,21 @@ impl Overlay {
     /// Closes the handle `fh` here and, if it holds it, on the secondary.
     /// Called under the sequencer: ordered after every op that used it.
     fn close_locked(&self, fh: u64) {
-        let h = self
-            .handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
-        let Some(h) = h else { return };
+        let Some(h) = self.take_handle(fh) else {
+            return;
+        };
         let e = h.remote_epoch.load(Ordering::Relaxed);
         if e != 0 {
             self.repl.close(HandleId(fh), e);
         }
+    }
+
+    /// Removes the handle `fh` from the table.
+    fn take_handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
     }
 
     // ---- data -------------------------------------------------------------------
@@ -1807,6 +1811,12 @@ impl Overlay {
             return Ok(self.handle(fh)?.file.clone());
         }
         let fd = self.inodes.fd(ino)?;
+        self.shared_reader(ino, &fd)
+    }
+
+    /// The read-only descriptor every read-only open of the regular file
+    /// `ino` (whose O_PATH descriptor is `fd`) shares, cached in the table.
+    fn shared_reader(&self, ino: u64, fd: &OwnedFd) -> io::Result<Arc<File>> {
         self.inodes.reader(ino, || {
             Ok(File::from(sys::reopen(fd.as_fd(), libc::O_RDONLY)?))
         })
