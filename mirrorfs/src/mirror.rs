@@ -140,6 +140,10 @@ struct Inner {
     /// A mutation waits for room among the early-answered ops
     /// ([`Primary::room_for`]): tell it when an outcome comes.
     room_wanted: bool,
+    /// The resync's connection as of the last [`Mirror::finish`]: when it
+    /// changes, the resync workers are woken (they sleep while there is
+    /// none).
+    resync_seen: Option<u64>,
 }
 
 /// The primary's replication driver.
@@ -279,6 +283,7 @@ impl Mirror {
                 shutdown: false,
                 activity_from: OpId(0),
                 room_wanted: false,
+                resync_seen: None,
             }),
             changed: Condvar::new(),
             room: Condvar::new(),
@@ -393,6 +398,13 @@ impl Mirror {
                     info!(%from, %to, "role change");
                 }
             }
+        }
+        // A resync may begin without an action (the secondary still marked
+        // inconsistent from the last one).
+        let resync = st.core.resync_epoch();
+        if resync != st.resync_seen {
+            st.resync_seen = resync;
+            changed = true;
         }
         if changed {
             self.notify();
@@ -778,12 +790,16 @@ impl Mirror {
                     .filter(|(e, l)| *e == job.epoch && l.lost().is_none())
                 {
                     Some((_, link)) => {
+                        // Another worker looks for a next path (and wakes
+                        // the next if it finds one): as many wake as there
+                        // are paths to take, not every worker per path.
+                        self.changed.notify_one();
                         return Some(ResyncWork::Path(ResyncJob {
                             path: job.path.clone(),
                             full: job.full,
                             link,
                             job,
-                        }))
+                        }));
                     }
                     // Not on a lost connection: until the supervisor notices,
                     // every op on it would fail at once.
@@ -806,7 +822,11 @@ impl Mirror {
                     return Some(ResyncWork::Finish(link));
                 }
             }
-            let wait = if st.core.app_active(now, RESYNC_YIELD) {
+            let wait = if st.core.resync_epoch().is_none() {
+                // No resync: its start wakes the workers ([`Mirror::finish`]);
+                // this only bounds a missed wake-up.
+                Duration::from_secs(1)
+            } else if st.core.app_active(now, RESYNC_YIELD) {
                 Duration::from_millis(20)
             } else {
                 Duration::from_millis(100)
@@ -918,7 +938,13 @@ impl Mirror {
     /// `job`'s path is synchronised.
     pub fn resync_done(&self, job: &ResyncJob) {
         self.lock().core.handle_job_done(&job.job);
-        self.notify();
+        self.changes.bump();
+        // One worker looks at what this made ready (the next path, or the
+        // resync's conclusion), not all of them: with the application
+        // writing, one path goes at a time, and waking every idle worker
+        // at each path's end had them all queue on this lock in front of
+        // the application's ops.
+        self.changed.notify_one();
     }
 
     /// True when nothing is left to visit and no worker is visiting anything.
