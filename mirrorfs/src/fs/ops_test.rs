@@ -45,6 +45,13 @@ fn setup_with(
     (dir, rec, ov)
 }
 
+/// Creates `name` in the root as root (mode 0644, no umask) with `flags`.
+fn create_in_root(ov: &Overlay, name: &str, flags: i32) -> (Entry, Opened) {
+    ov.create(ROOT, ROOT_INO, OsStr::new(name), 0o644, 0, flags)
+        .wait()
+        .unwrap()
+}
+
 #[test]
 fn create_write_rename_unlink_submit_the_right_ops() {
     let (dir, rec, ov) = setup();
@@ -171,21 +178,8 @@ fn issue_10_3_a_large_write_is_sent_in_pieces_that_cover_it_in_order() {
 fn issue_10_7_on_sync_fsync_fsyncdir_and_o_sync_writes_end_with_a_barrier() {
     let (_dir, rec, ov) = setup();
     rec.set_on_sync(true);
-    let (e, o) = ov
-        .create(ROOT, ROOT_INO, OsStr::new("f"), 0o644, 0, libc::O_WRONLY)
-        .wait()
-        .unwrap();
-    let (es, s) = ov
-        .create(
-            ROOT,
-            ROOT_INO,
-            OsStr::new("s"),
-            0o644,
-            0,
-            libc::O_WRONLY | libc::O_DSYNC,
-        )
-        .wait()
-        .unwrap();
+    let (e, o) = create_in_root(&ov, "f", libc::O_WRONLY);
+    let (es, s) = create_in_root(&ov, "s", libc::O_WRONLY | libc::O_DSYNC);
     rec.take();
     ov.write(e.ino, o.fh, 0, b"plain").wait().unwrap();
     ov.write(es.ino, s.fh, 0, b"dsync").wait().unwrap();
@@ -216,10 +210,7 @@ fn issue_10_7_on_sync_fsync_fsyncdir_and_o_sync_writes_end_with_a_barrier() {
 #[test]
 fn setattr_sends_explicit_values() {
     let (_dir, rec, ov) = setup();
-    let (e, o) = ov
-        .create(ROOT, ROOT_INO, OsStr::new("f"), 0o644, 0, libc::O_RDWR)
-        .wait()
-        .unwrap();
+    let (e, o) = create_in_root(&ov, "f", libc::O_RDWR);
     ov.release(o.fh);
     rec.take();
     let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 5);
@@ -322,10 +313,7 @@ fn bad_names_are_refused_before_any_syscall() {
 #[test]
 fn hard_links_and_rename_exchange_keep_paths_right() {
     let (dir, rec, ov) = setup();
-    let (a, o) = ov
-        .create(ROOT, ROOT_INO, OsStr::new("a"), 0o644, 0, libc::O_RDWR)
-        .wait()
-        .unwrap();
+    let (a, o) = create_in_root(&ov, "a", libc::O_RDWR);
     ov.release(o.fh);
     ov.mkdir(ROOT, ROOT_INO, OsStr::new("b"), 0o755, 0)
         .wait()
@@ -709,24 +697,11 @@ fn issue_10_descriptors_are_opened_lazily_from_the_parent() {
 #[test]
 fn issue_10_an_open_file_unlinked_after_its_descriptor_was_evicted_keeps_its_attributes() {
     let (_dir, rec, ov) = setup_small_budget();
-    let (victim, o) = ov
-        .create(ROOT, ROOT_INO, OsStr::new("victim"), 0o644, 0, libc::O_RDWR)
-        .wait()
-        .unwrap();
+    let (victim, o) = create_in_root(&ov, "victim", libc::O_RDWR);
     ov.getattr(victim.ino, None).unwrap();
     // Enough other inodes used to evict every cached descriptor.
     for n in 0..200 {
-        let (e, f) = ov
-            .create(
-                ROOT,
-                ROOT_INO,
-                OsStr::new(&format!("f{n}")),
-                0o644,
-                0,
-                libc::O_RDWR,
-            )
-            .wait()
-            .unwrap();
+        let (e, f) = create_in_root(&ov, &format!("f{n}"), libc::O_RDWR);
         ov.release(f.fh);
         ov.getattr(e.ino, None).unwrap();
     }
@@ -828,17 +803,7 @@ fn issue_10_the_oldest_shared_writer_is_closed_beyond_the_bound() {
 fn issue_10_a_create_without_open_requests_leaves_its_descriptor_to_the_inode() {
     let (dir, rec, ov) = setup();
     ov.set_kernel_opens(true);
-    let (e, o) = ov
-        .create(
-            ROOT,
-            ROOT_INO,
-            OsStr::new("f"),
-            0o644,
-            0,
-            libc::O_WRONLY | libc::O_SYNC,
-        )
-        .wait()
-        .unwrap();
+    let (e, o) = create_in_root(&ov, "f", libc::O_WRONLY | libc::O_SYNC);
     assert_eq!(o.fh, 0, "the kernel gets handle 0");
     ov.write(e.ino, 0, 0, b"data").wait().unwrap();
     assert_eq!(
