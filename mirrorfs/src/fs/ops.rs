@@ -951,7 +951,7 @@ impl Overlay {
         let mode = self.io_modes.open_read(ino, allowed);
         let passthrough = (mode == ReadMode::Passthrough).then(|| file.clone());
         let keep_cache = regular && passthrough.is_none();
-        let fh = self.insert_handle(ino, file, false, 0, passthrough.is_some());
+        let fh = self.insert_handle(ino, file, false, 0, passthrough.is_some(), false);
         Ok(Opened {
             fh,
             passthrough,
@@ -987,7 +987,7 @@ impl Overlay {
             |path, begun| {
                 let file = Arc::new(File::from(sys::reopen(fd.as_fd(), oflags)?));
                 let remote = begun.epoch.filter(|_| path.is_some());
-                let fh = self.insert_handle(ino, file, true, keep, false);
+                let fh = self.insert_handle(ino, file, true, keep, false, false);
                 let ops = match (path, remote) {
                     (Some(path), Some(e)) => {
                         self.mark_remote(fh, e);
@@ -1130,7 +1130,7 @@ impl Overlay {
         let file = Arc::new(File::from(file));
         // A shared writer is never held by the secondary (see `writer`).
         let remote = begun.epoch.filter(|_| writable && !kernel_opens);
-        let fh = self.insert(
+        let fh = self.insert_handle(
             entry.ino,
             file,
             writable,
@@ -1849,7 +1849,7 @@ impl Overlay {
         let file = Arc::new(File::from(sys::reopen(fd.as_fd(), libc::O_RDWR)?));
         // Not counted among the inode's opens (io_modes): it is no open
         // of the kernel's, and no passthrough is used without OPENs.
-        let fh = self.insert(ino, file, true, 0, false, true);
+        let fh = self.insert_handle(ino, file, true, 0, false, true);
         w.remove(ino);
         self.add_shared(&mut w, ino, fh);
         drop(w);
@@ -1884,18 +1884,9 @@ impl Overlay {
             .ok_or_else(|| err(libc::EBADF))
     }
 
+    /// A new handle of `ino` (`shared`: the inode's shared writer, see
+    /// [`Overlay::writer`]).
     fn insert_handle(
-        &self,
-        ino: u64,
-        file: Arc<File>,
-        writable: bool,
-        sync_flags: i32,
-        passthrough: bool,
-    ) -> u64 {
-        self.insert(ino, file, writable, sync_flags, passthrough, false)
-    }
-
-    fn insert(
         &self,
         ino: u64,
         file: Arc<File>,
