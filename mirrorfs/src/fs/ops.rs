@@ -1143,11 +1143,7 @@ impl Overlay {
             self.mark_remote(fh, e);
         }
         if kernel_opens {
-            let mut w = self.shared_writers();
-            if let Some(old) = w.remove(entry.ino) {
-                self.close_locked(old);
-            }
-            self.add_shared(&mut w, entry.ino, fh);
+            self.set_shared(&mut self.shared_writers(), entry.ino, fh);
         }
         let handle = remote.map(|_| HandleId(fh));
         let ops = if is_new {
@@ -1850,15 +1846,17 @@ impl Overlay {
         // Not counted among the inode's opens (io_modes): it is no open
         // of the kernel's, and no passthrough is used without OPENs.
         let fh = self.insert_handle(ino, file, true, 0, false, true);
-        w.remove(ino);
-        self.add_shared(&mut w, ino, fh);
+        self.set_shared(&mut w, ino, fh);
         drop(w);
         Ok((fh, self.handle(fh)?))
     }
 
-    /// Makes `fh` the shared writer of `ino` (which has none), closing the
-    /// oldest beyond the bound. Under the sequencer.
-    fn add_shared(&self, w: &mut SharedWriters, ino: u64, fh: u64) {
+    /// Makes `fh` the shared writer of `ino`, closing the one it had (if
+    /// still open) and the oldest beyond the bound. Under the sequencer.
+    fn set_shared(&self, w: &mut SharedWriters, ino: u64, fh: u64) {
+        if let Some(old) = w.remove(ino) {
+            self.close_locked(old);
+        }
         w.by_ino.insert(ino, fh);
         w.order.push_back(ino);
         while w.by_ino.len() > SHARED_WRITERS_MAX {
