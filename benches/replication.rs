@@ -59,8 +59,9 @@
 //! workload on each target in turn (in the listed order in odd rounds, the
 //! reverse in even ones), so that the background load of a shared machine
 //! drifts over all targets alike and none always runs first; a figure is the
-//! median of its rounds (the Markdown lists every round). Each measurement starts after a `sync`
-//! and a second of quiet, so one workload's writeback is not billed to the next.
+//! median of its rounds (the Markdown lists every round). Each measurement
+//! starts after a `sync` and a second of quiet, so one workload's writeback
+//! is not billed to the next.
 //! FUSE targets start every round (and the tree) with a freshly started
 //! daemon; the descriptors each daemon held at the end of a round are
 //! reported, which shows a daemon that keeps inodes the kernel has forgotten.
@@ -758,9 +759,8 @@ fn measure(
 
 /// The order of the `n` targets in `round` (from 1): as listed in odd rounds,
 /// the other way round in even ones, so that no target always runs first or
-/// right after the same one (on this machine a workload's figure moves with
-/// what ran before it: the 1 MiB GETs of 12-07 gave mirrorfs 0.88x of local
-/// with local always first, 0.94x with mirrorfs first).
+/// always right after the same one (on a shared machine what ran just before
+/// can move a figure).
 fn in_turn(round: u64, n: usize) -> Vec<usize> {
     if round % 2 == 1 {
         (0..n).collect()
