@@ -23,7 +23,7 @@ use crate::util::lab::Proc;
 use crate::util::mirror::{in_sync, role, Mirror, ServeOpts, START_DEADLINE};
 use crate::util::peer::Peer;
 use crate::util::writer::Writer;
-use crate::util::{require_root, run_fs, wait_for, write_synced, Probe};
+use crate::util::{pseudo_random, require_root, run_fs, wait_for, write_synced, Probe};
 
 /// How long a watcher may take to report a change.
 const WATCH_DEADLINE: Duration = Duration::from_secs(30);
@@ -690,6 +690,70 @@ fn hold_then_alone_lets_the_held_writes_go_on_until_the_grant_runs_out() -> Resu
     m.wait_in_sync(&control, SYNC_DEADLINE)?;
     let n = writer.finish()?;
     Writer::expect_last_writes(&m.replica().join("app"), n)?;
+    m.expect_replica_identical()
+}
+
+/// CI, 2026-12-07 (the test above failed with ENOENT): under a controller,
+/// granted ALONE, the application made files; once the secondary was back,
+/// it rewrote and fsynced them, last to first, while the resync walked them
+/// first to last. The secondary refused the fsyncs of the files it did not
+/// hold yet (an fsync names the file by its path), and the application saw
+/// its fsync fail, though the resync brought the files over.
+#[test]
+fn fsyncs_of_files_the_resync_still_brings_over_succeed() -> Result<()> {
+    require_root()?;
+    let mut m = Mirror::prepare()?;
+    let control = m.start_controlled(&["--on-peer-loss", "hold", "--peer-timeout", "1"])?;
+    m.kill_serve()?;
+    m.wait_status(&control, Duration::from_secs(30), "HOLD", |v| {
+        role(v) == "HOLD"
+    })?;
+    ensure!(role(&ctl_json(&m, &control, &["alone", "120"])?) == "ALONE");
+    // Enough that the walk is still busy when the application's first
+    // rewrites reach the secondary.
+    const FILES: u64 = 2000;
+    let dir = m.mnt().join("app");
+    fs::create_dir(&dir)?;
+    let name = move |i: u64| dir.join(format!("f{i:04}"));
+    for i in 0..FILES {
+        fs::write(name(i), pseudo_random(i, 8192))?;
+    }
+    // Begun once the resync runs: an op begun ALONE and answered after the
+    // secondary is back waits for the resync to end, which would stop the
+    // rewrites for the whole of it.
+    m.start_serve()?;
+    m.wait_status(&control, SYNC_DEADLINE, "RESYNC", |v| role(v) == "RESYNC")?;
+    // Rewrites last to first until stopped; returns how many it made.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<u64> {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = FILES - 1 - n % FILES;
+                write_synced(&name(i), &pseudo_random(FILES + n, 8192))
+                    .with_context(|| format!("rewrite + fsync #{n} of {}", name(i).display()))?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    let synced = m.wait_in_sync(&control, SYNC_DEADLINE);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = app
+        .join()
+        .map_err(|_| anyhow::anyhow!("the application thread panicked"))?
+        .context("the application saw an error")?;
+    synced?;
+    // The interleaving happened: the secondary refused fsyncs for lack of
+    // the file.
+    let serve = m.serve().context("no serve")?.stderr();
+    ensure!(
+        serve
+            .lines()
+            .any(|l| l.contains("op=\"fsync\"") && l.contains("No such file")),
+        "the secondary refused no fsync: the resync ended before the application rewrote a file it had still to bring over ({n} rewrites); make more files"
+    );
     m.expect_replica_identical()
 }
 

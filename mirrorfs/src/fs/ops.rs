@@ -1648,12 +1648,16 @@ impl Overlay {
         datasync: bool,
         named: impl FnOnce() -> io::Result<Named>,
     ) -> Pending<()> {
-        let sync = Touched {
-            sync: true,
-            ..Touched::default()
-        };
         let mut p = self.mutate(
-            || Ok((sync, named()?)),
+            || {
+                let named = named()?;
+                let sync = Touched {
+                    sync: true,
+                    synced: named.path.clone(),
+                    ..Touched::default()
+                };
+                Ok((sync, named))
+            },
             |named, begun| {
                 // With --ack=on-sync the barrier makes this file durable
                 // there with everything before it.

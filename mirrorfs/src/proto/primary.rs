@@ -18,12 +18,12 @@
 //!   before it is acknowledged, and acknowledged only in a generation the
 //!   secondary does not share, so that a secondary promoted before the resync
 //!   ends never looks in sync;
-//! - one sent during a resync on a path the walk has still to bring over,
-//!   that the secondary refuses because it lacks the file (or, on any path,
-//!   the handle of an open it refused) while marked inconsistent for this
-//!   resync, is acknowledged whatever the mode: the walk carries it (the
-//!   path is recorded again); any other refusal fails with the secondary's
-//!   error unless ALONE is allowed;
+//! - one sent during a resync on a path the walk has still to bring over
+//!   (or an fsync of a file there), that the secondary refuses because it
+//!   lacks the file (or, on any path, the handle of an open it refused)
+//!   while marked inconsistent for this resync, is acknowledged whatever the
+//!   mode: the walk carries it (the path is recorded again); any other
+//!   refusal fails with the secondary's error unless ALONE is allowed;
 //! - the secondary may share our current generation from the moment a
 //!   `SetGeneration` is submitted, not only once it is confirmed;
 //! - with `--on-peer-loss=hold` an unreplicated op is acknowledged only while
@@ -243,6 +243,10 @@ pub struct Touched {
     /// `O_DSYNC` open. With [`AckMode::OnSync`] it is answered only once
     /// every op before it is applied and durable on the secondary.
     pub sync: bool,
+    /// The file or directory an fsync names on the secondary by its path,
+    /// without changing it: the secondary lacks it while the walk has still
+    /// to bring it over, and refuses the fsync for that.
+    pub synced: Option<RelPath>,
 }
 
 impl Touched {
@@ -1131,14 +1135,19 @@ impl Primary {
     /// recorded, the walk carries it. Data written to a file being visited
     /// needs nothing: the worker reads and sends under the sequencer, so the
     /// live write reaches the secondary after any older bytes (and marking
-    /// it would revisit a busy file forever).
+    /// it would revisit a busy file forever). An fsync of a file the
+    /// secondary may not hold yet is carried too: the walk brings the file.
     fn carried_by_walk(&self, touched: &Touched) -> bool {
         let data_only = touched.data.is_some() && touched.rename.is_none();
         touched
             .paths
             .iter()
             .any(|p| self.walk.pending_near(p) || (!data_only && self.walk.in_flight_near(p)))
-            || touched.reads.iter().any(|r| self.stale_on_peer(r))
+            || touched
+                .reads
+                .iter()
+                .chain(&touched.synced)
+                .any(|r| self.stale_on_peer(r))
     }
 
     /// The secondary may hold older content than ours at `p`.

@@ -630,6 +630,75 @@ fn ci_2026_12_06_a_handle_op_refused_for_a_handle_whose_open_was_carried_is_carr
     assert!(c.dirty().contains(&p("w28")), "visited again");
 }
 
+#[test]
+fn ci_2026_12_07_an_fsync_by_path_of_a_file_the_walk_still_brings_over_is_carried() {
+    // CI, same test again: granted ALONE, the mount rewrote w40; back in
+    // RESYNC, before the walk had brought w40 over, the application opened
+    // it (O_TRUNC), wrote and fsynced. The writes were refused (ENOENT) and
+    // carried, but the fsync (which names the file by its path and changes
+    // nothing, so touches no path) was failed with ENOENT: the application
+    // saw its fsync fail during a resync that brought w40 over anyway.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    for f in ["w40", "w41"] {
+        let b = c.handle_begin(now, write(f)).unwrap();
+        durable(&mut c);
+        c.handle_submit(now, b.op);
+        c.handle_outcome(now, b.op, OpResult::NotSent, None);
+        durable(&mut c);
+    }
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    assert_eq!(c.role(), Role::Resync);
+    drain(&mut c);
+    let fsync_of = |f: &str| Touched {
+        synced: Some(p(f)),
+        ..fsync()
+    };
+    let b = c.handle_begin(now, fsync_of("w40")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Ack,
+        "the walk brings w40 over"
+    );
+    durable(&mut c);
+    // The same while a worker visits w41 (the fsync may reach the secondary
+    // before the worker's ops do).
+    let j = c.next_job(now).unwrap();
+    assert_eq!(j.path, p("w40"));
+    c.handle_job_done(&j);
+    let j = c.next_job(now).unwrap();
+    assert_eq!(j.path, p("w41"));
+    let b = c.handle_begin(now, fsync_of("w41")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Ack,
+        "the worker brings w41 over"
+    );
+    durable(&mut c);
+    c.handle_job_done(&j);
+    // Once visited, the secondary holds w40: lacking it is its failure.
+    let b = c.handle_begin(now, fsync_of("w40")).unwrap();
+    durable(&mut c);
+    assert_eq!(c.handle_submit(now, b.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Fail(libc::ENOENT)
+    );
+}
+
 // ---- issue 10 item 7: --ack=on-sync ------------------------------------------
 
 fn core_with(mode: OnPeerLoss, ack: AckMode, bound: Bound) -> (Primary, Instant, u64) {

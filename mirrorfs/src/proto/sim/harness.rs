@@ -56,7 +56,7 @@ enum Mutation {
     /// Create or overwrite `name` with a new token (`true`: through an
     /// `O_SYNC` open, a sync op).
     Write(RelPath, u64, bool),
-    /// fsync of `name` (absent: of the directory): a sync op.
+    /// fsync of `name` (which must exist): a sync op.
     Sync(RelPath),
     Remove(RelPath),
     Rename(RelPath, RelPath),
@@ -176,6 +176,9 @@ pub(super) struct Stats {
     pub(super) released_by_grant: u64,
     pub(super) role_changed_mid_op: u64,
     pub(super) refused: u64,
+    /// fsyncs the secondary refused for lack of the file while the resync
+    /// had still to bring it over, acknowledged (`--on-peer-loss=fail`).
+    pub(super) syncs_carried: u64,
     pub(super) resyncs_completed: u64,
     pub(super) copies_as_data: u64,
     pub(super) copies_as_ranges: u64,
@@ -198,6 +201,7 @@ impl Stats {
         self.released_by_grant += o.released_by_grant;
         self.role_changed_mid_op += o.role_changed_mid_op;
         self.refused += o.refused;
+        self.syncs_carried += o.syncs_carried;
         self.resyncs_completed += o.resyncs_completed;
         self.copies_as_data += o.copies_as_data;
         self.copies_as_ranges += o.copies_as_ranges;
@@ -467,8 +471,9 @@ impl Sim {
                 sync: *sync,
                 ..Touched::paths(vec![n.clone()])
             },
-            Mutation::Sync(_) => Touched {
+            Mutation::Sync(n) => Touched {
                 sync: true,
+                synced: Some(n.clone()),
                 ..Touched::default()
             },
             Mutation::Remove(n) => Touched::paths(vec![n.clone()]),
@@ -527,7 +532,10 @@ impl Sim {
         let op = begin.op;
         let has = |s: &Self, n: &RelPath| s.primary.contains_key(n);
         let valid = match &m {
-            Mutation::Write(..) | Mutation::Sync(_) => true,
+            Mutation::Write(..) => true,
+            // An fsync needs an open file (one unlinked while open is named
+            // by a handle, not modelled).
+            Mutation::Sync(n) => has(self, n),
             Mutation::Remove(n) => has(self, n),
             Mutation::Rename(a, _) => has(self, a),
             Mutation::Copy(a, b) => has(self, a) && has(self, b),
@@ -673,6 +681,15 @@ impl Sim {
             verdict = Verdict::Fail(libc::EIO);
         }
         self.log(format!("actor {i}: {result:?} -> {verdict:?}"));
+        // Only an fsync changes nothing; with --on-peer-loss=fail, nothing
+        // but the resync carrying it acknowledges it unreplicated.
+        if self.mode == OnPeerLoss::Fail
+            && effects.is_empty()
+            && result == OpResult::Refused(libc::ENOENT)
+            && verdict == Verdict::Ack
+        {
+            self.stats.syncs_carried += 1;
+        }
         let on_sync = self.ack == AckMode::OnSync && self.syncs.contains(&op);
         if on_sync && result == OpResult::Applied {
             self.applied_syncs.insert(op);
@@ -946,7 +963,11 @@ impl Sim {
                 self.sec_inconsistent = false;
             }
             SimOp::BeginResync => self.sec_inconsistent = true,
-            SimOp::Fsync(_) | SimOp::Barrier => {}
+            // The secondary opens the file by its path to flush it.
+            SimOp::Fsync(n) => {
+                self.sec.get(n).ok_or(libc::ENOENT)?;
+            }
+            SimOp::Barrier => {}
         }
         Ok(None)
     }

@@ -51,6 +51,7 @@ fn the_primarys_decisions_keep_every_acknowledged_write() {
             stats.refused > 0 && stats.resyncs_completed > 0,
             "{stats:?}"
         );
+        assert!(stats.syncs_carried > 0, "{stats:?}");
         assert!(
             stats.copies_as_data > 0 && stats.copies_as_ranges > 0,
             "{stats:?}"
@@ -89,6 +90,10 @@ fn a_seed_replays_the_same_trace() {
         let a = run(7, ack);
         let b = run(7, ack);
         assert_eq!(a.trace, b.trace);
-        assert!(a.trace.len() > 1000);
+        assert!(
+            a.trace.len() > 500,
+            "--ack={ack}: {} entries",
+            a.trace.len()
+        );
     }
 }
