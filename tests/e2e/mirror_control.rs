@@ -693,57 +693,99 @@ fn hold_then_alone_lets_the_held_writes_go_on_until_the_grant_runs_out() -> Resu
     m.expect_replica_identical()
 }
 
-/// CI, 2026-12-07 (the test above failed with ENOENT): under a controller,
-/// granted ALONE, the application made files; once the secondary was back,
-/// it rewrote and fsynced them, last to first, while the resync walked them
-/// first to last. The secondary refused the fsyncs of the files it did not
-/// hold yet (an fsync names the file by its path), and the application saw
-/// its fsync fail, though the resync brought the files over.
-#[test]
-fn fsyncs_of_files_the_resync_still_brings_over_succeed() -> Result<()> {
-    require_root()?;
-    let mut m = Mirror::prepare()?;
+/// Files the application made while ALONE: enough that the walk is still
+/// busy when the application's rewrites reach the secondary.
+const ALONE_FILES: u64 = 2000;
+
+/// A mount under a controller, granted ALONE (120 s) with the secondary
+/// gone, after the application made [`ALONE_FILES`] files in `app`; returns
+/// the control socket and the files' names.
+fn alone_with_files(
+    m: &mut Mirror,
+) -> Result<(
+    std::path::PathBuf,
+    impl Fn(u64) -> std::path::PathBuf + Send + Clone,
+)> {
     let control = m.start_controlled(&["--on-peer-loss", "hold", "--peer-timeout", "1"])?;
     m.kill_serve()?;
     m.wait_status(&control, Duration::from_secs(30), "HOLD", |v| {
         role(v) == "HOLD"
     })?;
-    ensure!(role(&ctl_json(&m, &control, &["alone", "120"])?) == "ALONE");
-    // Enough that the walk is still busy when the application's first
-    // rewrites reach the secondary.
-    const FILES: u64 = 2000;
+    ensure!(role(&ctl_json(m, &control, &["alone", "120"])?) == "ALONE");
     let dir = m.mnt().join("app");
     fs::create_dir(&dir)?;
     let name = move |i: u64| dir.join(format!("f{i:04}"));
-    for i in 0..FILES {
+    for i in 0..ALONE_FILES {
         fs::write(name(i), pseudo_random(i, 8192))?;
     }
-    // Begun once the resync runs: an op begun ALONE and answered after the
-    // secondary is back waits for the resync to end, which would stop the
-    // rewrites for the whole of it.
-    m.start_serve()?;
-    m.wait_status(&control, SYNC_DEADLINE, "RESYNC", |v| role(v) == "RESYNC")?;
-    // Rewrites last to first until stopped; returns how many it made.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let app = {
-        let stop = stop.clone();
-        std::thread::spawn(move || -> Result<u64> {
+    Ok((control, name))
+}
+
+/// An application thread: rewrites and fsyncs its lane of the files (every
+/// `lanes`th), last to first (the walk goes first to last), until stopped.
+struct Rewriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl Rewriter {
+    fn start(
+        name: impl Fn(u64) -> std::path::PathBuf + Send + 'static,
+        lane: u64,
+        lanes: u64,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let done = std::sync::Arc::new(AtomicU64::new(0));
+        let (s, d) = (stop.clone(), done.clone());
+        let thread = std::thread::spawn(move || -> Result<u64> {
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let i = FILES - 1 - n % FILES;
-                write_synced(&name(i), &pseudo_random(FILES + n, 8192))
+            let mine = ALONE_FILES / lanes;
+            while !s.load(Ordering::Relaxed) {
+                let i = ALONE_FILES - 1 - lane - n % mine * lanes;
+                write_synced(&name(i), &pseudo_random(ALONE_FILES + n, 8192))
                     .with_context(|| format!("rewrite + fsync #{n} of {}", name(i).display()))?;
                 n += 1;
+                d.store(n, Ordering::Relaxed);
             }
             Ok(n)
-        })
-    };
+        });
+        Self { stop, done, thread }
+    }
+
+    /// Rewrites acknowledged so far.
+    fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops it; how many rewrites it made, or the error it saw.
+    fn finish(self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the application thread panicked"))?
+            .context("the application saw an error")
+    }
+}
+
+/// CI, 2026-12-07 (the test above failed with ENOENT): under a controller,
+/// granted ALONE, the application made files; once the secondary was back,
+/// it rewrote and fsynced them while the resync walked them. The secondary
+/// refused the fsyncs of the files it did not hold yet (an fsync names the
+/// file by its path), and the application saw its fsync fail, though the
+/// resync brought the files over.
+#[test]
+fn fsyncs_of_files_the_resync_still_brings_over_succeed() -> Result<()> {
+    require_root()?;
+    let mut m = Mirror::prepare()?;
+    let (control, name) = alone_with_files(&mut m)?;
+    m.start_serve()?;
+    // Begun once the resync runs, so that the rewrites meet the walk.
+    m.wait_status(&control, SYNC_DEADLINE, "RESYNC", |v| role(v) == "RESYNC")?;
+    let app = Rewriter::start(name, 0, 1);
     let synced = m.wait_in_sync(&control, SYNC_DEADLINE);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let n = app
-        .join()
-        .map_err(|_| anyhow::anyhow!("the application thread panicked"))?
-        .context("the application saw an error")?;
+    let n = app.finish()?;
     synced?;
     // The interleaving happened: the secondary refused fsyncs for lack of
     // the file.
@@ -753,6 +795,59 @@ fn fsyncs_of_files_the_resync_still_brings_over_succeed() -> Result<()> {
             .lines()
             .any(|l| l.contains("op=\"fsync\"") && l.contains("No such file")),
         "the secondary refused no fsync: the resync ended before the application rewrote a file it had still to bring over ({n} rewrites); make more files"
+    );
+    m.expect_replica_identical()
+}
+
+/// Found with the test above: a rewrite begun ALONE under the controller's
+/// grant and answered once the secondary was back waited for the whole
+/// resync (the grant was dropped as the connection came up). The grant
+/// runs: nothing is held, the rewrites go on. (Four application threads:
+/// one of them nearly always has a rewrite in flight as the connection
+/// comes up.)
+#[test]
+fn writes_in_flight_as_the_secondary_returns_go_on_under_the_grant() -> Result<()> {
+    require_root()?;
+    let mut m = Mirror::prepare()?;
+    let (control, name) = alone_with_files(&mut m)?;
+    const LANES: u64 = 4;
+    let apps: Vec<Rewriter> = (0..LANES)
+        .map(|lane| Rewriter::start(name.clone(), lane, LANES))
+        .collect();
+    let done = || apps.iter().map(Rewriter::done).sum::<u64>();
+    wait_for(
+        Duration::from_secs(30),
+        "the first rewrites",
+        || match done() {
+            n if n >= 10 => Probe::Ready(()),
+            n => Probe::Pending(format!("{n} rewrites")),
+        },
+    )?;
+    m.start_serve()?;
+    // (held ops, rewrites so far) at each status seen in RESYNC.
+    let mut during = Vec::new();
+    let synced = m.wait_status(&control, SYNC_DEADLINE, "in sync", |v| {
+        if role(v) == "RESYNC" {
+            during.push((v["held_ops"].as_u64(), done()));
+        }
+        in_sync(v)
+    });
+    let mut n = 0;
+    for app in apps {
+        n += app.finish()?;
+    }
+    synced?;
+    ensure!(
+        during.len() >= 2,
+        "the resync ended before two status polls saw it ({n} rewrites): make more files"
+    );
+    ensure!(
+        during.iter().all(|(held, _)| *held == Some(0)),
+        "ops held while the grant runs (held, rewrites): {during:?}"
+    );
+    ensure!(
+        during.last().map(|d| d.1) > during.first().map(|d| d.1),
+        "the rewrites stopped through the resync (held, rewrites): {during:?}"
     );
     m.expect_replica_identical()
 }

@@ -27,9 +27,10 @@
 //! - the secondary may share our current generation from the moment a
 //!   `SetGeneration` is submitted, not only once it is confirmed;
 //! - with `--on-peer-loss=hold` an unreplicated op is acknowledged only while
-//!   a grant (`alone SECONDS`) runs; without one it waits ([`Verdict::Hold`]);
-//!   `fence` and the hold timeout fail it; a resync that completes brings it
-//!   to the secondary and acknowledges it;
+//!   a grant (`alone SECONDS`) runs (once the secondary is back, the grant of
+//!   the loss covers only the ops begun in it, until it runs out); without
+//!   one it waits ([`Verdict::Hold`]); `fence` and the hold timeout fail it;
+//!   a resync that completes brings it to the secondary and acknowledges it;
 //! - in sync only when connected, nothing is dirty and no resync runs;
 //! - with [`AckMode::OnSync`], an op that is not a sync op ([`Touched::sync`])
 //!   is answered as soon as it is submitted on a connection ([`Primary::early`]),
@@ -473,6 +474,10 @@ pub struct Primary {
     fenced: bool,
     /// The controller's grant runs until then.
     grant: Option<Instant>,
+    /// The grant that ran when the secondary came back: it no longer makes
+    /// this node ALONE, but the ops begun before (without a link) are still
+    /// acknowledged under it until it runs out, as the controller allowed.
+    carried_grant: Option<Instant>,
     /// Holding since then (for the hold timeout).
     hold_since: Option<Instant>,
     ops: BTreeMap<OpId, OpState>,
@@ -539,6 +544,7 @@ impl Primary {
             last_epoch: 0,
             fenced: false,
             grant: None,
+            carried_grant: None,
             hold_since: None,
             ops: BTreeMap::new(),
             held: BTreeSet::new(),
@@ -955,9 +961,12 @@ impl Primary {
             && self
                 .link
                 .is_some_and(|l| Some(l.epoch) == o.epoch && l.peer_marked);
+        // Begun without a link under a grant that still runs: the secondary
+        // came back since.
+        let granted_before = o.epoch.is_none() && self.carried_grant.is_some_and(|d| self.now < d);
         let verdict = if self.fenced {
             Verdict::Fail(libc::EIO)
-        } else if self.alone_allowed() || carried_by_resync {
+        } else if self.alone_allowed() || carried_by_resync || granted_before {
             // Acknowledged without the secondary: in a generation it does
             // not share, or a secondary promoted before the resync ends
             // would look in sync and the change would be overwritten.
@@ -1230,8 +1239,9 @@ impl Primary {
         self.peer_may_share = relation == Relation::InSync;
         self.hold_since = None;
         // A grant was for the loss that just ended; one for the next loss
-        // comes while connected (the controller may see it first).
-        self.grant = None;
+        // comes while connected (the controller may see it first). It still
+        // covers the ops begun in that loss.
+        self.carried_grant = self.grant.take();
         self.last_error = None;
         let mut suspects = local_suspects;
         suspects.extend(peer_suspects.iter().cloned());
@@ -1277,6 +1287,7 @@ impl Primary {
             return;
         }
         self.link = None;
+        self.carried_grant = None;
         self.walk.forget_in_flight();
         self.last_error = Some(reason);
         if self.alone_allowed() {
@@ -1314,6 +1325,10 @@ impl Primary {
             return Err("this mount is fenced: `unfence` it first".into());
         }
         self.grant = Some(self.now + secs);
+        if self.carried_grant.is_some() {
+            // The controller's newest order is its promise.
+            self.carried_grant = self.grant;
+        }
         if self.link.is_none() {
             self.hold_since = None;
             self.stage_ahead();
@@ -1336,6 +1351,7 @@ impl Primary {
     fn fence(&mut self, why: String) {
         self.fenced = true;
         self.grant = None;
+        self.carried_grant = None;
         self.hold_since = None;
         self.last_error = Some(why);
         for op in std::mem::take(&mut self.held) {
@@ -1364,6 +1380,9 @@ impl Primary {
     }
 
     fn expire(&mut self) {
+        if self.carried_grant.is_some_and(|d| self.now >= d) {
+            self.carried_grant = None;
+        }
         if self.grant.is_some_and(|d| self.now >= d) {
             self.grant = None;
             if self.link.is_none() && !self.fenced && self.cfg.on_peer_loss == OnPeerLoss::Hold {

@@ -699,6 +699,72 @@ fn ci_2026_12_07_an_fsync_by_path_of_a_file_the_walk_still_brings_over_is_carrie
     );
 }
 
+#[test]
+fn an_op_begun_under_a_grant_is_acknowledged_after_the_secondary_is_back_while_the_grant_runs() {
+    // Found with the test above: a write begun ALONE under `alone 120`, in
+    // flight as the secondary came back, concluded NotSent after the link
+    // was up. The core had dropped the grant at the link's start, so the
+    // write waited for the whole resync (1.4 s for 2000 small files; as
+    // long as a large resync takes), though the controller's grant ran.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    let begun = |c: &mut Primary, f: &str| {
+        let b = c.handle_begin(now, write(f)).unwrap();
+        durable(c);
+        assert_eq!(b.epoch, None);
+        b.op
+    };
+    let back = |c: &mut Primary| {
+        let e = c
+            .handle_link_up(
+                now,
+                &History::from_ids(vec![GenerationId(1)]),
+                &[],
+                BTreeSet::new(),
+            )
+            .unwrap();
+        assert_eq!(c.role(), Role::Resync);
+        drain(c);
+        e
+    };
+    let (a, b) = (begun(&mut c, "a"), begun(&mut c, "b"));
+    let e2 = back(&mut c);
+    assert_eq!(c.handle_submit(now, a), None, "begun without a link");
+    assert_eq!(
+        c.handle_outcome(now, a, OpResult::NotSent, None),
+        Verdict::Ack,
+        "the grant the controller gave runs for 120 s"
+    );
+    durable(&mut c);
+    assert!(c.dirty().contains(&p("a")));
+    // Lost again: the grant was for the loss that ended.
+    c.handle_link_lost(now, e2, "gone again".into());
+    assert_eq!(c.role(), Role::Hold);
+    c.handle_submit(now, b);
+    assert_eq!(
+        c.handle_outcome(now, b, OpResult::NotSent, None),
+        Verdict::Hold
+    );
+    durable(&mut c);
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    assert!(drain(&mut c).contains(&Action::Release(b, Verdict::Ack)));
+    let d = begun(&mut c, "d");
+    back(&mut c);
+    // While connected, the controller's newest order is its promise.
+    c.handle_alone(now, Duration::from_secs(1)).unwrap();
+    durable(&mut c);
+    let later = now + Duration::from_secs(2);
+    c.handle_submit(later, d);
+    assert_eq!(
+        c.handle_outcome(later, d, OpResult::NotSent, None),
+        Verdict::Hold,
+        "past the grant: the resync's end acknowledges it"
+    );
+}
+
 // ---- issue 10 item 7: --ack=on-sync ------------------------------------------
 
 fn core_with(mode: OnPeerLoss, ack: AckMode, bound: Bound) -> (Primary, Instant, u64) {
