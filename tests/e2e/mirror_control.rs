@@ -726,7 +726,7 @@ fn alone_with_files(
 struct Rewriter {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    thread: std::thread::JoinHandle<Result<u64>>,
+    thread: Option<std::thread::JoinHandle<Result<u64>>>,
 }
 
 impl Rewriter {
@@ -751,7 +751,11 @@ impl Rewriter {
             }
             Ok(n)
         });
-        Self { stop, done, thread }
+        Self {
+            stop,
+            done,
+            thread: Some(thread),
+        }
     }
 
     /// Rewrites acknowledged so far.
@@ -760,12 +764,22 @@ impl Rewriter {
     }
 
     /// Stops it; how many rewrites it made, or the error it saw.
-    fn finish(self) -> Result<u64> {
+    fn finish(mut self) -> Result<u64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread
+            .take()
+            .context("finished twice")?
             .join()
             .map_err(|_| anyhow::anyhow!("the application thread panicked"))?
             .context("the application saw an error")
+    }
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        // A test that failed early: the thread stops at its next rewrite (or
+        // fails once the fixture unmounts).
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -782,7 +796,13 @@ fn fsyncs_of_files_the_resync_still_brings_over_succeed() -> Result<()> {
     let (control, name) = alone_with_files(&mut m)?;
     m.start_serve()?;
     // Begun once the resync runs, so that the rewrites meet the walk.
-    m.wait_status(&control, SYNC_DEADLINE, "RESYNC", |v| role(v) == "RESYNC")?;
+    let v = m.wait_status(&control, SYNC_DEADLINE, "RESYNC", |v| {
+        role(v) == "RESYNC" || in_sync(v)
+    })?;
+    ensure!(
+        role(&v) == "RESYNC",
+        "the resync ended before a status poll saw it: make more files"
+    );
     let app = Rewriter::start(name, 0, 1);
     let synced = m.wait_in_sync(&control, SYNC_DEADLINE);
     let n = app.finish()?;
