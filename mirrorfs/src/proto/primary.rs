@@ -19,11 +19,12 @@
 //!   secondary does not share, so that a secondary promoted before the resync
 //!   ends never looks in sync;
 //! - one sent during a resync on a path the walk has still to bring over
-//!   (or an fsync of a file there), that the secondary refuses because it
-//!   lacks the file (or, on any path, the handle of an open it refused)
-//!   while marked inconsistent for this resync, is acknowledged whatever the
-//!   mode: the walk carries it (the path is recorded again); any other
-//!   refusal fails with the secondary's error unless ALONE is allowed;
+//!   (or an fsync of a file there, or data written into a file a worker
+//!   visits), that the secondary refuses because it lacks the file (or, on
+//!   any path, the handle of an open it refused) while marked inconsistent
+//!   for this resync, is acknowledged whatever the mode: the walk carries it
+//!   (the path is recorded again); any other refusal fails with the
+//!   secondary's error unless ALONE is allowed;
 //! - the secondary may share our current generation from the moment a
 //!   `SetGeneration` is submitted, not only once it is confirmed;
 //! - with `--on-peer-loss=hold` an unreplicated op is acknowledged only while
@@ -767,6 +768,8 @@ impl Primary {
                     self.record(&touched);
                     recorded = true;
                     carried = true;
+                } else {
+                    carried = self.carried_by_visit(&touched);
                 }
             }
             Role::Alone | Role::Hold => {
@@ -855,6 +858,7 @@ impl Primary {
             return None;
         }
         let carried = !o.recorded && self.carried_by_walk(&o.touched);
+        let visited = self.carried_by_visit(&o.touched);
         let early = self.cfg.ack == AckMode::OnSync && !o.touched.sync && self.room_for(&o.touched);
         let bytes = cost(&o.touched);
         if carried {
@@ -864,7 +868,7 @@ impl Primary {
         let in_sync = self.current_role() == Role::Prim;
         self.submissions += 1;
         let o = self.ops.get_mut(&op)?;
-        o.carried |= carried;
+        o.carried |= carried || visited;
         o.recorded = true;
         o.submitted = Some(self.submissions);
         o.in_sync_at_submit = in_sync;
@@ -1142,10 +1146,11 @@ impl Primary {
     /// True when `touched` is near a path the resync has still to visit, or
     /// renames or removes one a worker visits now: the change must be
     /// recorded, the walk carries it. Data written to a file being visited
-    /// needs nothing: the worker reads and sends under the sequencer, so the
+    /// is not recorded: the worker reads and sends under the sequencer, so the
     /// live write reaches the secondary after any older bytes (and marking
-    /// it would revisit a busy file forever). An fsync of a file the
-    /// secondary may not hold yet is carried too: the walk brings the file.
+    /// it would revisit a busy file forever; [`Primary::carried_by_visit`]
+    /// covers its refusal). An fsync of a file the secondary may not hold
+    /// yet is carried too: the walk brings the file.
     fn carried_by_walk(&self, touched: &Touched) -> bool {
         let data_only = touched.data.is_some() && touched.rename.is_none();
         touched
@@ -1157,6 +1162,16 @@ impl Primary {
                 .iter()
                 .chain(&touched.synced)
                 .any(|r| self.stale_on_peer(r))
+    }
+
+    /// True when `touched` writes data into a file a worker visits now:
+    /// sent before the worker's copy made the file there, the secondary
+    /// refuses it for lack of the file, and the copy, read after it, brings
+    /// it over. Not recorded for that (see [`Primary::carried_by_walk`]).
+    fn carried_by_visit(&self, touched: &Touched) -> bool {
+        touched.data.is_some()
+            && touched.rename.is_none()
+            && touched.paths.iter().any(|p| self.walk.in_flight_near(p))
     }
 
     /// The secondary may hold older content than ours at `p`.

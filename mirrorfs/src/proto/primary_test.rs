@@ -700,6 +700,55 @@ fn ci_2026_12_07_an_fsync_by_path_of_a_file_the_walk_still_brings_over_is_carrie
 }
 
 #[test]
+fn ci_2026_12_08_a_write_sent_before_the_copy_of_the_worker_visiting_its_file_is_carried() {
+    // Found running the e2e tests two at a time: a worker had taken f1630
+    // (in flight) but not yet sent its copy when the application wrote into
+    // f1630. The write reached the secondary first, was refused (ENOENT: no
+    // file there yet) and failed, though the copy, read after the write,
+    // brought it over.
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    let b = c.handle_begin(now, write("f1630")).unwrap();
+    durable(&mut c);
+    c.handle_submit(now, b.op);
+    c.handle_outcome(now, b.op, OpResult::NotSent, None);
+    durable(&mut c);
+    let e2 = c
+        .handle_link_up(
+            now,
+            &History::from_ids(vec![GenerationId(1)]),
+            &[],
+            BTreeSet::new(),
+        )
+        .unwrap();
+    drain(&mut c);
+    let j = c.next_job(now).unwrap();
+    assert_eq!(j.path, p("f1630"));
+    let b = c.handle_begin(now, write("f1630")).unwrap();
+    assert_eq!(
+        durable(&mut c),
+        Durable::default(),
+        "a busy file is not marked"
+    );
+    assert_eq!(c.handle_submit(now, b.op), Some(e2));
+    assert_eq!(
+        c.handle_outcome(now, b.op, OpResult::Refused(libc::ENOENT), None),
+        Verdict::Ack,
+        "the worker's copy brings the write over"
+    );
+    durable(&mut c);
+    c.handle_job_done(&j);
+    assert!(c.dirty().contains(&p("f1630")));
+    assert_eq!(
+        c.next_job(now).map(|j| j.path),
+        Some(p("f1630")),
+        "refused: visited again"
+    );
+}
+
+#[test]
 fn an_op_begun_under_a_grant_is_acknowledged_after_the_secondary_is_back_while_the_grant_runs() {
     // Found with the test above: a write begun ALONE under `alone 120`, in
     // flight as the secondary came back, concluded NotSent after the link

@@ -68,6 +68,8 @@ enum Mutation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SimOp {
     Set(RelPath, u64),
+    /// A data write into an existing file: the secondary needs the file.
+    Overwrite(RelPath, u64),
     Unlink(RelPath),
     Rename(RelPath, RelPath),
     Copy(RelPath, RelPath),
@@ -153,6 +155,9 @@ enum Actor {
 #[derive(Debug)]
 enum Worker {
     Idle,
+    /// `job` handed out; nothing read or sent yet (the real worker reads and
+    /// submits later, under the sequencer).
+    Taken(Job),
     /// Ops of `job` in flight, and the answers so far.
     Visiting {
         job: Job,
@@ -179,6 +184,9 @@ pub(super) struct Stats {
     /// fsyncs the secondary refused for lack of the file while the resync
     /// had still to bring it over, acknowledged (`--on-peer-loss=fail`).
     pub(super) syncs_carried: u64,
+    /// Data writes into a file a worker was visiting, sent before its copy
+    /// and refused for lack of the file, acknowledged.
+    pub(super) writes_carried_by_a_visit: u64,
     pub(super) resyncs_completed: u64,
     pub(super) copies_as_data: u64,
     pub(super) copies_as_ranges: u64,
@@ -202,6 +210,7 @@ impl Stats {
         self.role_changed_mid_op += o.role_changed_mid_op;
         self.refused += o.refused;
         self.syncs_carried += o.syncs_carried;
+        self.writes_carried_by_a_visit += o.writes_carried_by_a_visit;
         self.resyncs_completed += o.resyncs_completed;
         self.copies_as_data += o.copies_as_data;
         self.copies_as_ranges += o.copies_as_ranges;
@@ -256,6 +265,9 @@ pub(super) struct Sim {
     unsynced: BTreeMap<OpId, Vec<(RelPath, usize)>>,
     /// Sync ops begun and not answered.
     syncs: BTreeSet<OpId>,
+    /// Data writes submitted while a worker had taken their file and not
+    /// yet sent its copy.
+    before_visit: BTreeSet<OpId>,
     /// Those among them whose own ops the secondary applied.
     applied_syncs: BTreeSet<OpId>,
     /// Every tree the primary had, in order of its changes: a consistent
@@ -335,6 +347,7 @@ impl Sim {
             deferred: None,
             early: BTreeMap::new(),
             unsynced: BTreeMap::new(),
+            before_visit: BTreeSet::new(),
             syncs: BTreeSet::new(),
             applied_syncs: BTreeSet::new(),
             states: [Vec::new()].into(),
@@ -549,9 +562,14 @@ impl Sim {
         let barrier = begin.barrier.then_some(SimOp::Barrier);
         let (effects, sends) = match m {
             Mutation::Write(n, t, _) => {
-                self.primary.insert(n.clone(), t);
+                // Into the existing file (a data write), or a new one.
+                let send = if self.primary.insert(n.clone(), t).is_some() {
+                    SimOp::Overwrite(n.clone(), t)
+                } else {
+                    SimOp::Set(n.clone(), t)
+                };
                 let v = self.oracle.changed(&n, Some(t));
-                let mut sends = vec![SimOp::Set(n.clone(), t)];
+                let mut sends = vec![send];
                 sends.extend(barrier);
                 (vec![(n, v)], sends)
             }
@@ -600,6 +618,16 @@ impl Sim {
         sends: Vec<SimOp>,
     ) -> Result<(), Violation> {
         self.sequencer = None;
+        let written = sends.iter().find_map(|s| match s {
+            SimOp::Overwrite(n, _) => Some(n),
+            _ => None,
+        });
+        if let (Worker::Taken(job), Some(n)) = (&self.worker, written) {
+            if job.path == *n {
+                // Sent before the worker's copy creates the file there.
+                self.before_visit.insert(op);
+            }
+        }
         let mut sent_on = self.core.handle_submit(self.now, op);
         if !self.persist(true) {
             // Not recorded: not sent either (the outcome records it again).
@@ -689,6 +717,15 @@ impl Sim {
             && verdict == Verdict::Ack
         {
             self.stats.syncs_carried += 1;
+        }
+        if self.before_visit.remove(&op) && result == OpResult::Refused(libc::ENOENT) {
+            match verdict {
+                Verdict::Ack => self.stats.writes_carried_by_a_visit += 1,
+                Verdict::Fail(libc::ENOENT) => {
+                    return Err(Violation::FailedBeforeAVisit(format!("actor {i}, {op:?}")))
+                }
+                _ => {}
+            }
         }
         let on_sync = self.ack == AckMode::OnSync && self.syncs.contains(&op);
         if on_sync && result == OpResult::Applied {
@@ -884,7 +921,7 @@ impl Sim {
             }
         }
         match std::mem::replace(&mut self.worker, Worker::Idle) {
-            Worker::Visiting { job, .. } => {
+            Worker::Visiting { job, .. } | Worker::Taken(job) => {
                 self.core.handle_job_retry(self.now, &job, None);
             }
             Worker::Finishing { .. } | Worker::Idle => {}
@@ -909,7 +946,10 @@ impl Sim {
                 return;
             };
             let refuse = self.faults
-                && matches!(msg.op, SimOp::Set(..) | SimOp::Copy(..) | SimOp::Rename(..))
+                && matches!(
+                    msg.op,
+                    SimOp::Set(..) | SimOp::Overwrite(..) | SimOp::Copy(..) | SimOp::Rename(..)
+                )
                 && self.rng.chance(4);
             // A flush that fails (the secondary's disk): nothing diverges.
             let flush_failed = self.faults && msg.op == SimOp::Barrier && self.rng.chance(2);
@@ -939,6 +979,9 @@ impl Sim {
         match op {
             SimOp::Set(n, t) => {
                 self.sec.insert(n.clone(), *t);
+            }
+            SimOp::Overwrite(n, t) => {
+                *self.sec.get_mut(n).ok_or(libc::ENOENT)? = *t;
             }
             SimOp::Unlink(n) => {
                 self.sec.remove(n).ok_or(libc::ENOENT)?;
@@ -1051,7 +1094,7 @@ impl Sim {
                 }
             }
             Worker::Finishing { answer, .. } => *answer = Some(result.is_ok()),
-            Worker::Idle => panic!("an answer for the idle worker"),
+            Worker::Idle | Worker::Taken(_) => panic!("an answer for a worker that sent nothing"),
         }
     }
 
@@ -1062,6 +1105,7 @@ impl Sim {
         }
         match std::mem::replace(&mut self.worker, Worker::Idle) {
             Worker::Idle => self.worker_take(),
+            Worker::Taken(job) => self.worker_send(job),
             Worker::Visiting {
                 job,
                 left: 0,
@@ -1104,6 +1148,13 @@ impl Sim {
             }
             return;
         };
+        self.log(format!("worker: took {job:?}"));
+        self.worker = Worker::Taken(job);
+    }
+
+    /// Reads `job`'s path and sends what the secondary needs (under the
+    /// sequencer, a step after the path was handed out).
+    fn worker_send(&mut self, job: Job) {
         if self.link.as_ref().is_none_or(|l| l.epoch != job.epoch) {
             self.core.handle_job_retry(self.now, &job, None);
             return;

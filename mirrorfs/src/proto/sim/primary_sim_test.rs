@@ -52,6 +52,7 @@ fn the_primarys_decisions_keep_every_acknowledged_write() {
             "{stats:?}"
         );
         assert!(stats.syncs_carried > 0, "{stats:?}");
+        assert!(stats.writes_carried_by_a_visit > 0, "{stats:?}");
         assert!(
             stats.copies_as_data > 0 && stats.copies_as_ranges > 0,
             "{stats:?}"

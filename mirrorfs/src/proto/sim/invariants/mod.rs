@@ -42,6 +42,10 @@ pub(super) enum Violation {
     /// More early-answered ops await the secondary than the bound allows,
     /// or the core miscounts them.
     Unbounded(String),
+    /// A data write sent while a worker visited its file, before the
+    /// worker's copy made the file there, failed for the file's absence:
+    /// the copy brings the write over.
+    FailedBeforeAVisit(String),
 }
 
 impl fmt::Display for Violation {
@@ -64,6 +68,9 @@ impl fmt::Display for Violation {
             Self::NotSettled(d) => ("no return to sync without faults", d),
             Self::NotAPrefix(d) => ("the secondary is not a prefix of the primary", d),
             Self::Unbounded(d) => ("the early-answered ops are not bounded", d),
+            Self::FailedBeforeAVisit(d) => {
+                ("a write the visit of its file brings over was failed", d)
+            }
         };
         write!(f, "{what}: {detail}")
     }
