@@ -265,11 +265,11 @@ pub(super) struct Sim {
     unsynced: BTreeMap<OpId, Vec<(RelPath, usize)>>,
     /// Sync ops begun and not answered.
     syncs: BTreeSet<OpId>,
+    /// Those among them whose own ops the secondary applied.
+    applied_syncs: BTreeSet<OpId>,
     /// Data writes submitted while a worker had taken their file and not
     /// yet sent its copy.
     before_visit: BTreeSet<OpId>,
-    /// Those among them whose own ops the secondary applied.
-    applied_syncs: BTreeSet<OpId>,
     /// Every tree the primary had, in order of its changes: a consistent
     /// secondary at the primary's generation holds one of them (a prefix
     /// of the ops).
@@ -347,9 +347,9 @@ impl Sim {
             deferred: None,
             early: BTreeMap::new(),
             unsynced: BTreeMap::new(),
-            before_visit: BTreeSet::new(),
             syncs: BTreeSet::new(),
             applied_syncs: BTreeSet::new(),
+            before_visit: BTreeSet::new(),
             states: [Vec::new()].into(),
         };
         sim.core.handle_start(now, false);
@@ -751,6 +751,8 @@ impl Sim {
 
     /// The outcome of an early-answered op: concluded, nobody answered.
     fn early_outcome(&mut self, op: OpId, result: OpResult, took: Option<Duration>) {
+        // Answered already: its verdict is a later sync op's.
+        self.before_visit.remove(&op);
         let mut verdict = self.core.handle_outcome(self.now, op, result, took);
         if !self.persist(true) {
             self.core.abort(Some(op), true);
