@@ -37,17 +37,21 @@ fn core(mode: OnPeerLoss) -> (Primary, Instant) {
 /// Connected and in sync with a secondary at generation 1.
 fn in_sync(mode: OnPeerLoss) -> (Primary, Instant, u64) {
     let (mut c, now) = core(mode);
-    let e = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
+    let e = reconnect(&mut c, now);
     assert_eq!(c.role(), Role::Prim);
     drain(&mut c);
     (c, now, e)
+}
+
+/// A connection comes up to a secondary at generation 1: its epoch.
+fn reconnect(c: &mut Primary, now: Instant) -> u64 {
+    c.handle_link_up(
+        now,
+        &History::from_ids(vec![GenerationId(1)]),
+        &[],
+        BTreeSet::new(),
+    )
+    .unwrap()
 }
 
 fn drain(c: &mut Primary) -> Vec<Action> {
@@ -112,14 +116,7 @@ fn issue_7_an_op_begun_on_one_connection_is_never_sent_on_the_next() {
     let (mut c, now, e) = in_sync(OnPeerLoss::Fail);
     let b = c.handle_begin(now, write("f")).unwrap();
     c.handle_link_lost(now, e, "gone".into());
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
+    let e2 = reconnect(&mut c, now);
     assert_ne!(e, e2);
     assert_eq!(c.handle_submit(now, b.op), None);
     assert_eq!(
@@ -375,25 +372,11 @@ fn a_grant_ends_with_the_loss_it_was_for() {
     c.handle_alone(now, Duration::from_secs(120)).unwrap();
     durable(&mut c);
     assert_eq!(c.role(), Role::Alone);
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
+    let e2 = reconnect(&mut c, now);
     c.handle_link_lost(now, e2, "gone again".into());
     assert_eq!(c.role(), Role::Hold, "a new loss needs a new order");
     // One given while connected counts for the next loss.
-    let e3 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
+    let e3 = reconnect(&mut c, now);
     c.handle_alone(now, Duration::from_secs(5)).unwrap();
     c.handle_link_lost(now, e3, "gone".into());
     assert_eq!(c.role(), Role::Alone);
@@ -434,14 +417,7 @@ fn held_ops_are_acknowledged_when_the_resync_that_brings_them_over_completes() {
         Verdict::Hold
     );
     durable(&mut c);
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
+    let e2 = reconnect(&mut c, now);
     assert_eq!(c.role(), Role::Resync);
     let job = c.next_job(now).unwrap();
     c.handle_job_done(&job);
@@ -479,34 +455,36 @@ fn a_record_that_cannot_be_made_durable_refuses_the_op_and_keeps_nothing() {
     assert_eq!(c.handle_submit(now, b.op), None);
 }
 
+/// Lost, granted `alone 120`, `files` written ALONE (acknowledged), then
+/// the secondary back at generation 1: in RESYNC, on the returned epoch.
+fn granted_then_back(files: &[&str]) -> (Primary, Instant, u64) {
+    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
+    c.handle_link_lost(now, e, "gone".into());
+    c.handle_alone(now, Duration::from_secs(120)).unwrap();
+    durable(&mut c);
+    for f in files {
+        let b = c.handle_begin(now, write(f)).unwrap();
+        durable(&mut c);
+        c.handle_submit(now, b.op);
+        assert_eq!(
+            c.handle_outcome(now, b.op, OpResult::NotSent, None),
+            Verdict::Ack
+        );
+        durable(&mut c);
+    }
+    let e2 = reconnect(&mut c, now);
+    assert_eq!(c.role(), Role::Resync);
+    drain(&mut c);
+    (c, now, e2)
+}
+
 #[test]
 fn ci_stop_13_a_refusal_during_the_resync_is_carried_by_it_not_failed() {
     // CI, stop 13: granted ALONE, the mount created w47; back in RESYNC, the
     // application rewrote w47 before the walk had brought it over, the
     // secondary refused the open (ENOENT) and the application saw ENOENT,
     // though the change was recorded and the walk carries it.
-    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
-    c.handle_link_lost(now, e, "gone".into());
-    c.handle_alone(now, Duration::from_secs(120)).unwrap();
-    durable(&mut c);
-    let b = c.handle_begin(now, write("w47")).unwrap();
-    durable(&mut c);
-    c.handle_submit(now, b.op);
-    assert_eq!(
-        c.handle_outcome(now, b.op, OpResult::NotSent, None),
-        Verdict::Ack
-    );
-    durable(&mut c);
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
-    assert_eq!(c.role(), Role::Resync);
-    drain(&mut c);
+    let (mut c, now, e2) = granted_then_back(&["w47"]);
     let b = c.handle_begin(now, write("w47")).unwrap();
     durable(&mut c);
     assert_eq!(c.handle_submit(now, b.op), Some(e2));
@@ -583,24 +561,7 @@ fn ci_2026_12_06_a_handle_op_refused_for_a_handle_whose_open_was_carried_is_carr
     // then the walk visited w28, then the application's fsync on the handle
     // was refused (EBADF: the secondary never had the handle). w28 was not
     // pending any more, so the fsync was failed with EBADF.
-    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
-    c.handle_link_lost(now, e, "gone".into());
-    c.handle_alone(now, Duration::from_secs(120)).unwrap();
-    durable(&mut c);
-    let b = c.handle_begin(now, write("w28")).unwrap();
-    durable(&mut c);
-    c.handle_submit(now, b.op);
-    c.handle_outcome(now, b.op, OpResult::NotSent, None);
-    durable(&mut c);
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
-    drain(&mut c);
+    let (mut c, now, e2) = granted_then_back(&["w28"]);
     let open = c.handle_begin(now, write("w28")).unwrap();
     durable(&mut c);
     assert_eq!(c.handle_submit(now, open.op), Some(e2));
@@ -638,27 +599,7 @@ fn ci_2026_12_07_an_fsync_by_path_of_a_file_the_walk_still_brings_over_is_carrie
     // carried, but the fsync (which names the file by its path and changes
     // nothing, so touches no path) was failed with ENOENT: the application
     // saw its fsync fail during a resync that brought w40 over anyway.
-    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
-    c.handle_link_lost(now, e, "gone".into());
-    c.handle_alone(now, Duration::from_secs(120)).unwrap();
-    durable(&mut c);
-    for f in ["w40", "w41"] {
-        let b = c.handle_begin(now, write(f)).unwrap();
-        durable(&mut c);
-        c.handle_submit(now, b.op);
-        c.handle_outcome(now, b.op, OpResult::NotSent, None);
-        durable(&mut c);
-    }
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
-    assert_eq!(c.role(), Role::Resync);
-    drain(&mut c);
+    let (mut c, now, e2) = granted_then_back(&["w40", "w41"]);
     let fsync_of = |f: &str| Touched {
         synced: Some(p(f)),
         ..fsync()
@@ -706,24 +647,7 @@ fn ci_2026_12_08_a_write_sent_before_the_copy_of_the_worker_visiting_its_file_is
     // f1630. The write reached the secondary first, was refused (ENOENT: no
     // file there yet) and failed, though the copy, read after the write,
     // brought it over.
-    let (mut c, now, e) = in_sync(OnPeerLoss::Hold);
-    c.handle_link_lost(now, e, "gone".into());
-    c.handle_alone(now, Duration::from_secs(120)).unwrap();
-    durable(&mut c);
-    let b = c.handle_begin(now, write("f1630")).unwrap();
-    durable(&mut c);
-    c.handle_submit(now, b.op);
-    c.handle_outcome(now, b.op, OpResult::NotSent, None);
-    durable(&mut c);
-    let e2 = c
-        .handle_link_up(
-            now,
-            &History::from_ids(vec![GenerationId(1)]),
-            &[],
-            BTreeSet::new(),
-        )
-        .unwrap();
-    drain(&mut c);
+    let (mut c, now, e2) = granted_then_back(&["f1630"]);
     let j = c.next_job(now).unwrap();
     assert_eq!(j.path, p("f1630"));
     let b = c.handle_begin(now, write("f1630")).unwrap();
@@ -766,14 +690,7 @@ fn an_op_begun_under_a_grant_is_acknowledged_after_the_secondary_is_back_while_t
         b.op
     };
     let back = |c: &mut Primary| {
-        let e = c
-            .handle_link_up(
-                now,
-                &History::from_ids(vec![GenerationId(1)]),
-                &[],
-                BTreeSet::new(),
-            )
-            .unwrap();
+        let e = reconnect(c, now);
         assert_eq!(c.role(), Role::Resync);
         drain(c);
         e
@@ -1219,13 +1136,7 @@ fn apart_and_back(
         c.handle_outcome(now, b.op, OpResult::NotSent, None);
         durable(c);
     }
-    c.handle_link_up(
-        now,
-        &History::from_ids(vec![GenerationId(1)]),
-        &[],
-        BTreeSet::new(),
-    )
-    .unwrap()
+    reconnect(c, now)
 }
 
 #[test]
